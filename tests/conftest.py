@@ -1,0 +1,137 @@
+"""Shared fixtures: isolated caches, a seeded test checkpoint, image factories, HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+SEED = 1234
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point TORCH_HOME and friends at a fresh temp dir so no test sees the user's cache."""
+    home = tmp_path_factory.mktemp("torch_home")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "xdg"))
+    for name in ("RESNEXT_OFFLINE", "RESNEXT_WEIGHTS_MIRROR", "RESNEXT_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def natural_image(seed: int, size: tuple[int, int] = (320, 240), mode: str = "RGB") -> Image.Image:
+    """A smooth, seed-dependent picture (blobs and gradients), so images differ."""
+    g = torch.Generator().manual_seed(seed)
+    w, h = size
+    small = torch.rand(3, max(2, h // 32), max(2, w // 32), generator=g)
+    big = torch.nn.functional.interpolate(small[None], size=(h, w), mode="bicubic")[0]
+    ramp = torch.linspace(0, 1, w).expand(h, w)
+    big = (0.7 * big + 0.3 * ramp * torch.rand(3, 1, 1, generator=g)).clamp(0, 1)
+    arr = (big * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    img = Image.fromarray(arr, "RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+def _calibrate_fc(model: torch.nn.Module, num_classes: int, seed: int) -> None:
+    """Centre fc on the mean pooled feature of a few images and spread the logits."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    g = torch.Generator().manual_seed(seed)
+    images = [natural_image(s, (224, 224)) for s in range(8)]
+    batch = torch.stack([pil_to_tensor(im).float() / 255 for im in images])
+    batch = (batch - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )[:, None, None]
+    model.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        feats = model(batch)
+    mean = feats.mean(0)
+    spread = (feats - mean).norm(dim=1).mean()
+    weight = torch.randn(num_classes, feats.shape[1], generator=g) * (6.0 / spread)
+    fc = torch.nn.Linear(feats.shape[1], num_classes)
+    with torch.no_grad():
+        fc.weight.copy_(weight)
+        fc.bias.copy_(-(weight @ mean))
+    model.fc = fc
+
+
+def make_checkpoint(
+    path: Path,
+    *,
+    arch: str = "resnext50_32x4d",
+    num_classes: int = 1000,
+    wrap: str | None = None,
+    seed: int = SEED,
+) -> Path:
+    """Write a seeded random-init state dict in torchvision's key layout."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes).eval()
+    _calibrate_fc(model, num_classes, seed)
+    state = model.state_dict()
+    torch.save({wrap: state} if wrap else state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1000-class resnext50_32x4d checkpoint, made once per session."""
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "resnext50_test.pth")
+
+
+@pytest.fixture(scope="session")
+def checkpoint10(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fine-tuned-style 10-class checkpoint wrapped as {'model': ...}."""
+    return make_checkpoint(
+        tmp_path_factory.mktemp("ckpt10") / "finetuned10.pth", num_classes=10, wrap="model"
+    )
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> Callable[..., Path]:
+    """Write a generated image: make_image('a.jpg', seed=1, size=(w, h), mode='RGB')."""
+
+    def make(
+        name: str,
+        *,
+        seed: int = 0,
+        size: tuple[int, int] = (320, 240),
+        mode: str = "RGB",
+        folder: Path | None = None,
+        **save: object,
+    ) -> Path:
+        path = (folder or tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        natural_image(seed, size, mode).save(path, **save)
+        return path
+
+    return make
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """Serve a temp folder on loopback; yields (base URL, folder)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_Handler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
