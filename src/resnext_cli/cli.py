@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from .errors import (
 )
 from .output import FORMATS, make_writer, printable, resolve_format
 from .registry import MODELS, all_weights, resolve_weights
+from .results import Failed
 from .summary import RunSummary
 from .weights import OFFLINE_ENV, cached_path, fetch
 
@@ -92,27 +94,28 @@ def cli() -> None:
     """
 
 
-def _open_output(
-    path: str | None, *, force: bool, resume: bool, fmt: str
-) -> tuple[IO[str], set[str]]:
-    """Open the destination; with --resume, return the inputs it already holds."""
+def _check_output(path: str | None, *, force: bool, resume: bool, fmt: str) -> set[str]:
+    """Refuse a clobber before any work; with --resume, return the inputs already done."""
     if path is None or path == "-":
         if resume:
             raise OutputError("--resume needs -o FILE (the file to continue)")
-        return sys.stdout, set()
+        return set()
     target = Path(path)
     if resume:
         if fmt != "jsonl":
             raise OutputError(f"--resume works with jsonl output, not {fmt} (use -f jsonl)")
-        if not target.exists():
-            return target.open("w", encoding="utf-8"), set()
-        done = _recorded_inputs(target)
-        return target.open("a", encoding="utf-8"), done
+        return _recorded_inputs(target) if target.exists() else set()
     if target.exists() and not force:
         raise OutputError(
             f"output file '{path}' exists (use --force to overwrite it, or --resume to continue it)"
         )
-    return target.open("w", encoding="utf-8", newline=""), set()
+    return set()
+
+
+def _open_output(path: str | None, *, resume: bool) -> IO[str]:
+    if path is None or path == "-":
+        return sys.stdout
+    return Path(path).open("a" if resume else "w", encoding="utf-8", newline="")
 
 
 def _recorded_inputs(target: Path) -> set[str]:
@@ -234,47 +237,47 @@ def classify(
     list of paths and URLs, one per line.
     """
     from .engine import Classifier
+    from .sources import iter_sources
 
     config = Config(**options)
     fmt = resolve_format(fmt, is_terminal=sys.stdout.isatty(), output_name=output)
-    stream, done = _open_output(output, force=force, resume=resume, fmt=fmt)
+    done = _check_output(output, force=force, resume=resume, fmt=fmt)
     note = (lambda _m: None) if quiet else warn
     with download_bar(enabled=not quiet and err.is_terminal) as progress:
         classifier = Classifier(config, download_progress=progress)
     summary = RunSummary(device=str(classifier.device), precision=classifier.precision)
-    console = Console(file=stream, highlight=False, soft_wrap=False)
-    writer = make_writer(fmt, stream, console=console)
-    from .sources import iter_sources
-
     sources = iter_sources(inputs, stdin=sys.stdin.buffer, warn=note)
     if done:
         sources = (s for s in sources if s.input not in done)
     show_progress = not quiet and err.is_terminal and not (fmt == "table" and output is None)
+    stream = _open_output(output, resume=resume)
+    writer = make_writer(fmt, stream, console=Console(file=stream, highlight=False))
     try:
         with _progress(show_progress) as tick:
             for record in classifier.classify_sources(sources):
                 writer.write(record)
                 summary.add(record)
                 tick()
-                if not record.ok and not quiet:
-                    message = record.to_dict()["error"]["message"]
-                    say(f"error: {message}", style="red")
+                if isinstance(record, Failed) and not quiet:
+                    say(f"error: {record.message}", style="red")
     except (KeyboardInterrupt, Terminated):
-        writer.close()
         where = f" to '{output}' (--resume continues)" if output else ""
         say(f"interrupted: {summary.total} records written{where}", style="yellow")
         raise
     finally:
+        writer.close()
         if stream is not sys.stdout:
             stream.close()
-    writer.close()
-    summary.finished = __import__("time").perf_counter()
-    if summary.total == 0 and not done:
+    summary.finished = time.perf_counter()
+    if summary.total == 0:
+        if done:
+            say(f"nothing left to do: all inputs are already in '{output}'")
+            return ExitStatus.OK
         say("error: no input matched (give image files, folders, globs or URLs)", style="red")
         return ExitStatus.USAGE
     if not quiet and (summary.total > 1 or summary.failed):
         say(summary.line(), style="dim")
-    return ExitStatus.OK if summary.total == 0 else summary.exit_status
+    return summary.exit_status
 
 
 @contextmanager
