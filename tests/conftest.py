@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
+import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -135,3 +138,49 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one in-process run of `resnext` did."""
+
+    args: list[str]
+    code: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return (
+            f"resnext {' '.join(self.args)} -> exit {self.code}\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        """Parse stdout as a JSON array (-f json) or JSON Lines."""
+        if self.stdout.lstrip().startswith("["):
+            records: list[dict[str, Any]] = json.loads(self.stdout)
+            return records
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def run_resnext(*args: str | Path, input: bytes | str | None = None) -> Outcome:
+    """Run resnext_cli.cli.main in-process, through its real error boundary."""
+    from click.testing import CliRunner
+
+    from resnext_cli.cli import main
+
+    argv = [str(a) for a in args]
+    with CliRunner().isolation(input=input) as (out, err, _):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return Outcome(argv, code, stdout, stderr)
+
+
+@pytest.fixture
+def resnext() -> Callable[..., Outcome]:
+    """The run_resnext helper as a fixture: resnext('classify', path, '-f', 'json')."""
+    return run_resnext

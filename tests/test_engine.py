@@ -1,0 +1,182 @@
+"""The classifier against the hub page's reference pipeline, and its batching and inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from torchvision import transforms
+
+from resnext_cli import Classifier
+from resnext_cli.errors import CheckpointError, ConfigError
+from resnext_cli.results import Classified, Failed
+from tests.conftest import make_checkpoint
+
+
+def reference_top5(checkpoint: Path, image: Path, tag: str) -> tuple[list[int], list[float]]:
+    """The hub page's snippet, by hand: PIL open, RGB, preprocess, model, softmax, topk."""
+    model = torchvision.models.resnext50_32x4d(weights=None)
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    model.eval()
+    if tag == "IMAGENET1K_V1":  # the page's own Compose
+        preprocess = transforms.Compose(
+            [
+                transforms.Resize(256),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
+    else:
+        preprocess = torchvision.models.ResNeXt50_32X4D_Weights[tag].transforms()
+    input_batch = preprocess(Image.open(image).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        output = model(input_batch)
+    probabilities = torch.nn.functional.softmax(output[0], dim=0)
+    top5_prob, top5_catid = torch.topk(probabilities, 5)
+    return top5_catid.tolist(), top5_prob.tolist()
+
+
+@pytest.fixture
+def parity_images(make_image) -> list[Path]:
+    return [
+        make_image("photo.jpg", seed=11, size=(500, 375), quality=90),
+        make_image("tall.png", seed=12, size=(240, 410)),
+        make_image("gray.jpg", seed=13, size=(300, 300), mode="L"),
+        make_image("alpha.png", seed=14, size=(260, 200), mode="RGBA"),
+        make_image("small.png", seed=15, size=(120, 90)),
+    ]
+
+
+@pytest.mark.parametrize("tag", ["IMAGENET1K_V1", "IMAGENET1K_V2"])
+def test_exact_matches_the_hub_reference(checkpoint, parity_images, resnext, tag) -> None:
+    run = resnext(
+        "classify",
+        *parity_images,
+        "--checkpoint",
+        checkpoint,
+        "-w",
+        tag,
+        "--exact",
+        "--precision",
+        "fp32",
+        "-f",
+        "json",
+        "-b",
+        "3",
+    )
+    assert run.code == 0, run
+    import json
+
+    records = json.loads(run.stdout)
+    assert [r["input"] for r in records] == [str(p) for p in parity_images]
+    for record, image in zip(records, parity_images, strict=True):
+        indices, probs = reference_top5(checkpoint, image, tag)
+        assert [p["index"] for p in record["predictions"]] == indices, image.name
+        got = [p["probability"] for p in record["predictions"]]
+        assert got == pytest.approx(probs, abs=1e-5), image.name
+        assert record["weights"] == tag
+        assert record["model"] == "resnext50_32x4d"
+
+
+def test_predictions_differ_between_images(checkpoint, parity_images) -> None:
+    # Guards the test checkpoint itself: a near-uniform model would make parity vacuous.
+    records = Classifier(checkpoint=str(checkpoint)).classify(map(str, parity_images))
+    tops = [r.top1 for r in records if isinstance(r, Classified)]
+    assert len({t.index for t in tops}) >= 3
+    assert max(t.probability for t in tops) > 0.3
+
+
+def test_batched_and_single_runs_agree(checkpoint, make_image, tmp_path) -> None:
+    paths = [str(make_image(f"{i:02d}.png", seed=i, size=(200, 160))) for i in range(7)]
+    paths.insert(3, str(tmp_path / "missing.png"))
+    batched = list(Classifier(checkpoint=str(checkpoint), batch_size=4).classify(paths))
+    single = list(Classifier(checkpoint=str(checkpoint), batch_size=1, workers=0).classify(paths))
+    assert [r.input for r in batched] == paths
+    assert [r.input for r in single] == paths
+    assert isinstance(batched[3], Failed) and batched[3].error_type == "not_found"
+    for a, b in zip(batched, single, strict=True):
+        if isinstance(a, Classified):
+            assert isinstance(b, Classified)
+            assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
+            for pa, pb in zip(a.predictions, b.predictions, strict=True):
+                assert pa.probability == pytest.approx(pb.probability, abs=1e-4)
+
+
+def test_probabilities_are_a_sorted_softmax(checkpoint, make_image) -> None:
+    [record] = Classifier(checkpoint=str(checkpoint), topk=1000).classify(
+        [str(make_image("a.png", seed=3))]
+    )
+    assert isinstance(record, Classified)
+    probs = [p.probability for p in record.predictions]
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+    assert sorted(p.index for p in record.predictions) == list(range(1000))
+
+
+def test_finetuned_checkpoint_with_its_labels(checkpoint10, make_image, tmp_path) -> None:
+    labels = tmp_path / "labels.txt"
+    names = [f"class {chr(65 + i)}" for i in range(10)]
+    labels.write_text("\n".join(names) + "\n")
+    clf = Classifier(checkpoint=str(checkpoint10), labels=str(labels), topk=3)
+    [record] = clf.classify([str(make_image("x.png", seed=5))])
+    assert isinstance(record, Classified)
+    assert all(p.label == names[p.index] for p in record.predictions)
+    assert all(0 <= p.index < 10 for p in record.predictions)
+
+
+def test_class_count_mismatch_is_a_config_error(checkpoint10) -> None:
+    with pytest.raises(ConfigError) as info:
+        Classifier(checkpoint=str(checkpoint10))
+    assert "has 10 classes but the bundled ImageNet labels has 1000" in str(info.value)
+
+
+def test_wrong_architecture_is_named(checkpoint) -> None:
+    with pytest.raises(CheckpointError) as info:
+        Classifier(model="resnext101_64x4d", checkpoint=str(checkpoint))
+    message = str(info.value)
+    assert message.startswith(f"checkpoint '{checkpoint}' does not fit resnext101_64x4d:")
+    assert "missing keys" in message
+
+
+def test_checkpoint_wrappers_and_module_prefix(checkpoint, make_image, tmp_path) -> None:
+    state = torch.load(checkpoint, weights_only=True)
+    image = str(make_image("w.png", seed=9))
+    expected = next(iter(Classifier(checkpoint=str(checkpoint)).classify([image])))
+    for name, obj in {
+        "sd.pth": {"state_dict": state},
+        "ddp.pth": {"module." + k: v for k, v in state.items()},
+        "ref.pth": {"model": state, "epoch": 3, "args": __import__("argparse").Namespace(lr=1)},
+    }.items():
+        torch.save(obj, tmp_path / name)
+        got = next(iter(Classifier(checkpoint=str(tmp_path / name)).classify([image])))
+        assert isinstance(got, Classified) and isinstance(expected, Classified)
+        assert got.predictions == expected.predictions, name
+
+
+def test_model_is_built_without_random_init(monkeypatch, checkpoint) -> None:
+    # Building on the meta device means no kaiming init runs on real tensors.
+    calls: list[int] = []
+    real = torch.nn.init.kaiming_normal_
+
+    def spy(tensor, *a, **k):
+        if not tensor.is_meta:
+            calls.append(tensor.numel())
+        return real(tensor, *a, **k)
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_normal_", spy)
+    Classifier(checkpoint=str(checkpoint))
+    assert calls == []
+
+
+def test_other_architectures_load(tmp_path, make_image) -> None:
+    path = make_checkpoint(tmp_path / "r101.pth", arch="resnext101_64x4d", num_classes=1000)
+    [record] = Classifier(model="101-64", checkpoint=str(path), topk=2).classify(
+        [str(make_image("z.png", seed=2, size=(96, 96)))]
+    )
+    assert isinstance(record, Classified)
+    assert record.model == "resnext101_64x4d"
+    assert record.weights == "IMAGENET1K_V1"
