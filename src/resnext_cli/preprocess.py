@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import re
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -16,6 +19,21 @@ if TYPE_CHECKING:
     import torch
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+# Formats Pillow recognises but that are not raster images it can decode by itself:
+# EPS runs Ghostscript (an attack surface for hostile files), WMF/EMF are vector drawings.
+_REFUSED_FORMATS = frozenset({"EPS", "WMF"})
+
+# Longest side an image may have, as a multiple of its shortest, before preprocessing.
+# The centre crop only ever sees the middle of an image, but Resize scales the whole of
+# it first: a 1x20000 strip would become 232x4,640,000 pixels (gigabytes) on the way.
+MAX_ASPECT = 16
+
+# Hostile files make Pillow warn (bad EXIF, odd TIFF tags, pixel counts near the limit);
+# each becomes an error record or is harmless, so the warnings would only be noise.
+# A global filter, because warnings.catch_warnings is not safe in decoding threads.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
 
 
 @dataclass(frozen=True)
@@ -29,83 +47,179 @@ class DecodeOptions:
     draft_min_side: int = 0
 
 
+_LIMIT_LOCK = threading.Lock()
+
+
+@functools.cache
+def _readable_formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in Image.ID if f not in _REFUSED_FORMATS)
+
+
+def _open(fp: BinaryIO, max_pixels: int) -> Image.Image:
+    """Image.open, letting Pillow's own bomb check through up to *max_pixels*.
+
+    Pillow refuses more than twice its MAX_IMAGE_PIXELS while reading the header; a
+    higher --max-pixels lifts that global for this one call (decode checks the size
+    itself right after), under a lock, and puts it back.
+    """
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is None or max_pixels <= 2 * pillow_limit:
+        return Image.open(fp, formats=_readable_formats())
+    with _LIMIT_LOCK:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            return Image.open(fp, formats=_readable_formats())
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _scale_to_8bit(img: Image.Image) -> Image.Image:
     """Map 16-bit, 32-bit integer and float pixels onto 0..255 instead of clipping.
 
-    16-bit data is divided by 257 (65535 -> 255); 32-bit integers already in 0..255 or
-    0..65535 are taken as 8- or 16-bit; floats in 0..1 are scaled by 255; anything else
-    is stretched from its own minimum and maximum.
+    16-bit data is divided by 257 (65535 -> 255). 32-bit integers and floats are read
+    by their range: within 0..1 (floats only) times 255, within 0..255 as they are,
+    within 0..65535 divided by 257, anything else stretched from its own minimum to
+    its maximum. NaN becomes 0 and infinities are left out of the range, then clipped.
     """
+    import numpy as np
+
+    data = np.asarray(img).astype(np.float64)
     if img.mode.startswith("I;16"):
-        return img.convert("I").point(lambda v: v / 257).convert("L")
-    low, high = cast("tuple[float, float]", img.getextrema())
-    if img.mode == "I" and low >= 0 and high <= 255:
-        return img.convert("L")
-    if img.mode == "I" and low >= 0 and high <= 65535:
-        return img.point(lambda v: v / 257).convert("L")
-    if img.mode == "F" and low >= 0 and high <= 1:
-        return img.point(lambda v: v * 255).convert("L")
-    if high == low:
-        return Image.new("L", img.size, 0)
-    scale = 255 / (high - low)
-    return img.convert("F").point(lambda v: (v - low) * scale).convert("L")
+        scaled = data / 257
+    else:
+        finite = data[np.isfinite(data)]
+        low = float(finite.min()) if finite.size else 0.0
+        high = float(finite.max()) if finite.size else 0.0
+        if img.mode == "F" and low >= 0 and high <= 1:
+            scaled = data * 255
+        elif low >= 0 and high <= 255:
+            scaled = data
+        elif low >= 0 and high <= 65535:
+            scaled = data / 257
+        elif high > low:
+            scaled = (data - low) * (255 / (high - low))
+        else:
+            scaled = np.zeros_like(data)
+    pixels = np.clip(np.floor(np.nan_to_num(scaled, nan=0.0) + 0.5), 0, 255)
+    return Image.fromarray(pixels.astype(np.uint8), "L")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB the way a person sees the picture."""
-    if img.mode == "RGB":
-        return img
+    """Convert any Pillow mode to RGB the way a person sees the picture.
+
+    Transparent pixels are composited onto white, whatever colour hides under them;
+    16-bit, 32-bit and float pixels are scaled into 0..255 (see _scale_to_8bit).
+    """
     if img.mode.startswith("I") or img.mode == "F":
         return _scale_to_8bit(img).convert("RGB")
-    if img.mode in _ALPHA_MODES or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode == "RGB":
+        return img
     return img.convert("RGB")
 
 
-def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
-    """Open and fully decode one image into RGB, or raise a typed InputError."""
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a damaged EXIF block leaves the picture as stored."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+        return ImageOps.exif_transpose(img)
+    except Exception:
+        return img
+
+
+def _damaged(name: str, exc: Exception) -> InputError:
+    """Type an error Pillow raised while reading a file it recognised."""
+    text = str(exc) or exc.__class__.__name__
+    if len(text) > 120:  # some decoders quote the junk they choked on
+        text = text[:117] + "..."
+    if isinstance(exc, MemoryError):
+        return InputError("too_large", f"'{name}' needs more memory than there is to decode")
+    if isinstance(exc, OSError) and exc.errno is not None:  # the disk failed, not the data
+        return InputError("unreadable", f"cannot read '{name}': {exc.strerror or text}")
+    lowered = text.lower()
+    if "not available" in lowered or "unsupported" in lowered or "not supported" in lowered:
+        return InputError("unreadable", f"cannot decode '{name}': {text}")
+    return InputError(
+        "truncated",
+        f"'{name}' is truncated or damaged ({text}); --allow-truncated keeps what decodes",
+    )
+
+
+def _too_many_pixels(name: str, limit: int, size: tuple[int, int] | str) -> InputError:
+    """The error for an image over the pixel limit; *size* is its size or Pillow's refusal."""
+    if isinstance(size, tuple):
+        width, height = size
+        what = f"'{name}' is {width}x{height} = {width * height} pixels, over the {limit} limit"
+    elif match := re.search(r"\((\d+) pixels\)", size):  # "Image size (N pixels) exceeds..."
+        what = f"'{name}' has {match.group(1)} pixels, over the {limit} limit"
+    else:
+        what = f"'{name}' has more than {limit} pixels"
+    return InputError("too_large", f"{what} (raise the limit with --max-pixels)")
+
+
+def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
+    """Open and fully decode one image (its first frame) into RGB, or raise an InputError."""
+    # Pillow reads this globally; every thread of a run sets the same value.
+    ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
+    try:
+        img = _open(fp, options.max_pixels)
     except UnidentifiedImageError:
         raise InputError("not_an_image", f"'{name}' is not an image Pillow can read") from None
-    except Image.DecompressionBombError:
-        raise InputError("too_large", f"'{name}' has too many pixels") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError("unreadable", f"cannot open '{name}': {exc}") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(name, options.max_pixels, str(exc)) from None
+    except Exception as exc:
+        raise _damaged(name, exc) from None
     width, height = img.size
     if width * height > options.max_pixels:
-        raise InputError(
-            "too_large",
-            f"'{name}' is {width}x{height} = {width * height} pixels, over the "
-            f"{options.max_pixels} limit (raise it with --max-pixels)",
-        )
+        raise _too_many_pixels(name, options.max_pixels, img.size)
     if options.draft_min_side and img.format == "JPEG" and not options.exact:
         side = options.draft_min_side
         img.draft(img.mode, (side, side))
-    # Pillow reads this flag globally; every thread of a run sets the same value.
-    ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        text = str(exc)
-        if "truncated" in text or "broken" in text or isinstance(exc, EOFError):
-            raise InputError(
-                "truncated",
-                f"'{name}' is truncated or damaged (--allow-truncated classifies what decodes)",
-            ) from None
-        raise InputError("unreadable", f"cannot decode '{name}': {text}") from None
-    if options.exact:
-        # The reference pipeline: exactly what `Image.open(f).convert("RGB")` gives.
-        return img.convert("RGB")
-    return to_rgb(ImageOps.exif_transpose(img))
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(name, options.max_pixels, str(exc)) from None
+    except Exception as exc:
+        raise _damaged(name, exc) from None
+    try:
+        if options.exact:
+            # The reference pipeline: exactly what `Image.open(f).convert("RGB")` gives.
+            return img.convert("RGB")
+        return to_rgb(_upright(img))
+    except (ValueError, OSError) as exc:
+        raise InputError(
+            "unreadable", f"cannot convert '{name}' from {img.mode} pixels to RGB: {exc}"
+        ) from None
+
+
+def limit_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """Crop the middle of an image whose long side exceeds *max_aspect* times its short one."""
+    width, height = img.size
+    short = min(width, height)
+    if max(width, height) <= max_aspect * short:
+        return img
+    keep = max_aspect * short
+    if width > height:
+        left = (width - keep) // 2
+        return img.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return img.crop((0, top, width, top + keep))
 
 
 def build_transform(weights: object) -> Callable[[Image.Image], torch.Tensor]:
-    """Return torchvision's own preprocessing for a Weights enum member."""
-    transforms: Callable[[], Callable[[Image.Image], torch.Tensor]]
-    transforms = weights.transforms  # type: ignore[attr-defined]
-    return transforms()
+    """Return torchvision's own preprocessing for a Weights enum member.
+
+    Images longer than MAX_ASPECT to one are first cropped to their middle, which is all
+    the centre crop keeps anyway; every other image gets exactly the weights' transforms.
+    """
+    factory: Callable[[], Callable[[Image.Image], torch.Tensor]]
+    factory = weights.transforms  # type: ignore[attr-defined]
+    transform = factory()
+
+    def apply(img: Image.Image) -> torch.Tensor:
+        return transform(limit_aspect(img))
+
+    return apply

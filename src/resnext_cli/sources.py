@@ -6,6 +6,8 @@ import glob
 import io
 import os
 import re
+import stat
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +102,29 @@ def _sniff(path: Path) -> bool:
         return False
 
 
-def _wanted(path: Path) -> bool:
-    """Whether a file met while walking a folder or expanding a glob is an image."""
+def _is_special(path: Path) -> bool:
+    """Whether *path* is a FIFO, socket or device: opening one can block forever."""
+    try:
+        mode = path.stat().st_mode  # follows links; a broken one is left to open()
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _wanted(path: Path, name: str | None = None) -> Source | None:
+    """The source for a file met while walking a folder or expanding a glob, if an image."""
+    name = str(path) if name is None else name
     suffix = path.suffix.lower()
-    if suffix in IMAGE_EXTENSIONS:
-        return True
-    return suffix == "" and _sniff(path)
+    if suffix not in IMAGE_EXTENSIONS and suffix != "":
+        return None
+    if _is_special(path):
+        if suffix == "":
+            return None
+        message = f"'{name}' is not a regular file (a pipe, socket or device)"
+        return Source(input=name, path=path, error=InputError("unreadable", message))
+    if suffix == "" and not _sniff(path):
+        return None
+    return Source(input=name, path=path)
 
 
 def _walk(root: Path, warn: Warn) -> Iterator[Source]:
@@ -139,9 +158,9 @@ def _walk(root: Path, warn: Warn) -> Iterator[Source]:
                 is_dir = False
             if is_dir:
                 subdirs.append(path)
-            elif _wanted(path):
+            elif (source := _wanted(path)) is not None:
                 found += 1
-                yield Source(input=str(path), path=path)
+                yield source
         for sub in subdirs:
             yield from visit(sub)
 
@@ -178,9 +197,9 @@ def _from_spec(spec: str, warn: Warn, *, expand_globs: bool) -> Iterator[Source]
                 for source in _walk(matched, warn):
                     count += 1
                     yield source
-            elif _wanted(matched):
+            elif (wanted := _wanted(matched, name)) is not None:
                 count += 1
-                yield Source(input=name, path=matched)
+                yield wanted
         if count == 0:
             warn(f"no images match '{spec}'")
         return
@@ -225,9 +244,19 @@ def iter_sources(
             yield from _from_spec(spec, say, expand_globs=True)
 
 
-def _read_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
-    import requests
+def _reason(exc: Exception) -> str:
+    """The innermost OS reason in a requests error ('Connection refused'), or its class."""
+    found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
+    return found[-1].strip().lower() if found else exc.__class__.__name__
 
+
+def _read_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
+    """Download *url*, giving up after about *timeout* seconds or past *max_bytes*."""
+    import requests
+    import urllib3
+
+    timed_out = f"timed out after {timeout:g}s fetching '{url}' (raise --timeout to wait longer)"
+    deadline = time.monotonic() + timeout
     try:
         with requests.get(url, stream=True, timeout=timeout) as response:
             if response.status_code >= 400:
@@ -245,20 +274,29 @@ def _read_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
                     "too_large", f"'{url}' is {int(declared)} bytes, over the {max_bytes} limit"
                 )
             body = bytearray()
-            for chunk in response.iter_content(chunk_size=65536):
+            # read1 returns what has arrived, so a server that trickles a byte at a time
+            # cannot hold a download open past the deadline.
+            while chunk := response.raw.read1(65536, decode_content=True):
                 body += chunk
                 if len(body) > max_bytes:
                     raise InputError(
                         "too_large", f"'{url}' is over the {max_bytes}-byte download limit"
                     )
+                if time.monotonic() > deadline:
+                    raise InputError("download_failed", timed_out)
             return bytes(body)
-    except requests.Timeout:
+    except (requests.Timeout, urllib3.exceptions.TimeoutError):
+        raise InputError("download_failed", timed_out) from None
+    except requests.TooManyRedirects:
+        raise InputError("download_failed", f"too many redirects fetching '{url}'") from None
+    except requests.exceptions.InvalidSchema:  # only a redirect can lead off http(s)
         raise InputError(
-            "download_failed", f"timed out after {timeout:g}s fetching '{url}'"
+            "download_failed", f"'{url}' redirects to a URL that is not http(s)"
         ) from None
-    except requests.RequestException as exc:
-        reason = exc.__class__.__name__
-        raise InputError("download_failed", f"cannot fetch '{url}': {reason}") from None
+    except requests.exceptions.InvalidURL:
+        raise InputError("download_failed", f"'{url}' is not a valid URL") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise InputError("download_failed", f"cannot fetch '{url}': {_reason(exc)}") from None
 
 
 def open_source(source: Source, *, timeout: float = 10.0, max_bytes: int = 100 << 20) -> BinaryIO:

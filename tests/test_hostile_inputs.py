@@ -1,0 +1,909 @@
+"""Awkward, broken and hostile inputs: each ends as a result or a typed error, never a crash.
+
+Pixel tests compare decode() against hand-computed values; the folder test runs the CLI
+once over every awkward file generated at test time.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.server
+import io
+import json
+import os
+import random
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from resnext_cli import Classifier
+from resnext_cli.errors import InputError
+from resnext_cli.preprocess import DecodeOptions, build_transform, decode, limit_aspect, to_rgb
+from resnext_cli.results import Classified, Failed
+from resnext_cli.sources import Source, iter_sources, open_source
+from tests.conftest import natural_image
+
+# Hostile files make Pillow warn (odd TIFF tags, bad EXIF, huge headers); expected here.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning:PIL", "ignore::PIL.Image.DecompressionBombWarning"
+)
+Pixel = tuple[int, ...]
+EXIF_ORIENTATION = 0x0112
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def encode(img: Image.Image, fmt: str, **save: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def decode_bytes(data: bytes, **options: Any) -> Image.Image:
+    return decode(io.BytesIO(data), "x", DecodeOptions(**options))
+
+
+def decode_error(data: bytes, **options: Any) -> InputError:
+    with pytest.raises(InputError) as info:
+        decode_bytes(data, **options)
+    return info.value
+
+
+def grid(img: Image.Image) -> list[list[Pixel]]:
+    width, height = img.size
+    return [[img.getpixel((x, y)) for x in range(width)] for y in range(height)]  # type: ignore[misc]
+
+
+def row(img: Image.Image) -> list[Pixel]:
+    assert img.size[1] == 1
+    return grid(img)[0]
+
+
+def assert_close(got: list[Pixel], want: list[Pixel], tol: int = 0) -> None:
+    assert len(got) == len(want), (got, want)
+    for g, w in zip(got, want, strict=True):
+        assert len(g) == len(w) and all(abs(a - b) <= tol for a, b in zip(g, w, strict=True)), (
+            got,
+            want,
+        )
+
+
+def gray(*values: int) -> list[Pixel]:
+    return [(v, v, v) for v in values]
+
+
+def over_white(value: int, alpha: int) -> int:
+    """A channel *value* at *alpha*, composited onto white."""
+    return round((value * alpha + 255 * (255 - alpha)) / 255)
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="30"><rect width="40"/></svg>\n'
+PDF = b"%PDF-1.4\n1 0 obj <</Type /Catalog>> endobj\ntrailer <</Root 1 0 R>>\n%%EOF\n"
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n"
+    b"newpath 0 0 moveto 40 30 lineto stroke showpage\n%%EOF\n"
+)
+
+
+# -- modes: each converted to RGB as a person sees it -----------------------------------
+
+
+def test_grayscale_and_bilevel() -> None:
+    gray_img = Image.new("L", (4, 1))
+    gray_img.putdata([0, 1, 128, 255])
+    assert row(decode_bytes(encode(gray_img, "PNG"))) == gray(0, 1, 128, 255)
+    bilevel = Image.new("1", (2, 1))
+    bilevel.putdata([0, 255])
+    assert row(decode_bytes(encode(bilevel, "PNG"))) == gray(0, 255)
+
+
+def palette_image() -> Image.Image:
+    img = Image.new("P", (3, 1))
+    img.putpalette([10, 20, 30, 200, 100, 50, 0, 90, 180])
+    img.putdata([0, 1, 2])
+    return img
+
+
+def test_palette_without_and_with_transparency() -> None:
+    img = palette_image()
+    assert row(decode_bytes(encode(img, "PNG"))) == [(10, 20, 30), (200, 100, 50), (0, 90, 180)]
+    # Entry 1 is transparent: white, not the (200, 100, 50) stored under it.
+    assert row(decode_bytes(encode(img, "PNG", transparency=1))) == [
+        (10, 20, 30),
+        (255, 255, 255),
+        (0, 90, 180),
+    ]
+    assert row(decode_bytes(encode(img, "GIF", transparency=1)))[1] == (255, 255, 255)
+    # Per-entry alpha (tRNS with one byte per palette entry): 255, 128 and 0.
+    partial = row(decode_bytes(encode(img, "PNG", transparency=bytes([255, 128, 0]))))
+    half = tuple(over_white(c, 128) for c in (200, 100, 50))
+    assert_close(partial, [(10, 20, 30), half, (255, 255, 255)], tol=1)
+
+
+def test_gray_and_rgb_with_a_transparent_colour() -> None:
+    gray_img = Image.new("L", (2, 1))
+    gray_img.putdata([7, 90])
+    assert row(decode_bytes(encode(gray_img, "PNG", transparency=7))) == gray(255, 90)
+    rgb = Image.new("RGB", (2, 1), (10, 20, 30))
+    rgb.putpixel((1, 0), (1, 2, 3))
+    got = row(decode_bytes(encode(rgb, "PNG", transparency=(1, 2, 3))))
+    assert got == [(10, 20, 30), (255, 255, 255)]
+
+
+def test_alpha_is_composited_onto_white() -> None:
+    la = Image.new("LA", (3, 1))
+    la.putdata([(100, 0), (100, 255), (0, 128)])
+    assert_close(row(decode_bytes(encode(la, "PNG"))), gray(255, 100, over_white(0, 128)), tol=1)
+    rgba = Image.new("RGBA", (3, 1))
+    rgba.putdata([(10, 200, 30, 0), (10, 200, 30, 255), (0, 0, 0, 64)])
+    got = row(decode_bytes(encode(rgba, "PNG")))
+    assert_close(got, [(255, 255, 255), (10, 200, 30), gray(over_white(0, 64))[0]], tol=1)
+
+
+def test_exact_keeps_the_reference_conversion() -> None:
+    # --exact is torchvision's loader: convert("RGB") drops alpha, showing the hidden colour.
+    rgba = Image.new("RGBA", (1, 1), (10, 200, 30, 0))
+    assert row(decode_bytes(encode(rgba, "PNG"), exact=True)) == [(10, 200, 30)]
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG"])
+def test_cmyk(fmt: str) -> None:
+    cmyk = Image.new("CMYK", (16, 16), (10, 200, 30, 60))
+    img = decode_bytes(encode(cmyk, fmt))
+    want = tuple(round((255 - c) * (255 - 60) / 255) for c in (10, 200, 30))
+    assert_close([img.getpixel((8, 8))], [want], tol=1 if fmt == "TIFF" else 6)  # type: ignore[list-item]
+
+
+def test_ycbcr() -> None:
+    ycc = Image.new("YCbCr", (2, 1))
+    ycc.putdata([(128, 128, 128), (100, 150, 90)])
+    data = encode(ycc, "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "YCbCr"
+    y, cb, cr = 100, 150 - 128, 90 - 128  # JFIF's YCbCr to RGB
+    want = (y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb)
+    got = row(decode_bytes(data))
+    assert_close(got, [(128, 128, 128), tuple(round(v) for v in want)], tol=1)
+
+
+def test_16_bit_png_is_scaled_not_clipped() -> None:
+    img = Image.fromarray(np.array([[0, 2570, 257 * 128, 65535, 1000]], dtype=np.uint16))
+    data = encode(img, "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    # v / 257, rounded: 1000 / 257 = 3.89.
+    assert row(decode_bytes(data)) == gray(0, 10, 128, 255, 4)
+
+
+@pytest.mark.parametrize(
+    ("values", "want"),
+    [
+        ([0, 17, 255], [0, 17, 255]),  # 8-bit data in a 32-bit file: as it is
+        ([0, 257 * 100, 65535], [0, 100, 255]),  # 16-bit data: / 257
+        ([-1000, 0, 1000], [0, 128, 255]),  # anything else: stretched, 127.5 -> 128
+    ],
+)
+def test_32_bit_integer_tiff(values: list[int], want: list[int]) -> None:
+    data = encode(Image.fromarray(np.array([values], dtype=np.int32)), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I"
+    assert row(decode_bytes(data)) == gray(*want)
+
+
+@pytest.mark.parametrize(
+    ("values", "want"),
+    [
+        ([0.0, 0.5, 1.0], [0, 128, 255]),  # 0..1: times 255
+        ([0.0, 100.0, 255.0], [0, 100, 255]),  # 0..255: as it is
+        ([-2.0, 0.0, 2.0], [0, 128, 255]),  # stretched
+        ([float("nan"), 0.0, 1.0, float("inf")], [0, 0, 255, 255]),  # NaN black, inf clipped
+    ],
+)
+def test_float_tiff(values: list[float], want: list[int]) -> None:
+    data = encode(Image.fromarray(np.array([values], dtype=np.float32)), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "F"
+    assert row(decode_bytes(data)) == gray(*want)
+
+
+def test_to_rgb_leaves_rgb_alone() -> None:
+    img = Image.new("RGB", (1, 1), (1, 2, 3))
+    assert to_rgb(img) is img
+
+
+@pytest.mark.parametrize(
+    ("fmt", "save"),
+    [
+        ("GIF", {}),
+        ("TIFF", {}),
+        ("WEBP", {"lossless": True}),
+        ("PNG", {}),  # APNG
+    ],
+)
+def test_multi_frame_files_use_the_first_frame(fmt: str, save: dict[str, Any]) -> None:
+    first = Image.new("RGB", (8, 8), (200, 30, 40))
+    second = Image.new("RGB", (8, 8), (10, 20, 250))
+    data = encode(first, fmt, save_all=True, append_images=[second], **save)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
+    img = decode_bytes(data)
+    assert {p for line in grid(img) for p in line} == {(200, 30, 40)}
+
+
+# -- EXIF orientation ----------------------------------------------------------------
+
+
+def displayed(stored: list[list[Pixel]], orientation: int) -> list[list[Pixel]]:
+    """What a viewer shows for *stored* pixels, from the EXIF definition of each tag.
+
+    Tag 5: stored row r is shown as column r, stored column c as row c; 6: rows become
+    columns from the right; 7: from the right and bottom; 8: columns from the bottom.
+    """
+    h, w = len(stored), len(stored[0])
+    rules: dict[int, tuple[int, int, Callable[[int, int], Pixel]]] = {
+        1: (w, h, lambda x, y: stored[y][x]),
+        2: (w, h, lambda x, y: stored[y][w - 1 - x]),
+        3: (w, h, lambda x, y: stored[h - 1 - y][w - 1 - x]),
+        4: (w, h, lambda x, y: stored[h - 1 - y][x]),
+        5: (h, w, lambda x, y: stored[x][y]),
+        6: (h, w, lambda x, y: stored[h - 1 - x][y]),
+        7: (h, w, lambda x, y: stored[h - 1 - x][w - 1 - y]),
+        8: (h, w, lambda x, y: stored[x][w - 1 - y]),
+    }
+    width, height, pick = rules[orientation]
+    return [[pick(x, y) for x in range(width)] for y in range(height)]
+
+
+def oriented_png(stored: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    return encode(stored, "PNG", exif=exif)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    stored = Image.new("RGB", (3, 2))
+    stored.putdata([(10 * (x + 1), 100 + 50 * y, 7) for y in range(2) for x in range(3)])
+    data = oriented_png(stored, orientation)
+    assert grid(decode_bytes(data)) == displayed(grid(stored), orientation)
+    assert grid(decode_bytes(data, exact=True)) == grid(stored)
+
+
+def test_exif_rotated_camera_jpeg() -> None:
+    # A camera held upright-right: the sensor's pixels are stored rotated, tag 6.
+    upright = Image.new("RGB", (64, 32), (255, 0, 0))
+    upright.paste((0, 0, 255), (32, 0, 64, 32))  # red left half, blue right half
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # 32 wide, 64 tall
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    img = decode_bytes(encode(stored, "JPEG", exif=exif, quality=95))
+    assert img.size == (64, 32)
+    assert_close([img.getpixel((8, 16)), img.getpixel((56, 16))], [(255, 0, 0), (0, 0, 255)], 8)  # type: ignore[list-item]
+
+
+def test_damaged_exif_does_not_cost_the_picture() -> None:
+    img = Image.new("RGB", (4, 4), (1, 2, 3))
+    data = encode(img, "JPEG", exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff\x01")
+    assert decode_bytes(data).size == (4, 4)
+
+
+def test_orientation_changes_what_is_classified(checkpoint: Path, tmp_path: Path) -> None:
+    upright = natural_image(5, (96, 64))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    paths = {
+        "upright": tmp_path / "upright.png",
+        "tagged": tmp_path / "tagged.png",
+        "stored": tmp_path / "stored.png",
+    }
+    upright.save(paths["upright"])
+    paths["tagged"].write_bytes(oriented_png(stored, 6))
+    stored.save(paths["stored"])
+    inputs = [str(p) for p in paths.values()]
+
+    def top5(**options: Any) -> dict[str, list[tuple[int, float]]]:
+        clf = Classifier(checkpoint=str(checkpoint), batch_size=3, workers=0, **options)
+        out = {}
+        for name, record in zip(paths, clf.classify(inputs), strict=True):
+            assert isinstance(record, Classified)
+            out[name] = [(p.index, p.probability) for p in record.predictions]
+        return out
+
+    def same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
+        return [i for i, _ in a] == [i for i, _ in b] and all(
+            abs(p - q) < 1e-5 for (_, p), (_, q) in zip(a, b, strict=True)
+        )
+
+    seen = top5()
+    assert same(seen["tagged"], seen["upright"])
+    assert not same(seen["tagged"], seen["stored"])
+    exact = top5(exact=True)
+    assert same(exact["tagged"], exact["stored"])  # --exact: no transpose, as torchvision
+    assert not same(exact["tagged"], exact["upright"])
+
+
+# -- broken files --------------------------------------------------------------------
+
+
+def test_empty_random_and_vector_files_are_not_images() -> None:
+    junk = random.Random(7).randbytes(4096)
+    for data in (b"", junk, SVG, PDF, EPS):
+        error = decode_error(data)
+        assert (error.error_type, error.message) == (
+            "not_an_image",
+            "'x' is not an image Pillow can read",
+        )
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.9])
+def test_truncated_files(fmt: str, keep: float) -> None:
+    data = encode(natural_image(3, (160, 120)), fmt)
+    cut = data[: int(len(data) * keep)]
+    error = decode_error(cut)
+    assert error.error_type == "truncated"
+    assert error.message.startswith("'x' is truncated or damaged (")
+    assert error.message.endswith("); --allow-truncated keeps what decodes")
+    if keep == 0.9:  # what decodes of the first 90% is a picture of the full size
+        assert decode_bytes(cut, allow_truncated=True).size == (160, 120)
+
+
+def test_damaged_png_data() -> None:
+    data = bytearray(encode(natural_image(4, (64, 48)), "PNG"))
+    start = data.index(b"IDAT") + 40
+    data[start : start + 32] = bytes(32)
+    assert decode_error(bytes(data)).error_type == "truncated"
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    header = png_with_header(100_000, 100_000)
+    error = decode_error(header)
+    assert error.error_type == "too_large"
+    limit = DecodeOptions().max_pixels
+    assert error.message == (
+        f"'x' has 10000000000 pixels, over the {limit} limit (raise the limit with --max-pixels)"
+    )
+    # Under Pillow's own refusal but over a lowered limit: refused from the header alone.
+    error = decode_error(png_with_header(15_000, 10_000), max_pixels=100_000_000)
+    assert error.message == (
+        "'x' is 15000x10000 = 150000000 pixels, over the 100000000 limit "
+        "(raise the limit with --max-pixels)"
+    )
+    # A raised limit lets it through to decoding (which finds no pixel data).
+    assert decode_error(png_with_header(20_000, 10_000), max_pixels=300_000_000).error_type == (
+        "truncated"
+    )
+
+
+def test_max_pixels_small_limits() -> None:
+    data = encode(natural_image(1, (64, 64)), "PNG")
+    for limit in (4095, 1000):
+        error = decode_error(data, max_pixels=limit)
+        assert (error.error_type, error.message) == (
+            "too_large",
+            f"'x' is 64x64 = 4096 pixels, over the {limit} limit "
+            "(raise the limit with --max-pixels)",
+        )
+    assert decode_bytes(data, max_pixels=4096).size == (64, 64)
+    # Pillow's own limit is lifted for one call only, never left changed.
+    before = Image.MAX_IMAGE_PIXELS
+    decode_error(png_with_header(20_000, 10_000), max_pixels=300_000_000)
+    assert before == Image.MAX_IMAGE_PIXELS
+
+
+def test_tiny_and_thin_images() -> None:
+    assert row(decode_bytes(encode(Image.new("RGB", (1, 1), (9, 8, 7)), "PNG"))) == [(9, 8, 7)]
+    # A strip: red and blue ends, a green middle, which is all the centre crop keeps.
+    strip = Image.new("RGB", (6000, 2), (255, 0, 0))
+    strip.paste((0, 255, 0), (1000, 0, 5000, 2))
+    strip.paste((0, 0, 255), (5000, 0, 6000, 2))
+    assert limit_aspect(strip).size == (32, 2)
+    assert limit_aspect(strip.transpose(Image.Transpose.ROTATE_90)).size == (2, 32)
+    assert limit_aspect(Image.new("RGB", (32, 2))).size == (32, 2)
+    transform = build_transform(torchvision.models.ResNeXt50_32X4D_Weights.DEFAULT)
+    started = time.perf_counter()
+    tensor = transform(strip)
+    assert time.perf_counter() - started < 5  # not a 232 x 696,000 detour
+    mean = torch.tensor([0.485, 0.456, 0.406])
+    std = torch.tensor([0.229, 0.224, 0.225])
+    green = (torch.tensor([0.0, 1.0, 0.0]) - mean) / std
+    assert tensor.shape == (3, 224, 224)
+    assert torch.allclose(tensor, green[:, None, None].expand(3, 224, 224), atol=1e-5)
+
+
+# -- the file system -----------------------------------------------------------------
+
+
+@pytest.fixture
+def deny_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Take read permission from a file; as root, who reads it anyway, refuse it as Unix would."""
+    locked: set[Path] = set()
+    real_open = Path.open
+
+    def guarded_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.absolute() in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(Path, "open", guarded_open)
+
+    def deny(path: Path) -> None:
+        path.chmod(0)
+        locked.add(path.absolute())
+
+    return deny
+
+
+def make_awkward_folder(
+    root: Path, elsewhere: Path, deny_read: Callable[[Path], None]
+) -> dict[str, str]:
+    """Fill *root* with every awkward file; return input -> 'ok' or the expected error type."""
+    expected: dict[str, str] = {}
+    base = natural_image(21, (64, 48))
+    gray_img = base.convert("L")
+    pal = base.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+    other = natural_image(22, (64, 48))
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+
+    def save(name: str, img: Image.Image, folder: Path = root, **options: Any) -> Path:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, **options)
+        if folder == root:
+            expected[str(path)] = "ok"
+        return path
+
+    def write(name: str, data: bytes, error: str) -> Path:
+        path = root / name
+        path.write_bytes(data)
+        expected[str(path)] = error
+        return path
+
+    save("rgb.jpg", base)
+    save("gray.png", gray_img)
+    save("bilevel.png", base.convert("1"))
+    save("palette.png", pal)
+    save("palette_transparent.png", pal, transparency=0)
+    save("palette_transparent.gif", pal, transparency=0)
+    save("gray_alpha.png", base.convert("LA"))
+    save("rgba.png", rgba)
+    save("cmyk.jpg", base.convert("CMYK"))
+    save("gray16.png", Image.fromarray(np.asarray(gray_img).astype(np.uint16) * 257))
+    save("int32.tif", Image.fromarray(np.asarray(gray_img).astype(np.int32) * 1000 - 50_000))
+    save("float32.tif", Image.fromarray(np.asarray(gray_img).astype(np.float32) / 255))
+    save("ycbcr.tif", base.convert("YCbCr"))
+    save("animated.gif", base, save_all=True, append_images=[other])
+    save("multipage.tif", base, save_all=True, append_images=[other])
+    save("animated.webp", base, save_all=True, append_images=[other])
+    save("animated.png", base, save_all=True, append_images=[other])
+    save("rotated.jpg", base.transpose(Image.Transpose.ROTATE_90), exif=exif)
+    save("one_pixel.png", Image.new("RGB", (1, 1), (40, 80, 120)))
+    save("wide_strip.png", natural_image(23, (4000, 2)))
+    save("tall_strip.png", natural_image(24, (1, 3000)))
+    save("with spaces in it.png", base)
+    save("ünïcödé 写真.png", base)
+    save("-leading-dash.png", base)
+    save("UPPER.JPG", base, format="JPEG")
+    save("sub/nested.png", base)
+    extensionless = root / "no_extension"
+    extensionless.write_bytes(encode(base, "PNG"))
+    expected[str(extensionless)] = "ok"
+
+    write("empty.jpg", b"", "not_an_image")
+    write("random.png", random.Random(1).randbytes(3000), "not_an_image")
+    write("scraped.jpg", SVG, "not_an_image")
+    write("fake.png", PDF, "not_an_image")
+    jpeg = encode(natural_image(25, (160, 120)), "JPEG")
+    png = encode(natural_image(26, (160, 120)), "PNG")
+    write("truncated.jpg", jpeg[: len(jpeg) // 2], "truncated")
+    write("truncated.png", png[: len(png) // 2], "truncated")
+    write("bomb.png", png_with_header(100_000, 100_000), "too_large")
+    deny_read(write("locked.png", png, "unreadable"))
+    (root / "broken_link.jpg").symlink_to(elsewhere / "gone.jpg")
+    expected[str(root / "broken_link.jpg")] = "not_found"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(root / "pipe.jpg")  # opening it would wait for a writer forever
+        expected[str(root / "pipe.jpg")] = "unreadable"
+
+    # Links are followed; a loop back to the top is walked once.
+    target = save("linked.png", other, folder=elsewhere)
+    (root / "link_to_file.png").symlink_to(target)
+    expected[str(root / "link_to_file.png")] = "ok"
+    save("inside.png", other, folder=elsewhere / "album")
+    (root / "linked_album").symlink_to(elsewhere / "album", target_is_directory=True)
+    expected[str(root / "linked_album" / "inside.png")] = "ok"
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+
+    # Skipped without a record: not images by name, or hidden.
+    (root / "notes.txt").write_text("a text file in a camera dump")
+    base.save(root / ".hidden.png")
+    return expected
+
+
+def test_a_folder_of_awkward_files(
+    checkpoint: Path,
+    tmp_path: Path,
+    resnext: Callable[..., Any],
+    deny_read: Callable[[Path], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root, elsewhere = tmp_path / "dump", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    expected = make_awkward_folder(root, elsewhere, deny_read)
+    # Given by name: formats Pillow cannot open, a missing path, a name like an option.
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for name, data in {"drawing.svg": SVG, "doc.pdf": PDF, "figure.eps": EPS}.items():
+        (loose / name).write_bytes(data)
+        expected[str(loose / name)] = "not_an_image"
+    expected[str(loose / "missing.jpg")] = "not_found"
+    natural_image(27, (48, 48)).save(loose / "-dash.png")
+    monkeypatch.chdir(loose)
+    expected["-dash.png"] = "ok"
+    explicit = [str(loose / n) for n in ("drawing.svg", "doc.pdf", "figure.eps", "missing.jpg")]
+
+    run = resnext(
+        "classify", "--checkpoint", checkpoint, "-b", "4", "--workers", "2",
+        "-f", "jsonl", "--", root, *explicit, "-dash.png",
+    )  # fmt: skip
+
+    assert run.code == 1, run
+    assert "Traceback" not in run.stderr, run
+    records = run.records()
+    inputs = [r["input"] for r in records]
+    assert len(inputs) == len(set(inputs)), "an input got two records"
+    assert sorted(inputs) == sorted(expected), run
+    outcome = {r["input"]: r["error"]["type"] if "error" in r else "ok" for r in records}
+    assert outcome == expected
+    for record in records:
+        if "error" in record:
+            assert f"error: {record['error']['message']}" in run.stderr
+            continue
+        probs = [p["probability"] for p in record["predictions"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert 0 < sum(probs) <= 1 + 1e-6
+
+
+def test_a_file_that_vanishes_after_listing(
+    checkpoint: Path, make_image: Callable[..., Path]
+) -> None:
+    keep = make_image("a.png", seed=1, size=(64, 64))
+    gone = make_image("b.png", seed=2, size=(64, 64))
+    sources = list(iter_sources([str(keep.parent)]))
+    gone.unlink()
+    records = list(Classifier(checkpoint=str(checkpoint), workers=0).classify_sources(sources))
+    assert isinstance(records[0], Classified)
+    assert isinstance(records[1], Failed)
+    assert (records[1].error_type, records[1].message) == (
+        "not_found",
+        f"no such file: '{gone}'",
+    )
+
+
+def test_unreadable_file_message(tmp_path: Path, deny_read: Callable[[Path], None]) -> None:
+    path = tmp_path / "locked.png"
+    path.write_bytes(b"\x89PNG")
+    deny_read(path)
+    with pytest.raises(InputError) as info:
+        open_source(Source(input=str(path), path=path))
+    assert (info.value.error_type, info.value.message) == (
+        "unreadable",
+        f"permission denied: '{path}'",
+    )
+
+
+def test_a_name_that_is_not_utf8(
+    checkpoint: Path, tmp_path: Path, resnext: Callable[..., Any]
+) -> None:
+    # Old archives hold Latin-1 names; the run must neither die nor lose the name.
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    try:
+        raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")
+        with open(raw, "wb") as fh:
+            fh.write(encode(natural_image(3, (48, 48)), "PNG"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    out = tmp_path / "out.jsonl"
+    run = resnext("classify", folder, "--checkpoint", checkpoint, "-o", out)
+    assert run.code == 0, run
+    text = out.read_bytes().decode("utf-8")  # the file stays valid UTF-8
+    [record] = [json.loads(line) for line in text.splitlines()]
+    assert record["input"] == os.fsdecode(raw)
+    again = resnext("classify", folder, "--checkpoint", checkpoint, "-o", out, "--resume")
+    assert again.code == 0, again
+    assert "nothing left to do" in again.stderr
+    assert out.read_bytes().decode("utf-8") == text
+
+
+# -- standard input ------------------------------------------------------------------
+
+
+def test_empty_standard_input(checkpoint: Path, resnext: Callable[..., Any]) -> None:
+    run = resnext("classify", "-", "--checkpoint", checkpoint, input=b"")
+    assert run.code == 2
+    assert run.stderr.splitlines() == [
+        "warning: standard input is empty",
+        "error: no input matched (give image files, folders, globs or URLs)",
+    ]
+
+
+def test_a_list_on_standard_input(
+    checkpoint: Path, make_image: Callable[..., Path], tmp_path: Path, resnext: Callable[..., Any]
+) -> None:
+    image = make_image("a b.png", seed=4, size=(64, 64))
+    listing = (
+        f"# from find\r\n\r\n   \r\n{image}\r\n  # indented comment\r\n{tmp_path}/nope.jpg\r\n"
+    )
+    run = resnext("classify", "-", "--checkpoint", checkpoint, input=listing.encode())
+    assert run.code == 1, run
+    records = run.records()
+    assert [r["input"] for r in records] == [str(image), f"{tmp_path}/nope.jpg"]
+    assert "predictions" in records[0]
+    assert records[1]["error"]["type"] == "not_found"
+    only_comments = resnext("classify", "-", "--checkpoint", checkpoint, input=b"# x\n\n")
+    assert only_comments.code == 2
+    assert only_comments.stderr.splitlines() == [
+        "error: no input matched (give image files, folders, globs or URLs)"
+    ]
+
+
+# -- URLs ----------------------------------------------------------------------------
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    image = b""
+    released = threading.Event()
+    endless_done = threading.Event()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-body is what several routes test
+
+
+class _Routes(http.server.BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _headers(self, status: int, ctype: str, length: int | None = None, **extra: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        for key, value in extra.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        server, route = self.server, self.path
+        if route == "/ok.png":
+            self._headers(200, "image/png", len(server.image))
+            self.wfile.write(server.image)
+        elif route == "/missing":
+            self.send_error(404)
+        elif route == "/boom":
+            self.send_error(500)
+        elif route == "/stall":  # accepts, then never answers
+            server.released.wait(30)
+        elif route == "/trickle":  # answers a byte at a time, for ever
+            self._headers(200, "image/png")
+            deadline = time.monotonic() + 30
+            while not server.released.is_set() and time.monotonic() < deadline:
+                self.wfile.write(b"\x89")
+                self.wfile.flush()
+                time.sleep(0.05)
+        elif route == "/page.html":
+            body = b"<!doctype html><title>Not found</title><p>Try again."
+            self._headers(200, "text/html; charset=utf-8", len(body))
+            self.wfile.write(body)
+        elif route == "/redirect":
+            self._headers(302, "text/plain", 0, Location="/ok.png")
+        elif route == "/to-file":
+            self._headers(302, "text/plain", 0, Location="file:///etc/passwd")
+        elif route == "/huge":
+            self._headers(200, "image/jpeg", 200 << 20)
+        elif route == "/endless":  # chunked, no length, never ends
+            self._headers(200, "image/png", Transfer_Encoding="chunked")
+            chunk = b"%x\r\n%s\r\n" % (65536, b"\0" * 65536)
+            deadline = time.monotonic() + 30
+            try:
+                while not server.released.is_set() and time.monotonic() < deadline:
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+            finally:
+                server.endless_done.set()
+        else:
+            self.send_error(404)
+
+
+@pytest.fixture
+def web() -> Iterator[_Server]:
+    """A loopback server with misbehaving routes; it releases every handler on teardown."""
+    server = _Server(("127.0.0.1", 0), _Routes)
+    server.released = threading.Event()
+    server.endless_done = threading.Event()
+    server.image = encode(natural_image(31, (64, 48)), "PNG")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.released.set()
+        server.shutdown()
+        server.server_close()
+
+
+def url(server: _Server, route: str) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}{route}"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_urls(checkpoint: Path, web: _Server, resnext: Callable[..., Any]) -> None:
+    refused = f"http://127.0.0.1:{closed_port()}/photo.jpg"
+    routes = ["/ok.png", "/missing", "/boom", "/stall", "/trickle", "/page.html", "/redirect"]
+    routes += ["/to-file", "/huge"]
+    inputs = [url(web, r) for r in routes] + [refused, "file:///etc/passwd", "ftp://h/x.jpg"]
+    started = time.perf_counter()
+    run = resnext(
+        "classify", *inputs, "--checkpoint", checkpoint, "--timeout", "1", "--workers", "4"
+    )
+    elapsed = time.perf_counter() - started
+    assert run.code == 1, run
+    assert "Traceback" not in run.stderr
+    records = dict(zip([*routes, "refused", "file", "ftp"], run.records(), strict=True))
+    assert [r["input"] for r in records.values()] == inputs
+    errors = {
+        k: (r["error"]["type"], r["error"]["message"]) for k, r in records.items() if "error" in r
+    }
+    timed_out = "timed out after 1s fetching '{}' (raise --timeout to wait longer)"
+    assert errors == {
+        "/missing": ("download_failed", f"HTTP 404 Not Found for '{url(web, '/missing')}'"),
+        "/boom": ("download_failed", f"HTTP 500 Internal Server Error for '{url(web, '/boom')}'"),
+        "/stall": ("download_failed", timed_out.format(url(web, "/stall"))),
+        "/trickle": ("download_failed", timed_out.format(url(web, "/trickle"))),
+        "/page.html": (
+            "not_an_image",
+            f"'{url(web, '/page.html')}' returned text/html, not an image",
+        ),
+        "/to-file": (
+            "download_failed",
+            f"'{url(web, '/to-file')}' redirects to a URL that is not http(s)",
+        ),
+        "/huge": (
+            "too_large",
+            f"'{url(web, '/huge')}' is {200 << 20} bytes, over the {100 << 20} limit",
+        ),
+        "refused": ("download_failed", f"cannot fetch '{refused}': connection refused"),
+        "file": (
+            "unreadable",
+            "unsupported URL scheme 'file' in 'file:///etc/passwd' "
+            "(give a local path or an http(s) URL)",
+        ),
+        "ftp": (
+            "unreadable",
+            "unsupported URL scheme 'ftp' in 'ftp://h/x.jpg' (give a local path or an http(s) URL)",
+        ),
+    }
+    assert records["/redirect"]["predictions"] == records["/ok.png"]["predictions"]
+    assert elapsed < 20  # the stall and the trickle each gave up after about a second
+
+
+def test_a_body_over_the_cap_stops_the_download(web: _Server) -> None:
+    source = Source(input=url(web, "/endless"), url=url(web, "/endless"))
+    started = time.perf_counter()
+    with pytest.raises(InputError) as info:
+        open_source(source, timeout=20, max_bytes=1 << 20)
+    assert (info.value.error_type, info.value.message) == (
+        "too_large",
+        f"'{source.url}' is over the 1048576-byte download limit",
+    )
+    assert time.perf_counter() - started < 10
+    assert web.endless_done.wait(10), "the client kept the endless download open"
+
+
+# -- batches and workers -------------------------------------------------------------
+
+
+def run_within(seconds: float, work: Callable[[], list[Any]]) -> list[Any]:
+    """Run *work* in a thread and fail, rather than hang, if it takes too long."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(work())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"still running after {seconds}s"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    result: list[Any] = box[0]
+    return result
+
+
+def test_a_failing_batch_is_retried_one_image_at_a_time(
+    checkpoint: Path, make_image: Callable[..., Path]
+) -> None:
+    paths = [str(make_image(f"{i}.png", seed=i, size=(64, 64))) for i in range(3)]
+    guilty = str(make_image("guilty.png", seed=9, size=(65, 64)))
+    paths.insert(1, guilty)
+    clf = Classifier(checkpoint=str(checkpoint), batch_size=4, workers=0)
+    clean = list(clf.classify(paths))
+    real = clf.transform
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        tensor = real(img)
+        return tensor[:1] if img.size == (65, 64) else tensor  # one channel breaks the model
+
+    clf.transform = transform
+    records = run_within(120, lambda: list(clf.classify(paths)))
+    assert [r.input for r in records] == paths
+    failed = records[1]
+    assert isinstance(failed, Failed) and failed.error_type == "inference_failed"
+    assert failed.message.startswith("the model failed: ")
+    for got, want in zip(records, clean, strict=True):
+        if got.input == guilty:
+            continue
+        # Classified alone after the batch failed: the same as in the clean batch.
+        assert isinstance(got, Classified) and isinstance(want, Classified)
+        assert [p.index for p in got.predictions] == [p.index for p in want.predictions]
+        for a, b in zip(got.predictions, want.predictions, strict=True):
+            assert a.probability == pytest.approx(b.probability, abs=1e-4)
+
+
+def test_a_decoding_thread_that_dies_costs_one_record(
+    checkpoint: Path, make_image: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [str(make_image(f"{i}.png", seed=i, size=(64, 64))) for i in range(4)]
+    clf = Classifier(checkpoint=str(checkpoint), batch_size=2, workers=2)
+    real = clf._prepare
+
+    def dying(source: Source) -> Any:
+        if source.input == paths[1]:
+            raise SystemExit(3)  # not an Exception: ends a thread that does not catch it
+        return real(source)
+
+    monkeypatch.setattr(clf, "_prepare", dying)
+    records = run_within(120, lambda: list(clf.classify(paths)))
+    assert [r.input for r in records] == paths
+    assert [type(r) for r in records] == [Classified, Failed, Classified, Classified]
+    assert isinstance(records[1], Failed)
+    assert (records[1].error_type, records[1].message) == (
+        "unreadable",
+        f"decoding '{paths[1]}' failed: SystemExit(3)",
+    )
