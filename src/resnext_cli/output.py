@@ -1,19 +1,33 @@
-"""Writers for result records: table, json, jsonl, csv. They see records, never tensors."""
+"""Writers for result records: table, json, jsonl, csv, parquet. They see records, never tensors."""
 
 from __future__ import annotations
 
 import csv
 import json
-from typing import IO, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .results import Failed, Record
+from .errors import OutputError
+from .results import Classified, Failed, Record
 
-FORMATS = ("auto", "table", "json", "jsonl", "csv")
-_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+FORMATS = ("auto", "table", "json", "jsonl", "csv", "parquet")
+_BY_SUFFIX = {
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+PARQUET_HINT = "install with pip install 'resnext-cli[parquet]'"
+
+
+class MissingDependencyError(OutputError):
+    """An optional package that the chosen output needs is not installed."""
 
 
 class Writer(Protocol):
@@ -80,27 +94,136 @@ class JsonArrayWriter:
         self._stream.flush()
 
 
-CSV_HEADER = ("input", "rank", "index", "label", "probability", "error_type", "error")
+# Tabular forms shared by csv and parquet. Wide: one row per input, the top-k as
+# label_i/probability_i column pairs. Long: one row per prediction (rank 1..k). A failed
+# input is one row with its error. "uncertain" is a column only when a threshold was given.
+Cell = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """Which table the csv and parquet writers produce."""
+
+    topk: int = 5
+    long: bool = False
+    uncertain: bool = False
+
+    def columns(self) -> list[str]:
+        """The column names, in order."""
+        if self.long:
+            middle = ["rank", "index", "label", "probability"]
+        else:
+            middle = [f"{n}_{i}" for i in range(1, self.topk + 1) for n in ("label", "probability")]
+        flag = ["uncertain"] if self.uncertain else []
+        return ["input", "path", *middle, *flag, "error_type", "error"]
+
+    def rows(self, record: Record) -> list[list[Cell]]:
+        """The rows one record becomes, matching columns()."""
+        head: list[Cell] = [record.input, record.path]
+        if isinstance(record, Failed):
+            blanks: list[Cell] = [None] * (4 if self.long else 2 * self.topk)
+            none: list[Cell] = [None] if self.uncertain else []
+            return [[*head, *blanks, *none, record.error_type, record.message]]
+        assert isinstance(record, Classified)
+        flag: list[Cell] = [record.uncertain] if self.uncertain else []
+        if self.long:
+            return [
+                [*head, rank, p.index, p.label, p.probability, *flag, None, None]
+                for rank, p in enumerate(record.predictions, start=1)
+            ]
+        pairs: list[Cell] = []
+        for i in range(self.topk):
+            p = record.predictions[i] if i < len(record.predictions) else None
+            pairs += [p.label, p.probability] if p else [None, None]
+        return [[*head, *pairs, *flag, None, None]]
+
+
+def _csv_cell(value: Cell) -> str | int:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return value
 
 
 class CsvWriter:
-    """One row per prediction; a failed input is one row with its error."""
+    """One row per input (wide, the default) or per prediction (long)."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(
+        self, stream: IO[str], *, topk: int = 5, long: bool = False, uncertain: bool = False
+    ) -> None:
         self._stream = stream
+        self._shape = TableShape(topk, long, uncertain)
         self._csv = csv.writer(stream, lineterminator="\n")
-        self._csv.writerow(CSV_HEADER)
+        self._csv.writerow(self._shape.columns())
 
     def write(self, record: Record) -> None:
-        if isinstance(record, Failed):
-            self._csv.writerow([record.input, "", "", "", "", record.error_type, record.message])
-        else:
-            for rank, p in enumerate(record.predictions, start=1):
-                self._csv.writerow([record.input, rank, p.index, p.label, repr(p.probability)])
+        for row in self._shape.rows(record):
+            self._csv.writerow([_csv_cell(v) for v in row])
         self._stream.flush()
 
     def close(self) -> None:
         self._stream.flush()
+
+
+def require_pyarrow() -> Any:
+    """Import pyarrow.parquet, or raise with how to install it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependencyError(f"parquet output needs pyarrow ({PARQUET_HINT})") from None
+    return pq
+
+
+class ParquetWriter:
+    """The csv table as a typed Parquet file, written in row groups as records arrive."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        topk: int = 5,
+        long: bool = False,
+        uncertain: bool = False,
+        group_rows: int = 4096,
+    ) -> None:
+        pq = require_pyarrow()
+        import pyarrow as pa
+
+        self._pa = pa
+        self._shape = TableShape(topk, long, uncertain)
+        types = {"rank": pa.int32(), "index": pa.int32(), "uncertain": pa.bool_()}
+        self._schema = pa.schema(
+            [
+                (n, pa.float64() if n.startswith("probability") else types.get(n, pa.string()))
+                for n in self._shape.columns()
+            ]
+        )
+        self._rows: list[list[Cell]] = []
+        self._group_rows = group_rows
+        self._file = pq.ParquetWriter(str(path), self._schema)
+
+    def write(self, record: Record) -> None:
+        self._rows.extend(self._shape.rows(record))
+        if len(self._rows) >= self._group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        columns = list(zip(*self._rows, strict=True))
+        table = self._pa.Table.from_arrays(
+            [self._pa.array(c, type=f.type) for c, f in zip(columns, self._schema, strict=True)],
+            schema=self._schema,
+        )
+        self._file.write_table(table)
+        self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._file.close()
 
 
 def _bar(probability: float, width: int = 24) -> Text:
@@ -143,6 +266,7 @@ class TableWriter:
                 f"{record.top1.probability:.1%}",
                 _bar(record.top1.probability, 10),
                 Text(f"{printable(second.label)} {second.probability:.1%}") if second else "",
+                style="dim" if record.uncertain else None,
             )
         self._console.print(table)
         self._rows += 1
@@ -155,6 +279,9 @@ class TableWriter:
             )
             return
         table = Table(title=Text(printable(record.input)), title_justify="left")
+        if record.uncertain:
+            table.caption = "uncertain: the top-1 probability is below --min-probability"
+            table.style = "dim"
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("index", justify="right")
@@ -173,14 +300,27 @@ class TableWriter:
             self._first = None
 
 
-def make_writer(fmt: str, stream: IO[str], *, console: Console | None = None) -> Writer:
-    """Return the writer for a concrete format."""
+def make_writer(
+    fmt: str,
+    stream: IO[str],
+    *,
+    console: Console | None = None,
+    topk: int = 5,
+    long: bool = False,
+    uncertain: bool = False,
+    path: Path | None = None,
+) -> Writer:
+    """Return the writer for a concrete format (parquet writes to *path*, not *stream*)."""
     if fmt == "jsonl":
         return JsonLinesWriter(stream)
     if fmt == "json":
         return JsonArrayWriter(stream)
     if fmt == "csv":
-        return CsvWriter(stream)
+        return CsvWriter(stream, topk=topk, long=long, uncertain=uncertain)
+    if fmt == "parquet":
+        if path is None:
+            raise OutputError("parquet output needs a file (give -o FILE.parquet)")
+        return ParquetWriter(path, topk=topk, long=long, uncertain=uncertain)
     if fmt == "table":
         return TableWriter(console or Console(file=stream, highlight=False))
     raise ValueError(f"unknown format {fmt!r}")

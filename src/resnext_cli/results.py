@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -30,6 +30,8 @@ class Classified:
     path: str | None = None
     checkpoint: str | None = None
     thumbnail: bytes | None = field(default=None, repr=False, compare=False)
+    # None: no --min-probability was given; else whether top-1 fell below it.
+    uncertain: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -51,6 +53,8 @@ class Classified:
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint
         out["predictions"] = [p.to_dict() for p in self.predictions]
+        if self.uncertain is not None:
+            out["uncertain"] = self.uncertain
         return out
 
 
@@ -79,3 +83,14 @@ class Failed:
 
 
 Record = Classified | Failed
+
+
+def apply_threshold(record: Record, min_probability: float | None) -> Record:
+    """Mark a classified record uncertain when its top-1 probability is below the threshold.
+
+    With no threshold the record is returned as is, and its JSON has no "uncertain" key;
+    with one, every classified record's JSON has "uncertain": true or false.
+    """
+    if min_probability is None or not isinstance(record, Classified):
+        return record
+    return replace(record, uncertain=record.top1.probability < min_probability)

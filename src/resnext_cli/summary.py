@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from rich.console import Group, RenderableType
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
 from .errors import ExitStatus
+from .output import printable
 from .results import Classified, Failed, Record
+
+HISTOGRAM_LABELS = 10
+_EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
 @dataclass
@@ -21,6 +31,9 @@ class RunSummary:
     top1: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
+    min_probability: float | None = None
+    uncertain: int = 0
+    probabilities: list[float] = field(default_factory=list, repr=False)
 
     def add(self, record: Record) -> None:
         """Count one record."""
@@ -30,6 +43,9 @@ class RunSummary:
             assert isinstance(record, Classified)
             self.classified += 1
             self.top1[record.top1.label] += 1
+            self.probabilities.append(record.top1.probability)
+            if record.uncertain:
+                self.uncertain += 1
 
     @property
     def total(self) -> int:
@@ -59,3 +75,61 @@ class RunSummary:
             kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.failed.items()))
             text += f"; {sum(self.failed.values())} failed ({kinds})"
         return text
+
+    def confidence_line(self) -> str:
+        """How sure the model was: the median top-1 probability and the count under the bar."""
+        if not self.probabilities:
+            return ""
+        text = f"top-1 probability: median {statistics.median(self.probabilities):.1%}"
+        if self.min_probability is not None:
+            text += (
+                f"; {self.uncertain} of {self.classified} under {self.min_probability:.1%}"
+                " (uncertain)"
+            )
+        return text
+
+    def histogram(self, *, top: int = HISTOGRAM_LABELS, width: int = 30) -> Table:
+        """The most common top-1 labels as a bar chart."""
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
+        table.add_column("label", max_width=32, no_wrap=True, overflow="ellipsis")
+        table.add_column("bar", width=width, no_wrap=True)
+        table.add_column("count", justify="right", no_wrap=True)
+        table.add_column("share", justify="right", no_wrap=True)
+        common = self.top1.most_common(top)
+        peak = common[0][1] if common else 1
+        for label, count in common:
+            table.add_row(
+                Text(printable(label)),
+                Text(_bar(count / peak, width), style="cyan"),
+                str(count),
+                Text(f"{count / self.classified:.1%}", style="dim"),
+            )
+        rest = self.classified - sum(count for _, count in common)
+        if rest:
+            others = len(self.top1) - len(common)
+            table.add_row(
+                Text(f"({others} other labels)", style="dim"),
+                "",
+                str(rest),
+                Text(f"{rest / self.classified:.1%}", style="dim"),
+            )
+        return table
+
+    def render(self) -> RenderableType:
+        """The end-of-run report for stderr: counts, speed, confidence and the label histogram."""
+        parts: list[RenderableType] = [Text(self.line())]
+        if self.classified:
+            parts.append(Text(self.confidence_line()))
+            shown = min(HISTOGRAM_LABELS, len(self.top1))
+            parts.append(
+                Text(f"top-1 labels ({shown} most common of {len(self.top1)}):", style="bold")
+            )
+            parts.append(Padding(self.histogram(), (0, 0, 0, 2), expand=False))
+        return Group(*parts)
+
+
+def _bar(fraction: float, width: int) -> str:
+    """A horizontal bar of *fraction* of *width* cells, in eighths of a cell."""
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return "█" * full + (_EIGHTHS[part] if part else "")

@@ -1,0 +1,135 @@
+"""The end-of-run summary: counts, speed, confidence and the top-1 label histogram."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections import Counter
+
+from rich.console import Console
+
+from resnext_cli.errors import ExitStatus
+from resnext_cli.results import Classified, Failed, Prediction, apply_threshold
+from resnext_cli.summary import RunSummary
+
+
+def classified(name: str, label: str, probability: float, index: int = 0) -> Classified:
+    return Classified(
+        name, "resnext50_32x4d", "IMAGENET1K_V2", (Prediction(label, index, probability),)
+    )
+
+
+def rendered(summary: RunSummary, width: int = 120) -> str:
+    console = Console(width=width, file=io.StringIO(), color_system=None)
+    console.print(summary.render())
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+def run_of(labels: list[tuple[str, float]], *, threshold: float | None) -> RunSummary:
+    summary = RunSummary(
+        device="cuda:0", precision="bf16", started=100.0, finished=104.0, min_probability=threshold
+    )
+    for i, (label, p) in enumerate(labels):
+        summary.add(apply_threshold(classified(f"{i}.jpg", label, p), threshold))
+    return summary
+
+
+def test_summary_text_with_threshold_failures_and_a_long_tail() -> None:
+    labels = [("tabby, tabby cat", 0.9)] * 7 + [("crane", 0.2)] * 3 + [("Crane", 0.8)]
+    labels += [(f"label {i}", 0.4 + i / 100) for i in range(11)]
+    summary = run_of(labels, threshold=0.5)
+    summary.add(Failed("bad.jpg", "not_an_image", "'bad.jpg' is not an image"))
+    summary.add(Failed("cut.jpg", "truncated", "'cut.jpg' is truncated"))
+    summary.add(Failed("cut2.jpg", "truncated", "'cut2.jpg' is truncated"))
+    assert rendered(summary) == (
+        "classified 22 of 25 inputs in 4.0s (5.5 img/s) on cuda:0, bf16; 3 failed "
+        "(1 not_an_image, 2 truncated)\n"
+        "top-1 probability: median 47.5%; 13 of 22 under 50.0% (uncertain)\n"
+        "top-1 labels (10 most common of 14):\n"
+        "  tabby, tabby cat ██████████████████████████████ 7 31.8%\n"
+        "  crane            ████████████▉                  3 13.6%\n"
+        "  Crane            ████▎                          1  4.5%\n"
+        "  label 0          ████▎                          1  4.5%\n"
+        "  label 1          ████▎                          1  4.5%\n"
+        "  label 2          ████▎                          1  4.5%\n"
+        "  label 3          ████▎                          1  4.5%\n"
+        "  label 4          ████▎                          1  4.5%\n"
+        "  label 5          ████▎                          1  4.5%\n"
+        "  label 6          ████▎                          1  4.5%\n"
+        "  (4 other labels)                                4 18.2%\n"
+    )
+    assert summary.exit_status == ExitStatus.SOME_FAILED
+
+
+def test_summary_without_threshold_says_nothing_of_uncertain() -> None:
+    summary = run_of([("goldfish", 0.75), ("goldfish", 0.5), ("tench", 0.25)], threshold=None)
+    assert rendered(summary) == (
+        "classified 3 of 3 inputs in 4.0s (0.8 img/s) on cuda:0, bf16\n"
+        "top-1 probability: median 50.0%\n"
+        "top-1 labels (2 most common of 2):\n"
+        "  goldfish ██████████████████████████████ 2 66.7%\n"
+        "  tench    ███████████████                1 33.3%\n"
+    )
+    assert summary.exit_status == ExitStatus.OK
+
+
+def test_labels_are_escaped_and_cut_to_the_column() -> None:
+    summary = run_of([("evil\x1b[2J\nlabel", 0.9), ("x" * 50, 0.9)], threshold=None)
+    lines = rendered(summary, width=80).splitlines()
+    assert lines[3] == "  evil\\x1b[2J\\nlabel               ██████████████████████████████ 1 50.0%"
+    assert lines[4] == "  xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx… ██████████████████████████████ 1 50.0%"
+    assert "\x1b" not in "".join(lines)
+
+
+def test_only_failures_has_no_histogram() -> None:
+    summary = RunSummary(device="cpu", precision="fp32", started=0.0, finished=2.0)
+    summary.add(Failed("a", "not_found", "no such file: 'a'"))
+    summary.add(Failed("b", "not_found", "no such file: 'b'"))
+    assert rendered(summary) == (
+        "classified 0 of 2 inputs in 2.0s (0.0 img/s) on cpu, fp32; 2 failed (2 not_found)\n"
+    )
+
+
+def test_threshold_marks_records() -> None:
+    sure, unsure = classified("a", "x", 0.5), classified("b", "x", 0.4999)
+    assert apply_threshold(sure, None) is sure and sure.to_dict().get("uncertain") is None
+    assert apply_threshold(sure, 0.5).to_dict()["uncertain"] is False
+    assert apply_threshold(unsure, 0.5).to_dict()["uncertain"] is True
+    failed = Failed("c", "not_found", "gone")
+    assert apply_threshold(failed, 0.5) is failed and "uncertain" not in failed.to_dict()
+
+
+def test_cli_summary_on_stderr_matches_the_records(
+    checkpoint, make_image, tmp_path, resnext
+) -> None:
+    folder = tmp_path / "photos"
+    for seed in range(6):
+        make_image(f"{seed}.jpg", seed=seed, size=(96, 80), folder=folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    run = resnext("classify", folder, "--checkpoint", checkpoint, "--min-probability", "0.6")
+    assert run.code == 1, run
+    records = [json.loads(line) for line in run.stdout.splitlines()]  # stdout: records only
+    ok = [r for r in records if "predictions" in r]
+    assert len(ok) == 6 and all(
+        r["uncertain"] == (r["predictions"][0]["probability"] < 0.6) for r in ok
+    )
+    counts = Counter(r["predictions"][0]["label"] for r in ok)
+    lines = run.stderr.splitlines()
+    assert lines[0].startswith("error: ") and str(folder / "broken.png") in lines[0]
+    assert re.fullmatch(
+        r"classified 6 of 7 inputs in [\d.]+s \([\d.]+ img/s\) on cpu, fp32; 1 failed \(1 \w+\)",
+        lines[1],
+    ), lines[1]
+    uncertain = sum(r["uncertain"] for r in ok)
+    assert lines[2].endswith(f"; {uncertain} of 6 under 60.0% (uncertain)")
+    assert lines[3] == f"top-1 labels ({len(counts)} most common of {len(counts)}):"
+    histogram = {}
+    for line in lines[4 : 4 + len(counts)]:
+        label, count = re.fullmatch(r"  (.+?) +[█▉▊▋▌▍▎▏]+ +(\d+) +[\d.]+%", line).groups()  # type: ignore[union-attr]
+        histogram[label] = int(count)
+    assert histogram == dict(counts)
+    quiet = resnext(
+        "classify", folder, "--checkpoint", checkpoint, "--min-probability", "0.6", "-q"
+    )
+    assert quiet.stderr == "" and quiet.stdout == run.stdout
