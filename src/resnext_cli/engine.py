@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
+import threading
+import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 import torchvision
+from PIL.Image import Image
 
 from .config import Config
 from .errors import CheckpointError, ConfigError, InputError, WeightsError
@@ -60,7 +64,33 @@ def pick_precision(spec: str, device: torch.device, *, exact: bool) -> str:
         return spec
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
     return "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slow."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold each eval-mode BatchNorm into the convolution before it (fewer passes)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(parent: torch.nn.Module, conv: str, bn: str) -> None:
+        fused = fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn))
+        setattr(parent, conv, fused)
+        setattr(parent, bn, torch.nn.Identity())
+
+    fold(model, "conv1", "bn1")
+    for module in model.modules():
+        if isinstance(module, torchvision.models.resnet.Bottleneck):
+            for i in (1, 2, 3):
+                fold(module, f"conv{i}", f"bn{i}")
+            if module.downsample is not None:
+                fold(module.downsample, "0", "1")
+    return model
 
 
 def _unwrap(obj: Any) -> Any:
@@ -130,6 +160,76 @@ def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> tor
     return net.eval()
 
 
+def prepare(
+    source: Source,
+    transform: Callable[[Image], torch.Tensor],
+    options: DecodeOptions,
+    *,
+    timeout: float,
+    max_bytes: int,
+) -> Prepared:
+    """Open, decode and transform one source; a bad input becomes its InputError."""
+    try:
+        with open_source(source, timeout=timeout, max_bytes=max_bytes) as fp:
+            image = decode(fp, source.input, options)
+        return transform(image)
+    except InputError as exc:
+        return exc
+    except Exception as exc:  # a decoder bug must not end the run
+        return InputError("unreadable", f"cannot read '{source.input}': {exc!r}")
+
+
+class _DecodePool:
+    """Decoding threads that never keep the process alive.
+
+    concurrent.futures joins its workers at exit, so Ctrl-C during a stalled download
+    or a slow decode would wait for it to finish; daemon threads let the run exit now.
+    Idle threads are still joined, since one torn down while Python exits can abort it.
+    """
+
+    def __init__(self, work: Callable[[Source], Prepared], workers: int) -> None:
+        self._work = work
+        self._jobs: queue.SimpleQueue[tuple[Source, Future[Prepared]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"resnext-decode-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, source: Source) -> Future[Prepared]:
+        future: Future[Prepared] = Future()
+        self._jobs.put((source, future))
+        return future
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            source, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._work(source))
+            except BaseException as exc:  # the thread lives on; the input gets the error
+                future.set_exception(exc)
+
+    def shutdown(self, *, wait: float | None = None) -> None:
+        """Stop the threads, waiting up to *wait* seconds (None: until they end)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = None if wait is None else time.monotonic() + wait
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def _settled(source: Source, future: Future[Prepared]) -> Prepared:
+    """Wait for one decode; whatever killed it becomes that input's error."""
+    error = future.exception()  # Ctrl-C while waiting here propagates as usual
+    if error is None:
+        return future.result()
+    return InputError("unreadable", f"decoding '{source.input}' failed: {error!r}")
+
+
 class Classifier:
     """Classify images with one ResNeXt model, loaded once."""
 
@@ -138,6 +238,7 @@ class Classifier:
         config: Config | None = None,
         *,
         download_progress: Progress | None = None,
+        state: tuple[dict[str, torch.Tensor], str] | None = None,
         **options: Any,
     ) -> None:
         self.config = config if config is not None else Config(**options)
@@ -149,29 +250,43 @@ class Classifier:
         self.batch_size = cfg.batch_size or DEFAULT_BATCH.get(self.device.type, 8)
         self.workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
         self.decode_options = DecodeOptions(
-            exact=cfg.exact, max_pixels=cfg.max_pixels, allow_truncated=cfg.allow_truncated
+            exact=cfg.exact,
+            max_pixels=cfg.max_pixels,
+            allow_truncated=cfg.allow_truncated,
+            # JPEGs decode at a reduced scale, no smaller than twice the resize target,
+            # so the antialiased resize still makes the last step.
+            draft_min_side=0 if cfg.exact else 2 * self.info.resize_size,
         )
         self.transform = build_transform(torchvision_weights(self.info))
-        self.model = self._load(download_progress)
+        # A Ray actor passes the *state* its driver loaded, so workers never download.
+        tensors, name = state or self.load_state(cfg, progress=download_progress)
+        self.model = build_model(self.info.model, tensors, name=name)
         if cfg.topk > len(self.labels):
             raise ConfigError(
                 f"--topk {cfg.topk} is more than the {len(self.labels)} classes (lower --topk)"
             )
+        # --exact keeps the reference network as it is; otherwise fold BatchNorm into the
+        # convolutions and use channels_last, which oneDNN and cuDNN run faster.
         self._channels_last = not cfg.exact
         if self._channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
         self.model = self.model.to(self.device)
 
-    def _load(self, progress: Progress | None) -> torch.nn.Module:
-        cfg = self.config
+    @staticmethod
+    def load_state(
+        cfg: Config, *, progress: Progress | None = None
+    ) -> tuple[dict[str, torch.Tensor], str]:
+        """Fetch or read the weights *cfg* names and check them against its labels."""
+        info = resolve_weights(cfg.model, cfg.weights)
+        labels = load_labels(cfg.labels)
         if cfg.checkpoint is None:
-            path = fetch(self.info.url, offline=cfg.offline, progress=progress)
+            path = fetch(info.url, offline=cfg.offline, progress=progress)
             try:
                 state = read_state_dict(path, name=str(path))
             except CheckpointError:
                 raise WeightsError(
                     f"cached weights file '{path}' is corrupt (delete it and run "
-                    f"'resnext download -m {self.info.model} -w {self.info.tag}')"
+                    f"'resnext download -m {info.model} -w {info.tag}')"
                 ) from None
             name = str(path)
         else:
@@ -185,13 +300,13 @@ class Classifier:
             state = read_state_dict(path, name=name)
         fc = state.get("fc.weight")
         classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None
-        if classes is not None and classes != len(self.labels):
+        if classes is not None and classes != len(labels):
             source = f"labels file '{cfg.labels}'" if cfg.labels else "the bundled ImageNet labels"
             raise ConfigError(
                 f"checkpoint '{name}' has {classes} classes but {source} has "
-                f"{len(self.labels)} (give --labels FILE with {classes} lines)"
+                f"{len(labels)} (give --labels FILE with {classes} lines)"
             )
-        return build_model(self.info.model, state, name=name)
+        return state, name
 
     # -- the pipeline ----------------------------------------------------------------
 
@@ -221,14 +336,13 @@ class Classifier:
 
     def _prepare(self, source: Source) -> Prepared:
         cfg = self.config
-        try:
-            with open_source(source, timeout=cfg.timeout, max_bytes=cfg.max_download_bytes) as fp:
-                image = decode(fp, source.input, self.decode_options)
-            return self.transform(image)
-        except InputError as exc:
-            return exc
-        except Exception as exc:  # a decoder bug must not end the run
-            return InputError("unreadable", f"cannot read '{source.input}': {exc!r}")
+        return prepare(
+            source,
+            self.transform,
+            self.decode_options,
+            timeout=cfg.timeout,
+            max_bytes=cfg.max_download_bytes,
+        )
 
     def _prepared(self, sources: Iterable[Source]) -> Iterator[tuple[Source, Prepared]]:
         """Decode ahead in worker threads, keeping a bounded window, in input order."""
@@ -238,18 +352,24 @@ class Classifier:
             return
         window: deque[tuple[Source, Future[Prepared]]] = deque()
         limit = 2 * self.batch_size + self.workers
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="resnext-decode")
+        pool = _DecodePool(self._prepare, self.workers)
+        stopped = True
         try:
             for source in sources:
-                window.append((source, pool.submit(self._prepare, source)))
+                window.append((source, pool.submit(source)))
                 while len(window) >= limit:
                     done, future = window.popleft()
-                    yield done, future.result()
+                    yield done, _settled(done, future)
             while window:
                 done, future = window.popleft()
-                yield done, future.result()
+                yield done, _settled(done, future)
+            stopped = False
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for _, future in window:
+                future.cancel()
+            # Stopped early (Ctrl-C, SIGTERM, a consumer that quit): give busy threads a
+            # moment, then leave them, so a stalled download cannot hold up the exit.
+            pool.shutdown(wait=1.0 if stopped else None)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Return softmax probabilities for a batch of preprocessed images."""
@@ -279,6 +399,10 @@ class Classifier:
         for tensor in tensors:
             out.extend(self._probabilities([tensor]))
         return out
+
+    def classify_prepared(self, batch: list[tuple[Source, Prepared]]) -> Iterator[Record]:
+        """Infer one batch of decoded sources (errors pass through), one record each."""
+        return self._finish(batch)
 
     def _finish(self, batch: list[tuple[Source, Prepared]]) -> Iterator[Record]:
         tensors = [p for _, p in batch if isinstance(p, torch.Tensor)]
