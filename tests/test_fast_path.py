@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 from resnext_cli import Classifier
 from resnext_cli.engine import fold_batchnorm
@@ -57,3 +58,24 @@ def test_exact_skips_draft_and_folding(checkpoint) -> None:
     assert clf.precision == "fp32"
     fast = Classifier(checkpoint=str(checkpoint))
     assert fast.decode_options.draft_min_side == 2 * 232
+
+
+@pytest.mark.parametrize("tag", ["IMAGENET1K_V1", "IMAGENET1K_V2"])
+def test_split_preprocessing_is_bitwise_torchvisions(make_image, tag) -> None:
+    """Cropping per image and normalising per batch equals weights.transforms() exactly."""
+    import torchvision
+
+    from resnext_cli.preprocess import Preprocess
+
+    weights = torchvision.models.ResNeXt50_32X4D_Weights[tag]
+    reference = weights.transforms()
+    split = Preprocess(weights)
+    images = [
+        Image.open(make_image(f"{i}.png", seed=40 + i, size=size)).convert("RGB")
+        for i, size in enumerate([(500, 375), (233, 600), (224, 224), (100, 80)])
+    ]
+    crops = [split(img) for img in images]
+    assert all(c.dtype == torch.uint8 and c.shape == (3, 224, 224) for c in crops)
+    batch = split.normalize(torch.stack(crops))
+    for img, got in zip(images, batch, strict=True):
+        assert torch.equal(got, reference(img))

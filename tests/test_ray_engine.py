@@ -252,7 +252,7 @@ def test_decode_rows_carry_the_local_tensors_and_typed_errors(
     out = ray_engine.decode_batch(batch, spec)
     assert list(out["error_type"]) == ["", "not_an_image", "not_found"]
     shape = (int(out["c"][0]), int(out["h"][0]), int(out["w"][0]))
-    tensor = torch.from_numpy(np.frombuffer(out["tensor"][0], dtype=np.float32).reshape(shape))
+    tensor = torch.from_numpy(np.frombuffer(out["tensor"][0], dtype=np.uint8).reshape(shape))
     assert torch.equal(tensor, local._prepare(sources[0]))  # type: ignore[arg-type]
     assert out["message"][1] == local._prepare(sources[1]).message  # type: ignore[union-attr]
 

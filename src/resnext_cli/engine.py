@@ -21,7 +21,7 @@ from PIL.Image import Image
 from .config import Config
 from .errors import CheckpointError, ConfigError, InputError, WeightsError
 from .labels import load_labels
-from .preprocess import DecodeOptions, build_transform, decode
+from .preprocess import DecodeOptions, Preprocess, decode
 from .registry import WeightsInfo, resolve_weights, torchvision_weights
 from .results import Classified, Failed, Prediction, Record
 from .sources import Source, Warn, iter_sources, open_source
@@ -257,7 +257,7 @@ class Classifier:
             # so the antialiased resize still makes the last step.
             draft_min_side=0 if cfg.exact else 2 * self.info.resize_size,
         )
-        self.transform = build_transform(torchvision_weights(self.info))
+        self.transform = Preprocess(torchvision_weights(self.info))
         # A Ray actor passes the *state* its driver loaded, so workers never download.
         tensors, name = state or self.load_state(cfg, progress=download_progress)
         self.model = build_model(self.info.model, tensors, name=name)
@@ -265,12 +265,12 @@ class Classifier:
             raise ConfigError(
                 f"--topk {cfg.topk} is more than the {len(self.labels)} classes (lower --topk)"
             )
-        # --exact keeps the reference network as it is; otherwise fold BatchNorm into the
-        # convolutions and use channels_last, which oneDNN and cuDNN run faster.
-        self._channels_last = not cfg.exact
-        if self._channels_last:
-            self.model = fold_batchnorm(self.model).to(memory_format=torch.channels_last)
-        self.model = self.model.to(self.device)
+        # channels_last is only a memory layout, which oneDNN and cuDNN run faster; the
+        # reference network's modules stay as they are under --exact, and otherwise
+        # BatchNorm is folded into the convolutions.
+        if not cfg.exact:
+            self.model = fold_batchnorm(self.model)
+        self.model = self.model.to(memory_format=torch.channels_last).to(self.device)
 
     @staticmethod
     def load_state(
@@ -372,13 +372,12 @@ class Classifier:
             pool.shutdown(wait=1.0 if stopped else None)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Return softmax probabilities for a batch of preprocessed images."""
-        if self._channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        """Return softmax probabilities for a uint8 batch of cropped images."""
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
             batch = batch.to(self.device)
+        batch = self.transform.normalize(batch).contiguous(memory_format=torch.channels_last)
         autocast = (
             torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
             if self.precision != "fp32"
