@@ -1,0 +1,373 @@
+"""Throughput of `resnext classify` against the hub page's loop, timm, and the bare model.
+
+    python benchmarks/bench.py            # about 10-15 minutes on 2 cores
+    python benchmarks/bench.py --quick    # fewer images and repeats, for a smoke run
+
+Needs the benchmark extras: pip install -c constraints.txt -e '.[bench]'
+(timm and scikit-image; no downloads: images come from skimage.data, weights are a
+seeded random checkpoint in torchvision's layout).
+
+It makes two folders of JPEGs (ImageNet-sized, about 500x375, and phone-sized, 4032x3024),
+then runs each variant in a fresh child process on the same folder, in the same order,
+several times, and takes the median:
+
+  a  the hub page's loop as written: one image at a time, fp32, its Compose
+  b  timm's inference recipe: create_model, its data config and loader (2 worker
+     processes), channels_last, bf16 autocast where the CPU has native bf16, else fp32
+  c  resnext's Classifier with default options
+  d  resnext's Classifier with --exact
+  e  the model alone on ready tensors, same batch size and precision as c
+
+and writes the table into BENCHMARKS.md between the bench:local markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "a": "hub page loop (batch 1, fp32)",
+    "b": "timm-style loader (2 workers)",
+    "c": "resnext classify (defaults)",
+    "d": "resnext classify --exact",
+    "e": "model only, ready tensors",
+}
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def make_images(folder: Path, count: int, size: tuple[int, int], seed: int) -> None:
+    """Crop, flip and resize skimage's sample photos into *count* JPEGs of *size*."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    names = [
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "immunohistochemistry",
+        "hubble_deep_field",
+        "retina",
+        "cat",
+        "camera",
+        "coins",
+        "moon",
+        "page",
+    ]
+    photos = []
+    for name in names:
+        loader = getattr(data, name, None)
+        if loader is None:
+            continue
+        arr = np.asarray(loader())
+        img = Image.fromarray(arr)
+        photos.append(img.convert("RGB"))
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        src = rng.choice(photos)
+        w, h = src.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        img = src.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img = img.resize(size, Image.Resampling.BICUBIC)
+        img.save(folder / f"img_{i:05d}.jpg", quality=90)
+
+
+def make_checkpoint(path: Path) -> None:
+    """A seeded random-init resnext50_32x4d state dict."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnext50_32x4d().state_dict(), path)
+
+
+# -- variants, each run in a child process -----------------------------------------------
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
+
+
+def run_hub(folder: Path, ckpt: Path, repeats: int) -> list[float]:
+    import torch
+    import torchvision
+    from PIL import Image
+    from torchvision import transforms
+
+    model = torchvision.models.resnext50_32x4d()
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    model.eval()
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
+    files = _files(folder)
+
+    def one_pass(paths: list[Path]) -> None:
+        for filename in paths:
+            input_image = Image.open(filename).convert("RGB")
+            input_batch = preprocess(input_image).unsqueeze(0)
+            with torch.no_grad():
+                output = model(input_batch)
+            probabilities = torch.nn.functional.softmax(output[0], dim=0)
+            torch.topk(probabilities, 5)
+
+    return _timed(one_pass, files, repeats)
+
+
+def run_timm(folder: Path, ckpt: Path, repeats: int) -> list[float]:
+    import timm
+    import torch
+    from timm.data import ImageDataset, create_loader, resolve_data_config
+
+    model = timm.create_model("resnext50_32x4d", pretrained=False)
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    model.eval().to(memory_format=torch.channels_last)
+    config = resolve_data_config({}, model=model)
+    dataset = ImageDataset(str(folder))
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    dtype = torch.bfloat16 if native_bf16 else torch.float32
+    files = _files(folder)
+
+    loader = create_loader(
+        dataset,
+        input_size=config["input_size"],
+        batch_size=8,
+        use_prefetcher=False,
+        interpolation=config["interpolation"],
+        mean=config["mean"],
+        std=config["std"],
+        crop_pct=config["crop_pct"],
+        num_workers=2,
+        persistent_workers=False,
+    )
+
+    def one_pass(paths: list[Path]) -> None:
+        warm_up = len(paths) < len(files)
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32),
+        ):
+            for batch, _ in loader:
+                out = model(batch.contiguous(memory_format=torch.channels_last))
+                out.float().softmax(-1).topk(5)
+                if warm_up:
+                    break
+
+    return _timed(one_pass, files, repeats)
+
+
+def _classifier(ckpt: Path, **options: object) -> object:
+    from resnext_cli import Classifier
+
+    return Classifier(checkpoint=str(ckpt), **options)
+
+
+def run_resnext(folder: Path, ckpt: Path, repeats: int, **options: object) -> list[float]:
+    clf = _classifier(ckpt, **options)
+    files = _files(folder)
+
+    def one_pass(paths: list[Path]) -> None:
+        for record in clf.classify([str(p) for p in paths]):  # type: ignore[attr-defined]
+            assert record.ok, record
+
+    return _timed(one_pass, files, repeats)
+
+
+def run_model_only(folder: Path, ckpt: Path, repeats: int) -> list[float]:
+    import torch
+
+    clf = _classifier(ckpt)
+    files = _files(folder)
+    size = clf.batch_size  # type: ignore[attr-defined]
+    batch = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8) for _ in range(size)]
+    forward = clf._forward  # type: ignore[attr-defined]
+
+    def one_pass(paths: list[Path]) -> None:
+        for start in range(0, len(paths), size):
+            forward(torch.stack(batch[: len(paths[start : start + size])]))
+
+    return _timed(one_pass, files, repeats)
+
+
+def _timed(one_pass: Callable[[list[Path]], None], files: list[Path], repeats: int) -> list[float]:
+    one_pass(files[:8])  # warm up: page the weights in, size the allocator
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        one_pass(files)
+        rates.append(len(files) / (time.perf_counter() - start))
+    return rates
+
+
+def child(variant: str, folder: Path, ckpt: Path, repeats: int) -> None:
+    runners: dict[str, Callable[[], list[float]]] = {
+        "a": lambda: run_hub(folder, ckpt, repeats),
+        "b": lambda: run_timm(folder, ckpt, repeats),
+        "c": lambda: run_resnext(folder, ckpt, repeats),
+        "d": lambda: run_resnext(folder, ckpt, repeats, exact=True),
+        "e": lambda: run_model_only(folder, ckpt, repeats),
+    }
+    rates = runners[variant]()
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"rates": rates, "rss_mb": (own + kids) / 1024}))
+
+
+# -- the parent: orchestrate, tabulate, write BENCHMARKS.md ------------------------------
+
+
+def measure(variant: str, folder: Path, ckpt: Path, repeats: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--folder",
+            str(folder),
+            "--checkpoint",
+            str(ckpt),
+            "--repeats",
+            str(repeats),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"variant {variant} failed:\n{out.stderr}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"ips": statistics.median(result["rates"]), "rss_mb": result["rss_mb"]}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+
+
+def write_section(text: str) -> None:
+    path = ROOT / "BENCHMARKS.md"
+    start, end = "<!-- bench:local -->", "<!-- /bench:local -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child")
+    parser.add_argument("--folder", type=Path)
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer images, one repeat")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.folder, args.checkpoint, args.repeats)
+        return
+
+    repeats = 1 if args.quick else args.repeats
+    counts = (40, 6, 400) if args.quick else (200, 24, 2000)
+    with tempfile.TemporaryDirectory(prefix="resnext-bench-") as tmp:
+        work = Path(tmp)
+        ckpt = work / "resnext50_random.pth"
+        make_checkpoint(ckpt)
+        small, phone, many = work / "imagenet", work / "phone", work / "many"
+        make_images(small, counts[0], (500, 375), seed=1)
+        make_images(phone, counts[1], (4032, 3024), seed=2)
+        many.mkdir()
+        for i in range(counts[2]):  # the same files again, by link: memory, not decoding
+            target = small / f"img_{i % counts[0]:05d}.jpg"
+            (many / f"img_{i:05d}.jpg").symlink_to(target)
+
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for label, folder in (("imagenet", small), ("phone", phone)):
+            results[label] = {}
+            for variant in VARIANTS:
+                results[label][variant] = measure(variant, folder, ckpt, repeats)
+                r = results[label][variant]
+                print(
+                    f"{label:9s} {variant} {VARIANTS[variant]:34s} {r['ips']:7.2f} img/s "
+                    f"rss {r['rss_mb']:6.0f} MB",
+                    file=sys.stderr,
+                )
+        rss_many = measure("c", many, ckpt, 1)["rss_mb"]
+
+    lines = [
+        "## Local CPU throughput (resnext50_32x4d)",
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `python benchmarks/bench.py` (median of {repeats} runs per variant, each "
+        "variant in a fresh process; images from skimage.data re-encoded as JPEG quality 90).",
+        "",
+        f"| variant | ImageNet-sized ({counts[0]} x 500x375) img/s | phone-sized "
+        f"({counts[1]} x 4032x3024) img/s | peak RSS (ImageNet-sized) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for v, name in VARIANTS.items():
+        a, b = results["imagenet"][v], results["phone"][v]
+        lines.append(f"| {v}: {name} | {a['ips']:.1f} | {b['ips']:.2f} | {a['rss_mb']:.0f} MB |")
+    lines += [
+        "",
+        "| ratio | ImageNet-sized | phone-sized | target |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    targets = {"c/a": "≥ 2.0 / ≥ 3.5", "c/b": "≥ 1.0", "d/a": "≥ 1.2", "c/e": "≥ 0.85"}
+    for ratio, target in targets.items():
+        x, y = ratio.split("/")
+        cells = [results[f][x]["ips"] / results[f][y]["ips"] for f in ("imagenet", "phone")]
+        lines.append(f"| {ratio} | {cells[0]:.2f} | {cells[1]:.2f} | {target} |")
+    rss_small = results["imagenet"]["c"]["rss_mb"]
+    lines += [
+        "",
+        f"Peak RSS of `resnext classify` (c): {rss_small:.0f} MB for {counts[0]} images, "
+        f"{rss_many:.0f} MB for {counts[2]} images ({(rss_many / rss_small - 1) * 100:+.1f}%).",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+
+
+if __name__ == "__main__":
+    main()
