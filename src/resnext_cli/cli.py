@@ -189,12 +189,12 @@ _RUN_OPTIONS = [
         default="auto",
         show_default=True,
         type=click.Choice(PRECISIONS),
-        help="auto: fp32 on CPU, bf16/fp16 on CUDA.",
+        help="auto: bf16 on CUDA (else fp16) and on CPUs with native bf16, else fp32.",
     ),
     click.option(
         "--exact",
         is_flag=True,
-        help="The reference pipeline: fp32, full-resolution decoding, no EXIF rotation.",
+        help="The reference pipeline: fp32, full-size decoding, no EXIF rotation, plain RGB.",
     ),
     click.option("--workers", type=int, help="Decoding threads [default: cores, up to 8]."),
     click.option(
