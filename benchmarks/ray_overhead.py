@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+from benchmarks_md import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"classified (\d+) of (\d+) inputs in ([\d.]+)s")
-START, END = "<!-- bench:ray -->", "<!-- /bench:ray -->"
 
 
 def test_helpers() -> ModuleType:
@@ -130,17 +131,6 @@ def table(results: dict[str, list[dict]], images: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in old and END in old:
-        new = old[: old.index(START)] + block + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
@@ -167,7 +157,7 @@ def main() -> None:
     text = table(results, args.images, args.repeats)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("ray", text)
 
 
 if __name__ == "__main__":
