@@ -208,3 +208,18 @@ def test_installed_command_runs_as_a_pipeline(checkpoint, folder) -> None:
     assert run.returncode == 0, run.stderr
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert [r["input"] for r in records] == expected_order(folder)
+
+
+def test_models_table_shows_every_tag_whole(resnext) -> None:
+    run = resnext("models")
+    assert run.code == 0
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("resnext")]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("resnext50_32x4d", "IMAGENET1K_V1"),
+        ("resnext50_32x4d", "IMAGENET1K_V2"),
+        ("resnext101_32x8d", "IMAGENET1K_V1"),
+        ("resnext101_32x8d", "IMAGENET1K_V2"),
+        ("resnext101_64x4d", "IMAGENET1K_V1"),
+    ]
+    assert [r[2] == "*" for r in rows] == [False, True, False, True, True]
+    assert rows[1][3:5] == ["81.20", "95.34"]

@@ -19,6 +19,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING, Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -616,7 +617,13 @@ def models(fmt: str) -> int:
         ]
         click.echo(json.dumps(payload, indent=2))
         return 0
-    table = Table(title="ResNeXt weights (ImageNet-1K, from torchvision's metadata)")
+    table = Table(
+        title="ResNeXt weights (ImageNet-1K, torchvision's metadata)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+    )
     for name, justify in [
         ("model", "left"),
         ("weights", "left"),
@@ -624,24 +631,28 @@ def models(fmt: str) -> int:
         ("acc@5", "right"),
         ("params", "right"),
         ("GFLOPs", "right"),
-        ("size", "right"),
-        ("preprocess", "left"),
+        ("MB", "right"),
+        ("resize", "right"),
         ("cached", "center"),
     ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for w in rows:
         table.add_row(
             w.model,
-            w.tag + (" (default)" if w.is_default else ""),
+            w.tag + (" *" if w.is_default else ""),
             f"{w.acc1:.2f}",
             f"{w.acc5:.2f}",
             f"{w.params / 1e6:.1f}M",
             f"{w.gflops:.2f}",
-            f"{w.file_size_mb:.0f} MB",
-            f"resize {w.resize_size}, crop {w.crop_size}",
+            f"{w.file_size_mb:.0f}",
+            f"{w.resize_size}/{w.crop_size}",
             "yes" if cached_path(w.url).is_file() else "",
         )
-    Console(highlight=False).print(table)
+    table.caption = "* the DEFAULT weights of each model"
+    console = Console(highlight=False)
+    if not console.is_terminal:  # rich assumes 80 columns for a pipe; the table needs 86
+        console.width = 100
+    console.print(table)
     return 0
 
 
