@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -37,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks_md import write_section
+from common import cpu_model, write_section
 
 VARIANTS = {
     "a": "hub page loop (batch 1, fp32)",
@@ -268,14 +267,7 @@ def measure(variant: str, folder: Path, ckpt: Path, repeats: int) -> dict[str, f
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}"

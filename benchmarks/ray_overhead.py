@@ -25,7 +25,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks_md import write_section
+from common import cpu_model, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"classified (\d+) of (\d+) inputs in ([\d.]+)s")
@@ -79,14 +78,7 @@ def top1(path: Path) -> list[tuple[str, int]]:
 
 
 def machine() -> tuple[str, int]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return cpu, os.cpu_count() or 1
 
 

@@ -1,7 +1,8 @@
-"""Write one script's section of BENCHMARKS.md, between its markers, keeping the rest."""
+"""What the benchmark scripts share: the CPU's name, and their sections of BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 PATH = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -17,3 +18,14 @@ def write_section(name: str, text: str) -> None:
     else:
         new = old.rstrip() + "\n\n" + block + "\n"
     PATH.write_text(new)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
