@@ -260,6 +260,14 @@ class Classifier:
         self.transform = Preprocess(torchvision_weights(self.info))
         # A Ray actor passes the *state* its driver loaded, so workers never download.
         tensors, name = state or self.load_state(cfg, progress=download_progress)
+        fc = tensors.get("fc.weight")
+        classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None
+        if classes is not None and classes != len(self.labels):
+            source = f"labels file '{cfg.labels}'" if cfg.labels else "the bundled ImageNet labels"
+            raise ConfigError(
+                f"checkpoint '{name}' has {classes} classes but {source} has "
+                f"{len(self.labels)} (give --labels FILE with {classes} lines)"
+            )
         self.model = build_model(self.info.model, tensors, name=name)
         if cfg.topk > len(self.labels):
             raise ConfigError(
@@ -276,9 +284,8 @@ class Classifier:
     def load_state(
         cfg: Config, *, progress: Progress | None = None
     ) -> tuple[dict[str, torch.Tensor], str]:
-        """Fetch or read the weights *cfg* names and check them against its labels."""
+        """Fetch or read the state dict *cfg* names; return it with its name for messages."""
         info = resolve_weights(cfg.model, cfg.weights)
-        labels = load_labels(cfg.labels)
         if cfg.checkpoint is None:
             path = fetch(info.url, offline=cfg.offline, progress=progress)
             try:
@@ -298,14 +305,6 @@ class Classifier:
                 if not path.is_file():
                     raise CheckpointError(f"checkpoint '{name}' does not exist (give a file)")
             state = read_state_dict(path, name=name)
-        fc = state.get("fc.weight")
-        classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None
-        if classes is not None and classes != len(labels):
-            source = f"labels file '{cfg.labels}'" if cfg.labels else "the bundled ImageNet labels"
-            raise ConfigError(
-                f"checkpoint '{name}' has {classes} classes but {source} has "
-                f"{len(labels)} (give --labels FILE with {classes} lines)"
-            )
         return state, name
 
     # -- the pipeline ----------------------------------------------------------------
