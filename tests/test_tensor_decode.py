@@ -1,0 +1,339 @@
+"""The tensor decode path (decode_jpeg, orient, resize, crop) against the Pillow path, on CPU."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageOps
+from torchvision.io import decode_jpeg
+
+from resnext_cli.preprocess import DecodeOptions, Preprocess, decode
+from resnext_cli.tensor_decode import (
+    JpegInfo,
+    decode_batch,
+    gpu_decodable,
+    jpeg_header,
+    orient,
+)
+from tests.conftest import natural_image
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning:torchvision", "ignore::UserWarning:PIL"
+)
+
+CPU = torch.device("cpu")
+WEIGHTS = torchvision.models.ResNeXt50_32X4D_Weights.IMAGENET1K_V2
+BIG = 1 << 30
+
+# What the tensor path may differ from the Pillow path by, in uint8 levels of the
+# 224x224 crops (both decode with libjpeg-turbo on CPU; the resize kernels differ).
+# Measured on these photos: mean 0.0006-0.002, max 1-2.
+MEAN_LEVELS = 0.05
+MAX_LEVELS = 3
+# ... and in the test checkpoint's probabilities (fp32): measured up to 0.0022 (its fc
+# is scaled to peak, so one level on 0.1% of the pixels moves a probability that much).
+MAX_DP = 0.01
+
+
+def photo(seed: int, size: tuple[int, int] = (500, 375), mode: str = "RGB") -> Image.Image:
+    """A picture with fine texture, so JPEG blocks and resampling filters have work."""
+    base = np.asarray(natural_image(seed, size)).astype(np.int16)
+    noise = np.random.default_rng(seed).normal(0, 14, base.shape).round().astype(np.int16)
+    img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+    return img if mode == "RGB" else img.convert(mode)
+
+
+def jpeg(img: Image.Image, **save: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90, **save)
+    return buf.getvalue()
+
+
+def with_segment(data: bytes, marker: int, body: bytes) -> bytes:
+    """Insert one APPn segment right after SOI."""
+    return data[:2] + struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body + data[2:]
+
+
+def exif_block(orientation: int, order: str, kind: int = 3) -> bytes:
+    """An Exif APP1 payload with one IFD0 entry (the orientation), written by hand."""
+    e = "<" if order == "II" else ">"
+    head = (b"II*\x00" if order == "II" else b"MM\x00*") + struct.pack(e + "I", 8)
+    value = struct.pack(e + "H", orientation) + b"\x00\x00" if kind == 3 else b"\x00" * 4
+    if kind == 4:
+        value = struct.pack(e + "I", orientation)
+    entry = struct.pack(e + "HHI", 0x0112, kind, 1) + value
+    return b"Exif\x00\x00" + head + struct.pack(e + "H", 1) + entry + struct.pack(e + "I", 0)
+
+
+def pillow_crop(data: bytes, options: DecodeOptions | None = None) -> torch.Tensor:
+    """The Pillow path: preprocess.decode and the weights' transforms, uint8 CHW."""
+    return Preprocess(WEIGHTS)(decode(io.BytesIO(data), "x.jpg", options or DecodeOptions()))
+
+
+def tensor_crops(datas: list[bytes], max_pixels: int = BIG) -> list[torch.Tensor | None]:
+    pre = Preprocess(WEIGHTS)
+    return decode_batch(
+        datas,
+        device=CPU,
+        resize_size=pre.resize_size[0],
+        crop_size=pre.crop_size[0],
+        antialias=bool(pre.antialias),
+        max_pixels=max_pixels,
+    )
+
+
+# -- headers ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "save", "sof", "components", "decodable"),
+    [
+        ("RGB", {}, 0xC0, 3, True),
+        ("RGB", {"progressive": True}, 0xC2, 3, False),
+        ("L", {}, 0xC0, 1, True),
+        ("CMYK", {}, 0xC0, 4, False),
+    ],
+)
+def test_header_of_generated_jpegs(
+    mode: str, save: dict[str, object], sof: int, components: int, decodable: bool
+) -> None:
+    info = jpeg_header(jpeg(photo(1, (123, 45), mode), **save))
+    assert info is not None
+    assert (info.sof, info.precision, info.components) == (sof, 8, components)
+    assert (info.width, info.height, info.orientation) == (123, 45, 1)
+    assert info.progressive == (sof == 0xC2)
+    assert gpu_decodable(info, BIG) is decodable
+
+
+def test_pixel_limit_and_rgb_coded() -> None:
+    info = jpeg_header(jpeg(photo(1, (100, 50))))
+    assert info is not None
+    assert gpu_decodable(info, 5000)
+    assert not gpu_decodable(info, 4999)
+    rgb_coded = JpegInfo(0xC0, 8, 100, 50, 3, adobe_transform=0)
+    assert not gpu_decodable(rgb_coded, BIG)
+    assert not gpu_decodable(JpegInfo(0xC0, 12, 100, 50, 3), BIG)
+    assert not gpu_decodable(JpegInfo(0xC0, 8, 100, 0, 3), BIG)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_written_by_pillow(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    info = jpeg_header(jpeg(photo(2, (64, 48)), exif=exif))
+    assert info is not None and info.orientation == orientation
+
+
+@pytest.mark.parametrize("order", ["II", "MM"])
+@pytest.mark.parametrize(("orientation", "kind"), [(6, 3), (8, 3), (3, 4), (5, 4)])
+def test_orientation_both_byte_orders_as_pillow_reads_them(
+    order: str, orientation: int, kind: int
+) -> None:
+    data = with_segment(jpeg(photo(2, (64, 48))), 0xE1, exif_block(orientation, order, kind))
+    info = jpeg_header(data)
+    assert info is not None and info.orientation == orientation
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) == orientation
+
+
+def test_orientation_from_xmp_and_damaged_exif_as_pillow_does() -> None:
+    base = jpeg(photo(2, (64, 48)))
+    xmp = b'http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><rdf:Description tiff:Orientation="6"/>'
+    only_xmp = with_segment(base, 0xE1, xmp)
+    info = jpeg_header(only_xmp)
+    assert info is not None and info.orientation == 6
+    assert decode(io.BytesIO(only_xmp), "x", DecodeOptions()).size == (48, 64)
+    # A TIFF header Pillow rejects: it leaves the picture as stored, XMP or not.
+    damaged = with_segment(only_xmp, 0xE1, b"Exif\x00\x00XX*\x00\x08\x00\x00\x00")
+    info = jpeg_header(damaged)
+    assert info is not None and info.orientation == 1
+    assert decode(io.BytesIO(damaged), "x", DecodeOptions()).size == (64, 48)
+    # An EXIF orientation tag wins over XMP's.
+    both = with_segment(only_xmp, 0xE1, exif_block(3, "MM"))
+    info = jpeg_header(both)
+    assert info is not None and info.orientation == 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xd8",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+        b"\xff\xd8\xff\xd9",
+        jpeg(photo(3, (40, 30)))[:20],
+    ],
+)
+def test_header_of_non_jpegs_is_none(data: bytes) -> None:
+    assert jpeg_header(data) is None
+
+
+_SEEDS = [
+    jpeg(photo(4, (40, 30))),
+    jpeg(photo(4, (40, 30)), progressive=True),
+    jpeg(photo(4, (30, 40), "L")),
+    with_segment(jpeg(photo(4, (40, 30))), 0xE1, exif_block(6, "MM")),
+]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    data = bytearray(draw(st.sampled_from(_SEEDS)))
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(data) - 1))
+        data[at] = draw(st.integers(0, 255))
+    return bytes(data[: draw(st.integers(0, len(data)))])
+
+
+FUZZ = settings(max_examples=300, deadline=None, database=None)
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), mutated(), st.binary().map(lambda b: b"\xff\xd8" + b)))
+def test_hostile_headers_never_raise(data: bytes) -> None:
+    info = jpeg_header(data)
+    assert info is None or isinstance(info, JpegInfo)
+    if info is not None:
+        assert 1 <= info.orientation <= 8
+        gpu_decodable(info, BIG)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(mutated())
+def test_hostile_jpegs_decode_or_fall_back(data: bytes) -> None:
+    good = jpeg(photo(5, (40, 30)))
+    out = tensor_crops([good, data, good], max_pixels=1 << 20)
+    assert out[0] is not None and out[2] is not None
+    assert torch.equal(out[0], out[2])
+    assert out[1] is None or out[1].shape == (3, 224, 224)
+
+
+# -- pixels ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_matches_exif_transpose(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = jpeg(photo(6, (60, 40)), exif=exif)
+    info = jpeg_header(data)
+    assert info is not None
+    stored = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    ours = orient(stored, info.orientation).permute(1, 2, 0).numpy()
+    reference = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert ours.shape == reference.shape
+    # Both are libjpeg-turbo: the same pixels, only moved.
+    assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1
+
+
+def _parity_set() -> list[bytes]:
+    """Photos of several shapes: landscape, portrait, odd, over-long, grey, rotated."""
+    rotated = Image.Exif()
+    rotated[0x0112] = 6
+    mirrored = Image.Exif()
+    mirrored[0x0112] = 7
+    return [
+        jpeg(photo(10, (500, 375))),
+        jpeg(photo(11, (375, 500))),
+        jpeg(photo(12, (517, 333))),
+        jpeg(photo(13, (4000, 120))),  # longer than 16:1: the middle is kept
+        jpeg(photo(14, (400, 300), "L")),
+        jpeg(photo(15, (500, 375)), exif=rotated),
+        jpeg(photo(16, (300, 451)), exif=mirrored),
+        jpeg(photo(17, (232, 240))),
+    ]
+
+
+def test_crops_match_the_pillow_path() -> None:
+    datas = _parity_set()
+    ours = tensor_crops(datas)
+    for data, crop in zip(datas, ours, strict=True):
+        assert crop is not None
+        reference = pillow_crop(data)
+        assert crop.dtype == torch.uint8 and crop.shape == reference.shape == (3, 224, 224)
+        diff = (crop.int() - reference.int()).abs()
+        assert diff.float().mean().item() < MEAN_LEVELS
+        assert diff.max().item() <= MAX_LEVELS
+
+
+def test_phone_photo_against_draft_decoding() -> None:
+    """Pillow's draft decoding (the Classifier's default) shrinks in the DCT; ours does not."""
+    data = jpeg(photo(20, (4032, 3024)))
+    (crop,) = tensor_crops([data])
+    assert crop is not None
+    full = (crop.int() - pillow_crop(data).int()).abs().float()
+    drafted = pillow_crop(data, DecodeOptions(draft_min_side=464))
+    draft = (crop.int() - drafted.int()).abs().float()
+    assert full.mean().item() < MEAN_LEVELS
+    # Measured: mean about 1.5 levels, as two antialiased filters of the same picture.
+    assert draft.mean().item() < 4
+
+
+def test_same_top5_as_the_pillow_path(checkpoint: Path) -> None:
+    # Built here with torchvision itself: the library's loaders are moving (engine ->
+    # pipeline), and the network is all this test needs.
+    model = torchvision.models.resnext50_32x4d()
+    model.load_state_dict(torch.load(checkpoint, weights_only=True))
+    model.eval()
+    pre = Preprocess(WEIGHTS)
+    datas = _parity_set()
+    ours = tensor_crops(datas)
+    assert all(crop is not None for crop in ours)
+    reference = torch.stack([pillow_crop(d) for d in datas])
+    with torch.inference_mode():
+        p_ref = model(pre.normalize(reference)).softmax(1)
+        p_ours = model(pre.normalize(torch.stack(ours))).softmax(1)  # type: ignore[arg-type]
+    for a, b in zip(p_ref, p_ours, strict=True):
+        assert a.topk(5).indices.tolist() == b.topk(5).indices.tolist()
+    assert (p_ref - p_ours).abs().max().item() < MAX_DP
+    # The checkpoint is peaked, so top-5 agreement says something.
+    assert p_ref.max(1).values.min().item() > 0.05
+
+
+# -- batches with inputs the tensor path refuses ------------------------------------------
+
+
+def test_undecodable_inputs_are_none_in_place() -> None:
+    png = io.BytesIO()
+    photo(30, (50, 40)).save(png, "PNG")
+    good = jpeg(photo(31, (300, 250)))
+    grey = jpeg(photo(32, (250, 300), "L"))
+    datas = [
+        good,
+        jpeg(photo(33, (300, 250)), progressive=True),
+        png.getvalue(),
+        jpeg(photo(34, (300, 250), "CMYK")),
+        b"",
+        grey,
+        jpeg(photo(35, (600, 500))),  # over the pixel limit below
+    ]
+    out = tensor_crops(datas, max_pixels=100_000)
+    assert [t is not None for t in out] == [True, False, False, False, False, True, False]
+    for data, crop in ((good, out[0]), (grey, out[5])):
+        assert crop is not None
+        assert (crop.int() - pillow_crop(data).int()).abs().max().item() <= MAX_LEVELS
+
+
+def test_a_corrupt_jpeg_does_not_spoil_the_batch() -> None:
+    goods = [jpeg(photo(40 + i, (320 + 8 * i, 240))) for i in range(5)]
+    truncated = goods[0][: len(goods[0]) // 2]  # the header parses; the decoder fails
+    assert jpeg_header(truncated) is not None
+    datas = [goods[0], goods[1], truncated, goods[2], goods[3], truncated, goods[4]]
+    together = tensor_crops(datas)
+    assert together[2] is None and together[5] is None
+    alone = [tensor_crops([g])[0] for g in goods]
+    kept = [t for i, t in enumerate(together) if i not in (2, 5)]
+    for a, b in zip(kept, alone, strict=True):
+        assert a is not None and b is not None and torch.equal(a, b)
