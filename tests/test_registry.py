@@ -21,6 +21,19 @@ def test_snapshot_equals_torchvision_metadata() -> None:
     assert registry._snapshot() == registry.live_metadata()
 
 
+def test_snapshot_holds_every_quantized_resnext_torchvision_has() -> None:
+    """The INT8 entries are there, and no quantized ResNeXt builder is left out."""
+    import torchvision.models.quantization as tvq
+    from torchvision.models import list_models
+
+    quantized = {m for m in list_models(module=tvq) if "resnext" in m}
+    snapshot = registry._snapshot()
+    assert {registry.QUANTIZED_PREFIX + m for m in snapshot if "quantized" in snapshot[m]} == (
+        quantized
+    )
+    assert quantized == {"quantized_resnext101_32x8d", "quantized_resnext101_64x4d"}
+
+
 def test_bundled_labels_equal_torchvision_categories() -> None:
     assert list(imagenet_labels()) == ResNeXt50_32X4D_Weights.DEFAULT.meta["categories"]
     assert (ROOT / "data" / "imagenet_classes.txt").read_text().splitlines() == list(
@@ -56,6 +69,84 @@ def test_unknown_names_list_the_valid_ones() -> None:
     assert str(info.value) == (
         "unknown weights 'IMAGENET1K_V2' for resnext101_64x4d (choose from: DEFAULT, IMAGENET1K_V1)"
     )
+
+
+def test_quantized_weights_follow_torchvision() -> None:
+    from torchvision.models.quantization import ResNeXt101_32X8D_QuantizedWeights as Q32
+
+    info = registry.resolve_weights("101", quantized=True)
+    assert (info.model, info.tag, info.is_default) == (
+        "resnext101_32x8d",
+        "IMAGENET1K_FBGEMM_V2",
+        True,
+    )
+    assert (info.quantized, info.backend, info.unquantized) == (True, "fbgemm", "IMAGENET1K_V2")
+    assert (info.acc1, info.acc5) == (82.574, 96.132)
+    assert info.url == Q32.DEFAULT.url
+    assert info.filename == "resnext101_32x8_fbgemm-ee16d00c.pth"
+    assert registry.torchvision_weights(info) is Q32.IMAGENET1K_FBGEMM_V2
+    v1 = registry.resolve_weights("resnext101_32x8d", "imagenet1k_fbgemm_v1", quantized=True)
+    assert (v1.resize_size, v1.is_default, v1.unquantized) == (256, False, "IMAGENET1K_V1")
+    r64 = registry.resolve_weights("101-64", quantized=True)
+    assert (r64.tag, r64.acc1, r64.file_size_mb) == ("IMAGENET1K_FBGEMM_V1", 82.898, 81.556)
+    # The float entries say they are float.
+    assert registry.resolve_weights("101").quantized is False
+
+
+def test_all_weights_lists_int8_after_each_models_float_tags() -> None:
+    assert [(w.model, w.tag, w.quantized) for w in registry.all_weights()] == [
+        ("resnext50_32x4d", "IMAGENET1K_V1", False),
+        ("resnext50_32x4d", "IMAGENET1K_V2", False),
+        ("resnext101_32x8d", "IMAGENET1K_V1", False),
+        ("resnext101_32x8d", "IMAGENET1K_V2", False),
+        ("resnext101_64x4d", "IMAGENET1K_V1", False),
+    ]
+    rows = registry.all_weights(include_quantized=True)
+    assert [(w.model, w.tag, w.quantized, w.is_default) for w in rows] == [
+        ("resnext50_32x4d", "IMAGENET1K_V1", False, False),
+        ("resnext50_32x4d", "IMAGENET1K_V2", False, True),
+        ("resnext101_32x8d", "IMAGENET1K_V1", False, False),
+        ("resnext101_32x8d", "IMAGENET1K_V2", False, True),
+        ("resnext101_32x8d", "IMAGENET1K_FBGEMM_V1", True, False),
+        ("resnext101_32x8d", "IMAGENET1K_FBGEMM_V2", True, True),
+        ("resnext101_64x4d", "IMAGENET1K_V1", False, True),
+        ("resnext101_64x4d", "IMAGENET1K_FBGEMM_V1", True, True),
+    ]
+
+
+def test_resnext50_int8_names_the_quantize_command() -> None:
+    assert not registry.has_quantized_weights("50")
+    assert registry.has_quantized_weights("101-64")
+    with pytest.raises(ConfigError) as info:
+        registry.resolve_weights("50", quantized=True)
+    assert str(info.value) == (
+        "resnext50_32x4d has no published INT8 weights (make them from your own photos with "
+        "'resnext quantize -m resnext50_32x4d --calibrate PHOTOS -o my50-int8.pth', then use "
+        "--checkpoint my50-int8.pth --quantized)"
+    )
+    with pytest.raises(ConfigError) as info:
+        registry.resolve_weights("resnext101_64x4d", "IMAGENET1K_V1", quantized=True)
+    assert str(info.value) == (
+        "unknown quantized weights 'IMAGENET1K_V1' for resnext101_64x4d "
+        "(choose from: DEFAULT, IMAGENET1K_FBGEMM_V1)"
+    )
+
+
+def test_registry_lists_int8_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'torchvision', 'PIL', 'numpy'): sys.modules[m] = None\n"
+        "from resnext_cli import registry\n"
+        "rows = registry.all_weights(include_quantized=True)\n"
+        "print(sum(w.quantized for w in rows), registry.resolve_weights('101', quantized=True).url)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert out == [
+        "3",
+        "https://download.pytorch.org/models/quantized/resnext101_32x8_fbgemm-ee16d00c.pth",
+    ]
 
 
 def test_user_labels_file(tmp_path) -> None:

@@ -1,7 +1,8 @@
 """Regenerate src/resnext_cli/weights_meta.json and data/imagenet_classes.txt from torchvision.
 
-The CLI lists models without importing torch, so it reads this snapshot; a test checks
-that the snapshot still equals torchvision's own metadata.
+The CLI lists models without importing torch, so it reads this snapshot (float weights,
+and the INT8 weights of torchvision.models.quantization); a test checks that the snapshot
+still equals torchvision's own metadata.
 
     python tools/snapshot_weights.py
 """
