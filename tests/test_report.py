@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import os
@@ -9,16 +11,26 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import time
+import zipfile
 from collections import Counter
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 
-from resnext_cli.report import CSP, PAGE_SIZE, HtmlReportWriter, make_thumbnail, script_json
+from resnext_cli import report as report_module
+from resnext_cli.report import (
+    PAGE_SIZE,
+    HtmlReportWriter,
+    content_security_policy,
+    make_thumbnail,
+    script_json,
+)
 from resnext_cli.results import Classified, Failed, Prediction, Record
 
 from .conftest import natural_image
@@ -32,6 +44,26 @@ needs_chromium = pytest.mark.skipif(
     reason="chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it",
 )
 NASTY = "<img src=x onerror=\"alert(1)\"> & 'quotes' </script><!--"
+PACKAGE = ROOT / "src" / "resnext_cli"
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 16 16
+%%EndComments
+newpath 0 0 moveto 16 16 lineto stroke
+showpage
+%%EOF
+"""
+
+
+@dataclass(frozen=True)
+class WithCategories(Classified):
+    """A record of a run with categories: its JSON has them as results.py will write them."""
+
+    cats: tuple[tuple[str, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["categories"] = [{"name": n, "probability": p} for n, p in self.cats]
+        return out
 
 
 class Page(HTMLParser):
@@ -42,7 +74,10 @@ class Page(HTMLParser):
         self.tags: list[tuple[str, dict[str, str | None]]] = []
         self.scripts: dict[str, str] = {}
         self.cards: list[dict[str, Any]] = []
+        self.groups: list[str] = []
+        self.text: dict[str, str] = {}  # the text of elements with an id (not scripts)
         self._script: str | None = None
+        self._id: str | None = None
         self._field: str | None = None
         self._depth = 0
         self.feed(text)
@@ -55,11 +90,28 @@ class Page(HTMLParser):
             self._script = a.get("id") or f"inline{len(self.scripts)}"
             self.scripts[self._script] = ""
         if tag == "article" and "card" in classes:
-            card = {"classes": classes, "name": "", "dir": "", "labels": [], "error": "", "img": []}
+            card = {
+                "classes": classes,
+                "name": "",
+                "dir": "",
+                "labels": [],
+                "error": "",
+                "img": [],
+                "category": "",
+                "categories": None,
+            }
             self.cards.append(card)
+        if tag == "div" and "cat" in classes:
+            self.cards[-1]["categories"] = a.get("title")
+        if tag == "h2" and "group" in classes:
+            self.groups.append("")
+            self._field = "group"
+        if tag != "script" and a.get("id"):
+            self._id = a["id"]
+            self.text[self._id] = ""
         if self.cards and tag == "img":
             self.cards[-1]["img"].append(a.get("src") or "")
-        for field in ("name", "dir", "label", "error"):
+        for field in ("name", "dir", "label", "error", "category"):
             if field in classes and self.cards:
                 self._field = field
                 if field == "label":
@@ -68,12 +120,17 @@ class Page(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "script":
             self._script = None
-        if tag in ("div", "span", "p"):
+        if tag in ("div", "span", "p", "h2"):
             self._field = None
+        self._id = None
 
     def handle_data(self, data: str) -> None:
+        if self._id is not None:
+            self.text[self._id] += data
         if self._script is not None:
             self.scripts[self._script] += data
+        elif self._field == "group":
+            self.groups[-1] += data
         elif self._field == "label":
             self.cards[-1]["labels"][-1] += data
         elif self._field is not None:
@@ -173,7 +230,8 @@ def test_report_is_self_contained_and_escaped(make_image, tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "report.html", "tall.png"]
     text = target.read_text(encoding="ascii")
     page = Page(text)
-    assert page.attrs("meta", **{"http-equiv": "Content-Security-Policy"})["content"] == CSP
+    csp = page.attrs("meta", **{"http-equiv": "Content-Security-Policy"})["content"]
+    assert csp == content_security_policy()
     for tag, attrs in page.tags:  # nothing to fetch: no src, href or inline handler at all
         assert not {"src", "href"} & set(attrs) and not any(a.startswith("on") for a in attrs), tag
     assert [t for t, _ in page.tags if t == "script"] == ["script"] * 3
@@ -188,10 +246,42 @@ def test_report_is_self_contained_and_escaped(make_image, tmp_path: Path) -> Non
     for entry, size in ((data[0], (112, 84)), (data[1], (48, 112))):
         thumb = entry["thumb"]
         assert thumb["src"].startswith("data:image/jpeg;base64,") and len(thumb["src"]) < 8000
-        import base64
-
         image = Image.open(io.BytesIO(base64.b64decode(thumb["src"].split(",", 1)[1])))
         assert (image.format, image.size, (thumb["w"], thumb["h"])) == ("JPEG", size, size)
+
+
+def sha256_source(data: bytes) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(data).digest()).decode() + "'"
+
+
+def test_script_and_style_are_the_package_files_allowed_by_hash(tmp_path: Path) -> None:
+    js, css = (PACKAGE / "report.js").read_bytes(), (PACKAGE / "report.css").read_bytes()
+    raw = write_report(tmp_path / "r.html", []).path.read_bytes()
+    assert raw.count(b"<script>") == 1 and b"<script>" + js + b"</script>" in raw
+    assert raw.count(b"<style>") == 1 and b"<style>" + css + b"</style>" in raw
+    content = Page(raw.decode("ascii")).attrs("meta", **{"http-equiv": "Content-Security-Policy"})
+    policy = {
+        directive.split()[0]: directive.split()[1:]
+        for directive in (content["content"] or "").split(";")
+    }
+    assert policy == {
+        "default-src": ["'none'"],
+        "img-src": ["data:"],
+        "style-src": [sha256_source(css)],
+        "script-src": [sha256_source(js)],
+        "base-uri": ["'none'"],
+        "form-action": ["'none'"],
+    }
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_script_and_style(tmp_path: Path) -> None:
+    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*pip, "-w", str(tmp_path), str(ROOT)], check=True)
+    [wheel] = tmp_path.glob("resnext_cli-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        for name in ("report.js", "report.css"):
+            assert zf.read(f"resnext_cli/{name}") == (PACKAGE / name).read_bytes()
 
 
 def test_thumbnail_refuses_bombs_and_non_images(make_image, tmp_path: Path) -> None:
@@ -201,21 +291,80 @@ def test_thumbnail_refuses_bombs_and_non_images(make_image, tmp_path: Path) -> N
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"\xff\xd8\xff not a jpeg")
     assert make_thumbnail(str(junk)) is None
+    assert make_thumbnail(str(tmp_path / "missing.jpg")) is None
+
+
+def test_thumbnail_never_opens_a_refused_format(tmp_path: Path, monkeypatch) -> None:
+    eps = tmp_path / "drawing.jpg"
+    eps.write_bytes(EPS)
+    with Image.open(eps) as opened:  # Pillow alone would take it, and run Ghostscript on load
+        assert opened.format == "EPS"
+    ran: list[object] = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: ran.append(a))
+    assert make_thumbnail(str(eps)) is None and ran == []
+
+
+def test_thumbnail_is_upright_and_transparency_is_white(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: rotate 90 degrees clockwise to view
+    natural_image(1, (160, 120)).save(tmp_path / "turned.jpg", exif=exif.tobytes())
+    clear = Image.new("RGBA", (224, 112), (0, 0, 0, 0))  # black, but fully transparent
+    clear.save(tmp_path / "clear.png")
+    turned = make_thumbnail(str(tmp_path / "turned.jpg"))
+    assert turned is not None and turned[1:] == (84, 112)
+    made = make_thumbnail(str(tmp_path / "clear.png"))
+    assert made is not None and made[1:] == (112, 56)
+    extrema = Image.open(io.BytesIO(made[0])).convert("RGB").getextrema()
+    assert all(low >= 250 for low, _ in extrema), extrema
+
+
+def test_truncated_thumbnail_follows_the_run(make_image, tmp_path: Path) -> None:
+    whole = make_image("whole.jpg", seed=4, size=(160, 120)).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert make_thumbnail(str(cut)) is None
+    kept = make_thumbnail(str(cut), allow_truncated=True)
+    assert kept is not None and kept[1:] == (112, 84)
+
+
+def test_cards_of_refused_files_have_no_image(make_image, tmp_path: Path) -> None:
+    small = make_image("small.png", seed=5, size=(50, 40))
+    big = make_image("big.png", seed=6, size=(200, 100))
+    eps = tmp_path / "drawing.eps"
+    eps.write_bytes(EPS)
+    records: list[Record] = [
+        Classified(p.name, "m", "w", (Prediction("x", 1, 0.5),), path=str(p))
+        for p in (small, big, eps)
+    ]
+    page = Page(write_report(tmp_path / "r.html", records, max_pixels=50 * 40).path.read_text())
+    data = json.loads(page.scripts["records"])
+    assert [d["input"] for d in data if "thumb" in d] == ["small.png"]
+    assert data[0]["thumb"]["w"] == 50 and data[0]["thumb"]["h"] == 40
 
 
 # -- in Chromium ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def thumbnails(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+def thumbnails(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[bytes, int, int]]:
     folder = tmp_path_factory.mktemp("thumbs")
     out = []
     for seed in range(20):
         natural_image(seed, (160, 120)).save(folder / f"{seed}.jpg")
         made = make_thumbnail(str(folder / f"{seed}.jpg"))
         assert made is not None
-        out.append(made[0])
+        out.append(made)
     return out
+
+
+@pytest.fixture
+def fake_thumbnails(thumbnails, monkeypatch) -> None:
+    """Thumbnails without files: a record's path 'thumb/N' gets the Nth of 20 made once."""
+    monkeypatch.setattr(
+        report_module,
+        "make_thumbnail",
+        lambda path, **options: thumbnails[int(path.removeprefix("thumb/")) % 20],
+    )
 
 
 @needs_chromium
@@ -240,6 +389,11 @@ def test_report_of_a_real_run_in_chromium(checkpoint, make_image, tmp_path, resn
     assert console == []
     no_handlers(page)
     assert page.attrs("main")["data-total"] == page.attrs("main")["data-matches"] == "6"
+    # no categories in this run: the page has no trace of them
+    assert "hidden" in page.attrs("label", id="category-control")
+    assert "category" not in [a.get("value") for t, a in page.tags if t == "option"]
+    assert [c["categories"] for c in page.cards] == [None] * 6 and page.groups == []
+    assert re.search(r"\bcpu, (fp32|bf16|fp16)\b", page.text["stats"]), page.text["stats"]
     assert [c["dir"] + c["name"] for c in page.cards] == [r["input"] for r in records]
     assert {c["name"] for c in page.cards} == {*names, "broken.jpg"}
     for card, record in zip(page.cards, records, strict=True):
@@ -266,7 +420,7 @@ def test_report_of_a_real_run_in_chromium(checkpoint, make_image, tmp_path, resn
 
 
 @needs_chromium
-def test_report_of_ten_thousand_images_pages_its_cards(thumbnails, tmp_path) -> None:
+def test_report_of_ten_thousand_images_pages_its_cards(fake_thumbnails, tmp_path) -> None:
     records: list[Record] = []
     for i in range(10_000):
         if i % 1000 == 999:
@@ -280,7 +434,7 @@ def test_report_of_ten_thousand_images_pages_its_cards(thumbnails, tmp_path) -> 
                 "m",
                 "w",
                 top,
-                thumbnail=thumbnails[i % 20],
+                path=f"thumb/{i}",
                 uncertain=probability < 0.2,
             )
         )
@@ -299,6 +453,7 @@ def test_report_of_ten_thousand_images_pages_its_cards(thumbnails, tmp_path) -> 
     assert len(page.cards) == PAGE_SIZE  # the rest comes as the reader scrolls
     assert "hidden" not in page.attrs("button", id="more")
     assert [c["name"] for c in page.cards] == [f"img{i:05}.jpg" for i in range(PAGE_SIZE)]
+    assert all(len(c["img"]) == (i % 1000 != 999) for i, c in enumerate(page.cards))
 
     expected = [r for r in records if isinstance(r, Classified) and r.top1.label == "label 7"]
     page, console = browse(report, tmp_path, "?label=label%207&sort=confidence-desc")
@@ -308,9 +463,9 @@ def test_report_of_ten_thousand_images_pages_its_cards(thumbnails, tmp_path) -> 
 
 
 @needs_chromium
-def test_screenshot_tool_makes_a_png(thumbnails, tmp_path) -> None:
+def test_screenshot_tool_makes_a_png(fake_thumbnails, tmp_path) -> None:
     records: list[Record] = [
-        Classified(f"{i}.jpg", "m", "w", (Prediction("cat", 1, 0.9),), thumbnail=thumbnails[i])
+        Classified(f"{i}.jpg", "m", "w", (Prediction("cat", 1, 0.9),), path=f"thumb/{i}")
         for i in range(3)
     ]
     write_report(tmp_path / "r.html", records)
@@ -334,3 +489,59 @@ def test_screenshot_tool_makes_a_png(thumbnails, tmp_path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (800, 600)
     assert re.fullmatch(r".*/r\.png\n", run.stdout)
+
+
+@needs_chromium
+def test_categories_filter_group_and_search_in_chromium(fake_thumbnails, tmp_path) -> None:
+    # (name, top label, its probability, categories best first)
+    rows = [
+        ("a.jpg", "Samoyed", 0.45, (("dog", 0.92), ("cat", 0.05))),
+        ("b.jpg", "tabby", 0.70, (("cat", 0.81), ("dog", 0.10))),
+        ("c.jpg", "Pomeranian", 0.30, (("dog", 0.61), ("toy", 0.20))),
+        ("d.jpg", "gong", 0.50, (("musical instrument", 0.55),)),
+        ("e.jpg", "Samoyed", 0.66, (("dog", 0.97),)),
+        ("f.jpg", "Egyptian cat", 0.40, (("cat", 0.90),)),
+        ("g.jpg", "keeshond", 0.20, ((NASTY, 0.44), ("dog", 0.40))),
+    ]
+    records: list[Record] = [
+        WithCategories(name, "m", "w", (Prediction(label, 1, p),), path=f"thumb/{i}", cats=cats)
+        for i, (name, label, p, cats) in enumerate(rows)
+    ]
+    records.insert(3, Failed("x.jpg", "truncated", "'x.jpg' is truncated"))
+    report = tmp_path / "cats.html"
+    write_report(report, records, context={"device": "cpu, bf16"})
+
+    page, console = browse(report, tmp_path)
+    assert console == []
+    no_handlers(page)
+    assert "hidden" not in page.attrs("label", id="category-control")
+    assert "device: cpu, bf16" in page.text["stats"].split(" \u00b7 ")
+    assert [c["category"] for c in page.cards] == [
+        "dog", "cat", "dog", "", "musical instrument", "dog", "cat", NASTY,
+    ]  # fmt: skip
+    assert page.cards[0]["categories"] == "dog 92.0%, cat 5.0%"
+    options = [a.get("value") for t, a in page.tags if t == "option"]
+    assert options[:5] == ["", "=dog", "=cat", f"={NASTY}", "=musical instrument"]
+    assert "category" in options
+
+    page, console = browse(report, tmp_path, "?category=dog")
+    assert console == [] and page.attrs("main")["data-matches"] == "3"
+    assert [c["name"] for c in page.cards] == ["a.jpg", "c.jpg", "e.jpg"]
+    page, _ = browse(report, tmp_path, "?category=dog&label=Samoyed&sort=confidence-asc")
+    assert [c["name"] for c in page.cards] == ["a.jpg", "e.jpg"]
+    page, _ = browse(report, tmp_path, "?category=" + NASTY.replace("&", "%26").replace(" ", "%20"))
+    assert [c["name"] for c in page.cards] == ["g.jpg"]
+    page, _ = browse(report, tmp_path, "?category=bird")
+    assert page.attrs("main")["data-matches"] == "0" and page.cards == []
+    page, _ = browse(report, tmp_path, "?q=INSTRUMENT")
+    assert [c["name"] for c in page.cards] == ["d.jpg"]
+
+    # grouped: biggest category first (ties by name), most probable first within it
+    page, _ = browse(report, tmp_path, "?sort=category")
+    assert page.groups == [
+        "dog (3)", "cat (2)", f"{NASTY} (1)", "musical instrument (1)", "failed (1)",
+    ]  # fmt: skip
+    assert [c["name"] for c in page.cards] == [
+        "e.jpg", "a.jpg", "c.jpg", "f.jpg", "b.jpg", "g.jpg", "d.jpg", "x.jpg",
+    ]  # fmt: skip
+    assert sum(len(c["img"]) for c in page.cards) == 7

@@ -4,6 +4,7 @@
 #   tools/report_screenshot.sh REPORT.html [OUT.png] [QUERY]
 #
 # QUERY sets the page's controls, as a link would: '?show=uncertain', '?label=crane',
+# '?category=dog', '?sort=category' (runs with --categories),
 # '?sort=confidence-asc', '?q=IMG_12'. WINDOW_SIZE (default 1280,900) sets the viewport,
 # CHROMIUM the browser (default: chromium on the PATH; Debian: apt-get install -y chromium).
 set -euo pipefail
