@@ -244,3 +244,23 @@ def test_cli_csv_and_parquet_match_the_json_records(checkpoint, make_image, tmp_
         for rank, p in enumerate(e["predictions"], start=1)
     ]
     assert [t["error_type"] for t in table if t["error_type"]] == ["not_an_image"]
+
+
+def test_json_is_one_array(checkpoint, make_image, tmp_path, resnext) -> None:
+    images = [make_image(f"{i}.png", seed=50 + i, size=(64, 48)) for i in range(2)]
+    run = resnext("classify", *images, "--checkpoint", checkpoint, "-f", "json", "-k", "2")
+    assert run.code == 0, run
+    data = json.loads(run.stdout)  # the whole of stdout is one JSON document
+    assert isinstance(data, list)
+    assert [r["input"] for r in data] == [str(p) for p in images]
+    assert [len(r["predictions"]) for r in data] == [2, 2]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    mixed = resnext("classify", images[0], bad, "--checkpoint", checkpoint, "-f", "json")
+    assert mixed.code == 1, mixed  # one input failed; the array still holds both records
+    data = json.loads(mixed.stdout)
+    assert [r["input"] for r in data] == [str(images[0]), str(bad)]
+    assert "predictions" in data[0] and data[1]["error"]["type"] == "not_an_image"
+    nothing = resnext("classify", tmp_path / "gone.jpg", "--checkpoint", checkpoint, "-f", "json")
+    assert nothing.code == 1, nothing
+    assert [r["error"]["type"] for r in json.loads(nothing.stdout)] == ["not_found"]
