@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -17,7 +16,6 @@ from resnext_cli import Classifier
 from resnext_cli.errors import INPUT_ERROR_TYPES, InputError
 from resnext_cli.preprocess import DecodeOptions, decode
 from resnext_cli.results import Classified, Failed
-from resnext_cli.sources import iter_sources
 from tests.conftest import natural_image
 
 # Hostile files make Pillow warn (odd TIFF tags, bad EXIF, huge headers); expected here.
@@ -32,7 +30,6 @@ FUZZ = settings(
     database=None,  # no example database in the checkout
     suppress_health_check=[HealthCheck.too_slow],
 )
-FUZZ_RUN = settings(FUZZ, max_examples=100)
 
 
 def _seed_files() -> dict[str, bytes]:
@@ -105,14 +102,19 @@ def test_decode_returns_rgb_or_raises_a_typed_error(data: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def classifier(checkpoint: Path) -> Classifier:
-    """The real pipeline around a stand-in network: the inputs are on trial, not the model."""
-    clf = Classifier(
-        checkpoint=str(checkpoint), topk=1, batch_size=4, workers=2, max_pixels=MAX_PIXELS
+    """The real pipeline and the real network (resnext50 from the seeded checkpoint)."""
+    return Classifier(
+        checkpoint=str(checkpoint), topk=1, batch_size=2, workers=2, max_pixels=MAX_PIXELS
     )
-    clf.model = torch.nn.Sequential(
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 1000)
-    ).eval()
-    return clf
+
+
+@pytest.fixture(scope="module")
+def categories() -> list[str]:
+    """ImageNet's class names as torchvision's metadata has them: the independent reference."""
+    from torchvision.models import ResNeXt50_32X4D_Weights
+
+    names: list[str] = ResNeXt50_32X4D_Weights.DEFAULT.meta["categories"]
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +125,32 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SUFFIXES = [".jpg", ".png", ".gif", ".tif", ".webp", ".bmp", ".JPEG"]
 
 
-@FUZZ_RUN
-@given(files=st.lists(st.tuples(any_file, st.sampled_from(SUFFIXES)), min_size=1, max_size=5))
+def test_every_seed_format_and_odd_shape_reaches_the_network(
+    classifier: Classifier, categories: list[str], scratch: Path
+) -> None:
+    # The fuzzed files below may all fail to decode; these are sure to be classified.
+    folder = Path(tempfile.mkdtemp(dir=scratch))
+    suffixes = {"JPEG2000": "jp2", "JPEG": "jpg", "TIFF": "tif"}
+    for fmt, data in SEEDS.items():
+        (folder / f"seed.{suffixes.get(fmt, fmt.lower())}").write_bytes(data)
+    for w, h in [(1, 1), (300, 1)]:
+        natural_image(w + h, (max(w, 2), max(h, 2))).resize((w, h)).save(folder / f"{w}x{h}.png")
+    records = list(classifier.classify([str(folder)]))
+    assert len(records) == len(SEEDS) + 2
+    for record in records:
+        assert isinstance(record, Classified), record
+        [top] = record.predictions
+        assert top.label == categories[top.index] and 1e-3 <= top.probability <= 1.0
+
+
+# Few examples: each classified picture goes through the whole resnext50 on the CPU.
+@settings(FUZZ, max_examples=12)
+@given(files=st.lists(st.tuples(any_file, st.sampled_from(SUFFIXES)), min_size=1, max_size=3))
 def test_every_file_in_a_folder_gets_one_record(
-    classifier: Classifier, scratch: Path, files: list[tuple[bytes, str]]
+    classifier: Classifier,
+    categories: list[str],
+    scratch: Path,
+    files: list[tuple[bytes, str]],
 ) -> None:
     folder = Path(tempfile.mkdtemp(dir=scratch))
     names = []
@@ -134,10 +158,14 @@ def test_every_file_in_a_folder_gets_one_record(
         path = folder / f"{number:02d}{suffix}"
         path.write_bytes(data)
         names.append(str(path))
-    records = list(classifier.classify_sources(iter_sources([str(folder)])))
+    records = list(classifier.classify([str(folder)]))
     assert [r.input for r in records] == names
     for record in records:
         if isinstance(record, Failed):
             assert record.error_type in INPUT_ERROR_TYPES
-        else:
-            assert isinstance(record, Classified) and len(record.predictions) == 1
+            continue
+        assert isinstance(record, Classified)
+        [top] = record.predictions
+        assert 0 <= top.index < 1000 and top.label == categories[top.index]
+        # A top-1 of 1000 softmax probabilities is at least 1/1000, never NaN.
+        assert 1e-3 <= top.probability <= 1.0, record
