@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resnext_cli import sort as sorting
-from resnext_cli.results import Classified, Failed, Prediction, Record
+from resnext_cli.results import CategoryScore, Classified, Failed, FileFacts, Prediction, Record
 from resnext_cli.sort import (
     JOURNAL_NAME,
     SortError,
@@ -231,13 +233,13 @@ def test_copy_keeps_sources_and_never_overwrites(photos: Path, tmp_path: Path) -
     assert tree(photos) == before
     assert tree(dest) == placed(photos, before)
     assert (len(outcome.done), outcome.folders, outcome.problems) == (6, 4, [])
-    # A second sort of the same files into the same place adds numbered copies only.
+    # Sorted again after b.jpg was edited: only b.jpg is filed again, under a new number.
+    (photos / "b.jpg").write_bytes(b"b.jpg, edited")
     execute(make_plan(threshold(labelled(photos)), dest))
-    again = tree(dest)
-    assert placed(photos, before) < again and len(again) == 12
-    assert ("Crane/b (1).jpg", dict(before)["b.jpg"]) in again
+    edited = hashlib.sha256(b"b.jpg, edited").hexdigest()
+    assert tree(dest) == placed(photos, before) | {("Crane/b (1).jpg", edited)}
     lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
-    assert Counter(line["op"] for line in lines) == {"begin": 2, "step": 12, "done": 12, "end": 2}
+    assert Counter(line["op"] for line in lines) == {"begin": 2, "step": 7, "done": 7, "end": 2}
 
 
 def test_link_makes_hard_links_or_symlinks(photos: Path, tmp_path: Path, monkeypatch) -> None:
@@ -401,6 +403,706 @@ def test_journal_survives_a_torn_last_line_and_locks(photos: Path, tmp_path: Pat
         unfinished(dest)
 
 
+# -- the journal is checked before it is trusted ---------------------------------------------
+
+
+def plant(dest: Path, *lines: dict[str, object]) -> bytes:
+    """Write a journal by hand into *dest*, as someone sharing the folder could."""
+    dest.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    (dest / JOURNAL_NAME).write_bytes(data)
+    return data
+
+
+def refused(dest: Path, line: int, why: str) -> str:
+    return (
+        f"journal '{dest / JOURNAL_NAME}' line {line} {why}: refused, nothing was touched "
+        f"(remove the journal if you did not sort into '{dest}')"
+    )
+
+
+@pytest.fixture
+def shared(photos: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A shared DEST holding a file, and a folder of someone else's, outside any sort."""
+    dest, other = tmp_path / "shared", tmp_path / "other"
+    (dest / "x").mkdir(parents=True)
+    (dest / "x" / "payload.txt").write_bytes(b"planted content")
+    other.mkdir()
+    (other / "secret.txt").write_bytes(b"someone's secret")
+    return photos, dest, other
+
+
+def planted_journals(photos: Path, dest: Path, other: Path) -> list[tuple[list[dict], int, str]]:
+    """Journals that must be refused: (lines, the line to blame, why)."""
+    here = str(dest.resolve())
+    begin = {"op": "begin", "mode": "move", "time": "t", "dest": here, "src": [str(photos)]}
+
+    def step(src: Path | str, dst: str = "x/payload.txt", n: int = 0) -> dict[str, object]:
+        return {"op": "step", "n": n, "mode": "move", "src": str(src), "dst": dst}
+
+    secret, new = other / "secret.txt", other / "new.txt"
+    return [
+        # --resume would fetch someone's file into DEST; --undo would create one elsewhere.
+        ([begin, step(secret, "x/s.txt")], 2, f"takes '{secret}' from outside its source folders"),
+        (
+            [begin, step(new), {"op": "done", "n": 0}],
+            2,
+            f"takes '{new}' from outside its source folders",
+        ),
+        (
+            [begin, step(f"{photos}/../other/new.txt")],
+            2,
+            f"takes '{photos}/../other/new.txt' from outside its source folders",
+        ),
+        ([step(secret)], 1, "has a step before any 'begin' naming its folders"),
+        (
+            [{"op": "begin", "mode": "move", "time": "t"}, step(secret)],
+            1,
+            "names no destination and source folders",
+        ),
+        (
+            [{**begin, "src": [str(other)]} | {"dest": "/elsewhere"}, step(secret)],
+            1,
+            f"was made for '/elsewhere', not for '{here}'",
+        ),
+        (
+            [{**begin, "src": [here]}, step(f"{here}/x/payload.txt")],
+            1,
+            "names a source folder inside the destination",
+        ),
+        ([{**begin, "src": ["rel/ative"]}], 1, "names a source folder that is not a plain path"),
+        (
+            [begin, step(photos / "a.jpg", "../escape.jpg")],
+            2,
+            "puts a file at '../escape.jpg', outside the destination",
+        ),
+        (
+            [begin, step(photos / "a.jpg", "/etc/x.jpg")],
+            2,
+            "puts a file at '/etc/x.jpg', outside the destination",
+        ),
+        (
+            [begin, step(photos / "a.jpg", "x/y/z.jpg")],
+            2,
+            "puts a file at 'x/y/z.jpg', outside the destination",
+        ),
+        (
+            [begin, step(photos / "a.jpg", "x/a.jpg"), {"op": "retarget", "n": 0, "dst": "../a"}],
+            3,
+            "puts a file at '../a', outside the destination",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("action", ["resume", "undo", "sort", "check_dest"])
+def test_a_planted_journal_is_refused_whole(shared, action: str, case: int) -> None:
+    photos, dest, other = shared
+    lines, line, why = planted_journals(photos, dest, other)[case]
+    data = plant(dest, *lines)
+    everything = (found(photos), tree(dest), tree(other))
+    with pytest.raises(SortError) as caught:
+        if action == "resume":
+            resume(dest)
+        elif action == "undo":
+            undo(dest)
+        elif action == "sort":
+            execute(make_plan(threshold(labelled(photos)), dest, sources=[photos]))
+        else:
+            sorting.check_dest(dest)
+    assert str(caught.value) == refused(dest, line, why)
+    assert (found(photos), tree(dest), tree(other)) == everything
+    assert (dest / JOURNAL_NAME).read_bytes() == data and not (other / "new.txt").exists()
+
+
+def test_a_planted_journal_through_the_command(shared, resnext) -> None:
+    photos, dest, other = shared
+    lines, line, why = planted_journals(photos, dest, other)[1]
+    plant(dest, *lines)
+    for flag in ("--undo", "--resume"):
+        run = resnext("sort", flag, dest)
+        assert (run.code, run.stderr.strip()) == (2, f"error: {refused(dest, line, why)}"), run
+    assert not (other / "new.txt").exists() and tree(dest) == {
+        ("x/payload.txt", hashlib.sha256(b"planted content").hexdigest())
+    }
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs chown")
+def test_a_journal_of_another_user_is_refused(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+    os.chown(dest / JOURNAL_NAME, 65534, 65534)
+    placed_tree = tree(dest)
+    for act in (undo, resume, unfinished, sorting.check_dest):
+        with pytest.raises(SortError) as caught:
+            act(dest)
+        assert str(caught.value) == (
+            f"journal '{dest / JOURNAL_NAME}' belongs to another user (uid 65534): refused, "
+            "nothing was touched (sort into a folder of your own)"
+        )
+    assert tree(dest) == placed_tree and tree(photos) == set()
+
+
+def test_a_journal_that_is_a_link_is_refused(photos: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    execute(make_plan(threshold(labelled(photos)), elsewhere, mode="move"))
+    dest = tmp_path / "sorted"
+    dest.mkdir()
+    (dest / JOURNAL_NAME).symlink_to(elsewhere / JOURNAL_NAME)
+    with pytest.raises(SortError) as caught:
+        undo(dest)
+    assert (
+        str(caught.value)
+        == f"journal '{dest / JOURNAL_NAME}' is a symbolic link: refused (remove it)"
+    )
+    assert tree(photos) == set()
+
+
+@pytest.fixture
+def outside_links(photos: Path, tmp_path: Path) -> tuple[Path, list[Record]]:
+    """A file link and a folder link in SRC, both leading outside it."""
+    outside = tmp_path / "outside"
+    (outside / "dir").mkdir(parents=True)
+    (outside / "secret.jpg").write_bytes(b"outside file" * 10)
+    (outside / "dir" / "deep.jpg").write_bytes(b"outside folder" * 10)
+    (photos / "link.jpg").symlink_to(outside / "secret.jpg")
+    (photos / "linked").symlink_to(outside / "dir")
+    (photos / "target.jpg").write_bytes(b"a file only a link names" * 10)
+    (photos / "inner.jpg").symlink_to(photos / "target.jpg")  # a link that stays inside
+    extra = [seen(photos / "link.jpg", "x"), seen(photos / "linked" / "deep.jpg", "x")]
+    return outside, [*threshold(labelled(photos)), *extra, seen(photos / "inner.jpg", "y")]
+
+
+LEADS_OUT = (
+    "reached through a symbolic link that leads outside the folders given; "
+    "not moved (--copy would file a copy)"
+)
+
+
+@pytest.mark.parametrize("given", ["folder", "glob"])
+def test_move_leaves_files_that_links_lead_out_to(outside_links, photos, tmp_path, given) -> None:
+    outside, records = outside_links
+    before, elsewhere = tree(photos), tree(outside)
+    dest = tmp_path / "sorted"
+    sources = [photos] if given == "folder" else [f"{photos}/**/*.jpg"]
+    plan = make_plan(records, dest, mode="move", sources=sources)
+    assert plan.skipped == [
+        (str(photos / "link.jpg"), LEADS_OUT),
+        (str(photos / "linked" / "deep.jpg"), LEADS_OUT),
+    ]
+    assert len(plan.steps) == 7  # the six files, and the link that stays inside
+    assert execute(plan).problems == []
+    assert tree(outside) == elsewhere  # nothing taken from outside
+    assert os.path.islink(photos / "link.jpg") and (photos / "linked" / "deep.jpg").exists()
+    undo(dest)
+    assert tree(photos) == before and tree(outside) == elsewhere
+
+
+def test_copy_files_what_links_lead_to(outside_links, photos, tmp_path) -> None:
+    outside, records = outside_links
+    elsewhere = tree(outside)
+    plan = make_plan(records, tmp_path / "sorted", mode="copy", sources=[photos])
+    assert plan.skipped == [] and len(plan.steps) == 9
+    execute(plan)
+    assert tree(outside) == elsewhere
+    assert contents(elsewhere) <= contents(tree(tmp_path / "sorted"))
+    journal = [json.loads(line) for line in (tmp_path / "sorted" / JOURNAL_NAME).open()]
+    assert journal[0]["src"] == sorted([str(photos), str(outside / "dir")])
+
+
+def test_files_named_one_by_one_belong_to_their_own_folder(outside_links, photos, tmp_path) -> None:
+    outside, records = outside_links  # as if listed on standard input: no SRC folder named
+    plan = make_plan(records, tmp_path / "sorted", mode="move")
+    assert plan.skipped == [(str(photos / "link.jpg"), LEADS_OUT)]
+    # A path named as it is, through a folder link, is taken from where it leads.
+    assert {s.source: s.home for s in plan.steps}[outside / "dir" / "deep.jpg"] == outside / "dir"
+
+
+@pytest.mark.parametrize("finish", ["execute", "undo"])
+def test_a_link_swapped_in_after_planning_is_not_followed(
+    photos: Path, tmp_path: Path, finish: str
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "d.jpg"):
+        (outside / "sub" / name).write_bytes(b"not yours: " + name.encode())
+    elsewhere = tree(outside)
+    dest = tmp_path / "sorted"
+    plan = make_plan(threshold(labelled(photos)), dest, mode="move", sources=[photos])
+    if finish == "undo":
+        execute(plan)
+        plan = None
+    sub = photos / "sub"
+    for f in sub.iterdir():
+        f.rename(tmp_path / f"kept-{f.name}")
+    sub.rmdir()
+    sub.symlink_to(outside / "sub")  # photos/sub now leads to someone else's folder
+    outcome = execute(plan) if plan is not None else undo(dest)
+    why = f"'{photos / 'sub'}/{{}}' now leads outside '{photos}' (a symbolic link); left alone"
+    assert sorted((s.source.name, r) for s, r in outcome.problems) == [
+        ("a.jpg", why.format("a.jpg")),
+        ("d.jpg", why.format("d.jpg")),
+    ]
+    assert tree(outside) == elsewhere
+
+
+def test_roots_for() -> None:
+    specs = ["photos", "-", "https://x/y.jpg", str(Path("https://x/z.jpg")), "a/*/b.jpg"]
+    specs += ["**/*.jpg", "c.jpg", "/abs/[ab]/x.png"]
+    assert sorting.roots_for(specs) == [
+        Path("photos"),
+        Path("a"),
+        Path("."),
+        Path("c.jpg"),
+        Path("/abs"),
+    ]
+
+
+def test_two_plans_made_before_either_ran(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    records = threshold(labelled(photos))
+    first = make_plan(records[:3], dest, mode="move", sources=[photos])
+    second = make_plan(records[3:], dest, mode="move", sources=[photos])
+    assert [s.n for s in first.steps] == [s.n for s in second.steps] == [0, 1, 2]
+    execute(first)
+    execute(second)  # its 'a.jpg' was taken meanwhile: it gets a number
+    entries = sorting.Journal(dest).read()
+    assert sorted(entries) == list(range(6)) and all(e.done for e in entries.values())
+    assert contents(tree(dest)) == contents(before) and tree(photos) == set()
+    assert undo(dest).problems == [] and tree(photos) == before
+
+
+# -- a torn last journal line ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tail", ['{"op": "und', "\x00" * 40, '{"op": "undone", "n": 9999', '{"op": "end"}']
+)
+def test_a_torn_last_line_is_cut_before_the_next_one(photos: Path, tmp_path: Path, tail) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    execute(make_plan(threshold(labelled(photos))[:3], dest, mode="move"))
+    with (dest / JOURNAL_NAME).open("a") as fh:
+        fh.write(tail)  # a crash or a full disk cut this line
+    assert unfinished(dest) == []
+    execute(make_plan(threshold(labelled(photos))[3:], dest, mode="move"))
+    text = (dest / JOURNAL_NAME).read_text()
+    assert text.endswith("\n") and (tail in text) == (tail == '{"op": "end"}')
+    assert all(json.loads(line) for line in text.splitlines())
+    assert tree(photos) == set() and undo(dest).problems == []
+    assert tree(photos) == before and found(dest) == set()
+
+
+def test_a_full_disk_cutting_a_journal_line_does_not_block_undo(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    real = sorting.Journal._append
+    calls = 0
+
+    def full_disk(self: sorting.Journal, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:  # the plan, done 0, done 1, then half of done 2
+            real(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(sorting.Journal, "_append", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+    monkeypatch.undo()
+    assert not (dest / JOURNAL_NAME).read_text().endswith("\n")
+    assert len(unfinished(dest)) == 4  # steps 2..5: step 2 was done, its line was cut
+    assert undo(dest).problems == []
+    assert tree(photos) == before and found(dest) == set()
+
+
+def test_a_damaged_line_before_the_last_is_refused(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+    lines = (dest / JOURNAL_NAME).read_text().splitlines(keepends=True)
+    lines[3] = lines[3][:10]  # cut, and the writing went on after it
+    (dest / JOURNAL_NAME).write_text("".join(lines))
+    message = f"journal '{dest / JOURNAL_NAME}' line 4 is damaged (fix or remove that line)"
+    for act in (undo, resume, unfinished):
+        with pytest.raises(SortError) as caught:
+            act(dest)
+        assert str(caught.value) == message
+
+
+# -- undo after changes in DEST --------------------------------------------------------------
+
+
+def test_undo_reports_what_was_renamed_or_deleted_and_keeps_it(
+    photos: Path, tmp_path: Path, resnext
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+    (dest / "Crane" / "b.jpg").rename(dest / "Crane" / "renamed.jpg")
+    kept = (dest / "_uncertain" / "c.png").read_bytes()
+    (dest / "_uncertain" / "c.png").unlink()
+    outcome = undo(dest)
+    gone = "is no longer in '{}' (renamed or deleted there?); cannot put it back"
+    assert sorted((s.target, r) for s, r in outcome.problems) == [
+        ("Crane/b.jpg", f"'Crane/b.jpg' {gone.format(dest.resolve())}"),
+        ("_uncertain/c.png", f"'_uncertain/c.png' {gone.format(dest.resolve())}"),
+    ]
+    assert len(outcome.done) == len(outcome.restored) == 4 and outcome.mode == "move"
+    assert tree(photos) == {(rel, d) for rel, d in before if rel not in ("b.jpg", "c.png")}
+    assert len(unfinished(dest)) == 0 and (dest / JOURNAL_NAME).exists()
+    # A second undo still finds both; the command says so and exits 1.
+    run = resnext("sort", "--undo", dest)
+    assert run.code == 1 and "'Crane/b.jpg'" in run.stderr, run
+    assert "'_uncertain/c.png'" in run.stderr and (dest / JOURNAL_NAME).exists()
+    # Put back by hand under their old names, the undo completes and the journal goes.
+    (dest / "Crane" / "renamed.jpg").rename(dest / "Crane" / "b.jpg")
+    (dest / "_uncertain" / "c.png").write_bytes(kept)
+    outcome = undo(dest)
+    assert outcome.problems == [] and len(outcome.restored) == 2
+    assert tree(photos) == before and found(dest) == set()
+
+
+@pytest.mark.parametrize("mode", ["copy", "link"])
+def test_undoing_a_copy_or_link_sort_removes_and_puts_back_nothing(
+    photos: Path, tmp_path: Path, mode: str
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    execute(make_plan(threshold(labelled(photos)), dest, mode=mode))
+    (dest / "Crane" / "b.jpg").unlink()  # a copy deleted by hand: nothing left to remove
+    outcome = undo(dest)
+    assert (outcome.mode, len(outcome.done), len(outcome.removed), outcome.restored) == (
+        mode,
+        6,
+        5,
+        [],
+    )
+    assert outcome.problems == [] and tree(photos) == before and found(dest) == set()
+
+
+# -- the same sort twice ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["copy", "link"])
+@pytest.mark.parametrize("journal", ["kept", "removed"])
+def test_the_same_sort_twice_files_nothing_twice(
+    photos: Path, tmp_path: Path, mode: str, journal: str
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    execute(make_plan(threshold(labelled(photos)), dest, mode=mode))
+    if journal == "removed":  # then the bytes of a file of the same name decide
+        (dest / JOURNAL_NAME).unlink()
+    again = make_plan(threshold(labelled(photos)), dest, mode=mode)
+    assert again.steps == [] and again.skipped == []
+    assert sorted(again.already) == sorted((str(photos / s), d) for d, s in EXPECTED.items())
+    execute(again)
+    assert tree(dest) == placed(photos, before) and tree(photos) == before
+    # Another key is another sort: the files are filed again, in their new folders.
+    by_index = make_plan(threshold(labelled(photos)), dest, mode=mode, by="index")
+    assert len(by_index.steps) == 4 and len(by_index.already) == 2  # _uncertain, _failed
+
+
+def test_a_file_filed_under_a_clash_number_is_found_again(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    plan = make_plan(threshold(labelled(photos)), dest)
+    (dest / "Crane").mkdir(parents=True)
+    (dest / "Crane" / "b.jpg").write_bytes(b"arrived meanwhile")
+    execute(plan)  # b.jpg went to 'Crane/b (1).jpg'
+    again = make_plan(threshold(labelled(photos)), dest)
+    assert again.steps == [] and (str(photos / "b.jpg"), "Crane/b (1).jpg") in again.already
+
+
+# -- records from an earlier classify --------------------------------------------------------
+
+
+def facts(path: Path) -> FileFacts:
+    st = path.stat()
+    return FileFacts(st.st_size, st.st_mtime_ns)
+
+
+def recorded(photos: Path) -> list[Record]:
+    """Records as classify writes them now: with size, mtime_ns and categories."""
+    records: list[Record] = []
+    for record in labelled(photos):
+        assert record.path is not None
+        file = facts(Path(record.path))
+        if isinstance(record, Classified):
+            top = record.top1
+            cats = (CategoryScore(f"group of {top.label}", min(1.0, top.probability + 0.05)),)
+            record = replace(record, file=file, categories=cats, precision="fp32")
+        else:
+            record = replace(record, file=file)
+        records.append(record)
+    return [
+        *records,
+        Classified("https://example.test/x.jpg", "m", "w", (Prediction("x", 1, 0.9),)),
+    ]
+
+
+def write_records(records: list[Record], path: Path, form: str) -> None:
+    dicts = [r.to_dict() for r in records]
+    if form == "jsonl":
+        text = "".join(json.dumps({**d, "future key": [1]}) + "\n" for d in dicts)
+    elif form == "json":
+        from resnext_cli.output import JsonArrayWriter
+
+        stream = io.StringIO()
+        writer = JsonArrayWriter(stream)
+        for record in records:
+            writer.write(record)
+        writer.close()
+        text = stream.getvalue()
+    else:  # as jq or a person would indent it
+        text = json.dumps(dicts, indent=2)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("form", ["jsonl", "json", "indented"])
+def test_records_read_back_are_the_records_written(photos, tmp_path, form) -> None:
+    records = recorded(photos)
+    path = tmp_path / "r.out"
+    write_records(records, path, form)
+    assert sorting.records_from_file(path) == (records, [])
+
+
+def test_records_of_changed_or_missing_files_are_not_filed(photos, tmp_path) -> None:
+    records = recorded(photos)
+    write_records(records, tmp_path / "r.jsonl", "jsonl")
+    (photos / "a.jpg").write_bytes(b"other bytes")  # size changed
+    st = (photos / "b.jpg").stat()
+    os.utime(photos / "b.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # only mtime
+    (photos / "c.png").unlink()
+    (photos / "sub" / "d.jpg").unlink()
+    (photos / "sub" / "d.jpg").mkdir()
+    kept, changed = sorting.records_from_file(tmp_path / "r.jsonl")
+    again = "changed since it was classified (classify it again)"
+    assert changed == [
+        (str(photos / "a.jpg"), again),
+        (str(photos / "b.jpg"), again),
+        (str(photos / "c.png"), "no such file (moved or deleted since it was classified)"),
+        (str(photos / "sub/d.jpg"), "not a regular file"),
+    ]
+    assert [r.input for r in kept] == [
+        str(photos / "sub/a.jpg"),
+        str(photos / "broken.jpg"),
+        "https://example.test/x.jpg",
+    ]
+    # make_plan checks the same facts, for fresh records too
+    (photos / "sub" / "a.jpg").write_bytes(b"changed after reading the records")
+    plan = make_plan(kept, tmp_path / "sorted")
+    assert plan.skipped == [
+        (str(photos / "sub/a.jpg"), again),
+        ("https://example.test/x.jpg", "not a file (a URL or standard input)"),
+    ]
+    assert [s.target for s in plan.steps] == ["_failed/broken.jpg"]
+
+
+def test_records_from_a_file_are_sorted_as_fresh_ones(photos, tmp_path) -> None:
+    write_records(recorded(photos), tmp_path / "r.json", "json")
+    before = tree(photos)
+    records, changed = sorting.records_from_file(tmp_path / "r.json")
+    assert changed == []
+    dest = tmp_path / "sorted"
+    execute(make_plan(records, dest, mode="move", min_probability=0.5))
+    assert tree(dest) == placed(photos, before) and tree(photos) == set()
+
+
+NOT_RECORDS = [
+    ("input,path,label_1\nx,/x,cat\n", 1, "not JSON"),
+    (b"\xff\xd8\xff\xe0 a jpeg", 1, "not JSON"),
+    ('{"input": "a", "path": "/a", "predictions": []}\n', 1, "no 'predictions' and no 'error'"),
+    (
+        "\n\n" + '{"input": "a", "path": "rel/a.jpg", "error": {"type": "t", "message": "m"}}',
+        3,
+        "'path' is not an absolute path",
+    ),
+    ('{"input": "a", "error": {"type": "t"}}', 1, "'error' needs a 'type' and a 'message'"),
+    (
+        '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": "1",'
+        ' "probability": 0.5}]}',
+        1,
+        "a prediction needs a 'label', an 'index' and a 'probability'",
+    ),
+    (
+        '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": 1,'
+        ' "probability": 0.5}], "size": "12"}',
+        1,
+        "'size' is not a whole number",
+    ),
+    (
+        '{"input": "a", "predictions": [{"label": "x", "index": 1, "probability": 0.5}]}',
+        1,
+        "not a result record (KeyError: 'model')",
+    ),
+    ("[5]", 1, "not a JSON object"),
+    (
+        '[\n  {"input": "a", "error": {"type": "t", "message": "m"}},\n  {"input": 3}\n]',
+        3,
+        "no 'input'",
+    ),
+    (
+        '[\n  {"input": "a", "error": {"type": "t", "message": "m"}}\n  {"input": "b"}',
+        3,
+        "expected ',' or ']'",
+    ),
+    (
+        '[\n  {"input": "a", "error": {"type": "t", "message": "m"}},\n  {"input": "b"',
+        3,
+        "not JSON",
+    ),
+    (
+        '[\n  {"input": "a", "error": {"type": "t", "message": "m"}}\n] trailing',
+        3,
+        "the JSON array does not end with ']'",
+    ),
+    (
+        '{"input": "a", "error": {"type": "t", "message": "m"}}\n["a list"]\n',
+        2,
+        "not a JSON object",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "why"), NOT_RECORDS)
+def test_a_file_that_is_not_records_is_refused(tmp_path, text, line, why) -> None:
+    path = tmp_path / "r.jsonl"
+    if isinstance(text, str):
+        path.write_text(text)
+    else:
+        path.write_bytes(text)
+    with pytest.raises(SortError) as caught:
+        sorting.records_from_file(path)
+    assert str(caught.value) == (
+        f"'{path}' line {line} is not a record of 'resnext classify' ({why}); give the "
+        "JSON Lines or JSON file that 'resnext classify -o' wrote"
+    )
+
+
+def test_records_files_that_are_empty_missing_or_not_files(tmp_path) -> None:
+    give = "(give the file 'resnext classify -o' wrote)"
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "empty.json").write_text("[]\n")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    cases = {
+        "empty.jsonl": f"'{tmp_path / 'empty.jsonl'}' holds no records {give}",
+        "empty.json": f"'{tmp_path / 'empty.json'}' holds no records {give}",
+        "gone.jsonl": f"cannot read records file '{tmp_path / 'gone.jsonl'}' "
+        f"(no such file or directory) {give}",
+        "fifo": f"records file '{tmp_path / 'fifo'}' is not a regular file {give}",
+        "folder": f"records file '{tmp_path / 'folder'}' is not a regular file {give}",
+    }
+    for name, message in cases.items():
+        with pytest.raises(SortError) as caught:
+            sorting.records_from_file(tmp_path / name)
+        assert str(caught.value) == message
+
+
+def test_by_category(photos: Path, tmp_path: Path) -> None:
+    records = recorded(photos)
+    plan = make_plan(records, tmp_path / "s", by="category")
+    assert sorted(s.target for s in plan.steps) == [
+        "_failed/broken.jpg",
+        "group of Crane/b.jpg",
+        "group of Crane/c.png",  # 'crane' joins 'Crane', as labels do
+        "group of Crane/d.jpg",
+        "group of tabby, tabby cat/a (1).jpg",
+        "group of tabby, tabby cat/a.jpg",
+    ]
+    c = records[2]  # top-1 'crane' at 0.2, its category at 0.25
+    assert folder_for(c, by="label", min_probability=0.24) == "_uncertain"
+    assert folder_for(c, by="category", min_probability=0.24) == "group of crane"
+    assert folder_for(c, by="category", min_probability=0.3) == "_uncertain"
+    # A record's own top-1 mark does not make its category uncertain.
+    assert folder_for(replace(c, uncertain=True), by="category") == "group of crane"
+    assert folder_for(records[5], by="category") == "_failed"
+    with pytest.raises(SortError) as caught:
+        make_plan(labelled(photos), tmp_path / "s", by="category")
+    assert str(caught.value) == (
+        "--by category needs records with categories (classify with --categories)"
+    )
+
+
+# -- the destination, checked before any image is read ---------------------------------------
+
+
+def test_check_dest(photos: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    sorting.check_dest(tmp_path / "new" / "deeper")  # may be made: fine, and not made yet
+    assert not (tmp_path / "new").exists()
+    cases = {
+        tmp_path / "file": f"destination '{tmp_path / 'file'}' is not a folder (give a folder)",
+        tmp_path / "file" / "sub" / "dest": f"cannot create destination "
+        f"'{tmp_path / 'file/sub/dest'}': '{tmp_path / 'file'}' is not a folder "
+        "(give another destination)",
+        tmp_path / "dangling": f"destination '{tmp_path / 'dangling'}' is a broken symbolic "
+        "link (give a folder)",
+    }
+    for dest, message in cases.items():
+        with pytest.raises(SortError) as caught:
+            sorting.check_dest(dest)
+        assert str(caught.value) == message
+
+
+def refusal(folder: Path) -> str | None:
+    """Why a file cannot be made in *folder*, or None when it can."""
+    try:
+        os.close(os.open(folder / ".probe", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError as exc:
+        return (exc.strerror or "").lower()
+    (folder / ".probe").unlink()
+    return None
+
+
+def test_check_dest_finds_a_read_only_destination(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    reason = refusal(locked)
+    if reason is None:  # root ignores modes; sysfs refuses even root
+        locked = Path("/sys/fs")
+        reason = refusal(locked) if locked.is_dir() else None
+        if reason is None:
+            pytest.skip("no folder here refuses this user")
+    with pytest.raises(SortError) as caught:
+        sorting.check_dest(locked)
+    assert str(caught.value) == (
+        f"cannot write into destination '{locked}' ({reason}) (give a folder you can write to)"
+    )
+    with pytest.raises(SortError) as caught:
+        sorting.check_dest(locked / "new")
+    assert str(caught.value) == (
+        f"cannot create destination '{locked / 'new'}' in '{locked}' ({reason}) "
+        "(give a folder you can write to)"
+    )
+
+
+def test_check_dest_finds_an_unfinished_or_running_sort(photos, tmp_path, monkeypatch) -> None:
+    dest = tmp_path / "sorted"
+    crash_on(monkeypatch, os, "link", 2)
+    with pytest.raises(Crash):
+        execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+    monkeypatch.undo()
+    with pytest.raises(SortError) as caught:
+        sorting.check_dest(dest)
+    assert str(caught.value) == sorting.unfinished_message(dest)
+    resume(dest)
+    sorting.check_dest(dest)
+    journal = sorting.Journal(dest)
+    journal.open()
+    try:
+        with pytest.raises(SortError) as caught:
+            sorting.check_dest(dest)
+        assert str(caught.value) == f"another sort is using '{dest}' (wait for it to finish)"
+    finally:
+        journal.close()
+
+
 # -- the command -----------------------------------------------------------------------------
 
 
@@ -482,7 +1184,8 @@ def test_sort_command_dry_run_then_copy(unsafe_run, tmp_path, resnext) -> None:
     }
     assert f"copied 10 files into {len(folders)} folders in '{dest}'" in run.stderr.splitlines()
     again = resnext("sort", folder, dest, *model, "--by", "index", "--link", "-q")
-    assert again.code == 1 and len(tree(dest)) == 20 and tree(folder) == before
+    # 9 new links in index folders; broken.jpg is in _failed/ already, so not filed twice.
+    assert again.code == 1 and len(tree(dest)) == 19 and tree(folder) == before
     added = set(os.listdir(dest)) - folders - {JOURNAL_NAME}
     assert added and all(name.isdigit() for name in added)
     assert {int(name) for name in added} <= set(range(len(UNSAFE_LABELS)))
