@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Mutation testing: mutmut 3 on one module at a time, in a scratch copy of the tree.
+#
+#   tools/mutation.sh summary                # one module (see setup.cfg's [mutmut:NAME])
+#   tools/mutation.sh summary output weights # several, one after the other
+#   tools/mutation.sh                        # all: summary output weights sources preprocess sort
+#
+# Needs mutmut in the environment: pip install 'mutmut==3.8.1'.
+# Environment:
+#   MUTATION_REF=HEAD    copy that commit (git archive) instead of the working tree as it is
+#   MUTATION_JOBS=2      mutants tested at once (default: the number of CPUs)
+#   MUTATION_DIR=DIR     where the scratch copies go (default: $TMPDIR/resnext-mutation)
+# Each module leaves DIR/MODULE/score.json (killed, survived, ...) and survivors.txt (mutmut
+# results: one line per mutant that no test killed); `cd DIR/MODULE && mutmut show NAME`
+# prints a mutant's diff. src/ in the checkout is never touched.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+scratch=${MUTATION_DIR:-${TMPDIR:-/tmp}/resnext-mutation}
+jobs=${MUTATION_JOBS:-$(nproc 2>/dev/null || echo 2)}
+if [ "$#" -eq 0 ]; then
+    set -- summary output weights sources preprocess sort
+fi
+command -v mutmut >/dev/null || {
+    echo "mutation.sh: mutmut is not installed (pip install 'mutmut==3.8.1')" >&2
+    exit 2
+}
+
+for module in "$@"; do
+    case $module in
+        *[!a-z_]* | "")
+            echo "mutation.sh: bad module name '$module'" >&2
+            exit 2
+            ;;
+    esac
+    work=$scratch/$module
+    rm -rf "$work"
+    mkdir -p "$work"
+    if [ -n "${MUTATION_REF:-}" ]; then
+        git -C "$root" archive "$MUTATION_REF" src tests data pyproject.toml setup.cfg |
+            tar -x -C "$work"
+    else
+        (cd "$root" && tar -c --exclude=__pycache__ src tests data pyproject.toml setup.cfg) |
+            tar -x -C "$work"
+    fi
+    # The module's section joins [mutmut]; mutmut reads only [mutmut] of ./setup.cfg.
+    python3 - "$work/setup.cfg" "$module" <<'EOF'
+import configparser
+import sys
+
+path, module = sys.argv[1], sys.argv[2]
+cfg = configparser.ConfigParser(interpolation=None)
+cfg.read(path, encoding="utf-8")
+section = f"mutmut:{module}"
+if not cfg.has_section(section):
+    known = [s.split(":", 1)[1] for s in cfg.sections() if s.startswith("mutmut:")]
+    sys.exit(f"mutation.sh: no [{section}] in setup.cfg (choose from: {', '.join(known)})")
+base = dict(cfg["mutmut"])
+base["only_mutate"] = cfg[section]["only_mutate"]
+base["pytest_add_cli_args_test_selection"] = cfg[section]["tests"]
+out = configparser.ConfigParser(interpolation=None)
+out["mutmut"] = base
+with open(path, "w", encoding="utf-8") as fh:
+    out.write(fh)
+EOF
+    # pyproject.toml must not carry a [tool.mutmut] table: mutmut would read it instead.
+    if grep -q '^\[tool\.mutmut\]' "$work/pyproject.toml"; then
+        echo "mutation.sh: pyproject.toml has [tool.mutmut]; keep the settings in setup.cfg" >&2
+        exit 2
+    fi
+    echo "== $module: mutmut in $work ($jobs at once)"
+    started=$(date +%s)
+    (
+        cd "$work"
+        # The mutated copy in mutants/src must be what the tests import, not the checkout
+        # an editable install points at; mutmut puts mutants/src first on sys.path.
+        mutmut run --max-children "$jobs"
+        mutmut export-cicd-stats >/dev/null
+        cp mutants/mutmut-cicd-stats.json score.json
+        mutmut results >survivors.txt || true
+    )
+    python3 - "$work/score.json" "$module" "$(($(date +%s) - started))" <<'EOF'
+import json
+import sys
+
+path, module, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = json.load(open(path, encoding="utf-8"))
+total = s["total"]
+killed = s["killed"] + s["timeout"] + s["segfault"]
+share = 100 * killed / total if total else 0.0
+print(
+    f"{module}: killed {killed}/{total} ({share:.1f}%), survived {s['survived']}, "
+    f"no tests {s['no_tests']}, suspicious {s['suspicious']}, in {seconds // 60}m{seconds % 60:02d}s"
+)
+EOF
+    sed 's/^/    /' "$work/survivors.txt"
+done
