@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import functools
+import io
 import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageMode, UnidentifiedImageError
 
 from .config import DEFAULT_MAX_PIXELS
 from .errors import InputError
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import torch
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+EXIF_ORIENTATION = 0x0112
 
 # Formats Pillow recognises but that are not raster images it can decode by itself:
 # EPS runs Ghostscript (an attack surface for hostile files), WMF/EMF are vector drawings.
@@ -74,6 +76,37 @@ def _open(fp: BinaryIO, max_pixels: int) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+# Pixels converted at a time: a strip of a deep image costs tens of megabytes in float64,
+# where the whole image at once cost gigabytes.
+_STRIP_PIXELS = 1 << 20
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _strips(img: Image.Image) -> Iterator[tuple[int, int, int, int]]:
+    """Boxes of whole rows covering *img*, about _STRIP_PIXELS pixels each."""
+    width, height = img.size
+    rows = max(1, _STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        yield (0, top, width, min(height, top + rows))
+
+
+def _in_strips(img: Image.Image, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """Convert *img* to RGB a strip at a time into one preallocated RGB image."""
+    out = Image.new("RGB", img.size)
+    for box in _strips(img):
+        out.paste(convert(img.crop(box)), box[:2])
+    return out
+
+
 def _scale_to_8bit(img: Image.Image) -> Image.Image:
     """Map 16-bit, 32-bit integer and float pixels onto 0..255 instead of clipping.
 
@@ -81,28 +114,57 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
     by their range: within 0..1 (floats only) times 255, within 0..255 as they are,
     within 0..65535 divided by 257, anything else stretched from its own minimum to
     its maximum. NaN becomes 0 and infinities are left out of the range, then clipped.
+    Works in strips: the result is RGB, and memory never holds a float64 copy of it all.
     """
     import numpy as np
 
-    data = np.asarray(img).astype(np.float64)
-    if img.mode.startswith("I;16"):
-        scaled = data / 257
-    else:
-        finite = data[np.isfinite(data)]
-        low = float(finite.min()) if finite.size else 0.0
-        high = float(finite.max()) if finite.size else 0.0
+    def scaled(data: Any) -> Any:
+        return data / 257
+
+    if not img.mode.startswith("I;16"):
+        low, high = np.inf, -np.inf
+        for box in _strips(img):
+            data = np.asarray(img.crop(box))
+            finite = data[np.isfinite(data)]
+            if finite.size:
+                low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+        if low > high:  # nothing finite
+            low = high = 0.0
         if img.mode == "F" and low >= 0 and high <= 1:
-            scaled = data * 255
+
+            def scaled(data: Any) -> Any:
+                return data * 255
+
         elif low >= 0 and high <= 255:
-            scaled = data
+
+            def scaled(data: Any) -> Any:
+                return data
+
         elif low >= 0 and high <= 65535:
-            scaled = data / 257
+            pass  # / 257, as 16-bit data
         elif high > low:
-            scaled = (data - low) * (255 / (high - low))
+            factor = 255 / (high - low)
+
+            def scaled(data: Any) -> Any:
+                return (data - low) * factor
+
         else:
-            scaled = np.zeros_like(data)
-    pixels = np.clip(np.floor(np.nan_to_num(scaled, nan=0.0) + 0.5), 0, 255)
-    return Image.fromarray(pixels.astype(np.uint8), "L")
+
+            def scaled(data: Any) -> Any:
+                return np.zeros_like(data)
+
+    def convert(strip: Image.Image) -> Image.Image:
+        data = scaled(np.asarray(strip).astype(np.float64))
+        pixels = np.clip(np.floor(np.nan_to_num(data, nan=0.0) + 0.5), 0, 255)
+        return Image.fromarray(pixels.astype(np.uint8), "L")
+
+    return _in_strips(img, convert)
+
+
+def _onto_white(strip: Image.Image) -> Image.Image:
+    rgba = strip.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -110,24 +172,33 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
     Transparent pixels are composited onto white, whatever colour hides under them;
     16-bit, 32-bit and float pixels are scaled into 0..255 (see _scale_to_8bit).
+    Both work in strips, so the cost is the image and its RGB copy, no more.
     """
     if img.mode.startswith("I") or img.mode == "F":
-        return _scale_to_8bit(img).convert("RGB")
+        return _scale_to_8bit(img)
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        return _in_strips(img, _onto_white)
     if img.mode == "RGB":
         return img
     return img.convert("RGB")
 
 
-def _upright(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a damaged EXIF block leaves the picture as stored."""
+def _orientation(img: Image.Image) -> Image.Transpose | None:
+    """The transpose its EXIF orientation asks for; a damaged EXIF block asks for none."""
     try:
-        return ImageOps.exif_transpose(img)
+        return _TRANSPOSE.get(img.getexif().get(EXIF_ORIENTATION, 1))
     except Exception:
-        return img
+        return None
+
+
+def bytes_per_pixel(mode: str) -> int:
+    """Bytes a decoded pixel of *mode* holds: bands times bytes per band (RGB: 3)."""
+    try:
+        info = ImageMode.getmode(mode)
+    except KeyError:
+        return 4
+    size = info.typestr.lstrip("<>|=")[1:]
+    return len(info.bands) * (int(size) if size.isdigit() else 1)
 
 
 def _damaged(name: str, exc: Exception) -> InputError:
@@ -160,6 +231,32 @@ def _too_many_pixels(name: str, limit: int, size: tuple[int, int] | str) -> Inpu
     return InputError("too_large", f"{what} (raise the limit with --max-pixels)")
 
 
+def _is_empty(fp: BinaryIO) -> bool:
+    try:
+        return fp.seek(0, io.SEEK_END) == 0
+    except (OSError, ValueError):
+        return False
+
+
+def _too_deep(name: str, img: Image.Image, max_pixels: int) -> InputError | None:
+    """The error for an image whose decoded pixels outweigh the largest RGB image allowed.
+
+    The budget is --max-pixels pixels of 8-bit RGB (3 bytes each): 16-bit, float, CMYK
+    or RGBA pixels take more bytes each, so fewer of them fit.
+    """
+    width, height = img.size
+    per_pixel = bytes_per_pixel(img.mode)
+    needed, budget = width * height * per_pixel, 3 * max_pixels
+    if needed <= budget:
+        return None
+    return InputError(
+        "too_large",
+        f"'{name}' is {width}x{height} {img.mode} pixels of {per_pixel} bytes = {needed} "
+        f"bytes decoded, over the {budget}-byte limit (3 bytes per pixel of --max-pixels; "
+        "raise the limit with --max-pixels)",
+    )
+
+
 def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
     """Open and fully decode one image (its first frame) into RGB, or raise an InputError."""
     # Pillow reads this globally; every thread of a run sets the same value.
@@ -167,6 +264,8 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
     try:
         img = _open(fp, options.max_pixels)
     except UnidentifiedImageError:
+        if _is_empty(fp):
+            raise InputError("not_an_image", f"'{name}' is an empty file") from None
         raise InputError("not_an_image", f"'{name}' is not an image Pillow can read") from None
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels(name, options.max_pixels, str(exc)) from None
@@ -178,20 +277,26 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
     if options.draft_min_side and img.format == "JPEG" and not options.exact:
         side = options.draft_min_side
         img.draft(img.mode, (side, side))
+    if (too_deep := _too_deep(name, img, options.max_pixels)) is not None:
+        raise too_deep
     try:
         img.load()
     except Image.DecompressionBombError as exc:
         raise _too_many_pixels(name, options.max_pixels, str(exc)) from None
     except Exception as exc:
         raise _damaged(name, exc) from None
+    mode = img.mode
     try:
         if options.exact:
             # The reference pipeline: exactly what `Image.open(f).convert("RGB")` gives.
-            return img.convert("RGB")
-        return to_rgb(_upright(img))
+            return img if mode == "RGB" else img.convert("RGB")
+        transpose = _orientation(img)
+        rgb = to_rgb(img)
+        del img  # a deep original is freed before the turned copy is made
+        return rgb if transpose is None else rgb.transpose(transpose)
     except (ValueError, OSError) as exc:
         raise InputError(
-            "unreadable", f"cannot convert '{name}' from {img.mode} pixels to RGB: {exc}"
+            "unreadable", f"cannot convert '{name}' from {mode} pixels to RGB: {exc}"
         ) from None
 
 
