@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 
 from .errors import ConfigError
 
 _BUNDLED = "imagenet_classes.txt"
+# Far more than any label list needs (ImageNet-21k's names take about 300 KB); a cap
+# keeps a mistaken --labels (a video, /dev/zero) from filling memory.
+MAX_LABELS_BYTES = 10 << 20
+_GIVE = "give a UTF-8 text file with one class name per line"
+# O_NONBLOCK: a FIFO swapped in after the stat must not wait for a writer.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _bundled_text() -> str:
@@ -20,7 +28,10 @@ def _bundled_text() -> str:
 
 
 def _parse(text: str) -> tuple[str, ...]:
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    # Lines end at '\n' (or '\r\n') only: str.splitlines would also split a label at a
+    # form feed, a vertical tab or a Unicode line separator inside it.
+    lines = (line.removesuffix("\r").strip() for line in text.split("\n"))
+    return tuple(line for line in lines if line)
 
 
 def imagenet_labels() -> tuple[str, ...]:
@@ -28,16 +39,44 @@ def imagenet_labels() -> tuple[str, ...]:
     return _parse(_bundled_text())
 
 
+def _read(path: str | Path) -> bytes:
+    """The bytes of a regular labels file of at most MAX_LABELS_BYTES, or a ConfigError."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"labels file '{path}' is a folder ({_GIVE})")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(
+                f"labels file '{path}' is not a regular file (a pipe, socket or device); {_GIVE}"
+            )
+        with os.fdopen(os.open(path, _OPEN_FLAGS), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(
+                    f"labels file '{path}' is not a regular file (a pipe, socket or device); "
+                    f"{_GIVE}"
+                )
+            data = fh.read(MAX_LABELS_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot read labels file '{path}': {exc.__class__.__name__} ({_GIVE})"
+        ) from exc
+    if len(data) > MAX_LABELS_BYTES:
+        raise ConfigError(
+            f"labels file '{path}' is over the {MAX_LABELS_BYTES}-byte limit "
+            "(give one class name per line)"
+        )
+    return data
+
+
 def load_labels(path: str | Path | None = None) -> tuple[str, ...]:
     """Return class names from *path* (one per line), or the bundled ImageNet ones."""
     if path is None:
         return imagenet_labels()
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = _read(path).decode("utf-8-sig")  # -sig: a byte-order mark is not a label
+    except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"cannot read labels file '{path}': {exc.__class__.__name__} "
-            "(give a UTF-8 text file with one class name per line)"
+            f"cannot read labels file '{path}': {exc.__class__.__name__} ({_GIVE})"
         ) from exc
     labels = _parse(text)
     if not labels:
