@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import http.server
+import os
 import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,7 +40,8 @@ def test_download_verifies_and_renames_atomically(http_server) -> None:
     name = _serve(root, data)
     seen: list[tuple[int, int | None]] = []
     path = weights.fetch(f"{base}/{name}", progress=lambda d, t: seen.append((d, t)))
-    assert path == weights.checkpoints_dir() / name
+    assert path == weights.cached_path(f"{base}/{name}")
+    assert path.name == name and weights.checkpoints_dir() in path.parents
     assert path.read_bytes() == data
     assert seen[-1] == (len(data), len(data))
     assert [p.name for p in path.parent.iterdir()] == [name]  # no temp file left
@@ -128,6 +134,106 @@ def test_checkpoint_url_is_cached_and_verified(checkpoint, http_server, make_ima
     image = make_image("a.png", seed=6)
     run = resnext("classify", image, "--checkpoint", f"{base}/{name}", "-f", "json")
     assert run.code == 0, run
-    assert (weights.checkpoints_dir() / name).read_bytes() == checkpoint.read_bytes()
+    [cached] = weights.checkpoints_dir().rglob(name)
+    assert cached == weights.cached_path(f"{base}/{name}")
+    assert cached.read_bytes() == checkpoint.read_bytes()
     local = resnext("classify", image, "--checkpoint", checkpoint, "-f", "json")
     assert run.records()[0]["predictions"] == local.records()[0]["predictions"]
+
+
+def test_urls_with_one_file_name_do_not_share_a_cache_file(http_server) -> None:
+    base, root = http_server
+    for folder, data in (("a", b"first"), ("b", b"second")):
+        (root / folder).mkdir()
+        (root / folder / "model.pth").write_bytes(data)
+    first = weights.fetch(f"{base}/a/model.pth")
+    second = weights.fetch(f"{base}/b/model.pth")
+    assert (first.read_bytes(), second.read_bytes()) == (b"first", b"second")
+    assert first.name == second.name == "model.pth"  # the name stays readable
+    assert first != second
+    assert weights.checkpoints_dir() in first.parents
+    assert weights.fetch(f"{base}/a/model.pth", offline=True) == first
+
+
+def test_torchvision_urls_keep_torch_hubs_names() -> None:
+    info = resolve_weights("resnext101_32x8d", "IMAGENET1K_V2")
+    # torch.hub.load_state_dict_from_url caches a URL's file under its plain name.
+    assert weights.cached_path(info.url) == Path(torch.hub.get_dir()) / "checkpoints" / (
+        "resnext101_32x8d-110c445d.pth"
+    )
+
+
+def test_discard_removes_a_cached_file_and_only_that(http_server, tmp_path) -> None:
+    base, root = http_server
+    (root / "model.pth").write_bytes(b"bad")
+    path = weights.fetch(f"{base}/model.pth")
+    outside = tmp_path / "mine.pth"
+    outside.write_bytes(b"keep")
+    assert weights.discard(outside) is False
+    assert outside.read_bytes() == b"keep"
+    assert weights.discard(path) is True
+    assert not path.exists() and not path.parent.exists()
+    assert weights.discard(path) is False
+    (root / "model.pth").write_bytes(b"good")
+    assert weights.fetch(f"{base}/model.pth").read_bytes() == b"good"  # fetched again
+
+
+def test_the_partial_download_lives_in_the_cache_folder(http_server, monkeypatch, tmp_path):
+    # With the temp folder on another file system, only a partial file made beside its
+    # destination can be renamed into place; stand in for that with a rename that
+    # refuses to cross folders, as os.replace refuses to cross file systems.
+    base, root = http_server
+    data = bytes(range(256)) * 8192
+    name = _serve(root, data)
+    elsewhere = tmp_path / "other-fs"
+    elsewhere.mkdir()
+    monkeypatch.setenv("TMPDIR", str(elsewhere))
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src).parent != Path(dst).parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    partials: list[list[str]] = []
+
+    def progress(done: int, total: int | None) -> None:
+        cache = weights.cached_path(f"{base}/{name}").parent
+        partials.append(sorted(p.name for p in cache.iterdir() if p.suffix == ".partial"))
+        assert not any(elsewhere.iterdir())
+
+    path = weights.fetch(f"{base}/{name}", progress=progress)
+    assert path.read_bytes() == data
+    assert partials and all(len(names) == 1 and names[0].startswith(name) for names in partials)
+    assert [p.name for p in path.parent.iterdir()] == [name]
+
+
+def test_too_many_redirects_while_downloading_weights(tmp_path) -> None:
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/model.pth"
+    try:
+        with pytest.raises(WeightsError) as info:
+            weights.fetch(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    dest = weights.cached_path(url)
+    assert str(info.value) == (
+        f"cannot download '{url}': TooManyRedirects (check the network, use "
+        f"RESNEXT_WEIGHTS_MIRROR, or put the file at '{dest}')"
+    )
+    assert not dest.parent.exists() or not any(dest.parent.iterdir())

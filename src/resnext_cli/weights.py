@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -15,6 +16,9 @@ from .errors import WeightsError
 DEFAULT_HOST = "https://download.pytorch.org/models/"
 MIRROR_ENV = "RESNEXT_WEIGHTS_MIRROR"
 OFFLINE_ENV = "RESNEXT_OFFLINE"
+# Where files from URLs other than torchvision's are cached, below checkpoints_dir().
+URL_FOLDER = "by-url"
+_URL_HASH_CHARS = 16
 # torch.hub's convention: the file name carries a prefix of its sha256 after a dash.
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
 
@@ -58,8 +62,42 @@ def mirrored(url: str) -> str:
 
 
 def cached_path(url: str) -> Path:
-    """Return where the file for *url* lives in the cache, present or not."""
-    return checkpoints_dir() / filename_of(url)
+    """Return where the file for *url* lives in the cache, present or not.
+
+    torchvision's own files keep torch.hub's names, so its cache is shared; any other
+    URL gets a folder named by a hash of the whole URL, so two URLs that end in the
+    same file name never share a file.
+    """
+    name = filename_of(url)
+    if url.startswith(DEFAULT_HOST):
+        return checkpoints_dir() / name
+    digest = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()
+    return checkpoints_dir() / URL_FOLDER / digest[:_URL_HASH_CHARS] / name
+
+
+def discard(path: Path) -> bool:
+    """Remove a cached file that failed to load, so the next run fetches it again.
+
+    Only files inside the cache folder are removed; returns whether one was.
+    """
+    cache = checkpoints_dir().resolve()
+    try:
+        if not path.resolve().is_relative_to(cache) or not path.is_file():
+            return False
+        path.unlink()
+    except OSError:
+        return False
+    _prune(path.parent)
+    return True
+
+
+def _prune(folder: Path) -> None:
+    """Remove a URL's cache folder, and the folder of URL folders, if left empty."""
+    if folder.parent.name != URL_FOLDER:
+        return
+    for empty in (folder, folder.parent):
+        with contextlib.suppress(OSError):  # still holds files, or already gone
+            empty.rmdir()
 
 
 def expected_hash_prefix(name: str) -> str | None:
@@ -108,6 +146,7 @@ def _download(url: str, dest: Path, *, progress: Progress | None, timeout: float
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+        _prune(dest.parent)  # a failed download leaves no empty folder behind
 
 
 def fetch(
