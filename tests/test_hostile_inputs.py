@@ -1,25 +1,32 @@
 """Awkward, broken and hostile inputs: each ends as a result or a typed error, never a crash.
 
 Pixel tests compare decode() against hand-computed values; the folder test runs the CLI
-once over every awkward file generated at test time.
+once over every awkward file generated at test time. Each class of hostile input has its
+section, to extend with the next case of that class: any name, any file type, any tree,
+any server, any stdin, memory per input, labels files.
 """
 
 from __future__ import annotations
 
 import errno
+import glob
 import http.server
 import io
 import json
 import os
 import random
 import socket
+import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
+import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -27,11 +34,13 @@ import torch
 import torchvision
 from PIL import Image
 
-from resnext_cli import Classifier
-from resnext_cli.errors import InputError
+from resnext_cli import Classifier, preprocess
+from resnext_cli import sources as sources_module
+from resnext_cli.errors import ConfigError, InputError
+from resnext_cli.labels import MAX_LABELS_BYTES, load_labels
 from resnext_cli.preprocess import DecodeOptions, Preprocess, decode, limit_aspect, to_rgb
 from resnext_cli.results import Classified, Failed
-from resnext_cli.sources import Source, iter_sources, open_source
+from resnext_cli.sources import Source, file_facts, iter_sources, open_source
 from tests.conftest import natural_image
 
 # Hostile files make Pillow warn (odd TIFF tags, bad EXIF, huge headers); expected here.
@@ -39,6 +48,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::UserWarning:PIL", "ignore::PIL.Image.DecompressionBombWarning"
 )
 Pixel = tuple[int, ...]
+T = TypeVar("T")
 EXIF_ORIENTATION = 0x0112
 
 
@@ -87,6 +97,26 @@ def gray(*values: int) -> list[Pixel]:
 def over_white(value: int, alpha: int) -> int:
     """A channel *value* at *alpha*, composited onto white."""
     return round((value * alpha + 255 * (255 - alpha)) / 255)
+
+
+def run_within(seconds: float, work: Callable[[], T]) -> T:
+    """Run *work* in a thread and fail, rather than hang, if it takes too long."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(work())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"still running after {seconds}s"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    result: T = box[0]
+    return result
 
 
 def png_with_header(width: int, height: int) -> bytes:
@@ -345,12 +375,14 @@ def test_orientation_changes_what_is_classified(checkpoint: Path, tmp_path: Path
 
 def test_empty_random_and_vector_files_are_not_images() -> None:
     junk = random.Random(7).randbytes(4096)
-    for data in (b"", junk, SVG, PDF, EPS):
+    for data in (junk, SVG, PDF, EPS, b"\x00"):
         error = decode_error(data)
         assert (error.error_type, error.message) == (
             "not_an_image",
             "'x' is not an image Pillow can read",
         )
+    error = decode_error(b"")
+    assert (error.error_type, error.message) == ("not_an_image", "'x' is an empty file")
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
@@ -429,6 +461,123 @@ def test_tiny_and_thin_images() -> None:
     assert torch.allclose(tensor, green[:, None, None].expand(3, 224, 224), atol=1e-5)
 
 
+# -- memory: one input costs about what the largest allowed 8-bit RGB image costs ----------
+
+
+@pytest.mark.parametrize(
+    ("mode", "per_pixel", "make"),
+    [
+        ("RGBA", 4, lambda: Image.new("RGBA", (30, 30), (1, 2, 3, 4))),
+        ("F", 4, lambda: Image.fromarray(np.ones((30, 30), dtype=np.float32))),
+        ("I", 4, lambda: Image.fromarray(np.ones((30, 30), dtype=np.int32))),
+        ("CMYK", 4, lambda: Image.new("CMYK", (30, 30), (1, 2, 3, 4))),
+    ],
+)
+def test_deep_pixels_count_against_the_rgb_budget(
+    mode: str, per_pixel: int, make: Callable[[], Image.Image]
+) -> None:
+    # 900 pixels are under a 1000-pixel limit, but at 4 bytes each they outweigh 1000
+    # pixels of 8-bit RGB (3000 bytes): refused before decoding, naming the limit.
+    data = encode(make(), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == mode
+    error = decode_error(data, max_pixels=1000)
+    assert (error.error_type, error.message) == (
+        "too_large",
+        f"'x' is 30x30 {mode} pixels of {per_pixel} bytes = {900 * per_pixel} bytes decoded, "
+        "over the 3000-byte limit (3 bytes per pixel of --max-pixels; "
+        "raise the limit with --max-pixels)",
+    )
+    assert decode_bytes(data, max_pixels=1200).size == (30, 30)  # 3600 bytes fit
+
+
+def test_shallow_pixels_fit_the_rgb_budget() -> None:
+    rgb = encode(Image.new("RGB", (30, 30)), "PNG")
+    gray16 = encode(Image.fromarray(np.ones((30, 30), dtype=np.uint16)), "PNG")
+    assert Image.open(io.BytesIO(gray16)).mode == "I;16"
+    for data in (rgb, gray16):
+        assert decode_bytes(data, max_pixels=900).size == (30, 30)
+
+
+def reference_8bit(values: np.ndarray[Any, Any], *, unit_range: bool) -> np.ndarray[Any, Any]:
+    """_scale_to_8bit's documented rule, over the whole array at once."""
+    data = values.astype(np.float64)
+    finite = data[np.isfinite(data)]
+    low, high = float(finite.min()), float(finite.max())
+    if unit_range and low >= 0 and high <= 1:
+        data = data * 255
+    elif low >= 0 and high <= 255:
+        pass
+    elif low >= 0 and high <= 65535:
+        data = data / 257
+    else:
+        data = (data - low) * (255 / (high - low))
+    return np.clip(np.floor(np.nan_to_num(data, nan=0.0) + 0.5), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["float", "float-unit", "int32", "uint16"])
+def test_deep_pixels_convert_in_strips_as_a_whole(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Strips of 3 rows (a partial one last), with the extremes in different strips.
+    monkeypatch.setattr(preprocess, "_STRIP_PIXELS", 3 * 37)
+    rng = np.random.default_rng(5)
+    values: np.ndarray[Any, Any]
+    if kind == "float":
+        values = rng.normal(0, 40, (20, 37)).astype(np.float32)
+        values[0, 0], values[10, 3], values[19, 36] = np.nan, np.inf, -np.inf
+    elif kind == "float-unit":
+        values = rng.random((20, 37)).astype(np.float32)
+    elif kind == "int32":
+        values = rng.integers(-70_000, 90_000, (20, 37)).astype(np.int32)
+    else:
+        values = rng.integers(0, 65536, (20, 37)).astype(np.uint16)
+    data = encode(Image.fromarray(values), "PNG" if kind == "uint16" else "TIFF")
+    if kind == "uint16":
+        want = np.clip(np.floor(values / 257 + 0.5), 0, 255).astype(np.uint8)
+    else:
+        want = reference_8bit(values, unit_range=kind == "float-unit")
+    got = np.asarray(decode_bytes(data))
+    assert got.shape == (20, 37, 3)
+    for band in range(3):
+        assert np.array_equal(got[:, :, band], want)
+
+
+def test_alpha_converts_in_strips(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preprocess, "_STRIP_PIXELS", 2 * 23)
+    rgba = np.random.default_rng(6).integers(0, 256, (9, 23, 4)).astype(np.uint8)
+    got = np.asarray(decode_bytes(encode(Image.fromarray(rgba, "RGBA"), "PNG"))).astype(int)
+    alpha = rgba[:, :, 3:].astype(int)
+    want = (rgba[:, :, :3].astype(int) * alpha + 255 * (255 - alpha)) / 255
+    assert np.abs(got - want).max() <= 1
+
+
+def test_deep_pixels_never_take_a_whole_float64_copy() -> None:
+    # A 6-megapixel float TIFF: one float64 copy of it is 48 MB; the old conversion
+    # made several at once. numpy reports its buffers to tracemalloc.
+    values = np.linspace(-5, 5, 3000 * 2000, dtype=np.float32).reshape(2000, 3000)
+    data = encode(Image.fromarray(values), "TIFF")
+    tracemalloc.start()
+    try:
+        img = decode_bytes(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert img.size == (3000, 2000)
+    assert peak < 3000 * 2000 * 8, f"numpy peaked at {peak / 1e6:.0f} MB"
+
+
+def test_an_empty_file_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    [source] = iter_sources([str(path)])
+    with pytest.raises(InputError) as info, open_source(source) as fp:
+        decode(fp, source.input, DecodeOptions())
+    assert (info.value.error_type, info.value.message) == (
+        "not_an_image",
+        f"'{path}' is an empty file",
+    )
+
+
 # -- the file system -----------------------------------------------------------------
 
 
@@ -436,15 +585,15 @@ def test_tiny_and_thin_images() -> None:
 def deny_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
     """Take read permission from a file; as root, who reads it anyway, refuse it as Unix would."""
     locked: set[Path] = set()
-    real_open = Path.open
+    real_open = os.open
 
-    def guarded_open(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self.absolute() in locked:
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
+    def guarded_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if isinstance(path, (str, Path)) and Path(path).absolute() in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
 
     if os.geteuid() == 0:
-        monkeypatch.setattr(Path, "open", guarded_open)
+        monkeypatch.setattr(os, "open", guarded_open)
 
     def deny(path: Path) -> None:
         path.chmod(0)
@@ -535,6 +684,9 @@ def make_awkward_folder(
     (root / "linked_album").symlink_to(elsewhere / "album", target_is_directory=True)
     expected[str(root / "linked_album" / "inside.png")] = "ok"
     (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "self_loop.jpg").symlink_to(root / "self_loop.jpg")  # stat fails: ELOOP
+    expected[str(root / "self_loop.jpg")] = "unreadable"
+    os.link(root / "gray.png", root / "zz_hard_link.png")  # the same file again: no record
 
     # Skipped without a record: not images by name, or hidden.
     (root / "notes.txt").write_text("a text file in a camera dump")
@@ -639,6 +791,279 @@ def test_a_name_that_is_not_utf8(
     assert out.read_bytes().decode("utf-8") == text
 
 
+# -- any name: a name the system refuses is that input's error record ------------------
+
+
+def outcome(sources: list[Source]) -> list[tuple[str, str | None]]:
+    return [(s.input, s.error.message if s.error else None) for s in sources]
+
+
+def test_names_over_255_bytes_are_records(tmp_path: Path, make_image: Callable[..., Path]) -> None:
+    good = str(make_image("good.png", size=(32, 32)))
+    long_file = str(tmp_path / ("x" * 300 + ".jpg"))
+    long_folder = str(tmp_path / ("y" * 300) / "a.jpg")
+    long_glob = str(tmp_path / ("z" * 300 + "*.jpg"))
+    too_long = "cannot read '{}': file name too long"
+    want = [
+        (good, None),
+        (long_file, too_long.format(long_file)),
+        (long_folder, too_long.format(long_folder)),
+        (long_glob, too_long.format(long_glob)),
+        (good, None),
+    ]
+    specs = [good, long_file, long_folder, long_glob, good]
+    assert outcome(list(iter_sources(specs))) == want
+    # Listed on stdin, names are literal (no glob), but fail the same way.
+    listing = "\n".join(specs).encode()
+    assert outcome(list(iter_sources(["-"], stdin=io.BytesIO(listing)))) == want
+    for source in iter_sources([long_file]):
+        with pytest.raises(InputError) as info:
+            open_source(source)
+        assert info.value.error_type == "unreadable"
+
+
+def test_a_link_loop_is_a_record_everywhere(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    folder.mkdir()
+    loop = folder / "loop.jpg"
+    loop.symlink_to(loop)
+    message = f"cannot read '{loop}': too many levels of symbolic links"
+    for specs in ([str(loop)], [str(folder)], [f"{folder}/*.jpg"]):
+        assert outcome(list(iter_sources(specs))) == [(str(loop), message)]
+    assert outcome(list(iter_sources(["-"], stdin=io.BytesIO(bytes(loop) + b"\n")))) == [
+        (str(loop), message)
+    ]
+
+
+def test_a_name_holding_nul_on_stdin_is_a_record(make_image: Callable[..., Path]) -> None:
+    good = str(make_image("good.png", size=(32, 32)))
+    listing = f"{good}\nbad\0name.jpg\n{good}\n".encode()
+    got = outcome(list(iter_sources(["-"], stdin=io.BytesIO(listing))))
+    assert got == [
+        (good, None),
+        (
+            "bad\0name.jpg",
+            "cannot read 'bad\0name.jpg': invalid argument: the name holds a NUL byte",
+        ),
+        (good, None),
+    ]
+
+
+def latin1_file(folder: Path) -> bytes:
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9 \xe0 la cr\xe8me.png")
+    try:
+        with open(raw, "wb") as fh:
+            fh.write(encode(natural_image(3, (48, 48)), "PNG"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    return raw
+
+
+def test_a_stdin_list_starting_with_a_latin1_name(
+    tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    raw = latin1_file(tmp_path)
+    good = make_image("good.png", size=(32, 32))
+    listing = raw + b"\n" + bytes(good) + b"\n"
+    sources = list(iter_sources(["-"], stdin=io.BytesIO(listing)))
+    assert [s.path for s in sources] == [Path(os.fsdecode(raw)), good]
+    assert all(s.error is None and s.data is None for s in sources)
+    with open_source(sources[0]) as fp:
+        assert decode(fp, sources[0].input, DecodeOptions()).size == (48, 48)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"P6\n48 48\n255\n" + b"\xc8" * 100,  # PPM: a text header, then bright pixels
+        bytes(range(1, 256)) * 2,  # unknown data without NUL: control bytes
+        b"\x80\x81\x82hello" + bytes(range(32)) * 3,
+    ],
+)
+def test_stdin_data_without_magic_is_still_data(data: bytes) -> None:
+    [source] = iter_sources(["-"], stdin=io.BytesIO(data))
+    assert (source.input, source.data, source.error) == ("-", data, None)
+
+
+def test_names_on_the_command_line_and_stdin_through_the_cli(
+    checkpoint: Path, tmp_path: Path, make_image: Callable[..., Path]
+) -> None:
+    # The real command in a process of its own, so a hang fails the test instead.
+    good = str(make_image("good.png", seed=3, size=(48, 48)))
+    long_name = str(tmp_path / ("x" * 300 + ".jpg"))
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    raw = latin1_file(tmp_path)
+    listing = b"\n".join([raw, long_name.encode(), bytes(fifo), good.encode()]) + b"\n"
+    args = [good, long_name, str(fifo), "-", "--checkpoint", str(checkpoint), "-f", "jsonl"]
+    run = subprocess.run(
+        [sys.executable, "-m", "resnext_cli", "classify", *args],
+        input=listing,
+        capture_output=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stderr
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    got = [(r["input"], r["error"]["type"] if "error" in r else "ok") for r in records]
+    assert got == [
+        (good, "ok"),
+        (long_name, "unreadable"),
+        (str(fifo), "unreadable"),
+        (os.fsdecode(raw), "ok"),
+        (long_name, "unreadable"),
+        (str(fifo), "unreadable"),
+        (good, "ok"),
+    ]
+
+
+# -- any file type: only regular files are opened --------------------------------------
+
+
+@pytest.fixture
+def special_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    """A FIFO, a listening Unix socket and a character device, each named like an image."""
+    monkeypatch.chdir(tmp_path)  # Unix socket names are short: bind a relative one
+    os.mkfifo("pipe.jpg")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("socket.png")
+        sock.listen()
+        yield [tmp_path / "pipe.jpg", tmp_path / "socket.png", Path("/dev/zero")]
+
+
+def test_pipes_sockets_and_devices_are_never_opened(special_files: list[Path]) -> None:
+    listing = b"".join(bytes(p) + b"\n" for p in special_files)
+    named = list(iter_sources([str(p) for p in special_files]))
+    listed = list(iter_sources(["-"], stdin=io.BytesIO(listing)))
+
+    def errors() -> list[tuple[str, str]]:
+        out = []
+        for source in named + listed:
+            with pytest.raises(InputError) as info:
+                open_source(source)
+            out.append((info.value.error_type, info.value.message))
+        return out
+
+    want = [
+        ("unreadable", f"'{p}' is not a regular file (a pipe, socket or device)")
+        for p in special_files
+    ]
+    assert run_within(10, errors) == want * 2
+
+
+def test_a_pipe_swapped_in_after_the_check_does_not_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race the check cannot see: a regular file at stat, a FIFO at open.
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"x")
+    real_stat = os.stat
+
+    def stat_then_swap(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = real_stat(target, *args, **kwargs)
+        if Path(target) == path and stat.S_ISREG(result.st_mode):
+            path.unlink()
+            os.mkfifo(path)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+
+    def error() -> str:
+        with pytest.raises(InputError) as info:
+            open_source(Source(input=str(path), path=path))
+        return info.value.message
+
+    got = run_within(10, error)
+    assert got == f"'{path}' is not a regular file (a pipe, socket or device)"
+
+
+def test_file_facts_come_from_the_open_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    path.write_bytes(b"\x89PNG" * 10)
+    st = os.stat(path)
+    with open_source(Source(input=str(path), path=path)) as fp:
+        assert file_facts(fp) == (40, st.st_mtime_ns)
+    with open_source(Source(input="-", data=b"abc")) as fp:
+        assert file_facts(fp) is None
+
+
+# -- any tree: loops end, deep trees walk, each file once -------------------------------
+
+
+def looped_tree(root: Path) -> list[str]:
+    """Images in a tree with symlink loops and links to files; the real files, sorted."""
+    for name in ("a/x.png", "a/b/y.png", "c/z.png", "top.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n")
+    (root / "a" / "b" / "up").symlink_to(root, target_is_directory=True)
+    (root / "a" / "again").symlink_to(root / "a", target_is_directory=True)
+    (root / "c" / "loop").symlink_to(root / "c", target_is_directory=True)
+    (root / "c" / "zz_link.png").symlink_to(root / "top.png")
+    os.link(root / "c" / "z.png", root / "c" / "zz_hard.png")
+    return [str(root / n) for n in ("a/b/y.png", "a/x.png", "c/z.png", "top.png")]
+
+
+def test_globs_end_over_symlink_loops_and_yield_each_file_once(tmp_path: Path) -> None:
+    files = looped_tree(tmp_path)
+    # '**/' matches folders, each then walked; '*' matches top.png and folders a and c;
+    # the last two reach top.png through c/zz_link.png.
+    for pattern in ("**/*.png", "**", "**/", "*", "*/**/*.png", "**/*/*.png"):
+        spec = f"{tmp_path}/{pattern}"
+        got = run_within(20, lambda spec=spec: [s.input for s in iter_sources([spec])])  # type: ignore[misc]
+        # Each file once, under whichever of its names comes first.
+        assert sorted(os.path.realpath(name) for name in got) == files, pattern
+    assert [s.input for s in iter_sources([str(tmp_path)])] == [
+        str(tmp_path / n) for n in ("top.png", "a/x.png", "a/b/y.png", "c/z.png")
+    ]
+
+
+def test_the_glob_matcher_agrees_with_glob_glob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a tree without loops the matcher must give what glob.glob(recursive=True) gives.
+    for name in (
+        "p/a.jpg", "p/b.JPG", "p/.hid.jpg", "p/.hdir/c.jpg", "p/s/d.jpg", "p/s/t/e.png",
+        "p/s/[x].jpg", "p/u v/f.jpg", "p/s/t/.g.jpg", "p/ab.jpg", "q.jpg",
+    ):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    patterns = [
+        "p/*.jpg", "p/**/*.jpg", "p/**", "**/*.png", "p/?.jpg", "p/[ab]*.jpg", "p/.*",
+        "p/.*/*.jpg", "p/*/*.jpg", "p/s/[[]x].jpg", "*", "**", "p/**/t/*", "p/u v/*",
+        "p/nope/*", "p/**/.g.jpg", "p/*/", "p/**/",
+    ]  # fmt: skip
+    for relative in patterns:
+        for pattern in (relative, f"{tmp_path}/{relative}"):
+            want = sorted(m.rstrip("/") for m in glob.glob(pattern, recursive=True))
+            assert sorted(m.rstrip("/") for m in sources_module._glob(pattern)) == want, pattern
+
+
+def test_a_tree_1200_folders_deep(tmp_path: Path) -> None:
+    deep = tmp_path
+    for _ in range(1200):  # one by one: mkdir(parents=True) would itself recurse
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "bottom.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "top.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    want = [str(tmp_path / "top.png"), str(deep / "bottom.png")]
+    assert [s.input for s in iter_sources([str(tmp_path)])] == want
+    assert sorted(s.input for s in iter_sources([f"{tmp_path}/**/*.png"])) == sorted(want)
+
+
+def test_walks_take_each_file_once(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "real" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    os.link(tmp_path / "a.png", tmp_path / "hard.png")
+    (tmp_path / "soft.png").symlink_to(tmp_path / "a.png")
+    (tmp_path / "view").symlink_to(tmp_path / "real", target_is_directory=True)
+    want = [str(tmp_path / "a.png"), str(tmp_path / "real" / "b.png")]
+    assert [s.input for s in iter_sources([str(tmp_path)])] == want
+    assert [s.input for s in iter_sources([f"{tmp_path}/**/*.png"])] == want
+    # Named one by one, each is taken: the user asked for them.
+    assert len(list(iter_sources([str(tmp_path / n) for n in ("a.png", "hard.png")]))) == 2
+
+
 # -- standard input ------------------------------------------------------------------
 
 
@@ -671,6 +1096,52 @@ def test_a_list_on_standard_input(
     ]
 
 
+class EndlessStdin(io.RawIOBase):
+    """A PNG signature, then zeros for ever; counts the bytes handed out."""
+
+    def __init__(self) -> None:
+        self.given = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        head = b"\x89PNG\r\n\x1a\n"[self.given :]
+        count = len(view)
+        view[:count] = bytes(count)
+        view[: len(head)] = head[:count]
+        self.given += count
+        return count
+
+
+@pytest.mark.parametrize("cap", [1000, 1 << 20, None])
+def test_image_bytes_on_stdin_are_capped(cap: int | None) -> None:
+    stream = EndlessStdin()
+    if cap is None:  # the default: 100 MiB, as for a URL
+        sources = list(iter_sources(["-"], stdin=stream))  # type: ignore[arg-type]
+    else:
+        sources = list(iter_sources(["-"], stdin=stream, max_stdin_bytes=cap))  # type: ignore[arg-type]
+    limit = 100 << 20 if cap is None else cap
+    assert [(s.input, s.data, s.error.error_type if s.error else None) for s in sources] == [
+        ("-", None, "too_large")
+    ]
+    assert sources[0].error is not None
+    assert sources[0].error.message == (
+        f"standard input is over the {limit}-byte limit for image bytes "
+        "(save it to a file and give the file's name)"
+    )
+    assert stream.given == limit + 1  # read in chunks, never past the cap
+
+
+def test_image_bytes_on_stdin_up_to_the_cap() -> None:
+    data = encode(natural_image(2, (40, 30)), "PNG")
+    [source] = iter_sources(["-"], stdin=io.BytesIO(data), max_stdin_bytes=len(data))
+    assert (source.data, source.error) == (data, None)
+    [source] = iter_sources(["-"], stdin=io.BytesIO(data), max_stdin_bytes=len(data) - 1)
+    assert source.error is not None and source.error.error_type == "too_large"
+
+
 # -- URLs ----------------------------------------------------------------------------
 
 
@@ -698,6 +1169,14 @@ class _Routes(http.server.BaseHTTPRequestHandler):
         for key, value in extra.items():
             self.send_header(key.replace("_", "-"), value)
         self.end_headers()
+
+    def _trickle(self, first: bytes, then: bytes) -> None:
+        """Write *first*, then *then* every 50 ms until released (15 s at most)."""
+        self.wfile.write(first)
+        deadline = time.monotonic() + 15
+        while not self.server.released.is_set() and time.monotonic() < deadline:
+            self.wfile.write(then)
+            time.sleep(0.05)
 
     def do_GET(self) -> None:
         server, route = self.server, self.path
@@ -727,6 +1206,14 @@ class _Routes(http.server.BaseHTTPRequestHandler):
             self._headers(302, "text/plain", 0, Location="file:///etc/passwd")
         elif route == "/huge":
             self._headers(200, "image/jpeg", 200 << 20)
+        elif route == "/slow-status":  # the status line a byte at a time
+            self._trickle(b"", b"H")
+        elif route == "/slow-headers":  # a header a byte at a time
+            self._trickle(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Slow: ", b"a")
+        elif route == "/continue":  # '100 Continue', again and again
+            self._trickle(b"", b"HTTP/1.1 100 Continue\r\n\r\n")
+        elif route == "/loop":
+            self._headers(302, "text/plain", 0, Location="/loop")
         elif route == "/endless":  # chunked, no length, never ends
             self._headers(200, "image/png", Transfer_Encoding="chunked")
             chunk = b"%x\r\n%s\r\n" % (65536, b"\0" * 65536)
@@ -820,6 +1307,35 @@ def test_urls(checkpoint: Path, web: _Server, resnext: Callable[..., Any]) -> No
     assert elapsed < 20  # the stall and the trickle each gave up after about a second
 
 
+# -- any server: --timeout bounds the whole exchange ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "route", ["/stall", "/trickle", "/slow-status", "/slow-headers", "/continue"]
+)
+def test_the_timeout_bounds_the_whole_exchange(web: _Server, route: str) -> None:
+    source = Source(input=url(web, route), url=url(web, route))
+    started = time.perf_counter()
+    with pytest.raises(InputError) as info:
+        open_source(source, timeout=1)
+    elapsed = time.perf_counter() - started
+    assert (info.value.error_type, info.value.message) == (
+        "download_failed",
+        f"timed out after 1s fetching '{source.url}' (raise --timeout to wait longer)",
+    )
+    assert elapsed < 8, f"gave up after {elapsed:.1f}s, not about 1s"
+
+
+def test_a_redirect_loop(web: _Server) -> None:
+    source = Source(input=url(web, "/loop"), url=url(web, "/loop"))
+    with pytest.raises(InputError) as info:
+        open_source(source, timeout=10)
+    assert (info.value.error_type, info.value.message) == (
+        "download_failed",
+        f"too many redirects fetching '{source.url}'",
+    )
+
+
 def test_a_body_over_the_cap_stops_the_download(web: _Server) -> None:
     source = Source(input=url(web, "/endless"), url=url(web, "/endless"))
     started = time.perf_counter()
@@ -834,26 +1350,6 @@ def test_a_body_over_the_cap_stops_the_download(web: _Server) -> None:
 
 
 # -- batches and workers -------------------------------------------------------------
-
-
-def run_within(seconds: float, work: Callable[[], list[Any]]) -> list[Any]:
-    """Run *work* in a thread and fail, rather than hang, if it takes too long."""
-    box: list[Any] = []
-
-    def target() -> None:
-        try:
-            box.append(work())
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert box, f"still running after {seconds}s"
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    result: list[Any] = box[0]
-    return result
 
 
 def test_a_failing_batch_is_retried_one_image_at_a_time(
@@ -907,4 +1403,53 @@ def test_a_decoding_thread_that_dies_costs_one_record(
     assert (records[1].error_type, records[1].message) == (
         "unreadable",
         f"decoding '{paths[1]}' failed: SystemExit(3)",
+    )
+
+
+# -- labels files: --labels is read whole, so it is checked first ------------------------
+
+GIVE = "give a UTF-8 text file with one class name per line"
+
+
+def labels_error(path: str | Path) -> str:
+    def attempt() -> str:
+        with pytest.raises(ConfigError) as info:
+            load_labels(path)
+        return str(info.value)
+
+    return run_within(10, attempt)
+
+
+def test_labels_from_a_pipe_or_a_device_are_refused(tmp_path: Path) -> None:
+    fifo = tmp_path / "labels.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        assert labels_error(path) == (
+            f"labels file '{path}' is not a regular file (a pipe, socket or device); {GIVE}"
+        )
+    assert labels_error(tmp_path) == f"labels file '{tmp_path}' is a folder ({GIVE})"
+
+
+def test_a_huge_labels_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.txt"
+    with path.open("wb") as fh:
+        fh.truncate(MAX_LABELS_BYTES + 1)  # sparse: no disk used
+    assert labels_error(path) == (
+        f"labels file '{path}' is over the {MAX_LABELS_BYTES}-byte limit "
+        "(give one class name per line)"
+    )
+    path.write_bytes(b"cat\n" * (MAX_LABELS_BYTES // 4))  # exactly at the limit
+    assert len(load_labels(path)) == MAX_LABELS_BYTES // 4
+
+
+def test_labels_split_at_line_ends_only(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    text = "\ufeffform\ffeed\r\nvertical\vtab\nline\u2028separator\nnext\x85line\r\n\n  padded  \n"
+    path.write_bytes(text.encode("utf-8"))
+    assert load_labels(path) == (
+        "form\ffeed",
+        "vertical\vtab",
+        "line\u2028separator",
+        "next\x85line",
+        "padded",
     )
