@@ -30,7 +30,10 @@ def test_folder_is_walked_sorted(checkpoint, folder, resnext) -> None:
     records = run.records()
     assert [r["input"] for r in records] == expected_order(folder)
     for r in records:
-        assert set(r) == {"input", "path", "model", "weights", "checkpoint", "predictions"}
+        assert set(r) == {
+            "input", "path", "size", "mtime_ns", "model", "weights", "checkpoint", "precision",
+            "predictions",
+        }  # fmt: skip
         assert len(r["predictions"]) == 5
         assert set(r["predictions"][0]) == {"label", "index", "probability"}
 
@@ -108,10 +111,13 @@ def test_table_for_one_image_and_for_many(checkpoint, folder, resnext) -> None:
     assert one.code == 0
     for label in labels:
         assert label in one.stdout
-    many = resnext("classify", folder, "--checkpoint", checkpoint, "-f", "table")
+    many = resnext(
+        "classify", folder, "--checkpoint", checkpoint, "-f", "table", "--precision", "fp32"
+    )
     lines = [ln for ln in many.stdout.splitlines() if ln.strip()]
     assert lines[0].split()[:2] == ["input", "top-1"]
-    assert len(lines) == 4  # a header and one row per image
+    assert len(lines) == 5  # a header, one row per image, and the caption
+    assert lines[-1] == f"resnext50_32x4d ({checkpoint}) on cpu, fp32"
 
 
 def test_exit_codes(checkpoint, folder, tmp_path, resnext) -> None:
@@ -135,7 +141,7 @@ def test_exit_codes(checkpoint, folder, tmp_path, resnext) -> None:
 
 
 def test_summary_goes_to_stderr_only(checkpoint, folder, resnext) -> None:
-    run = resnext("classify", folder, "--checkpoint", checkpoint)
+    run = resnext("classify", folder, "--checkpoint", checkpoint, "--precision", "fp32")
     assert run.stderr.startswith("classified 3 of 3 inputs in ")
     assert "on cpu, fp32" in run.stderr
     assert resnext("classify", folder, "--checkpoint", checkpoint, "-q").stderr == ""

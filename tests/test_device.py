@@ -1,79 +1,84 @@
-"""Device and precision choice, including the CUDA paths this machine cannot run."""
+"""Device, precision and batch choice: the plan, with the machine's facts faked."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
-from resnext_cli import engine
 from resnext_cli.config import Config
 from resnext_cli.errors import ConfigError
+from resnext_cli.plan import MachineFacts, resolve
+
+AVX2 = MachineFacts(cpu_count=2)  # no native bf16: AVX2-only
+BF16_CPU = MachineFacts(cpu_count=2, cpu_native_bf16=True)  # AVX512-BF16 or AMX
+GPU = MachineFacts(cpu_count=16, cuda_count=1, cuda_bf16=True, cuda_free_bytes=80 << 30)
+OLD_GPU = MachineFacts(cpu_count=16, cuda_count=2, cuda_bf16=False, cuda_free_bytes=8 << 30)
 
 
-@pytest.fixture
-def fake_cuda(monkeypatch):
-    """Pretend to have *n* CUDA GPUs, with or without bf16."""
-
-    def install(count: int, *, bf16: bool = True) -> None:
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-
-    return install
+def test_auto_prefers_cuda_then_mps_then_cpu() -> None:
+    assert resolve(Config(), GPU).device == "cuda"
+    assert resolve(Config(), MachineFacts(mps=True)).device == "mps"
+    assert resolve(Config(), AVX2).device == "cpu"
 
 
-def test_auto_prefers_cuda_then_mps_then_cpu(fake_cuda, monkeypatch) -> None:
-    fake_cuda(1)
-    assert engine.pick_device("auto") == torch.device("cuda")
-    fake_cuda(0)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert engine.pick_device("auto") == torch.device("mps")
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert engine.pick_device("auto") == torch.device("cpu")
-
-
-def test_missing_cuda_is_a_clear_error(fake_cuda) -> None:
-    fake_cuda(0)
+def test_missing_cuda_is_a_clear_error() -> None:
     with pytest.raises(ConfigError) as info:
-        engine.pick_device("cuda")
+        resolve(Config(device="cuda"), AVX2)
     assert str(info.value) == "device 'cuda' is not available: no CUDA GPU (use --device cpu)"
-    fake_cuda(2)
-    assert engine.pick_device("cuda:1") == torch.device("cuda:1")
+    assert resolve(Config(device="cuda:1"), OLD_GPU).device == "cuda:1"
     with pytest.raises(ConfigError) as info:
-        engine.pick_device("cuda:2")
+        resolve(Config(device="cuda:2"), OLD_GPU)
     assert str(info.value) == (
         "device 'cuda:2' is not available: this machine has 2 CUDA device(s) (use cuda:0 to cuda:1)"
     )
 
 
 @pytest.mark.parametrize(
-    ("device", "bf16", "cpu_bf16", "expected"),
+    ("facts", "device", "expected"),
     [
-        ("cuda", True, False, "bf16"),
-        ("cuda", False, False, "fp16"),
-        ("cpu", False, False, "fp32"),
-        ("cpu", False, True, "bf16"),
-        ("mps", False, False, "fp32"),
+        (GPU, "auto", "bf16"),
+        (OLD_GPU, "auto", "fp16"),
+        (AVX2, "auto", "fp32"),
+        (BF16_CPU, "auto", "bf16"),
+        (BF16_CPU, "cpu", "bf16"),
+        (GPU, "cpu", "fp32"),  # the GPU's bf16 says nothing of the CPU's
+        (MachineFacts(mps=True), "auto", "fp32"),
     ],
 )
-def test_auto_precision(fake_cuda, monkeypatch, device, bf16, cpu_bf16, expected) -> None:
-    fake_cuda(1, bf16=bf16)
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: cpu_bf16)
-    assert engine.pick_precision("auto", torch.device(device), exact=False) == expected
+def test_auto_precision_per_machine(facts, device, expected) -> None:
+    assert resolve(Config(device=device), facts).precision == expected
     # --exact always means fp32, whatever the hardware offers.
-    assert engine.pick_precision("auto", torch.device(device), exact=True) == "fp32"
+    assert resolve(Config(device=device, exact=True), facts).precision == "fp32"
 
 
-def test_explicit_precision_is_kept() -> None:
-    assert engine.pick_precision("fp16", torch.device("cpu"), exact=False) == "fp16"
+def test_explicit_precision_is_kept_where_it_runs() -> None:
+    assert resolve(Config(precision="bf16"), AVX2).precision == "bf16"  # emulated, allowed
+    assert resolve(Config(precision="fp16", device="cuda"), GPU).precision == "fp16"
     with pytest.raises(ConfigError) as info:
         Config(exact=True, precision="bf16")
     assert str(info.value) == "--exact runs in fp32; drop --precision bf16 or --exact"
 
 
-def test_cpu_bf16_detection_asks_torch() -> None:
-    expected = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    assert engine.cpu_has_native_bf16() is expected
+@pytest.mark.parametrize("facts", [AVX2, BF16_CPU])
+def test_fp16_on_a_cpu_without_native_fp16_is_refused(facts) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(Config(precision="fp16"), facts)
+    assert str(info.value) == (
+        "--precision fp16 needs a GPU or a CPU with native fp16 (AMX-FP16); this CPU has "
+        "none (use --precision bf16 or fp32)"
+    )
+    native = MachineFacts(cpu_count=2, cpu_native_fp16=True)
+    assert resolve(Config(precision="fp16"), native).precision == "fp16"
+
+
+def test_probe_reads_torchs_cpu_flags(monkeypatch) -> None:
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert MachineFacts.probe().cpu_native_bf16 is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert MachineFacts.probe().cpu_native_bf16 is True
 
 
 @pytest.mark.parametrize("spec", ["gpu", "cuda:x", "tpu", "CPU0"])
@@ -85,12 +90,23 @@ def test_unknown_device_names(spec) -> None:
     )
 
 
-def test_default_batch_sizes_differ_by_device() -> None:
-    assert engine.DEFAULT_BATCH["cpu"] < engine.DEFAULT_BATCH["cuda"]
+def test_batch_size_comes_from_the_device_and_free_memory() -> None:
+    assert resolve(Config(), AVX2).batch_size == 8
+    assert resolve(Config(batch_size=3), GPU).batch_size == 3
+    # 80 GiB free holds far more than the cap; 8 GiB free holds less than 128 images of
+    # ResNeXt-50 (4.27 GFLOPs, torchvision's metadata) at ~85 MB each, so 64.
+    assert resolve(Config(), GPU).batch_size == 256
+    assert resolve(Config(), OLD_GPU).batch_size == 64
+
+
+def test_workers_default_to_the_cores_up_to_eight() -> None:
+    assert resolve(Config(), AVX2).workers == 2
+    assert resolve(Config(), GPU).workers == 8
+    assert resolve(Config(workers=0), GPU).workers == 0
 
 
 @pytest.mark.skipif(
-    not torch.cuda.is_available() or not __import__("os").environ.get("RESNEXT_TEST_GPU"),
+    not torch.cuda.is_available() or not os.environ.get("RESNEXT_TEST_GPU"),
     reason="needs a CUDA GPU and RESNEXT_TEST_GPU=1",
 )
 @pytest.mark.gpu

@@ -131,7 +131,7 @@ def test_finetuned_checkpoint_with_its_labels(checkpoint10, make_image, tmp_path
 def test_class_count_mismatch_is_a_config_error(checkpoint10) -> None:
     with pytest.raises(ConfigError) as info:
         Classifier(checkpoint=str(checkpoint10))
-    assert "has 10 classes but the bundled ImageNet labels has 1000" in str(info.value)
+    assert "has 10 classes but the bundled ImageNet labels have 1000" in str(info.value)
 
 
 def test_wrong_architecture_is_named(checkpoint) -> None:

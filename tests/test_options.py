@@ -15,16 +15,16 @@ MODELS = "resnext50_32x4d, resnext101_32x8d, resnext101_64x4d"
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every input the engine tries to open during a run."""
-    import resnext_cli.engine
+    import resnext_cli.pipeline
 
     opened: list[str] = []
-    real = resnext_cli.engine.open_source
+    real = resnext_cli.pipeline.open_source
 
     def spy(source: Any, **kwargs: Any) -> Any:
         opened.append(source.input)
         return real(source, **kwargs)
 
-    monkeypatch.setattr(resnext_cli.engine, "open_source", spy)
+    monkeypatch.setattr(resnext_cli.pipeline, "open_source", spy)
     return opened
 
 
@@ -65,7 +65,9 @@ def refused(
         (["-k", "0"], "--topk must be at least 1, not 0"),
         (["-b", "0"], "--batch-size must be at least 1, not 0"),
         (["--workers", "-1"], "--workers must be 0 or more, not -1"),
-        (["--timeout", "0"], "--timeout must be positive, not 0"),
+        (["--timeout", "0"], "--timeout must be a positive number of seconds, not 0"),
+        (["--timeout", "nan"], "--timeout must be a positive number of seconds, not nan"),
+        (["--timeout", "inf"], "--timeout must be a positive number of seconds, not inf"),
         (["--max-pixels", "0"], "--max-pixels must be at least 1, not 0"),
     ],
 )

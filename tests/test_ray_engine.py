@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 
-from resnext_cli import ray_engine, shards
+from resnext_cli import objects, ray_engine, shards
 from resnext_cli.engine import Classifier
 from resnext_cli.errors import InputError
 from resnext_cli.results import Classified, Failed, Record
@@ -190,7 +190,7 @@ def bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Pa
         roots.append(root)
         return store
 
-    monkeypatch.setattr(ray_engine, "_filesystem", filesystem)
+    monkeypatch.setattr(objects, "_filesystem", filesystem)
     yield tmp_path / "bucket", store
     assert all(r == "s3://bucket" for r in roots), roots
 
@@ -203,7 +203,7 @@ def test_object_uris_are_listed_lazily_sorted_and_filtered(
     write_images(photos / "sub", 1)
     for name in ("b.jpg", "a.PNG", "notes.txt", ".hidden.jpg"):
         (photos / name).write_bytes(b"x")
-    sources = ray_engine.iter_sources(["s3://bucket/photos"])
+    sources = objects.iter_sources(["s3://bucket/photos"])
     first = next(sources)
     assert first == Source(input="s3://bucket/photos/a.PNG", url="s3://bucket/photos/a.PNG")
     assert store.listed == ["bucket/photos"]  # the sub-prefix is not listed yet
@@ -219,16 +219,16 @@ def test_object_uri_errors_and_stdin_lists(bucket: tuple[Path, CountingFS]) -> N
     listing = b"s3://bucket/img00.png\ns3://bucket/missing/\n"
     import io
 
-    sources = list(ray_engine.iter_sources(["-"], stdin=io.BytesIO(listing), warn=warnings.append))
+    sources = list(objects.iter_sources(["-"], stdin=io.BytesIO(listing), warn=warnings.append))
     assert [s.input for s in sources] == ["s3://bucket/img00.png", "s3://bucket/missing/"]
     assert sources[0].error is None
     assert sources[1].error is not None and sources[1].error.error_type == "not_found"
-    assert ray_engine._read_object("s3://bucket/img00.png", 1 << 20)[:4] == b"\x89PNG"
+    assert objects.read_object("s3://bucket/img00.png", 1 << 20)[:4] == b"\x89PNG"
     with pytest.raises(InputError) as exc:
-        ray_engine._read_object("s3://bucket/img00.png", 10)
+        objects.read_object("s3://bucket/img00.png", 10)
     assert exc.value.error_type == "too_large"
     with pytest.raises(InputError) as exc:
-        ray_engine._read_object("s3://bucket/nope.png", 1 << 20)
+        objects.read_object("s3://bucket/nope.png", 1 << 20)
     assert exc.value.error_type == "not_found"
 
 
@@ -239,7 +239,6 @@ def test_decode_rows_carry_the_local_tensors_and_typed_errors(
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"no picture here")
     local = Classifier(checkpoint=str(checkpoint), exact=True, device="cpu")
-    spec = ray_engine.DecodeSpec(local.transform, local.decode_options, 10.0, 1 << 20)
     sources = [
         Source(input=str(good), path=good),
         Source(input=str(broken), path=broken),
@@ -249,12 +248,12 @@ def test_decode_rows_carry_the_local_tensors_and_typed_errors(
 
     rows = [ray_engine.to_row(i, s) for i, s in enumerate(sources)]
     batch = {k: np.array([r[k] for r in rows], dtype=object) for k in rows[0]}
-    out = ray_engine.decode_batch(batch, spec)
+    out = ray_engine.decode_batch(batch, local.plan)
     assert list(out["error_type"]) == ["", "not_an_image", "not_found"]
     shape = (int(out["c"][0]), int(out["h"][0]), int(out["w"][0]))
     tensor = torch.from_numpy(np.frombuffer(out["tensor"][0], dtype=np.uint8).reshape(shape))
-    assert torch.equal(tensor, local._prepare(sources[0]))  # type: ignore[arg-type]
-    assert out["message"][1] == local._prepare(sources[1]).message  # type: ignore[union-attr]
+    assert torch.equal(tensor, local.engine.prepare(sources[0]))  # type: ignore[arg-type]
+    assert out["message"][1] == local.engine.prepare(sources[1]).message  # type: ignore[union-attr]
 
 
 # -- on a local Ray ----------------------------------------------------------------------
@@ -329,8 +328,8 @@ def test_records_equal_the_local_engines(checkpoint: Path, mixed_folder: Path) -
     options: dict[str, Any] = {"checkpoint": str(checkpoint), "exact": True, "batch_size": 4}
     local = list(Classifier(**options).classify([str(mixed_folder / "good")]))
     # Two Ray Data runs of 4 inputs: order and exactly-once hold across chunks.
-    runner = ray_engine.RayClassifier(**options, chunk_size=4)
-    assert runner.device == "ray (1 CPU actor)" and runner.precision == "fp32"
+    runner = ray_engine.RayEngine(**options, chunk_size=4)
+    assert runner.describe() == "ray (1 CPU actor), fp32" and runner.plan.precision == "fp32"
     remote = list(runner.classify([str(mixed_folder / "good")]))
     assert len(local) == 8 and all(isinstance(r, Classified) for r in local)
     assert_same_records(local, remote)
@@ -395,7 +394,7 @@ def test_an_actor_killed_mid_run_is_replaced_and_no_input_is_lost_or_doubled(
 ) -> None:
     images = write_images(tmp_path / "many", 20)
     options: dict[str, Any] = {"checkpoint": str(checkpoint), "exact": True, "batch_size": 2}
-    runner = ray_engine.RayClassifier(**options)
+    runner = ray_engine.RayEngine(**options)
     remote: list[Record] = []
     killed: list[str] = []
     for record in runner.classify([str(tmp_path / "many")]):

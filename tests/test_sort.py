@@ -1191,6 +1191,17 @@ def test_sort_command_dry_run_then_copy(unsafe_run, tmp_path, resnext) -> None:
     assert {int(name) for name in added} <= set(range(len(UNSAFE_LABELS)))
 
 
+# The real command, with a pause after each file placed, so the test can kill it midway.
+SLOW_SORT = """
+import sys, time
+import resnext_cli.sort as sort
+real = sort.execute
+sort.execute = lambda plan, on_step=None: real(plan, on_step=lambda _step: time.sleep(2))
+from resnext_cli.cli import main
+main(sys.argv[1:])
+"""
+
+
 def test_sort_move_killed_midway_then_resumed_and_undone(
     checkpoint, make_image, tmp_path, resnext
 ) -> None:
@@ -1201,9 +1212,8 @@ def test_sort_move_killed_midway_then_resumed_and_undone(
     before = tree(folder)
     dest = tmp_path / "sorted"
     journal = dest / JOURNAL_NAME
-    env = {**os.environ, "RESNEXT_TEST_SORT_STEP_DELAY": "2"}
     args = ["sort", str(folder), str(dest), "--move", "--checkpoint", str(checkpoint), "-q"]
-    proc = subprocess.Popen([sys.executable, "-m", "resnext_cli", *args], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SORT, *args])
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:

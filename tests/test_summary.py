@@ -28,7 +28,7 @@ def rendered(summary: RunSummary, width: int = 120) -> str:
 
 def run_of(labels: list[tuple[str, float]], *, threshold: float | None) -> RunSummary:
     summary = RunSummary(
-        device="cuda:0", precision="bf16", started=100.0, finished=104.0, min_probability=threshold
+        where="cuda:0, bf16", started=100.0, finished=104.0, min_probability=threshold
     )
     for i, (label, p) in enumerate(labels):
         summary.add(apply_threshold(classified(f"{i}.jpg", label, p), threshold))
@@ -83,7 +83,7 @@ def test_labels_are_escaped_and_cut_to_the_column() -> None:
 
 
 def test_only_failures_has_no_histogram() -> None:
-    summary = RunSummary(device="cpu", precision="fp32", started=0.0, finished=2.0)
+    summary = RunSummary(where="cpu, fp32", started=0.0, finished=2.0)
     summary.add(Failed("a", "not_found", "no such file: 'a'"))
     summary.add(Failed("b", "not_found", "no such file: 'b'"))
     assert rendered(summary) == (
@@ -107,7 +107,10 @@ def test_cli_summary_on_stderr_matches_the_records(
     for seed in range(6):
         make_image(f"{seed}.jpg", seed=seed, size=(96, 80), folder=folder)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    run = resnext("classify", folder, "--checkpoint", checkpoint, "--min-probability", "0.6")
+    run = resnext(
+        "classify", folder, "--checkpoint", checkpoint, "--min-probability", "0.6",
+        "--precision", "fp32",
+    )  # fmt: skip
     assert run.code == 1, run
     records = [json.loads(line) for line in run.stdout.splitlines()]  # stdout: records only
     ok = [r for r in records if "predictions" in r]
@@ -130,6 +133,7 @@ def test_cli_summary_on_stderr_matches_the_records(
         histogram[label] = int(count)
     assert histogram == dict(counts)
     quiet = resnext(
-        "classify", folder, "--checkpoint", checkpoint, "--min-probability", "0.6", "-q"
-    )
+        "classify", folder, "--checkpoint", checkpoint, "--min-probability", "0.6", "-q",
+        "--precision", "fp32",
+    )  # fmt: skip
     assert quiet.stderr == "" and quiet.stdout == run.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 
@@ -9,6 +10,7 @@ from .errors import ConfigError
 from .registry import resolve_weights
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODERS = ("auto", "cpu", "gpu")
 DEFAULT_MAX_PIXELS = 2 * 89_478_485  # Pillow's own decompression-bomb limit
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -32,9 +34,17 @@ class Config:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_download_bytes: int = 100 << 20
     allow_truncated: bool = False
+    quantized: bool = False
+    decode: str = "auto"
+    # None: no categories; "default": the bundled ImageNet grouping; else a mapping file.
+    categories: str | None = None
 
     def __post_init__(self) -> None:
-        info = resolve_weights(self.model, self.weights)
+        # A checkpoint made by 'resnext quantize' brings its own INT8 weights: its model's
+        # float tag still names the preprocessing.
+        info = resolve_weights(
+            self.model, self.weights, quantized=self.quantized and self.checkpoint is None
+        )
         # Store canonical names, so records say 'resnext50_32x4d', 'IMAGENET1K_V2'.
         object.__setattr__(self, "model", info.model)
         object.__setattr__(self, "weights", info.tag)
@@ -44,8 +54,10 @@ class Config:
             raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be 0 or more, not {self.workers}")
-        if self.timeout <= 0:
-            raise ConfigError(f"--timeout must be positive, not {self.timeout:g}")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise ConfigError(
+                f"--timeout must be a positive number of seconds, not {self.timeout:g}"
+            )
         if self.max_pixels < 1:
             raise ConfigError(f"--max-pixels must be at least 1, not {self.max_pixels}")
         if self.precision not in PRECISIONS:
@@ -54,6 +66,16 @@ class Config:
             )
         if self.exact and self.precision not in ("auto", "fp32"):
             raise ConfigError(f"--exact runs in fp32; drop --precision {self.precision} or --exact")
+        if self.exact and self.quantized:
+            raise ConfigError("--exact is the fp32 reference and --quantized is INT8; give one")
+        if self.quantized and self.precision not in ("auto", "int8"):
+            raise ConfigError(
+                f"--quantized runs in int8; drop --precision {self.precision} or --quantized"
+            )
+        if self.decode not in DECODERS:
+            raise ConfigError(
+                f"unknown decoder '{self.decode}' (choose from: {', '.join(DECODERS)})"
+            )
         if not _DEVICE.match(self.device):
             raise ConfigError(
                 f"unknown device '{self.device}' (choose from: auto, cpu, cuda, cuda:N, mps)"

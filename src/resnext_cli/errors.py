@@ -45,6 +45,10 @@ class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives."""
 
 
+class ReaderGone(Exception):
+    """The reader of stdout went away (`| head -1`): stop quietly, as Unix tools do."""
+
+
 # The error types an input can end with, as they appear in records.
 INPUT_ERROR_TYPES = (
     "not_found",

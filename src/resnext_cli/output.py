@@ -12,7 +12,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .console import printable
 from .errors import OutputError
+from .registry import WeightsInfo
 from .results import Classified, Failed, Record
 
 FORMATS = ("auto", "table", "json", "jsonl", "csv", "parquet")
@@ -52,15 +54,9 @@ def resolve_format(fmt: str, *, is_terminal: bool, output_name: str | None) -> s
     return "table" if is_terminal else "jsonl"
 
 
-def printable(text: str) -> str:
-    """Escape control and other unprintable characters of untrusted text for a terminal."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-
-
 def _dumps(record: Record) -> str:
-    return json.dumps(record.to_dict(), ensure_ascii=False)
+    # NaN is refused: a non-finite number is a bug to see, never invalid JSON to ship.
+    return json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False)
 
 
 class JsonLinesWriter:
@@ -234,8 +230,9 @@ def _bar(probability: float, width: int = 24) -> Text:
 class TableWriter:
     """A rich table: every class for one image, or one row per image for many."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, caption: str | None = None) -> None:
         self._console = console
+        self._caption = caption
         self._first: Record | None = None
         self._rows = 0
 
@@ -260,9 +257,12 @@ class TableWriter:
             table.add_row(name, Text(f"error: {record.error_type}", style="red"), "", "", "")
         else:
             second = record.predictions[1] if len(record.predictions) > 1 else None
+            top = printable(record.top1.label)
+            if record.categories:
+                top = f"{printable(record.categories[0].name)}: {top}"
             table.add_row(
                 name,
-                Text(printable(record.top1.label), style="bold"),
+                Text(top, style="bold"),
                 f"{record.top1.probability:.1%}",
                 _bar(record.top1.probability, 10),
                 Text(f"{printable(second.label)} {second.probability:.1%}") if second else "",
@@ -279,14 +279,29 @@ class TableWriter:
             )
             return
         table = Table(title=Text(printable(record.input)), title_justify="left")
+        table.caption = self._caption or record.precision
         if record.uncertain:
-            table.caption = "uncertain: the top-1 probability is below --min-probability"
+            table.caption = (
+                f"{table.caption or ''}; uncertain: the top-1 probability is below "
+                "--min-probability"
+            ).lstrip("; ")
             table.style = "dim"
+        table.caption_justify = "left"
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("index", justify="right")
         table.add_column("probability", justify="right")
         table.add_column("")
+        # Categories first (what a person files under), then the classes under them.
+        for rank, c in enumerate(record.categories or (), start=1):
+            table.add_row(
+                str(rank),
+                Text(printable(c.name), style="bold"),
+                "",
+                f"{c.probability:.2%}",
+                _bar(c.probability),
+                end_section=rank == len(record.categories or ()),
+            )
         for rank, p in enumerate(record.predictions, start=1):
             label = Text(printable(p.label))
             table.add_row(
@@ -298,6 +313,8 @@ class TableWriter:
         if self._first is not None:
             self._detail(self._first)
             self._first = None
+        elif self._rows and self._caption:
+            self._console.print(Text(self._caption, style="dim"))
 
 
 def make_writer(
@@ -309,6 +326,7 @@ def make_writer(
     long: bool = False,
     uncertain: bool = False,
     path: Path | None = None,
+    caption: str | None = None,
 ) -> Writer:
     """Return the writer for a concrete format (parquet writes to *path*, not *stream*)."""
     if fmt == "jsonl":
@@ -322,5 +340,69 @@ def make_writer(
             raise OutputError("parquet output needs a file (give -o FILE.parquet)")
         return ParquetWriter(path, topk=topk, long=long, uncertain=uncertain)
     if fmt == "table":
-        return TableWriter(console or Console(file=stream, highlight=False))
+        return TableWriter(console or Console(file=stream, highlight=False), caption=caption)
     raise ValueError(f"unknown format {fmt!r}")
+
+
+def models_json(rows: list[WeightsInfo]) -> str:
+    """The weights list as JSON, with each file's name and whether it is cached."""
+    from .weights import cached_path
+
+    payload = [
+        {
+            "model": w.model,
+            "weights": w.tag,
+            "quantized": w.quantized,
+            "default": w.is_default,
+            "acc@1": w.acc1,
+            "acc@5": w.acc5,
+            "params": w.params,
+            "gflops": w.gflops,
+            "file_size_mb": w.file_size_mb,
+            "resize": w.resize_size,
+            "crop": w.crop_size,
+            "file": w.filename,
+            "cached": cached_path(w.url).is_file(),
+            "url": w.url,
+        }
+        for w in rows
+    ]
+    return json.dumps(payload, indent=2)
+
+
+def models_table(rows: list[WeightsInfo], stream: IO[str], *, is_terminal: bool) -> None:
+    """The weights list as a compact table that fits a pipe; default weights starred."""
+    from rich import box
+
+    from .weights import cached_path
+
+    table = Table(
+        title="ResNeXt weights (ImageNet-1K, torchvision's metadata)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+    )
+    columns = ["model", "weights", "acc@1", "acc@5", "params", "GFLOPs", "MB", "resize", "cached"]
+    for name in columns:
+        justify = "left" if name in ("model", "weights") else "right"
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table.add_column("file", no_wrap=True)
+    for w in rows:
+        table.add_row(
+            w.model,
+            w.tag + (" *" if w.is_default else ""),
+            f"{w.acc1:.2f}",
+            f"{w.acc5:.2f}",
+            f"{w.params / 1e6:.1f}M",
+            f"{w.gflops:.2f}",
+            f"{w.file_size_mb:.0f}",
+            f"{w.resize_size}/{w.crop_size}",
+            "yes" if cached_path(w.url).is_file() else "no",
+            w.filename,
+        )
+    table.caption = "* the DEFAULT weights of each model; FBGEMM tags are INT8 (--quantized)"
+    console = Console(file=stream, highlight=False)
+    if not is_terminal:  # rich assumes 80 columns for a pipe; the table needs more
+        console.width = 160
+    console.print(table)

@@ -1,44 +1,47 @@
 """The same classification on Ray Data: decode in CPU tasks, infer in an actor pool.
 
-`RayClassifier.classify_sources` yields the records `Classifier.classify_sources` yields
-for the same sources, in the same order: decoding goes through `engine.prepare` and the
-actors build a `Classifier` from the state dict the driver loaded, so preprocessing,
-precision rules and record construction are the local engine's own code.
+`RayEngine.classify_sources` yields the records the local engine yields for the same
+sources, in the same order: the driver resolves one plan with the cluster's facts, decode
+tasks run `pipeline.prepare` and the actors `pipeline.infer` on a model built from the
+state dict the driver loaded, so preprocessing, precision and records are the same code.
 
 Ray is imported lazily: `resnext --help` and the local engine never load it.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
-from PIL.Image import Image
 
 from .config import Config
-from .engine import DEFAULT_BATCH, Classifier, Prepared, pick_precision, prepare
 from .errors import ConfigError, InputError
-from .preprocess import DecodeOptions
+from .objects import is_object_uri, iter_sources, read_object
+from .pipeline import (
+    Prepared,
+    build_model,
+    check_classes,
+    infer,
+    load_model,
+    load_state,
+    prepare,
+    transform_for,
+)
+from .plan import MachineFacts, Plan, resolve
 from .results import Record
-from .sources import IMAGE_EXTENSIONS, Source, Warn
-from .sources import iter_sources as local_sources
+from .sources import Source, Warn
 from .weights import Progress
 
 RAY_HINT = "pip install 'resnext-cli[ray]'"
-# Object stores read through pyarrow.fs; their URIs name 'bucket/key'.
-OBJECT_SCHEMES = frozenset({"s3", "gs", "gcs"})
 # Ray binds its services to loopback only when it believes it cannot form a cluster.
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Inputs per Ray Data run. It bounds what the driver holds (about 1 KB an input); each
@@ -49,110 +52,6 @@ DECODE_MEMORY = 1 << 30
 
 Row = dict[str, Any]
 Batch = dict[str, np.ndarray]
-
-
-# -- inputs ----------------------------------------------------------------------------
-
-
-def is_object_uri(spec: str) -> bool:
-    """Whether *spec* is an object-store URI (s3://, gs://) the Ray engine reads."""
-    scheme, sep, _ = spec.partition("://")
-    return bool(sep) and scheme.lower() in OBJECT_SCHEMES
-
-
-def _split(uri: str) -> tuple[str, str, str]:
-    """Return (scheme://bucket[?query], bucket/key, ?query) for an object-store URI."""
-    parts = urlsplit(uri)
-    query = f"?{parts.query}" if parts.query else ""
-    root = f"{parts.scheme.lower()}://{parts.netloc}{query}"
-    return root, f"{parts.netloc}{parts.path}".rstrip("/"), query
-
-
-@functools.lru_cache(maxsize=16)
-def _filesystem(root: str) -> Any:
-    """One pyarrow FileSystem per bucket: resolving S3's region costs a request."""
-    from pyarrow import fs
-
-    return fs.FileSystem.from_uri(root)[0]
-
-
-def object_sources(uri: str, warn: Warn | None = None) -> Iterator[Source]:
-    """List an object URI lazily, one prefix level at a time, sorted, depth first."""
-    from pyarrow import fs
-
-    say: Warn = warn or (lambda _msg: None)
-    root, key, query = _split(uri)
-    scheme = root.partition("://")[0]
-    try:
-        filesystem = _filesystem(root)
-        info = filesystem.get_file_info(key)
-    except (OSError, ValueError) as exc:
-        yield Source(
-            input=uri, url=uri, error=InputError("unreadable", f"cannot list '{uri}': {exc}")
-        )
-        return
-    if info.type == fs.FileType.File:
-        yield Source(input=uri, url=uri)
-        return
-    if info.type == fs.FileType.NotFound:
-        message = f"no such object or prefix: '{uri}'"
-        yield Source(input=uri, url=uri, error=InputError("not_found", message))
-        return
-    found = 0
-    stack = [key]
-    while stack:
-        prefix = stack.pop()
-        try:
-            entries = filesystem.get_file_info(fs.FileSelector(prefix, allow_not_found=True))
-        except (OSError, ValueError) as exc:
-            say(f"cannot list '{scheme}://{prefix}': {exc}")
-            continue
-        subdirs = []
-        for entry in sorted(entries, key=lambda e: str(e.path)):
-            if entry.base_name.startswith("."):
-                continue
-            if entry.type == fs.FileType.Directory:
-                subdirs.append(entry.path)
-            elif Path(entry.base_name).suffix.lower() in IMAGE_EXTENSIONS:
-                found += 1
-                child = f"{scheme}://{entry.path}{query}"
-                yield Source(input=child, url=child)
-        stack.extend(reversed(subdirs))
-    if found == 0:
-        say(f"no images found under '{uri}'")
-
-
-def iter_sources(
-    specs: Iterable[str], *, stdin: BinaryIO | None = None, warn: Warn | None = None
-) -> Iterator[Source]:
-    """Expand inputs as the local engine does, plus s3:// and gs:// URIs, lazily, in order."""
-    for spec in specs:
-        if is_object_uri(spec):
-            yield from object_sources(spec, warn)
-            continue
-        for source in local_sources([spec], stdin=stdin, warn=warn):
-            # A URI listed on standard input comes back as an unsupported scheme.
-            if source.error is not None and source.path is None and is_object_uri(source.input):
-                yield from object_sources(source.input, warn)
-            else:
-                yield source
-
-
-def _read_object(uri: str, max_bytes: int) -> bytes:
-    """Read one object, or raise a typed InputError."""
-    import pyarrow as pa
-
-    root, key, _ = _split(uri)
-    try:
-        with _filesystem(root).open_input_stream(key) as stream:
-            data: bytes = stream.read(max_bytes + 1)
-    except FileNotFoundError:
-        raise InputError("not_found", f"no such object: '{uri}'") from None
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise InputError("download_failed", f"cannot read '{uri}': {exc}") from None
-    if len(data) > max_bytes:
-        raise InputError("too_large", f"'{uri}' is over the {max_bytes}-byte download limit")
-    return data
 
 
 def to_row(seq: int, source: Source) -> Row:
@@ -173,53 +72,50 @@ def to_row(seq: int, source: Source) -> Row:
 # -- the two stages ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DecodeSpec:
-    """What a decode task needs: the local engine's transform and decode options."""
-
-    transform: Callable[[Image], torch.Tensor]
-    options: DecodeOptions
-    timeout: float
-    max_bytes: int
-
-
 def _source(batch: Batch, i: int) -> Source:
     path = str(batch["path"][i])
     return Source(input=str(batch["input"][i]), path=Path(path) if path else None)
 
 
-def _decode_one(batch: Batch, i: int, spec: DecodeSpec) -> Prepared:
-    source = _source(batch, i)
-    if batch["error_type"][i]:
-        return InputError(str(batch["error_type"][i]), str(batch["message"][i]))
-    url = str(batch["url"][i])
-    data = bytes(batch["data"][i])
-    if url and is_object_uri(url):
-        try:
-            data = _read_object(url, spec.max_bytes)
-        except InputError as exc:
-            return exc
-        url = ""
-    source = Source(
-        input=source.input, path=source.path, url=url or None, data=data if data else None
-    )
-    return prepare(
-        source, spec.transform, spec.options, timeout=spec.timeout, max_bytes=spec.max_bytes
-    )
+class _Decoder:
+    """The per-input step for one decode task: object-store reads, then the pipeline's."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.transform = transform_for(plan)
+
+    def __call__(self, batch: Batch, i: int) -> Prepared:
+        source = _source(batch, i)
+        if batch["error_type"][i]:
+            return InputError(str(batch["error_type"][i]), str(batch["message"][i]))
+        url = str(batch["url"][i])
+        data = bytes(batch["data"][i])
+        if url and is_object_uri(url):
+            try:
+                data = read_object(url, self.plan.config.max_download_bytes)
+            except InputError as exc:
+                return exc
+            url = ""
+        source = Source(
+            input=source.input, path=source.path, url=url or None, data=data if data else None
+        )
+        return prepare(source, self.plan, self.transform)
 
 
-def decode_batch(batch: Batch, spec: DecodeSpec) -> Batch:
+def decode_batch(batch: Batch, plan: Plan) -> Batch:
     """Decode a block of input rows into tensors, or error rows (never raise for an input)."""
+    decoder = _Decoder(plan)
     n = len(batch["seq"])
     tensors = np.empty(n, dtype=object)
     shapes = np.zeros((n, 3), dtype=np.int64)
     error_types = np.empty(n, dtype=object)
     messages = np.empty(n, dtype=object)
     for i in range(n):
-        outcome = _decode_one(batch, i, spec)
+        outcome = decoder(batch, i)
         if isinstance(outcome, InputError):
             tensors[i], error_types[i], messages[i] = b"", outcome.error_type, outcome.message
         else:
+            assert isinstance(outcome, torch.Tensor)  # the plan decodes on the CPU here
             array = outcome.contiguous().numpy()  # uint8 pixels, normalised by the actor
             tensors[i], error_types[i], messages[i] = array.tobytes(), "", ""
             shapes[i] = array.shape
@@ -239,11 +135,11 @@ def decode_batch(batch: Batch, spec: DecodeSpec) -> Batch:
 class Predictor:
     """One model per actor, built from the driver's state dict in the object store."""
 
-    def __init__(self, config: Config, state: list[Any]) -> None:
+    def __init__(self, plan: Plan, state: list[Any]) -> None:
         import ray
 
         # The ref travels inside a list so that Ray hands it over unresolved.
-        self.classifier = Classifier(config, state=ray.get(state[0]))
+        self.model = load_model(plan, state=ray.get(state[0]))
 
     def __call__(self, batch: Batch) -> Batch:
         pairs: list[tuple[Source, Prepared]] = []
@@ -257,7 +153,7 @@ class Predictor:
                 prepared = torch.from_numpy(flat.reshape(shape).copy())
             pairs.append((_source(batch, i), prepared))
         records = np.empty(len(pairs), dtype=object)
-        for i, record in enumerate(self.classifier.classify_prepared(pairs)):
+        for i, record in enumerate(infer(self.model, pairs)):
             records[i] = record
         return {"seq": batch["seq"], "record": records}
 
@@ -374,7 +270,7 @@ def connect(ray: Any, address: str | None, *, num_cpus: int | None = None) -> bo
 # -- the runner --------------------------------------------------------------------------
 
 
-class RayClassifier:
+class RayEngine:
     """Classify on a Ray cluster (or a private local Ray); records as the local engine's."""
 
     def __init__(
@@ -398,48 +294,48 @@ class RayClassifier:
             probe(target)
         # A Ray on loopback stays there: Ray would rewrite 127.0.0.1 to a public address.
         self._ray = import_ray(loopback=is_loopback(target))
-        # The driver fetches and checks the weights once, with the local engine's cache
-        # and checks; the actors get the state dict through the object store.
-        state = Classifier.load_state(cfg, progress=download_progress)
-        local = Classifier(cfg.with_(device="cpu", workers=0), state=state)
-        self.info, self.labels = local.info, local.labels
-        self._decode = DecodeSpec(
-            local.transform, local.decode_options, cfg.timeout, cfg.max_download_bytes
-        )
-        del local
         self.chunk_size = chunk_size
         self._owned = connect(self._ray, target, num_cpus=num_cpus)
         try:
-            self._plan(cfg)
+            resources = self._ray.cluster_resources()
+            gpus = int(resources.get("GPU", 0))
+            cpus = max(1, int(resources.get("CPU", 1)))
+            if cfg.device == "cuda" and gpus == 0:
+                raise ConfigError(
+                    "--device cuda but the Ray cluster has no GPUs (use --device auto)"
+                )
+            self.gpu = gpus > 0 and cfg.device != "cpu"
+            # The cluster's facts, not this machine's: the plan is resolved once, here,
+            # and every task and actor reads it. Ray GPUs are taken to have bf16 (Ampere
+            # and later); --precision fp16 serves older ones.
+            facts = MachineFacts(
+                cpu_count=cpus,
+                cpu_native_bf16=MachineFacts.probe().cpu_native_bf16,
+                cuda_count=1 if self.gpu else 0,
+                cuda_bf16=True,
+            )
+            if cfg.decode == "gpu":
+                raise ConfigError("--engine ray decodes in CPU tasks; drop --decode gpu")
+            actor_config = cfg.with_(device="cuda" if self.gpu else "cpu", workers=0, decode="cpu")
+            self.plan = resolve(actor_config, facts)
+            # The driver fetches and checks the weights once, with the local engine's
+            # cache and checks; the actors get the state dict through the object store.
+            state = load_state(self.plan, progress=download_progress)
+            check_classes(self.plan, *state)  # a bad checkpoint fails here, not in actors
+            build_model(self.plan.info.model, state[0], name=state[1])
+            # Leave a CPU for the decode tasks; the pool grows as work queues up.
+            self.actors: tuple[int, int] = (gpus, gpus) if self.gpu else (1, max(1, cpus - 1))
             self._state_ref = self._ray.put(state)
         except BaseException:
             self.close()
             raise
 
-    def _plan(self, cfg: Config) -> None:
-        resources = self._ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        cpus = max(1, int(resources.get("CPU", 1)))
-        if cfg.device == "cuda" and gpus == 0:
-            raise ConfigError("--device cuda but the Ray cluster has no GPUs (use --device auto)")
-        self.gpu = gpus > 0 and cfg.device != "cpu"
-        kind = "cuda" if self.gpu else "cpu"
-        self.batch_size = cfg.batch_size or DEFAULT_BATCH[kind]
-        if self.gpu:
-            self.actors: tuple[int, int] = (gpus, gpus)
-            # Each actor resolves 'auto' on its own GPU, as pick_precision does locally.
-            self.precision = "fp32" if cfg.exact else cfg.precision
-            if self.precision == "auto":
-                self.precision = "bf16 or fp16, per GPU"
-        else:
-            # Leave a CPU for the decode tasks; the pool grows as work queues up.
-            self.actors = (1, max(1, cpus - 1))
-            self.precision = pick_precision(cfg.precision, torch.device("cpu"), exact=cfg.exact)
+    def describe(self) -> str:
+        """The actor pool and the precision: 'ray (1-3 CPU actors), bf16'."""
         low, high = self.actors
         size = str(low) if low == high else f"{low}-{high}"
         plural = "s" if high > 1 else ""
-        self.device = f"ray ({size} {'GPU' if self.gpu else 'CPU'} actor{plural})"
-        self._actor_config = cfg.with_(device=kind, workers=0)
+        return f"ray ({size} {'GPU' if self.gpu else 'CPU'} actor{plural}), {self.plan.precision}"
 
     def close(self) -> None:
         """Shut down the Ray this runner started or joined (not one already running)."""
@@ -487,14 +383,14 @@ class RayClassifier:
         low, high = self.actors
         # One block per inference batch: decode tasks spread over the cluster, and
         # records stream back batch by batch instead of in one block at the end.
-        blocks = max(1, math.ceil(len(rows) / self.batch_size))
+        blocks = max(1, math.ceil(len(rows) / self.plan.batch_size))
         return (
             ray.data.from_items(rows, override_num_blocks=blocks)
             .map_batches(
                 decode_batch,
                 batch_size=None,
                 batch_format="numpy",
-                fn_kwargs={"spec": self._decode},
+                fn_kwargs={"plan": self.plan},
                 num_cpus=1,
                 # Declaring memory also keeps Ray Data from fusing decoding into the
                 # actors (it fuses maps with equal resources): decoding stays in CPU
@@ -503,9 +399,9 @@ class RayClassifier:
             )
             .map_batches(
                 Predictor,
-                batch_size=self.batch_size,
+                batch_size=self.plan.batch_size,
                 batch_format="numpy",
-                fn_constructor_kwargs={"config": self._actor_config, "state": [self._state_ref]},
+                fn_constructor_kwargs={"plan": self.plan, "state": [self._state_ref]},
                 compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
                 num_cpus=1,
                 num_gpus=1 if self.gpu else 0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -20,6 +20,26 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class CategoryScore:
+    """One category (a group of classes) with the sum of its classes' probabilities."""
+
+    name: str
+    probability: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form."""
+        return {"name": self.name, "probability": self.probability}
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """Size and modification time of a local input when it was read, to match it later."""
+
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
 class Classified:
     """An input that was classified: its top-k predictions, most probable first."""
 
@@ -29,9 +49,11 @@ class Classified:
     predictions: tuple[Prediction, ...]
     path: str | None = None
     checkpoint: str | None = None
-    thumbnail: bytes | None = field(default=None, repr=False, compare=False)
     # None: no --min-probability was given; else whether top-1 fell below it.
     uncertain: bool | None = None
+    precision: str | None = None
+    file: FileFacts | None = None
+    categories: tuple[CategoryScore, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -45,13 +67,15 @@ class Classified:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form."""
-        out: dict[str, Any] = {"input": self.input}
-        if self.path is not None:
-            out["path"] = self.path
+        out = _head(self.input, self.path, self.file)
         out["model"] = self.model
         out["weights"] = self.weights
         if self.checkpoint is not None:
             out["checkpoint"] = self.checkpoint
+        if self.precision is not None:
+            out["precision"] = self.precision
+        if self.categories is not None:
+            out["categories"] = [c.to_dict() for c in self.categories]
         out["predictions"] = [p.to_dict() for p in self.predictions]
         if self.uncertain is not None:
             out["uncertain"] = self.uncertain
@@ -66,7 +90,7 @@ class Failed:
     error_type: str
     message: str
     path: str | None = None
-    thumbnail: bytes | None = field(default=None, repr=False, compare=False)
+    file: FileFacts | None = None
 
     @property
     def ok(self) -> bool:
@@ -75,14 +99,53 @@ class Failed:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form."""
-        out: dict[str, Any] = {"input": self.input}
-        if self.path is not None:
-            out["path"] = self.path
+        out = _head(self.input, self.path, self.file)
         out["error"] = {"type": self.error_type, "message": self.message}
         return out
 
 
 Record = Classified | Failed
+
+
+def _head(input: str, path: str | None, file: FileFacts | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"input": input}
+    if path is not None:
+        out["path"] = path
+    if file is not None:
+        out["size"] = file.size
+        out["mtime_ns"] = file.mtime_ns
+    return out
+
+
+def record_from_dict(data: Any) -> Record:
+    """Read back a record's JSON form (as to_dict writes it); ValueError if it is not one."""
+    try:
+        path = data.get("path")
+        size, mtime = data.get("size"), data.get("mtime_ns")
+        file = FileFacts(int(size), int(mtime)) if size is not None and mtime is not None else None
+        if "error" in data:
+            error = data["error"]
+            return Failed(str(data["input"]), error["type"], error["message"], path, file=file)
+        categories = data.get("categories")
+        return Classified(
+            input=str(data["input"]),
+            model=str(data["model"]),
+            weights=str(data["weights"]),
+            predictions=tuple(
+                Prediction(str(p["label"]), int(p["index"]), float(p["probability"]))
+                for p in data["predictions"]
+            ),
+            path=path,
+            checkpoint=data.get("checkpoint"),
+            uncertain=data.get("uncertain"),
+            precision=data.get("precision"),
+            file=file,
+            categories=None
+            if categories is None
+            else tuple(CategoryScore(str(c["name"]), float(c["probability"])) for c in categories),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a result record ({exc.__class__.__name__}: {exc})") from None
 
 
 def apply_threshold(record: Record, min_probability: float | None) -> Record:

@@ -12,8 +12,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from .console import printable
 from .errors import ExitStatus
-from .output import printable
 from .results import Classified, Failed, Record
 
 HISTOGRAM_LABELS = 10
@@ -24,8 +24,7 @@ _EIGHTHS = " ▏▎▍▌▋▊▉"
 class RunSummary:
     """Counts of one run; its exit_status is what the process exits with."""
 
-    device: str = ""
-    precision: str = ""
+    where: str = ""  # device and precision, as the engine describes them: 'cpu, bf16'
     classified: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     top1: Counter[str] = field(default_factory=Counter)
@@ -33,6 +32,8 @@ class RunSummary:
     finished: float | None = None
     min_probability: float | None = None
     uncertain: int = 0
+    resumed: int = 0  # inputs an earlier run already recorded (--resume)
+    of: str = "labels"  # what the histogram counts: top-1 'labels' or 'categories'
     probabilities: list[float] = field(default_factory=list, repr=False)
 
     def add(self, record: Record) -> None:
@@ -42,7 +43,12 @@ class RunSummary:
         else:
             assert isinstance(record, Classified)
             self.classified += 1
-            self.top1[record.top1.label] += 1
+            # With --categories the histogram is of categories: what a person files under.
+            if record.categories:
+                self.top1[record.categories[0].name] += 1
+                self.of = "categories"
+            else:
+                self.top1[record.top1.label] += 1
             self.probabilities.append(record.top1.probability)
             if record.uncertain:
                 self.uncertain += 1
@@ -69,8 +75,10 @@ class RunSummary:
         rate = self.classified / self.seconds if self.seconds > 0 else 0.0
         text = (
             f"classified {self.classified} of {self.total} inputs in {self.seconds:.1f}s "
-            f"({rate:.1f} img/s) on {self.device}, {self.precision}"
+            f"({rate:.1f} img/s) on {self.where}"
         )
+        if self.resumed:
+            text += f"; {self.resumed} done before (--resume)"
         if self.failed:
             kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.failed.items()))
             text += f"; {sum(self.failed.values())} failed ({kinds})"
@@ -108,7 +116,7 @@ class RunSummary:
         if rest:
             others = len(self.top1) - len(common)
             table.add_row(
-                Text(f"({others} other labels)", style="dim"),
+                Text(f"({others} other {self.of})", style="dim"),
                 "",
                 str(rest),
                 Text(f"{rest / self.classified:.1%}", style="dim"),
@@ -122,7 +130,7 @@ class RunSummary:
             parts.append(Text(self.confidence_line()))
             shown = min(HISTOGRAM_LABELS, len(self.top1))
             parts.append(
-                Text(f"top-1 labels ({shown} most common of {len(self.top1)}):", style="bold")
+                Text(f"top-1 {self.of} ({shown} most common of {len(self.top1)}):", style="bold")
             )
             parts.append(Padding(self.histogram(), (0, 0, 0, 2), expand=False))
         return Group(*parts)

@@ -1,0 +1,464 @@
+"""The steps of a run, as functions of a plan: load the model, prepare one input, infer a batch.
+
+Both engines call exactly these: the local engine in its threads, the Ray engine in its
+tasks and actors. None of them reads an option from anywhere but the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from .errors import CheckpointError, ConfigError, InputError, WeightsError
+from .plan import Plan
+from .preprocess import Preprocess, decode
+from .registry import torchvision_weights
+from .results import Classified, Failed, FileFacts, Prediction, Record
+from .sources import Source, open_source
+from .weights import Progress, fetch
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A baseline JPEG's bytes, read by a decode thread, for the GPU to decode in a batch."""
+
+    data: bytes
+
+
+# What the per-input step gives the per-batch step: uint8 CHW pixels, a JPEG for the GPU,
+# or the input's error.
+Prepared = torch.Tensor | Encoded | InputError
+State = tuple[dict[str, torch.Tensor], str]
+
+
+# -- the model -----------------------------------------------------------------------------
+
+
+def _unwrap(obj: Any) -> Any:
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def read_state_dict(path: Path, *, name: str) -> dict[str, torch.Tensor]:
+    """Load a state dict from a file, unwrapping {'state_dict': ...} or {'model': ...}."""
+    try:
+        # An INT8 file read here (it is refused below) makes torch warn of quantized
+        # storage: the refusal says what to do.
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load checkpoint '{name}': {exc.__class__.__name__} "
+            "(give a state dict saved with torch.save)"
+        ) from None
+    state = _unwrap(obj)
+    if isinstance(obj, dict) and (
+        "resnext_quantized" in obj
+        or (isinstance(state, dict) and any(str(k).endswith("_packed_params") for k in state))
+    ):
+        raise CheckpointError(f"checkpoint '{name}' holds INT8 weights (add --quantized)")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(
+            f"checkpoint '{name}' is not a state dict (expected a mapping of parameter "
+            "names to tensors, or one under 'state_dict' or 'model')"
+        )
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint '{name}' holds no tensors (give a model state dict)")
+    # Checkpoints saved from DataParallel or DDP prefix every key with 'module.'.
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
+
+
+def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
+    """Fetch or read the state dict the plan names; return it with its name for messages.
+
+    An INT8 plan's state is torchvision's quantized layout (packed parameters), read by
+    quantized.py; a float plan's is plain tensors.
+    """
+    cfg, info = plan.config, plan.info
+    read = _read_int8 if plan.precision == "int8" else read_state_dict
+    if cfg.checkpoint is None:
+        path = fetch(info.url, offline=cfg.offline, progress=progress)
+        try:
+            return read(path, name=str(path)), str(path)
+        except CheckpointError:
+            quantized = " --quantized" if plan.precision == "int8" else ""
+            raise WeightsError(
+                f"cached weights file '{path}' is corrupt (delete it and run "
+                f"'resnext download -m {info.model} -w {info.tag}{quantized}')"
+            ) from None
+    name = cfg.checkpoint
+    if name.startswith(("http://", "https://")):
+        path = fetch(name, offline=cfg.offline, progress=progress)
+        try:
+            return read(path, name=name), name
+        except CheckpointError:
+            path.unlink(missing_ok=True)  # never reuse a cached file that does not load
+            raise
+    path = Path(name)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{name}' does not exist (give a file)")
+    return read(path, name=name), name
+
+
+def _read_int8(path: Path, *, name: str) -> dict[str, torch.Tensor]:
+    from .quantized import read_quantized
+
+    return read_quantized(path, name=name).state
+
+
+def _check_tensors(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], name: str
+) -> dict[str, torch.Tensor]:
+    """Refuse tensors the network cannot use; bring other float types to float32."""
+    out = {}
+    for key, want in expected.items():
+        have = state[key]
+        where = f"checkpoint '{name}': tensor '{key}'"
+        if have.layout != torch.strided or have.is_meta:
+            kind = "meta" if have.is_meta else str(have.layout).removeprefix("torch.")
+            raise CheckpointError(f"{where} is {kind}, not a dense tensor (save real weights)")
+        if want.is_floating_point():
+            if not have.is_floating_point():
+                raise CheckpointError(
+                    f"{where} is {str(have.dtype).removeprefix('torch.')}, not floating point "
+                    "(give a float checkpoint)"
+                )
+            if not bool(torch.isfinite(have).all()):
+                raise CheckpointError(
+                    f"{where} holds NaN or infinite values (the checkpoint is damaged)"
+                )
+            have = have.to(torch.float32)
+        elif have.is_floating_point() or have.is_complex():
+            raise CheckpointError(f"{where} should hold integers, not {have.dtype}")
+        out[key] = have
+    return out
+
+
+def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> torch.nn.Module:
+    """Build *model* on the meta device and load *state* into it, checking it fits."""
+    fc = state.get("fc.weight")
+    if fc is None or fc.ndim != 2:
+        raise CheckpointError(
+            f"checkpoint '{name}' does not fit {model}: it has no 'fc.weight' "
+            "(give a state dict in torchvision's ResNeXt layout)"
+        )
+    builder = getattr(torchvision.models, model)
+    with torch.device("meta"):
+        net: torch.nn.Module = builder(weights=None, num_classes=int(fc.shape[0]))
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first: '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first: '{unexpected[0]}')")
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"{len(wrong)} of the wrong shape (first: '{k}' is "
+                f"{list(state[k].shape)}, expected {list(expected[k].shape)})"
+            )
+        raise CheckpointError(
+            f"checkpoint '{name}' does not fit {model}: {'; '.join(parts)} "
+            "(check --model matches the checkpoint)"
+        )
+    net.load_state_dict(_check_tensors(state, expected, name), assign=True)
+    return net.eval()
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold each eval-mode BatchNorm into the convolution before it (fewer passes)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(parent: torch.nn.Module, conv: str, bn: str) -> None:
+        fused = fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn))
+        setattr(parent, conv, fused)
+        setattr(parent, bn, torch.nn.Identity())
+
+    fold(model, "conv1", "bn1")
+    for module in model.modules():
+        if isinstance(module, torchvision.models.resnet.Bottleneck):
+            for i in (1, 2, 3):
+                fold(module, f"conv{i}", f"bn{i}")
+            if module.downsample is not None:
+                fold(module.downsample, "0", "1")
+    return model
+
+
+@dataclass
+class Model:
+    """The network of a plan, on its device, with the weights' own preprocessing."""
+
+    plan: Plan
+    net: torch.nn.Module
+    transform: Preprocess
+    # The checkpoint (or cached weights file) it came from, for messages.
+    name: str
+
+
+def check_classes(
+    plan: Plan, state: dict[str, torch.Tensor], name: str, *, classes: int | None = None
+) -> None:
+    """Refuse a checkpoint whose class count differs from the labels', and a top-k past it."""
+    fc = state.get("fc.weight")
+    if classes is None and fc is not None and fc.ndim == 2:
+        classes = int(fc.shape[0])
+    if classes is not None and classes != len(plan.labels):
+        labels = plan.config.labels
+        source = f"labels file '{labels}' has" if labels else "the bundled ImageNet labels have"
+        raise ConfigError(
+            f"checkpoint '{name}' has {classes} classes but {source} "
+            f"{len(plan.labels)} (give --labels FILE with {classes} lines)"
+        )
+    if plan.config.topk > len(plan.labels):
+        raise ConfigError(
+            f"--topk {plan.config.topk} is more than the {len(plan.labels)} classes (lower --topk)"
+        )
+
+
+def load_model(
+    plan: Plan, *, progress: Progress | None = None, state: State | None = None
+) -> Model:
+    """Fetch or take the state dict, check it, build the network the plan describes."""
+    tensors, name = state if state is not None else load_state(plan, progress=progress)
+    if plan.precision == "int8":
+        from .quantized import build_quantized, num_classes
+
+        classes = num_classes(tensors, model=plan.info.model, name=name)
+        check_classes(plan, tensors, name, classes=classes)
+        net = build_quantized(plan.info.model, tensors, name=name)
+        return Model(plan, net, transform_for(plan), name)
+    check_classes(plan, tensors, name)
+    net = build_model(plan.info.model, tensors, name=name)
+    if plan.fold_batchnorm:
+        net = fold_batchnorm(net)
+    # channels_last is only a memory layout, which oneDNN and cuDNN run faster.
+    net = net.to(memory_format=torch.channels_last).to(plan.device)
+    return Model(plan, net, transform_for(plan), name)
+
+
+def transform_for(plan: Plan) -> Preprocess:
+    """The weights' own Resize, CenterCrop and Normalize, split for batching."""
+    return Preprocess(torchvision_weights(plan.info))
+
+
+# -- per input -------------------------------------------------------------------------------
+
+
+def prepare(source: Source, plan: Plan, transform: Preprocess) -> Prepared:
+    """Open, decode and crop one source; a bad input becomes its InputError.
+
+    With GPU decoding, a JPEG the GPU can take is only read here (its bytes go to the
+    batch step); everything else takes Pillow's path, as without it.
+    """
+    cfg = plan.config
+    try:
+        with open_source(source, timeout=cfg.timeout, max_bytes=cfg.max_download_bytes) as fp:
+            if plan.decode_on == "gpu":
+                data = fp.read(cfg.max_download_bytes + 1)
+                if len(data) <= cfg.max_download_bytes and _gpu_takes(data, plan):
+                    return Encoded(data)
+                fp.seek(0)
+            image = decode(fp, source.input, plan.decode)
+        return transform(image)
+    except InputError as exc:
+        return exc
+    except Exception as exc:  # a decoder bug must not end the run
+        return InputError("unreadable", f"cannot read '{source.input}': {exc!r}")
+
+
+def _gpu_takes(data: bytes, plan: Plan) -> bool:
+    from .tensor_decode import gpu_decodable, jpeg_header
+
+    info = jpeg_header(data)
+    return info is not None and gpu_decodable(info, plan.decode.max_pixels)
+
+
+Ready = torch.Tensor | InputError
+
+
+def _decoded(model: Model, batch: Sequence[tuple[Source, Prepared]]) -> list[tuple[Source, Ready]]:
+    """Decode a batch's JPEGs on the device in one call; what it cannot take, with Pillow."""
+    pending = InputError("unreadable", "not decoded")  # replaced below, for each JPEG
+    out: list[tuple[Source, Ready]] = [
+        (s, pending if isinstance(p, Encoded) else p) for s, p in batch
+    ]
+    waiting = [i for i, (_, p) in enumerate(batch) if isinstance(p, Encoded)]
+    if not waiting:
+        return out
+    from .tensor_decode import decode_batch
+
+    plan, t = model.plan, model.transform
+    datas = [p.data for _, p in batch if isinstance(p, Encoded)]
+    try:
+        crops = decode_batch(
+            datas,
+            device=torch.device(plan.device),
+            resize_size=t.resize_size[0],
+            crop_size=t.crop_size[0],
+            antialias=bool(t.antialias),
+            max_pixels=plan.decode.max_pixels,
+        )
+    except Exception:  # the GPU decoder failed as a whole: Pillow takes every one
+        crops = [None] * len(datas)
+    pillow_plan = replace(plan, decode_on="cpu")
+    for i, crop in zip(waiting, crops, strict=True):
+        source, data = batch[i]
+        assert isinstance(data, Encoded)
+        if crop is not None:
+            out[i] = (source, crop)
+            continue
+        again = prepare(
+            Source(input=source.input, path=source.path, data=data.data), pillow_plan, t
+        )
+        assert not isinstance(again, Encoded)
+        out[i] = (source, again)
+    return out
+
+
+# -- per batch -------------------------------------------------------------------------------
+
+
+def _features(net: Any, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ResNet forward up to the pooled features (everything but fc)."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)
+
+
+def _stack(tensors: list[torch.Tensor], device: str) -> torch.Tensor:
+    """One NCHW batch; crops the GPU decoded are on the device already, Pillow's are not."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return torch.stack(tensors)
+    return torch.stack([t.to(device, non_blocking=True) for t in tensors])
+
+
+def _softmax(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
+    """Softmax probabilities (float32, on the CPU) of a uint8 NCHW batch of crops."""
+    plan, net = model.plan, model.net
+    head: Any = net.fc
+    if plan.device_type == "cuda" and batch.device.type == "cpu":
+        batch = batch.pin_memory().to(plan.device, non_blocking=True)
+    else:
+        batch = batch.to(plan.device)
+    x = model.transform.normalize(batch).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if precision in _DTYPES:
+            # The body runs in reduced precision; the head and the softmax in float32, so
+            # logits are not rounded to bf16's 8 bits (equal probabilities, top-k by luck).
+            with torch.autocast(device_type=plan.device_type, dtype=_DTYPES[precision]):
+                features = _features(net, x)
+            logits = head(features.float())
+        else:
+            logits = net(x)
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def _probabilities(
+    model: Model, tensors: list[torch.Tensor], names: list[str]
+) -> list[tuple[torch.Tensor, str] | InputError]:
+    """Each tensor's probabilities with the precision that made them, or its error."""
+    precision = model.plan.precision
+    try:
+        probs = _softmax(model, _stack(tensors, model.plan.device), precision)
+    except Exception as exc:
+        if len(tensors) == 1:
+            return [InputError("inference_failed", f"the model failed on '{names[0]}': {exc!r}")]
+        # Retry one at a time so only the guilty input gets an error record.
+        out: list[tuple[torch.Tensor, str] | InputError] = []
+        for tensor, name in zip(tensors, names, strict=True):
+            out.extend(_probabilities(model, [tensor], [name]))
+        return out
+    finite = torch.isfinite(probs).all(dim=1).tolist()
+    results: list[tuple[torch.Tensor, str] | InputError] = [(p, precision) for p in probs]
+    bad = [i for i, ok in enumerate(finite) if not ok]
+    if bad and precision in _DTYPES:
+        # Reduced precision overflowed: once more in float32, for those inputs only.
+        again = _softmax(model, _stack([tensors[i] for i in bad], model.plan.device), "fp32")
+        for i, p in zip(bad, again, strict=True):
+            results[i] = (p, "fp32")
+    for i in bad:
+        p = results[i]
+        if isinstance(p, tuple) and not bool(torch.isfinite(p[0]).all()):
+            results[i] = InputError(
+                "inference_failed",
+                f"the model gave non-finite probabilities for '{names[i]}' "
+                "(NaN or infinity; check the checkpoint)",
+            )
+    return results
+
+
+def topk(probs: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
+    """The k largest probabilities; equal ones in class order, so top-k is a prefix of top-(k+1)."""
+    values, indices = torch.sort(probs, descending=True, stable=True)
+    return values[:k].tolist(), indices[:k].tolist()
+
+
+def file_facts(source: Source) -> FileFacts | None:
+    """Size and mtime of a local input, to tell later whether it is still the same file."""
+    if source.path is None:
+        return None
+    try:
+        st = os.stat(source.path)
+    except (OSError, ValueError):
+        return None
+    return FileFacts(st.st_size, st.st_mtime_ns)
+
+
+def make_record(
+    model: Model, source: Source, outcome: tuple[torch.Tensor, str] | InputError
+) -> Record:
+    """The record of one input, from its probabilities or its error."""
+    path = str(source.path.absolute()) if source.path is not None else None
+    facts = file_facts(source)
+    if isinstance(outcome, InputError):
+        return Failed(source.input, outcome.error_type, outcome.message, path=path, file=facts)
+    probs, precision = outcome
+    plan = model.plan
+    values, indices = topk(probs, plan.config.topk)
+    return Classified(
+        input=source.input,
+        model=plan.info.model,
+        weights=plan.info.tag,
+        predictions=tuple(
+            Prediction(plan.labels[i], i, p) for p, i in zip(values, indices, strict=True)
+        ),
+        path=path,
+        checkpoint=plan.config.checkpoint,
+        precision=precision,
+        file=facts,
+        categories=(
+            plan.categories.scores(probs.tolist(), plan.config.topk) if plan.categories else None
+        ),
+    )
+
+
+def infer(model: Model, prepared: Sequence[tuple[Source, Prepared]]) -> Iterable[Record]:
+    """Infer one batch of prepared sources (errors pass through), one record each, in order."""
+    batch = _decoded(model, prepared)
+    ready = [(s, p) for s, p in batch if isinstance(p, torch.Tensor)]
+    outcomes = iter(
+        _probabilities(model, [p for _, p in ready], [s.input for s, _ in ready]) if ready else []
+    )
+    for source, ready_or_error in batch:
+        outcome = next(outcomes) if isinstance(ready_or_error, torch.Tensor) else ready_or_error
+        yield make_record(model, source, outcome)

@@ -1,0 +1,166 @@
+"""Everyday use: progress that tells the truth, loading, stdin hints, pipes, the Python API."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console as RichConsole
+
+from resnext_cli import Classifier
+from resnext_cli.cli import main
+from resnext_cli.console import Console
+from resnext_cli.results import Classified, Failed
+
+
+@pytest.fixture
+def photos(make_image, tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    for seed in range(3):
+        make_image(f"{seed}.jpg", seed=seed, size=(96, 80), folder=folder)
+    return folder
+
+
+def run_on_terminal(*args: str | Path, stdin: bytes = b"", stdin_tty: bool = False):
+    """Run main with a console whose stderr is a terminal 100 columns wide."""
+    err = io.StringIO()
+    out = io.StringIO()
+    console = Console(
+        stdin=io.BytesIO(stdin),
+        stdout=out,
+        err=RichConsole(file=err, force_terminal=True, width=100, highlight=False),
+        stdin_is_terminal=stdin_tty,
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args], console=console)
+    return exit_.value.code, out.getvalue(), err.getvalue()
+
+
+def test_progress_has_a_total_and_loading_names_the_model(checkpoint, photos) -> None:
+    code, out, err = run_on_terminal(
+        "classify", photos, "--checkpoint", checkpoint, "-f", "jsonl", "--workers", "0"
+    )
+    assert code == 0
+    assert len(out.splitlines()) == 3
+    assert f"loading resnext50_32x4d from {checkpoint}…" in err
+    assert "downloading weights" not in err  # nothing was downloaded
+    assert "3/3" in err  # the bar knew the total: folders are counted while it runs
+
+
+def test_stdin_on_a_terminal_says_what_it_reads(checkpoint, photos) -> None:
+    listing = "\n".join(str(p) for p in sorted(photos.iterdir())).encode()
+    code, out, err = run_on_terminal(
+        "classify", "-", "--checkpoint", checkpoint, "-f", "jsonl", stdin=listing, stdin_tty=True
+    )
+    assert code == 0 and len(out.splitlines()) == 3
+    assert "reading paths, URLs or image bytes from standard input (end with Ctrl-D)" in err
+
+
+def test_nothing_matched_is_found_before_the_model_loads(
+    checkpoint, tmp_path, resnext, monkeypatch
+) -> None:
+    import resnext_cli.pipeline
+
+    def no_model(*_a, **_k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(resnext_cli.pipeline, "load_model", no_model)
+    out = tmp_path / "r.jsonl"
+    run = resnext("classify", str(tmp_path / "*.jpg"), "--checkpoint", checkpoint, "-o", out)
+    assert run.code == 2
+    assert run.stderr.splitlines()[-1] == (
+        "error: no input matched (give image files, folders, globs or URLs)"
+    )
+    assert not out.exists()  # no empty file left to trip the next run
+
+
+def test_output_to_dev_null_is_allowed(checkpoint, photos, resnext) -> None:
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", os.devnull, "-q")
+    assert run.code == 0, run
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(checkpoint, photos) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnext_cli", "classify", str(photos), str(photos),
+         "--checkpoint", str(checkpoint), "-b", "1", "--workers", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGPIPE, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert json.loads(first)["input"].endswith("0.jpg")
+    assert code == 0, err
+    assert "Traceback" not in err and "error" not in err
+
+
+def test_resume_summary_counts_what_was_done_before(checkpoint, photos, tmp_path, resnext) -> None:
+    out = tmp_path / "r.jsonl"
+    first = sorted(photos.iterdir())[0]
+    assert resnext("classify", first, "--checkpoint", checkpoint, "-o", out).code == 0
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", out, "--resume")
+    assert run.code == 0, run
+    assert run.stderr.startswith("classified 2 of 2 inputs in "), run
+    assert "; 1 done before (--resume)" in run.stderr.splitlines()[0]
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_models_lists_file_names_and_cache_state(resnext) -> None:
+    run = resnext("models")
+    lines = run.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("resnext50_32x4d") and "V2" in line)
+    assert row.split()[-2:] == ["no", "resnext50_32x4d-1a0047aa.pth"]
+    listed = {w["file"]: w for w in json.loads(resnext("models", "-f", "json").stdout)}
+    # The file names torchvision's own metadata gives.
+    import torchvision
+
+    for enum in (
+        torchvision.models.ResNeXt50_32X4D_Weights,
+        torchvision.models.ResNeXt101_64X4D_Weights,
+    ):
+        for w in enum:
+            assert listed[w.url.rsplit("/", 1)[-1]]["cached"] is False
+
+
+def test_download_offline_says_what_and_where(resnext, isolated_env) -> None:
+    run = resnext("download", "-m", "50", "--offline")
+    assert run.code == 2
+    dest = isolated_env / "hub" / "checkpoints" / "resnext50_32x4d-1a0047aa.pth"
+    assert run.stderr == (
+        "error: weights file 'resnext50_32x4d-1a0047aa.pth' is not cached and the network is "
+        "off (download https://download.pytorch.org/models/resnext50_32x4d-1a0047aa.pth to "
+        f"'{dest}', or run without --offline)\n"
+    )
+
+
+def test_api_takes_one_path_as_one_input(checkpoint, photos) -> None:
+    clf = Classifier(checkpoint=str(checkpoint), workers=0)
+    one = sorted(photos.iterdir())[0]
+    for given in (str(one), one):
+        records = list(clf.classify(given))
+        assert [r.input for r in records] == [str(one)]
+
+
+def test_api_takes_images_bytes_and_arrays(checkpoint, photos) -> None:
+    clf = Classifier(checkpoint=str(checkpoint), workers=0, precision="fp32")
+    path = sorted(photos.iterdir())[0]
+    [from_file] = clf.classify(str(path))
+    image = Image.open(path)
+    array = np.asarray(image.convert("RGB"))
+    records = list(clf.classify([image, path.read_bytes(), array, np.zeros((2, 2, 7))]))
+    assert [r.input for r in records] == ["<image 0>", "<bytes 1>", "<array 2>", "<array 3>"]
+    assert isinstance(from_file, Classified)
+    for record in records[:3]:  # the same pixels give the same answer, whatever the wrapper
+        assert isinstance(record, Classified)
+        assert [p.index for p in record.predictions] == [p.index for p in from_file.predictions]
+    assert isinstance(records[3], Failed) and records[3].error_type == "not_an_image"

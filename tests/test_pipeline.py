@@ -1,0 +1,65 @@
+"""The pipeline's GPU-decoding branch, run on the CPU, against the Pillow path."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from resnext_cli import Classifier
+from resnext_cli.config import Config
+from resnext_cli.engine import LocalEngine
+from resnext_cli.errors import ConfigError
+from resnext_cli.pipeline import Encoded, prepare
+from resnext_cli.plan import MachineFacts, resolve
+from resnext_cli.results import Classified, Failed
+from resnext_cli.sources import Source
+
+GPU = MachineFacts(cpu_count=8, cuda_count=1, cuda_bf16=True, cuda_free_bytes=40 << 30)
+
+
+def test_decode_choice_is_the_plans() -> None:
+    assert resolve(Config(), GPU).decode_on == "gpu"
+    assert resolve(Config(exact=True), GPU).decode_on == "cpu"  # the reference: Pillow
+    assert resolve(Config(decode="cpu"), GPU).decode_on == "cpu"
+    assert resolve(Config(), MachineFacts(cpu_count=2)).decode_on == "cpu"
+    with pytest.raises(ConfigError) as info:
+        resolve(Config(decode="gpu"), MachineFacts(cpu_count=2))
+    assert str(info.value) == "--decode gpu needs a CUDA device, not cpu (use --decode auto)"
+
+
+def test_gpu_branch_matches_the_pillow_path(checkpoint, make_image, tmp_path) -> None:
+    inputs = [
+        make_image("a.jpg", seed=1, size=(500, 375), quality=92),
+        make_image("b.jpg", seed=2, size=(375, 500), quality=92),
+        make_image("p.jpg", seed=3, size=(400, 300), quality=92, progressive=True),
+        make_image("c.png", seed=4, size=(300, 300)),
+    ]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(inputs[0].read_bytes()[:600])
+    cut = tmp_path / "cut.jpg"  # a complete header, then the scan stops halfway
+    whole = inputs[1].read_bytes()
+    cut.write_bytes(whole[: len(whole) * 6 // 10])
+    inputs.append(cut)
+    names = [str(p) for p in [*inputs, broken]]
+    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=0)
+    reference = list(clf.classify(names))
+    # The GPU branch with the CPU standing in for the GPU: same code, torchvision's decoder.
+    plan = dataclasses.replace(clf.plan, decode_on="gpu")
+    engine = LocalEngine(dataclasses.replace(clf.loaded, plan=plan))
+    prepared = [prepare(Source(input=n, path=p), plan, clf.loaded.transform) for n, p in
+                zip(names, [*inputs, broken], strict=True)]  # fmt: skip
+    # Baseline JPEGs go to the batch decoder; the progressive one, the PNG and a JPEG cut
+    # before its first scan (no complete header) take Pillow's path.
+    assert [isinstance(p, Encoded) for p in prepared] == [True, True, False, False, True, False]
+    got = list(engine.classify_sources(Source(input=n, path=p) for n, p in
+                                       zip(names, [*inputs, broken], strict=True)))  # fmt: skip
+    for ref, new in zip(reference, got, strict=True):
+        assert type(ref) is type(new), new.input
+        if isinstance(ref, Failed):
+            assert isinstance(new, Failed) and new.error_type == ref.error_type
+            continue
+        assert isinstance(new, Classified)
+        assert [p.index for p in new.predictions] == [p.index for p in ref.predictions]
+        for a, b in zip(ref.predictions, new.predictions, strict=True):
+            assert a.probability == pytest.approx(b.probability, abs=0.01)
