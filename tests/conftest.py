@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import http.server
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,23 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     for name in ("RESNEXT_OFFLINE", "RESNEXT_WEIGHTS_MIRROR", "RESNEXT_DEBUG"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture(autouse=True)
+def cpu_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RESNEXT_TEST_CPU=avx2 or bf16 fakes what the CPU offers, so the suite can run as on
+    the other kind of machine (CI runs the CLI tests both ways); unset, the CPU is real."""
+    kind = os.environ.get("RESNEXT_TEST_CPU", "")
+    if kind not in ("avx2", "bf16"):
+        return
+    from resnext_cli.plan import MachineFacts
+
+    real = MachineFacts.probe
+    monkeypatch.setattr(
+        MachineFacts,
+        "probe",
+        classmethod(lambda cls: dataclasses.replace(real(), cpu_native_bf16=kind == "bf16")),
+    )
 
 
 def natural_image(seed: int, size: tuple[int, int] = (320, 240), mode: str = "RGB") -> Image.Image:
