@@ -205,7 +205,7 @@ def models(console: Console, fmt: str) -> int:
     from .output import models_json, models_table
     from .registry import all_weights
 
-    rows = all_weights()
+    rows = all_weights(include_quantized=True)
     if fmt == "json":
         console.stdout.write(models_json(rows) + "\n")
     else:
@@ -296,6 +296,7 @@ def main(argv: list[str] | None = None, *, console: Console | None = None) -> No
     debug = "--debug" in args or bool(os.environ.get("RESNEXT_DEBUG"))
     signal.signal(signal.SIGTERM, _on_sigterm)
     console = console or Console.from_sys()
+    console.debug = debug
     try:
         result = cli.main(args=args, prog_name="resnext", standalone_mode=False, obj=console)
         code = int(result) if isinstance(result, int) else 0

@@ -40,6 +40,8 @@ class Config:
     categories: str | None = None
 
     def __post_init__(self) -> None:
+        if self.exact and self.quantized:
+            raise ConfigError("--exact is the fp32 reference and --quantized is INT8; give one")
         # A checkpoint made by 'resnext quantize' brings its own INT8 weights: its model's
         # float tag still names the preprocessing.
         info = resolve_weights(
@@ -66,8 +68,6 @@ class Config:
             )
         if self.exact and self.precision not in ("auto", "fp32"):
             raise ConfigError(f"--exact runs in fp32; drop --precision {self.precision} or --exact")
-        if self.exact and self.quantized:
-            raise ConfigError("--exact is the fp32 reference and --quantized is INT8; give one")
         if self.quantized and self.precision not in ("auto", "int8"):
             raise ConfigError(
                 f"--quantized runs in int8; drop --precision {self.precision} or --quantized"

@@ -25,6 +25,18 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def bar(fraction: float, width: int, *, track: str = "") -> str:
+    """A horizontal bar of *fraction* of *width* cells, in eighths of a cell; *track* fills
+    the rest of the width (probability bars) or nothing (histograms)."""
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    drawn = "█" * full + (_EIGHTHS[part] if part else "")
+    return drawn + track * (width - len(drawn)) if track else drawn
+
+
 def _is_tty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
@@ -42,6 +54,7 @@ class Console:
     stdin_is_terminal: bool = False
     stdout_is_terminal: bool = False
     quiet: bool = False
+    debug: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .console import printable
+from .console import bar, printable
 from .errors import OutputError
 from .registry import WeightsInfo
 from .results import Classified, Failed, Record
@@ -223,8 +223,7 @@ class ParquetWriter:
 
 
 def _bar(probability: float, width: int = 24) -> Text:
-    filled = round(probability * width)
-    return Text("█" * filled + "░" * (width - filled), style="cyan")
+    return Text(bar(probability, width, track="░"), style="cyan")
 
 
 class TableWriter:

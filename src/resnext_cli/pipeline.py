@@ -20,7 +20,7 @@ import torchvision
 from .errors import CheckpointError, ConfigError, InputError, WeightsError
 from .plan import Plan
 from .preprocess import Preprocess, decode
-from .registry import torchvision_weights
+from .registry import resolve_weights, torchvision_weights
 from .results import Classified, Failed, FileFacts, Prediction, Record
 from .sources import Source, open_source
 from .weights import Progress, fetch
@@ -241,8 +241,9 @@ def load_model(
     """Fetch or take the state dict, check it, build the network the plan describes."""
     tensors, name = state if state is not None else load_state(plan, progress=progress)
     if plan.precision == "int8":
-        from .quantized import build_quantized, num_classes
+        from .quantized import build_quantized, num_classes, quantized_engine
 
+        quantized_engine()  # x86, else fbgemm, else qnnpack: what this torch offers
         classes = num_classes(tensors, model=plan.info.model, name=name)
         check_classes(plan, tensors, name, classes=classes)
         net = build_quantized(plan.info.model, tensors, name=name)
@@ -257,8 +258,12 @@ def load_model(
 
 
 def transform_for(plan: Plan) -> Preprocess:
-    """The weights' own Resize, CenterCrop and Normalize, split for batching."""
-    return Preprocess(torchvision_weights(plan.info))
+    """The weights' own Resize, CenterCrop and Normalize, split for batching (INT8 weights
+    use those of the float weights they were made from)."""
+    info = plan.info
+    if info.quantized and info.unquantized:
+        info = resolve_weights(info.model, info.unquantized)
+    return Preprocess(torchvision_weights(info))
 
 
 # -- per input -------------------------------------------------------------------------------

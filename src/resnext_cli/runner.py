@@ -77,6 +77,12 @@ def build_engine(kind: str, config: Config, console: Console, **options: Any) ->
         engine: Engine = _load(ENGINES[kind].module, ENGINES[kind].factory)(
             config, download_progress=progress, **options
         )
+    for note in engine.plan.notes:
+        console.warn(note)
+    if console.debug and engine.plan.precision == "int8":
+        from .quantized import quantized_engine
+
+        console.say(f"debug: INT8 runs on torch's '{quantized_engine()}' quantized engine")
     return engine
 
 

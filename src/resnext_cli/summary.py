@@ -12,12 +12,11 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from .console import printable
+from .console import bar, printable
 from .errors import ExitStatus
 from .results import Classified, Failed, Record
 
 HISTOGRAM_LABELS = 10
-_EIGHTHS = " ▏▎▍▌▋▊▉"
 
 
 @dataclass
@@ -108,7 +107,7 @@ class RunSummary:
         for label, count in common:
             table.add_row(
                 Text(printable(label)),
-                Text(_bar(count / peak, width), style="cyan"),
+                Text(bar(count / peak, width), style="cyan"),
                 str(count),
                 Text(f"{count / self.classified:.1%}", style="dim"),
             )
@@ -134,10 +133,3 @@ class RunSummary:
             )
             parts.append(Padding(self.histogram(), (0, 0, 0, 2), expand=False))
         return Group(*parts)
-
-
-def _bar(fraction: float, width: int) -> str:
-    """A horizontal bar of *fraction* of *width* cells, in eighths of a cell."""
-    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
-    full, part = divmod(eighths, 8)
-    return "█" * full + (_EIGHTHS[part] if part else "")
