@@ -248,25 +248,34 @@ class Outputs:
                 report.write(record)
             self.writers.append(report)
 
+    def _failed(self, exc: OSError) -> OutputError:
+        where = self.request.output or "standard output"
+        return OutputError(
+            f"cannot write to '{where}': {_os_reason(exc)} "
+            "(what was written is kept; free space or give another -o, then --resume)"
+        )
+
     def write(self, record: Record) -> None:
         """Write one record to every writer."""
         for writer in self.writers:
             try:
                 writer.write(record)
-            except OSError as exc:
-                where = self.request.output or "standard output"
-                if isinstance(exc, BrokenPipeError):
-                    raise
-                raise OutputError(
-                    f"cannot write to '{where}': {_os_reason(exc)} "
-                    "(what was written is kept; free space or give another -o, then --resume)"
-                ) from None
+            except BrokenPipeError:
+                raise
+            except OSError as exc:  # a full disk, a dead network mount: the place, not input
+                raise self._failed(exc) from None
 
     def close(self, *, nothing_written: bool = False) -> None:
         """Finish every writer and close the file; remove a file this run made for nothing."""
         try:
             for writer in self.writers:
                 writer.close()
+            if self.stream is not None:
+                self.stream.close()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
         finally:
             if self.stream is not None:
                 with contextlib.suppress(OSError):
