@@ -58,6 +58,7 @@ if not cfg.has_section(section):
 base = dict(cfg["mutmut"])
 base["only_mutate"] = cfg[section]["only_mutate"]
 base["pytest_add_cli_args_test_selection"] = cfg[section]["tests"]
+base["pytest_add_cli_args"] += "\n-p\nresnext_mutation_cache"
 out = configparser.ConfigParser(interpolation=None)
 out["mutmut"] = base
 with open(path, "w", encoding="utf-8") as fh:
@@ -68,10 +69,43 @@ EOF
         echo "mutation.sh: pyproject.toml has [tool.mutmut]; keep the settings in setup.cfg" >&2
         exit 2
     fi
+    # Every mutant's pytest session would build the seeded test checkpoints afresh
+    # (seconds each); this plugin builds each once per module and copies it.
+    mkdir -p "$work/plugin" "$work/checkpoints"
+    cat >"$work/plugin/resnext_mutation_cache.py" <<'EOF'
+"""Build each test checkpoint once per mutation run; copy it into later sessions."""
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def pytest_collection_modifyitems(session, config, items):
+    conftest = sys.modules.get("tests.conftest")
+    if conftest is None or getattr(conftest.make_checkpoint, "cached", False):
+        return
+    make = conftest.make_checkpoint
+    cache = Path(os.environ["RESNEXT_MUTATION_CHECKPOINTS"])
+
+    def make_checkpoint(path, **options):
+        key = hashlib.sha256(repr(sorted(options.items())).encode()).hexdigest()[:16]
+        kept = cache / f"{key}.pth"
+        if not kept.exists():
+            partial = make(cache / f"{key}.{os.getpid()}.partial", **options)
+            os.replace(partial, kept)
+        shutil.copyfile(kept, path)
+        return Path(path)
+
+    make_checkpoint.cached = True
+    conftest.make_checkpoint = make_checkpoint
+EOF
     echo "== $module: mutmut in $work ($jobs at once)"
     started=$(date +%s)
     (
         cd "$work"
+        export PYTHONPATH="$work/plugin" RESNEXT_MUTATION_CHECKPOINTS="$work/checkpoints"
         # The mutated copy in mutants/src must be what the tests import, not the checkout
         # an editable install points at; mutmut puts mutants/src first on sys.path.
         mutmut run --max-children "$jobs"
