@@ -849,6 +849,19 @@ def test_a_name_holding_nul_on_stdin_is_a_record(make_image: Callable[..., Path]
     ]
 
 
+def test_listed_names_are_not_patterns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shot1.jpg").write_bytes(b"\x89PNG\r\n\x1a\n")
+    listing = b"shot[1].jpg\nshot?.jpg\n"
+    got = outcome(list(iter_sources(["-"], stdin=io.BytesIO(listing))))
+    assert got == [
+        ("shot[1].jpg", "no such file: 'shot[1].jpg'"),
+        ("shot?.jpg", "no such file: 'shot?.jpg'"),
+    ]
+    # On the command line the same strings are globs.
+    assert outcome(list(iter_sources(["shot[1].jpg"]))) == [("shot1.jpg", None)]
+
+
 def latin1_file(folder: Path) -> bytes:
     raw = os.path.join(os.fsencode(folder), b"caf\xe9 \xe0 la cr\xe8me.png")
     try:
