@@ -836,7 +836,9 @@ def test_a_link_loop_is_a_record_everywhere(tmp_path: Path) -> None:
 
 
 def test_a_name_holding_nul_on_stdin_is_a_record(make_image: Callable[..., Path]) -> None:
-    good = str(make_image("good.png", size=(32, 32)))
+    # A first name longer than the 64 bytes sniffed to tell a list from image bytes, so
+    # the NUL is met while reading the list, whatever the temporary folder's length.
+    good = str(make_image("g" * 70 + ".png", size=(32, 32)))
     listing = f"{good}\nbad\0name.jpg\n{good}\n".encode()
     got = outcome(list(iter_sources(["-"], stdin=io.BytesIO(listing))))
     assert got == [
@@ -1052,15 +1054,24 @@ def test_the_glob_matcher_agrees_with_glob_glob(
 
 
 def test_a_tree_1200_folders_deep(tmp_path: Path) -> None:
+    levels = []
     deep = tmp_path
     for _ in range(1200):  # one by one: mkdir(parents=True) would itself recurse
         deep = deep / "d"
         deep.mkdir()
-    (deep / "bottom.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    (tmp_path / "top.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    want = [str(tmp_path / "top.png"), str(deep / "bottom.png")]
-    assert [s.input for s in iter_sources([str(tmp_path)])] == want
-    assert sorted(s.input for s in iter_sources([f"{tmp_path}/**/*.png"])) == sorted(want)
+        levels.append(deep)
+    try:
+        (deep / "bottom.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        (tmp_path / "top.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        want = [str(tmp_path / "top.png"), str(deep / "bottom.png")]
+        assert [s.input for s in iter_sources([str(tmp_path)])] == want
+        assert sorted(s.input for s in iter_sources([f"{tmp_path}/**/*.png"])) == sorted(want)
+    finally:
+        # pytest's own clean-up of old temporary folders recurses, and would hit
+        # RecursionError on this tree in a later run: take it down here, bottom up.
+        (deep / "bottom.png").unlink(missing_ok=True)
+        for level in reversed(levels):
+            level.rmdir()
 
 
 def test_walks_take_each_file_once(tmp_path: Path) -> None:
@@ -1373,19 +1384,19 @@ def test_a_failing_batch_is_retried_one_image_at_a_time(
     paths.insert(1, guilty)
     clf = Classifier(checkpoint=str(checkpoint), batch_size=4, workers=0)
     clean = list(clf.classify(paths))
-    real = clf.transform
+    real = clf.loaded.transform
 
     def transform(img: Image.Image) -> torch.Tensor:
         tensor = real(img)
         return tensor[:1] if img.size == (65, 64) else tensor  # one channel breaks the model
 
     transform.normalize = real.normalize  # type: ignore[attr-defined]
-    clf.transform = transform  # type: ignore[assignment]
+    clf.loaded.transform = transform  # type: ignore[assignment]
     records = run_within(120, lambda: list(clf.classify(paths)))
     assert [r.input for r in records] == paths
     failed = records[1]
     assert isinstance(failed, Failed) and failed.error_type == "inference_failed"
-    assert failed.message.startswith("the model failed: ")
+    assert failed.message.startswith(f"the model failed on '{guilty}': ")
     for got, want in zip(records, clean, strict=True):
         if got.input == guilty:
             continue
@@ -1401,14 +1412,14 @@ def test_a_decoding_thread_that_dies_costs_one_record(
 ) -> None:
     paths = [str(make_image(f"{i}.png", seed=i, size=(64, 64))) for i in range(4)]
     clf = Classifier(checkpoint=str(checkpoint), batch_size=2, workers=2)
-    real = clf._prepare
+    real = clf.engine.prepare
 
     def dying(source: Source) -> Any:
         if source.input == paths[1]:
             raise SystemExit(3)  # not an Exception: ends a thread that does not catch it
         return real(source)
 
-    monkeypatch.setattr(clf, "_prepare", dying)
+    monkeypatch.setattr(clf.engine, "prepare", dying)
     records = run_within(120, lambda: list(clf.classify(paths)))
     assert [r.input for r in records] == paths
     assert [type(r) for r in records] == [Classified, Failed, Classified, Classified]

@@ -123,9 +123,10 @@ def test_corrupt_cached_file_says_how_to_refetch(make_image, resnext) -> None:
     run = resnext("classify", make_image("a.png"))
     assert run.code == 2
     assert run.stderr.strip() == (
-        f"error: cached weights file '{cached}' is corrupt (delete it and run "
-        "'resnext download -m resnext50_32x4d -w IMAGENET1K_V2')"
+        f"error: cached weights file '{cached}' was corrupt and has been removed (run again "
+        "to download it, or 'resnext download -m resnext50_32x4d -w IMAGENET1K_V2')"
     )
+    assert not cached.exists()
 
 
 def test_checkpoint_url_is_cached_and_verified(checkpoint, http_server, make_image, resnext):

@@ -264,7 +264,12 @@ class Classifier:
             if source is not None:
                 yield source
             else:
-                yield from iter_sources([os.fspath(item)], stdin=stdin, warn=warn)
+                yield from iter_sources(
+                    [os.fspath(item)],
+                    stdin=stdin,
+                    warn=warn,
+                    max_stdin_bytes=self.config.max_download_bytes,
+                )
 
     def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
         """Classify already expanded sources, yielding one record per source, in order."""

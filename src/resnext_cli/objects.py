@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from .errors import InputError
-from .sources import IMAGE_EXTENSIONS, Source, Warn
+from .sources import IMAGE_EXTENSIONS, MAX_STDIN_BYTES, Source, Warn
 from .sources import iter_sources as local_sources
 
 # Object stores read through pyarrow.fs; their URIs name 'bucket/key'.
@@ -89,14 +89,19 @@ def object_sources(uri: str, warn: Warn | None = None) -> Iterator[Source]:
 
 
 def iter_sources(
-    specs: Iterable[str], *, stdin: BinaryIO | None = None, warn: Warn | None = None
+    specs: Iterable[str],
+    *,
+    stdin: BinaryIO | None = None,
+    warn: Warn | None = None,
+    max_stdin_bytes: int = MAX_STDIN_BYTES,
 ) -> Iterator[Source]:
     """Expand inputs as the local engine does, plus s3:// and gs:// URIs, lazily, in order."""
     for spec in specs:
         if is_object_uri(spec):
             yield from object_sources(spec, warn)
             continue
-        for source in local_sources([spec], stdin=stdin, warn=warn):
+        sources = local_sources([spec], stdin=stdin, warn=warn, max_stdin_bytes=max_stdin_bytes)
+        for source in sources:
             # A URI listed on standard input comes back as an unsupported scheme.
             if source.error is not None and source.path is None and is_object_uri(source.input):
                 yield from object_sources(source.input, warn)

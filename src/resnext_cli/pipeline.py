@@ -23,7 +23,7 @@ from .preprocess import Preprocess, decode
 from .registry import resolve_weights, torchvision_weights
 from .results import Classified, Failed, FileFacts, Prediction, Record
 from .sources import Source, open_source
-from .weights import Progress, fetch
+from .weights import Progress, discard, fetch
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -97,10 +97,11 @@ def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
         try:
             return read(path, name=str(path)), str(path)
         except CheckpointError:
+            discard(path)
             quantized = " --quantized" if plan.precision == "int8" else ""
             raise WeightsError(
-                f"cached weights file '{path}' is corrupt (delete it and run "
-                f"'resnext download -m {info.model} -w {info.tag}{quantized}')"
+                f"cached weights file '{path}' was corrupt and has been removed (run again "
+                f"to download it, or 'resnext download -m {info.model} -w {info.tag}{quantized}')"
             ) from None
     name = cfg.checkpoint
     if name.startswith(("http://", "https://")):
@@ -108,7 +109,7 @@ def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
         try:
             return read(path, name=name), name
         except CheckpointError:
-            path.unlink(missing_ok=True)  # never reuse a cached file that does not load
+            discard(path)  # never reuse a cached file that does not load
             raise
     path = Path(name)
     if not path.is_file():

@@ -49,7 +49,9 @@ def _load(dotted: str, name: str) -> Any:
     return getattr(importlib.import_module(dotted), name)
 
 
-def expand(kind: str, inputs: Iterable[str], console: Console) -> Iterator[Source]:
+def expand(
+    kind: str, inputs: Iterable[str], console: Console, *, max_stdin_bytes: int
+) -> Iterator[Source]:
     """The engine's input expansion over *inputs*, warnings on the console."""
     iter_sources = _load(ENGINES[kind].sources, "iter_sources")
     if "-" in inputs and console.stdin_is_terminal:
@@ -57,7 +59,9 @@ def expand(kind: str, inputs: Iterable[str], console: Console) -> Iterator[Sourc
             "reading paths, URLs or image bytes from standard input (end with Ctrl-D)",
             style="dim",
         )
-    sources: Iterator[Source] = iter_sources(inputs, stdin=console.stdin, warn=console.warn)
+    sources: Iterator[Source] = iter_sources(
+        inputs, stdin=console.stdin, warn=console.warn, max_stdin_bytes=max_stdin_bytes
+    )
     return sources
 
 
@@ -153,7 +157,7 @@ def run_classify(
     engine_options: dict[str, Any] | None = None,
 ) -> int:
     """Classify *inputs* into *outputs*; return the exit status."""
-    sources = expand(engine_kind, inputs, console)
+    sources = expand(engine_kind, inputs, console, max_stdin_bytes=config.max_download_bytes)
     if outputs.done:
         sources = (s for s in sources if s.input not in outputs.done)
     found = peek(iter(sources))
@@ -243,7 +247,7 @@ def classify_for_sort(
     """Classify what sort will file; None when no input matched."""
     from .sinks import OutputRequest, Outputs
 
-    found = peek(iter(expand("local", inputs, console)))
+    found = peek(iter(expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)))
     if found is None:
         return None
     outputs = Outputs.open(OutputRequest(report=report), stdout_is_terminal=False)
