@@ -164,3 +164,45 @@ def test_api_takes_images_bytes_and_arrays(checkpoint, photos) -> None:
         assert isinstance(record, Classified)
         assert [p.index for p in record.predictions] == [p.index for p in from_file.predictions]
     assert isinstance(records[3], Failed) and records[3].error_type == "not_an_image"
+
+
+def test_conflicting_sort_modes_are_a_usage_error(checkpoint, photos, tmp_path, resnext) -> None:
+    for first, second in (("--move", "--link"), ("--link", "--move"), ("--copy", "--move")):
+        run = resnext("sort", photos, tmp_path / "dest", first, second, "--checkpoint", checkpoint)
+        assert (run.code, run.stdout) == (2, ""), run
+        modes = sorted([first, second], key=["--copy", "--link", "--move"].index)
+        assert run.stderr.splitlines()[-1] == (
+            f"Error: give one of --copy, --link, --move, not {modes[0][2:]} and {modes[1][2:]}"
+        )
+        assert not (tmp_path / "dest").exists()
+
+
+def test_undoing_a_copy_sort_says_the_copies_were_removed(
+    checkpoint, photos, tmp_path, resnext
+) -> None:
+    dest = tmp_path / "dest"
+    assert resnext("sort", photos, dest, "--checkpoint", checkpoint, "-q").code == 0
+    before = sorted(p.name for p in photos.iterdir())
+    run = resnext("sort", "--undo", dest)
+    assert run.code == 0, run
+    assert run.stderr.strip() == f"removed 3 copies from '{dest}'"
+    assert sorted(p.name for p in photos.iterdir()) == before  # the originals stay
+
+
+def test_ctrl_c_while_sort_classifies_says_nothing_was_filed(
+    checkpoint, photos, tmp_path, resnext, monkeypatch
+) -> None:
+    import resnext_cli.engine
+
+    def interrupted(self, sources):
+        raise KeyboardInterrupt
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(resnext_cli.engine.LocalEngine, "classify_sources", interrupted)
+    dest = tmp_path / "dest"
+    run = resnext("sort", photos, dest, "--checkpoint", checkpoint)
+    assert run.code == 130
+    assert run.stderr.strip().splitlines()[-1] == (
+        "interrupted while classifying: nothing was filed yet"
+    )
+    assert not dest.exists() or not any(dest.iterdir())

@@ -67,16 +67,11 @@ def expand(
 
 def build_engine(kind: str, config: Config, console: Console, **options: Any) -> Engine:
     """Build the engine of *kind*, showing what loads (and a bar only while downloading)."""
-    from .registry import resolve_weights
-
-    info = resolve_weights(
-        config.model, config.weights, quantized=config.quantized and config.checkpoint is None
-    )
-    what = (
-        f"{info.model} from {config.checkpoint}"
-        if config.checkpoint
-        else f"{info.model} ({info.tag})"
-    )
+    # The config holds canonical names already; the plan resolves the weights once.
+    if config.checkpoint:
+        what = f"{config.model} from {config.checkpoint}"
+    else:
+        what = f"{config.model} ({config.weights})"
     with console.loading(what) as progress:
         engine: Engine = _load(ENGINES[kind].module, ENGINES[kind].factory)(
             config, download_progress=progress, **options
