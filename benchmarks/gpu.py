@@ -196,22 +196,9 @@ def _network(ckpt: Path) -> Any:
 
 def _fold(model: Any) -> Any:
     """Fold each BatchNorm into its convolution, as resnext does outside --exact."""
-    import torch
-    import torchvision
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from resnext_cli.pipeline import fold_batchnorm
 
-    def fold(parent: Any, conv: str, bn: str) -> None:
-        setattr(parent, conv, fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn)))
-        setattr(parent, bn, torch.nn.Identity())
-
-    fold(model, "conv1", "bn1")
-    for module in model.modules():
-        if isinstance(module, torchvision.models.resnet.Bottleneck):
-            for i in (1, 2, 3):
-                fold(module, f"conv{i}", f"bn{i}")
-            if module.downsample is not None:
-                fold(module.downsample, "0", "1")
-    return model
+    return fold_batchnorm(model)
 
 
 def _boxed(items: list[Any], seconds: float) -> Iterator[Any]:

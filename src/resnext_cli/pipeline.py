@@ -151,6 +151,38 @@ def _check_tensors(
     return out
 
 
+def _shape(value: Any) -> list[int] | None:
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+        return list(value[0].shape)  # packed (weight, bias) of a quantized Linear
+    return None
+
+
+def check_fit(expected: dict[str, Any], state: dict[str, Any], *, model: str, name: str) -> None:
+    """Raise CheckpointError naming the missing, unexpected and misshapen keys of *state*."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: '{missing[0]}')")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: '{unexpected[0]}')")
+    if wrong:
+        k = wrong[0]
+        parts.append(
+            f"{len(wrong)} of the wrong shape (first: '{k}' is "
+            f"{_shape(state[k])}, expected {_shape(expected[k])})"
+        )
+    raise CheckpointError(
+        f"checkpoint '{name}' does not fit {model}: {'; '.join(parts)} "
+        "(check --model matches the checkpoint)"
+    )
+
+
 def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> torch.nn.Module:
     """Build *model* on the meta device and load *state* into it, checking it fits."""
     fc = state.get("fc.weight")
@@ -163,25 +195,7 @@ def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> tor
     with torch.device("meta"):
         net: torch.nn.Module = builder(weights=None, num_classes=int(fc.shape[0]))
     expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (first: '{missing[0]}')")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (first: '{unexpected[0]}')")
-        if wrong:
-            k = wrong[0]
-            parts.append(
-                f"{len(wrong)} of the wrong shape (first: '{k}' is "
-                f"{list(state[k].shape)}, expected {list(expected[k].shape)})"
-            )
-        raise CheckpointError(
-            f"checkpoint '{name}' does not fit {model}: {'; '.join(parts)} "
-            "(check --model matches the checkpoint)"
-        )
+    check_fit(expected, state, model=model, name=name)
     net.load_state_dict(_check_tensors(state, expected, name), assign=True)
     return net.eval()
 

@@ -21,6 +21,7 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, OutputError
+from .pipeline import check_fit
 
 # The marker key of a checkpoint `save_quantized` writes; its value describes the model.
 MARKER = "resnext_quantized"
@@ -165,43 +166,11 @@ def num_classes(state: dict[str, Any], *, model: str, name: str = "the checkpoin
     return _classes(state, model=model, name=name)
 
 
-def _shape(value: Any) -> list[int] | None:
-    if isinstance(value, torch.Tensor):
-        return list(value.shape)
-    if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
-        return list(value[0].shape)  # packed (weight, bias) of a quantized Linear
-    return None
-
-
-def _check_fit(expected: dict[str, Any], state: dict[str, Any], *, model: str, name: str) -> None:
-    """Raise CheckpointError naming missing, unexpected and misshapen keys."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (first: '{missing[0]}')")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (first: '{unexpected[0]}')")
-    if wrong:
-        k = wrong[0]
-        parts.append(
-            f"{len(wrong)} of the wrong shape (first: '{k}' is "
-            f"{_shape(state[k])}, expected {_shape(expected[k])})"
-        )
-    raise CheckpointError(
-        f"checkpoint '{name}' does not fit {model}: {'; '.join(parts)} "
-        "(check --model matches the checkpoint)"
-    )
-
-
 def build_quantized(model: str, state: dict[str, Any], *, name: str) -> nn.Module:
     """Build INT8 *model* and load *state*, a state dict in torchvision's quantized layout."""
     with _one_thread():
         net = _converted(model, _classes(state, model=model, name=name))
-    _check_fit(net.state_dict(), state, model=model, name=name)
+    check_fit(net.state_dict(), state, model=model, name=name)
     try:
         with _quiet(), _one_thread():
             net.load_state_dict(state)
@@ -233,7 +202,7 @@ def calibrate(
             "(give a state dict in torchvision's ResNeXt layout)"
         )
     net = _quantizable(model, int(fc.shape[0]))
-    _check_fit(net.state_dict(), float_state, model=model, name=name)
+    check_fit(net.state_dict(), float_state, model=model, name=name)
     net.load_state_dict(float_state)
 
     def counted() -> Iterator[torch.Tensor]:
