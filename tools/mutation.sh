@@ -56,9 +56,12 @@ if not cfg.has_section(section):
     known = [s.split(":", 1)[1] for s in cfg.sections() if s.startswith("mutmut:")]
     sys.exit(f"mutation.sh: no [{section}] in setup.cfg (choose from: {', '.join(known)})")
 base = dict(cfg["mutmut"])
-base["only_mutate"] = cfg[section]["only_mutate"]
-base["pytest_add_cli_args_test_selection"] = cfg[section]["tests"]
+for key, value in cfg[section].items():
+    if key not in cfg.defaults():
+        base["pytest_add_cli_args_test_selection" if key == "tests" else key] = value
 base["pytest_add_cli_args"] += "\n-p\nresnext_mutation_cache"
+if base.get("type_check_command"):
+    base["type_check_command"] += "\n" + base["only_mutate"]
 out = configparser.ConfigParser(interpolation=None)
 out["mutmut"] = base
 with open(path, "w", encoding="utf-8") as fh:
@@ -126,11 +129,15 @@ import sys
 path, module, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = json.load(open(path, encoding="utf-8"))
 total = s["total"]
-killed = s["killed"] + s["timeout"] + s["segfault"]
+# The stats file has no count for mutants mypy rejected; they are the rest of the total.
+counted = ("killed", "survived", "no_tests", "skipped", "suspicious", "timeout", "segfault")
+by_mypy = total - sum(s[k] for k in counted) - s["check_was_interrupted_by_user"]
+killed = s["killed"] + s["timeout"] + s["segfault"] + by_mypy
 share = 100 * killed / total if total else 0.0
 print(
-    f"{module}: killed {killed}/{total} ({share:.1f}%), survived {s['survived']}, "
-    f"no tests {s['no_tests']}, suspicious {s['suspicious']}, in {seconds // 60}m{seconds % 60:02d}s"
+    f"{module}: killed {killed}/{total} ({share:.1f}%; {by_mypy} by mypy, {s['timeout']} by "
+    f"timeout), survived {s['survived']}, no tests {s['no_tests']}, suspicious "
+    f"{s['suspicious']}, in {seconds // 60}m{seconds % 60:02d}s"
 )
 EOF
     sed 's/^/    /' "$work/survivors.txt"
