@@ -82,6 +82,10 @@ def _records(
     if request.records is not None:
         if len(request.paths) != 1:
             raise click.UsageError("with --from RECORDS, give only DEST")
+        if request.report is not None:
+            raise click.UsageError(
+                "--report is written while classifying; with --from, use the classify run's"
+            )
         dest = Path(request.paths[0])
         sorting.check_dest(dest)
         records, changed = sorting.records_from_file(Path(request.records))
