@@ -343,9 +343,6 @@ def test_bf16_output_is_fp32s_shape_with_close_probabilities(
     assert moved, "every bf16 probability equals fp32's: the run did not compute in bf16"
 
 
-# TODO(lead): records are to carry "precision"; at 2cfb1a4 they do not. Remove this
-# mark in the commit that adds the key: strict, so the pin cannot be forgotten.
-@pytest.mark.xfail(strict=True, reason="records do not carry 'precision' yet")
 def test_bf16_records_say_bf16(bf16_and_fp32: tuple[Outcome, Outcome]) -> None:
     bf16, fp32 = bf16_and_fp32
     assert [r.get("precision") for r in bf16.records()] == ["bf16", "bf16"]
