@@ -82,6 +82,7 @@ def test_stdin_list_of_paths(checkpoint, folder, resnext) -> None:
 
 def test_json_is_one_array(checkpoint, folder, resnext) -> None:
     run = resnext("classify", folder, "--checkpoint", checkpoint, "-f", "json", "-k", "2")
+    assert run.code == 0, run
     data = json.loads(run.stdout)
     assert [r["input"] for r in data] == expected_order(folder)
     assert all(len(r["predictions"]) == 2 for r in data)

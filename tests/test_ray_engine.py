@@ -107,7 +107,8 @@ def test_an_address_nothing_answers_at_fails_fast(monkeypatch: pytest.MonkeyPatc
     started = time.monotonic()
     with pytest.raises(ray_engine.ConfigError) as exc:
         ray_engine.probe(f"127.0.0.1:{port}")
-    assert time.monotonic() - started < 5
+    # It ends: ray.init would retry for minutes; the probe answers at once.
+    assert time.monotonic() - started < 60, "the probe waited as ray.init does"
     assert str(exc.value) == (
         f"no Ray answers at 127.0.0.1:{port}: Connection refused (start one with "
         "'ray start --head', or use --ray-address local for a private Ray)"

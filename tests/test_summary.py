@@ -7,6 +7,7 @@ import json
 import re
 from collections import Counter
 
+import pytest
 from rich.console import Console
 
 from resnext_cli.errors import ExitStatus
@@ -137,3 +138,25 @@ def test_cli_summary_on_stderr_matches_the_records(
         "--precision", "fp32",
     )  # fmt: skip
     assert quiet.stderr == "" and quiet.stdout == run.stdout
+
+
+@pytest.mark.parametrize("columns", [100, 60, 40])
+def test_histogram_keeps_counts_and_shares_on_a_narrow_terminal(columns: int) -> None:
+    from rich.console import Console
+
+    summary = RunSummary(where="cpu, fp32", started=0.0, finished=2.0)
+    labels = {"seashore, coast, seacoast, sea-coast": 50, "alp": 40, "a long label, twice": 30}
+    for label, count in labels.items():
+        for _ in range(count):
+            summary.add(
+                Classified("x.jpg", "m", "w", (Prediction(label, 0, 0.5),), precision="fp32")
+            )
+    console = Console(width=columns, highlight=False, color_system=None)
+    with console.capture() as captured:
+        console.print(summary.render(columns))
+    rows = captured.get().splitlines()[-3:]
+    for row, (count, share) in zip(
+        rows, [(50, "41.7%"), (40, "33.3%"), (30, "25.0%")], strict=True
+    ):
+        assert len(row) <= columns
+        assert row.rstrip().endswith(f" {count} {share}"), row

@@ -211,7 +211,7 @@ def print_summary(summary: RunSummary, console: Console, *, report: str | None) 
     if console.quiet:
         return
     if summary.total > 1 or summary.resumed:
-        console.err.print(summary.render())
+        console.err.print(summary.render(console.width))
     elif summary.failed:
         console.say(summary.line(), style="dim")
     if report is not None:

@@ -95,15 +95,17 @@ class RunSummary:
             )
         return text
 
-    def histogram(self, *, top: int = HISTOGRAM_LABELS, width: int = 30) -> Table:
+    def histogram(
+        self, *, top: int = HISTOGRAM_LABELS, width: int = 30, label_width: int = 32
+    ) -> Table:
         """The most common top-1 labels as a bar chart."""
+        common = self.top1.most_common(top)
+        peak = common[0][1] if common else 1
         table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
-        table.add_column("label", max_width=32, no_wrap=True, overflow="ellipsis")
+        table.add_column("label", max_width=label_width, no_wrap=True, overflow="ellipsis")
         table.add_column("bar", width=width, no_wrap=True)
         table.add_column("count", justify="right", no_wrap=True)
         table.add_column("share", justify="right", no_wrap=True)
-        common = self.top1.most_common(top)
-        peak = common[0][1] if common else 1
         for label, count in common:
             table.add_row(
                 Text(printable(label)),
@@ -122,8 +124,12 @@ class RunSummary:
             )
         return table
 
-    def render(self) -> RenderableType:
-        """The end-of-run report for stderr: counts, speed, confidence and the label histogram."""
+    def render(self, columns: int = 80) -> RenderableType:
+        """The end-of-run report for stderr: counts, speed, confidence and the label histogram.
+
+        On a terminal narrower than the full chart, the bars get shorter (then the labels),
+        so the counts and shares always show.
+        """
         parts: list[RenderableType] = [Text(self.line())]
         if self.classified:
             parts.append(Text(self.confidence_line()))
@@ -131,5 +137,10 @@ class RunSummary:
             parts.append(
                 Text(f"top-1 {self.of} ({shown} most common of {len(self.top1)}):", style="bold")
             )
-            parts.append(Padding(self.histogram(), (0, 0, 0, 2), expand=False))
+            numbers = len(str(max(self.top1.values()))) + len("100.0%") + 3  # and the gaps
+            labels = min(32, max(len(printable(k)) for k in self.top1))
+            bar = max(4, min(30, columns - 2 - numbers - labels))
+            labels = max(4, min(labels, columns - 2 - numbers - bar))
+            chart = self.histogram(width=bar, label_width=labels)
+            parts.append(Padding(chart, (0, 0, 0, 2), expand=False))
         return Group(*parts)
