@@ -148,6 +148,19 @@ def test_summary_goes_to_stderr_only(checkpoint, folder, resnext) -> None:
     assert resnext("classify", folder, "--checkpoint", checkpoint, "-q").stderr == ""
 
 
+# torchvision's tags, float then INT8 (torchvision.models.quantization), per model.
+TAGS = [
+    ("resnext50_32x4d", "IMAGENET1K_V1"),
+    ("resnext50_32x4d", "IMAGENET1K_V2"),
+    ("resnext101_32x8d", "IMAGENET1K_V1"),
+    ("resnext101_32x8d", "IMAGENET1K_V2"),
+    ("resnext101_32x8d", "IMAGENET1K_FBGEMM_V1"),
+    ("resnext101_32x8d", "IMAGENET1K_FBGEMM_V2"),
+    ("resnext101_64x4d", "IMAGENET1K_V1"),
+    ("resnext101_64x4d", "IMAGENET1K_FBGEMM_V1"),
+]
+
+
 def test_models_lists_torchvision_metadata(resnext) -> None:
     run = resnext("models", "-f", "json")
     rows = json.loads(run.stdout)
@@ -160,6 +173,8 @@ def test_models_lists_torchvision_metadata(resnext) -> None:
     ]
     v2 = rows[1]
     assert (v2["acc@1"], v2["default"], v2["cached"]) == (81.198, True, False)
+    int8 = rows[5]  # torchvision: ResNeXt101_32X8D_QuantizedWeights.IMAGENET1K_FBGEMM_V2
+    assert (int8["acc@1"], int8["quantized"], int8["default"]) == (82.574, True, True)
 
 
 def test_version(resnext) -> None:

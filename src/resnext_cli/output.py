@@ -313,7 +313,8 @@ class TableWriter:
             self._detail(self._first)
             self._first = None
         elif self._rows and self._caption:
-            self._console.print(Text(self._caption, style="dim"))
+            # One line, as long as it is: a terminal folds it, a pipe gets it whole.
+            self._console.print(Text(self._caption, style="dim"), soft_wrap=True)
 
 
 def make_writer(
