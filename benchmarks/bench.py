@@ -386,7 +386,8 @@ def main() -> None:
         "## Local CPU throughput (resnext50_32x4d)",
         "",
         f"Machine: {machine()}.",
-        f"Command: `python benchmarks/bench.py` (median of {repeats} runs per variant, each "
+        f"Command: `python benchmarks/bench.py{' --quick' if args.quick else ''}` "
+        f"(median of {repeats} runs per variant, each "
         "variant in a fresh process; images from skimage.data re-encoded as JPEG quality 90).",
         "",
         f"| variant | ImageNet-sized ({counts[0]} x 500x375) img/s | phone-sized "
