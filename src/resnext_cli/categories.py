@@ -15,13 +15,12 @@ import os
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from .errors import ConfigError
-from .labels import imagenet_labels
+from .labels import bundled_text, imagenet_labels
 from .results import CategoryScore
 
 __all__ = [
@@ -400,14 +399,6 @@ class HierarchyRow:
     ancestors: tuple[str, ...]
 
 
-def _bundled_text(name: str) -> str:
-    # Same lookup as labels.py: package data in a wheel, data/ in a source checkout.
-    packaged = resources.files("resnext_cli") / "data" / name
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parents[2] / "data" / name).read_text(encoding="utf-8")
-
-
 def parse_hierarchy(text: str) -> tuple[HierarchyRow, ...]:
     """Parse the hierarchy TSV (format: the header of data/imagenet_hierarchy.tsv)."""
     rows = []
@@ -425,7 +416,7 @@ def parse_hierarchy(text: str) -> tuple[HierarchyRow, ...]:
 @functools.cache
 def hierarchy() -> tuple[HierarchyRow, ...]:
     """Return the bundled ImageNet hierarchy, one row per class in index order."""
-    return parse_hierarchy(_bundled_text(_HIERARCHY))
+    return parse_hierarchy(bundled_text(_HIERARCHY))
 
 
 def wordnet_category(row: HierarchyRow) -> str:

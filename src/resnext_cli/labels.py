@@ -18,12 +18,13 @@ _GIVE = "give a UTF-8 text file with one class name per line"
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def _bundled_text() -> str:
-    packaged = resources.files("resnext_cli") / "data" / _BUNDLED
+def bundled_text(name: str) -> str:
+    """A data file shipped with the tool (package data in a wheel, data/ in a checkout)."""
+    packaged = resources.files("resnext_cli") / "data" / name
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
     # A source checkout (editable install) keeps the file at the repository root.
-    checkout = Path(__file__).resolve().parents[2] / "data" / _BUNDLED
+    checkout = Path(__file__).resolve().parents[2] / "data" / name
     return checkout.read_text(encoding="utf-8")
 
 
@@ -36,7 +37,7 @@ def _parse(text: str) -> tuple[str, ...]:
 
 def imagenet_labels() -> tuple[str, ...]:
     """Return the 1000 ImageNet class names bundled with the tool."""
-    return _parse(_bundled_text())
+    return _parse(bundled_text(_BUNDLED))
 
 
 def _read(path: str | Path) -> bytes:
