@@ -206,3 +206,15 @@ def test_ctrl_c_while_sort_classifies_says_nothing_was_filed(
         "interrupted while classifying: nothing was filed yet"
     )
     assert not dest.exists() or not any(dest.iterdir())
+
+
+def test_sorting_the_same_records_twice_says_they_are_there(
+    checkpoint, photos, tmp_path, resnext
+) -> None:
+    out, dest = tmp_path / "r.jsonl", tmp_path / "sorted"
+    assert resnext("classify", photos, "--checkpoint", checkpoint, "-o", out, "-q").code == 0
+    first = resnext("sort", "--from", out, dest)
+    assert first.code == 0 and first.stderr.startswith("copied 3 files into "), first
+    again = resnext("sort", "--from", out, dest)
+    assert (again.code, again.stderr) == (0, f"3 files already in '{dest}' (skipped)\n")
+    assert sum(1 for p in dest.rglob("*.jpg")) == 3

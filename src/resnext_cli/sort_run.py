@@ -130,6 +130,8 @@ def run_sort(request: SortRequest, options: dict[str, Any], console: Console) ->
     for name, reason in plan.skipped:
         console.warn(f"not sorted: '{name}': {reason}")
     status = summary.exit_status if summary is not None else ExitStatus.OK
+    if plan.already:
+        console.note(f"{len(plan.already)} files already in '{dest}' (skipped)")
     if request.dry_run or not plan.steps:
         for step in plan.steps:
             target = printable(str(dest / step.target))
@@ -144,7 +146,5 @@ def run_sort(request: SortRequest, options: dict[str, Any], console: Console) ->
         raise
     if summary is not None:
         print_summary(summary, console, report=request.report)
-    if plan.already:
-        console.note(f"{len(plan.already)} files already in '{dest}' (skipped)")
     verb = {"copy": "copied", "link": "linked", "move": "moved"}[request.mode]
     return max(status, _finish(outcome, dest, console, verb=verb))
