@@ -51,19 +51,24 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def read_state_dict(path: Path, *, name: str) -> dict[str, torch.Tensor]:
-    """Load a state dict from a file, unwrapping {'state_dict': ...} or {'model': ...}."""
+def load_object(path: Path, *, name: str) -> Any:
+    """torch.load a checkpoint file safely (weights only), or raise one CheckpointError."""
     try:
-        # An INT8 file read here (it is refused below) makes torch warn of quantized
+        # An INT8 file read as float (it is refused after) makes torch warn of quantized
         # storage: the refusal says what to do.
         with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
             f"cannot load checkpoint '{name}': {exc.__class__.__name__} "
             "(give a state dict saved with torch.save)"
         ) from None
+
+
+def read_state_dict(path: Path, *, name: str) -> dict[str, torch.Tensor]:
+    """Load a state dict from a file, unwrapping {'state_dict': ...} or {'model': ...}."""
+    obj = load_object(path, name=name)
     state = _unwrap(obj)
     if isinstance(obj, dict) and (
         "resnext_quantized" in obj

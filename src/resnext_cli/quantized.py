@@ -21,7 +21,7 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from .errors import CheckpointError, ConfigError, OutputError
-from .pipeline import check_fit
+from .pipeline import check_fit, load_object
 
 # The marker key of a checkpoint `save_quantized` writes; its value describes the model.
 MARKER = "resnext_quantized"
@@ -311,14 +311,8 @@ def save_quantized(
 
 def read_quantized(path: Path, *, name: str) -> QuantizedCheckpoint:
     """Load an INT8 checkpoint: one `save_quantized` wrote, or torchvision's state dict."""
-    try:
-        with _quiet():
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot load checkpoint '{name}': {exc.__class__.__name__} "
-            "(give a state dict saved with torch.save)"
-        ) from None
+    with _quiet():
+        obj = load_object(path, name=name)
     if isinstance(obj, dict) and isinstance(obj.get(MARKER), dict):
         meta = obj[MARKER]
         state = obj.get("state_dict")

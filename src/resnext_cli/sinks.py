@@ -106,6 +106,7 @@ class Outputs:
     writers: list[Writer] = field(default_factory=list)
     created: bool = False
     report_existed: bool = False
+    lock_fd: int | None = None  # parquet: pyarrow writes by name, this only holds the lock
 
     @classmethod
     def open(cls, request: OutputRequest, *, stdout_is_terminal: bool) -> Outputs:
@@ -195,8 +196,7 @@ class Outputs:
         os.ftruncate(fd, end if req.resume else 0)
         os.lseek(fd, 0, os.SEEK_END)
         if fmt == "parquet":
-            # pyarrow writes the file by name; the descriptor only holds the lock.
-            self._lock_fd = fd
+            self.lock_fd = fd
             return
         self.stream = open(  # noqa: SIM115 - held open for the run, closed in close()
             fd, "w", encoding="utf-8", errors="backslashreplace", newline=""
@@ -280,9 +280,8 @@ class Outputs:
             if self.stream is not None:
                 with contextlib.suppress(OSError):
                     self.stream.close()
-            fd = getattr(self, "_lock_fd", None)
-            if fd is not None:
-                os.close(fd)
+            if self.lock_fd is not None:
+                os.close(self.lock_fd)
             if nothing_written:
                 made = [self.request.output] if self.created else []
                 if self.request.report is not None and not self.report_existed:
