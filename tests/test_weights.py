@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,11 @@ def test_hub_dir_is_torchs(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("TORCH_HOME")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert weights.hub_dir() == Path(torch.hub.get_dir()) == tmp_path / "xdg" / "torch" / "hub"
+    # Neither set: the README's ~/.cache/torch/hub/checkpoints.
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert weights.hub_dir() == Path(torch.hub.get_dir()) == tmp_path / "home/.cache/torch/hub"
+    assert weights.checkpoints_dir() == tmp_path / "home" / ".cache/torch/hub/checkpoints"
 
 
 def _serve(root: Path, data: bytes, stem: str = "ckpt") -> str:
@@ -71,6 +77,34 @@ def test_mirror_replaces_the_default_host(monkeypatch) -> None:
     assert weights.mirrored(url) == url
     monkeypatch.setenv("RESNEXT_WEIGHTS_MIRROR", "http://mirror.example/models/")
     assert weights.mirrored(url) == "http://mirror.example/models/resnext50_32x4d-1a0047aa.pth"
+    assert weights.mirrored("http://elsewhere.example/models/m.pth") == (
+        "http://elsewhere.example/models/m.pth"
+    )
+    # With or without the trailing slash, the folder's own name is kept whole.
+    for mirror in ("http://mirror.example/BOX", "http://mirror.example/BOX//"):
+        monkeypatch.setenv("RESNEXT_WEIGHTS_MIRROR", mirror)
+        assert weights.mirrored(url) == "http://mirror.example/BOX/resnext50_32x4d-1a0047aa.pth"
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h.example/models/", "http://h.example", "http://h/a/.", "http://h/a/.."]
+)
+def test_a_url_without_a_file_name_is_refused(url: str) -> None:
+    with pytest.raises(WeightsError) as info:
+        weights.cached_path(url)
+    assert str(info.value) == f"cannot tell a file name from URL '{url}' (give a URL to a file)"
+
+
+def test_a_url_with_undecodable_bytes_has_a_cache_folder() -> None:
+    # A URL from argv keeps bytes that are not UTF-8 as surrogates (os.fsdecode).
+    raw = [b"http://h.example/\xff/model.pth", b"http://h.example/\xfe/model.pth"]
+    paths = [weights.cached_path(os.fsdecode(url)) for url in raw]
+    # The cache layout, kept across versions: by-url/<sha256 of the URL's bytes, 16 hex>/.
+    assert paths == [
+        weights.checkpoints_dir() / "by-url" / hashlib.sha256(url).hexdigest()[:16] / "model.pth"
+        for url in raw
+    ]
+    assert paths[0] != paths[1]
 
 
 def test_cli_download_hash_mismatch_through_mirror(http_server, monkeypatch, resnext) -> None:
@@ -175,6 +209,7 @@ def test_discard_removes_a_cached_file_and_only_that(http_server, tmp_path) -> N
     assert weights.discard(path) is True
     assert not path.exists() and not path.parent.exists()
     assert weights.discard(path) is False
+    assert weights.discard(weights.checkpoints_dir() / ("x" * 300 + ".pth")) is False  # too long
     (root / "model.pth").write_bytes(b"good")
     assert weights.fetch(f"{base}/model.pth").read_bytes() == b"good"  # fetched again
 
@@ -238,3 +273,124 @@ def test_too_many_redirects_while_downloading_weights(tmp_path) -> None:
         f"RESNEXT_WEIGHTS_MIRROR, or put the file at '{dest}')"
     )
     assert not dest.parent.exists() or not any(dest.parent.iterdir())
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """A weights server that misbehaves on cue: the first path segment says how."""
+
+    halves = 3 << 20  # bytes of the /halves/ file
+    sent = 0  # bytes of it written so far
+    resume = threading.Event()  # set by the client's progress to release the second half
+    resumed_by_progress = False
+    release = threading.Event()  # ends a /stall/ request
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        how = self.path.split("/")[1]
+        if how == "status-400":
+            self.send_response(400)
+            self.send_header("Content-Length", "11")
+            self.end_headers()
+            self.wfile.write(b"bad request")
+        elif how == "stall":
+            cls.release.wait(30)  # never answers while the client waits
+        elif how == "no-length":
+            self.send_response(200)  # HTTP/1.0: the body ends when the connection does
+            self.end_headers()
+            self.wfile.write(b"no length" * 1000)
+        elif how == "halves":
+            self.send_response(200)
+            self.send_header("Content-Length", str(cls.halves))
+            self.end_headers()
+            cls.sent = half = cls.halves // 2
+            self.wfile.write(bytes(half))
+            self.wfile.flush()
+            cls.resumed_by_progress = cls.resume.wait(15)
+            cls.sent = cls.halves
+            self.wfile.write(bytes(cls.halves - half))
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted() -> Iterator[str]:
+    """Serve _Scripted on loopback; yields the base URL."""
+    _Scripted.resume.clear()
+    _Scripted.release.clear()
+    _Scripted.sent, _Scripted.resumed_by_progress = 0, False
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        _Scripted.resume.set()
+        _Scripted.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_progress_is_reported_while_the_file_arrives(scripted: str) -> None:
+    # The server sends half the file and waits for the first progress report: a download
+    # read whole before reporting (or in pieces larger than what arrived) never reports.
+    seen: list[tuple[int, int | None]] = []
+
+    def progress(done: int, total: int | None) -> None:
+        assert done <= _Scripted.sent  # bytes received, not more
+        seen.append((done, total))
+        _Scripted.resume.set()
+
+    path = weights.fetch(f"{scripted}/halves/model.pth", progress=progress)
+    assert path.read_bytes() == bytes(_Scripted.halves)
+    assert _Scripted.resumed_by_progress, "no progress until the whole file had arrived"
+    done = [d for d, _ in seen]
+    assert len(done) >= 2 and done == sorted(set(done)) and done[-1] == _Scripted.halves
+    assert {t for _, t in seen} == {_Scripted.halves}
+
+
+def test_a_file_without_a_declared_length(scripted: str) -> None:
+    seen: list[tuple[int, int | None]] = []
+    path = weights.fetch(f"{scripted}/no-length/model.pth", progress=lambda *p: seen.append(p))
+    assert path.read_bytes() == b"no length" * 1000
+    assert seen[-1] == (9000, None)
+
+
+def test_http_400_is_a_weights_error_and_saves_nothing(scripted: str) -> None:
+    url = f"{scripted}/status-400/model.pth"
+    with pytest.raises(WeightsError) as info:
+        weights.fetch(url)
+    assert str(info.value) == (
+        f"cannot download '{url}': HTTP 400 (put the file at '{weights.cached_path(url)}' by "
+        "hand, or set RESNEXT_WEIGHTS_MIRROR)"
+    )
+    assert not weights.checkpoints_dir().exists() or not any(weights.checkpoints_dir().rglob("*"))
+
+
+def test_a_stalled_server_is_given_up_after_the_timeout(scripted: str) -> None:
+    url = f"{scripted}/stall/model.pth"
+    with pytest.raises(WeightsError) as info:
+        weights.fetch(url, timeout=0.5)
+    assert str(info.value) == (
+        f"cannot download '{url}': ReadTimeout (check the network, use RESNEXT_WEIGHTS_MIRROR, "
+        f"or put the file at '{weights.cached_path(url)}')"
+    )
+
+
+def test_download_into_folders_that_already_exist(http_server, monkeypatch) -> None:
+    # torch's cache already holds other files; a killed download left its partial behind.
+    base, root = http_server
+    monkeypatch.setenv("RESNEXT_WEIGHTS_MIRROR", base)
+    name = _serve(root, b"torchvision's file")
+    other = weights.checkpoints_dir() / "other-0123abcd.pth"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"torch's own")
+    path = weights.fetch(weights.DEFAULT_HOST + name)
+    assert (path, path.read_bytes()) == (other.parent / name, b"torchvision's file")
+    assert other.read_bytes() == b"torch's own"
+    (root / "model.pth").write_bytes(b"mine")
+    url = f"{base}/model.pth"
+    leftover = weights.cached_path(url).parent / "model.pth.k1ll3d.partial"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
+    assert weights.fetch(url).read_bytes() == b"mine"

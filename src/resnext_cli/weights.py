@@ -40,11 +40,6 @@ def checkpoints_dir() -> Path:
     return hub_dir() / "checkpoints"
 
 
-def offline_from_env() -> bool:
-    """Whether RESNEXT_OFFLINE asks for no network."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def filename_of(url: str) -> str:
     """Return the file name a URL is cached under."""
     name = os.path.basename(urlsplit(url).path)
@@ -71,7 +66,7 @@ def cached_path(url: str) -> Path:
     name = filename_of(url)
     if url.startswith(DEFAULT_HOST):
         return checkpoints_dir() / name
-    digest = hashlib.sha256(url.encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256(url.encode(errors="surrogateescape")).hexdigest()
     return checkpoints_dir() / URL_FOLDER / digest[:_URL_HASH_CHARS] / name
 
 
