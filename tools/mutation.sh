@@ -115,6 +115,9 @@ EOF
     (
         cd "$work"
         export PYTHONPATH="$work/plugin" RESNEXT_MUTATION_CHECKPOINTS="$work/checkpoints"
+        # One thread per mutant: several mutants at once, each with a thread per core, spin
+        # in OpenMP's waits and run a 1 s test for 40 s, past mutmut's wall-clock limit.
+        export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
         # The mutated copy in mutants/src must be what the tests import, not the checkout
         # an editable install points at; mutmut puts mutants/src first on sys.path.
         mutmut run --max-children "$jobs"

@@ -102,10 +102,11 @@ class RunSummary:
         common = self.top1.most_common(top)
         peak = common[0][1] if common else 1
         table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
-        table.add_column("label", max_width=label_width, no_wrap=True, overflow="ellipsis")
-        table.add_column("bar", width=width, no_wrap=True)
-        table.add_column("count", justify="right", no_wrap=True)
-        table.add_column("share", justify="right", no_wrap=True)
+        # Columns: label (cut with "…"), bar (exactly *width* cells at the peak), count, share.
+        table.add_column(max_width=label_width, no_wrap=True)
+        table.add_column(no_wrap=True)
+        table.add_column(justify="right", no_wrap=True)
+        table.add_column(justify="right", no_wrap=True)
         for label, count in common:
             table.add_row(
                 Text(printable(label)),
