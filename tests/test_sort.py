@@ -161,6 +161,36 @@ def test_special_folders_and_keys(photos: Path) -> None:
     assert folder_for(threshold([seen(photos / "a.jpg", "crane", p=0.1)])[0]) == "_uncertain"
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("IMG_0001.jpg", "IMG_0001.jpg"),
+        ("y" * 236 + ".png", "y" * 236 + ".png"),  # 240 bytes: short enough as it is
+        ("y" * 237 + ".png", "y" * 120 + ".png"),  # 241: the stem is cut to 120 bytes
+        ("x" * 300 + ".jpg", "x" * 120 + ".jpg"),
+        ("\u00e9" * 200 + ".jpeg", "\u00e9" * 60 + ".jpeg"),  # 2 bytes a letter
+        ("a" + "\u00e9" * 200 + ".jpg", "a" + "\u00e9" * 59 + ".jpg"),  # no half letter
+        ("w" * 300 + ".j:g", "w" * 120 + ".j_g"),
+        ("a" * 250 + "." + "b" * 15, "a" * 120 + "." + "b" * 15),  # a 16-character suffix
+        ("a" * 250 + "." + "b" * 16, ("a" * 250 + "." + "b" * 16)[:240]),  # 17: not one
+        ("z" * 300, "z" * 240),
+        ("z" * 300 + ".", "z" * 240),
+        ("\u00e9" * 300, "\u00e9" * 120),
+        ("CON" + "." * 300 + ".jpg", "_CON.jpg"),
+        ("." * 300 + ".jpg", "jpg"),  # leading dots go; what is left has no extension
+        ("...", "image"),
+    ],
+)
+def test_safe_file_name_keeps_the_extension_of_a_long_name(name: str, expected: str) -> None:
+    assert sorting.safe_file_name(name) == expected
+
+
+def test_clash_numbers() -> None:
+    assert sorting.numbered("cat.jpg", 2) == "cat (2).jpg"
+    assert sorting.numbered("Crane", 1) == "Crane (1)"
+    assert sorting.numbered("a.tar.gz", 12) == "a.tar (12).gz"
+
+
 # -- plans ---------------------------------------------------------------------------------
 
 

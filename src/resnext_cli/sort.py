@@ -122,9 +122,10 @@ def safe_file_name(name: str) -> str:
     """A safe name for a file, keeping its extension when the name must be shortened."""
     cleaned = safe_name(name, fallback="image")
     stem, suffix = os.path.splitext(name)
-    if len(name.encode("utf-8")) > _MAX_NAME_BYTES and suffix and len(suffix) <= 16:
+    extension = safe_name(suffix[1:], fallback="")  # safe_name would drop the leading dot
+    if len(name.encode("utf-8")) > _MAX_NAME_BYTES and extension and len(suffix) <= 16:
         short = _truncate(safe_name(stem, fallback="image"), _MAX_NAME_BYTES // 2)
-        cleaned = short + safe_name(suffix)
+        cleaned = f"{short}.{extension}"
     return cleaned
 
 
