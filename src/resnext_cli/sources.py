@@ -61,11 +61,14 @@ MAX_STDIN_BYTES = 100 << 20
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _PNM = re.compile(rb"^P[1-7]\s+(#[^\n]*\n\s*)*\d+\s+\d+\s")
+# How much of a file or of standard input is read to tell what it holds: enough for a
+# PNM header with a comment line ("# CREATOR: GIMP PNM Filter Version 1.1").
+_HEAD_BYTES = 64
 # Bytes no list of names holds: NUL and the other C0 controls but whitespace, and DEL.
 _CONTROL = frozenset(range(32)) - frozenset(b"\t\n\v\f\r") | {0x7F}
 # O_NONBLOCK: opening a FIFO that replaced a checked file between stat and open must
-# not wait for a writer.
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+# not wait for a writer. (os.open adds O_CLOEXEC itself.)
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
 
 Warn = Callable[[str], None]
 
@@ -122,16 +125,10 @@ def _lower(text: str) -> str:
 def _os_error(name: str, path: Path | str, exc: OSError) -> InputError:
     """Type an OSError met while looking at or opening a local input."""
     if isinstance(exc, FileNotFoundError):
-        try:
-            broken = os.path.islink(path)
-        except (OSError, ValueError):
-            broken = False
-        kind = "broken symbolic link" if broken else "no such file"
+        kind = "broken symbolic link" if os.path.islink(path) else "no such file"
         return InputError("not_found", f"{kind}: '{name}'")
     if isinstance(exc, NotADirectoryError):
         return InputError("not_found", f"no such file: '{name}'")
-    if isinstance(exc, IsADirectoryError):
-        return InputError("unreadable", f"'{name}' is a folder")
     if isinstance(exc, PermissionError):
         return InputError("unreadable", f"permission denied: '{name}'")
     reason = _lower(exc.strerror or exc.__class__.__name__)
@@ -157,7 +154,7 @@ def _sniff(path: Path) -> bool:
         return False
     with os.fdopen(fd, "rb") as fh:
         try:
-            return _is_image_magic(fh.read(16))
+            return _is_image_magic(fh.read(_HEAD_BYTES))
         except OSError:
             return False
 
@@ -380,7 +377,7 @@ def _stdin_image(head: bytes, stream: BinaryIO, max_bytes: int) -> Source:
 
 
 def _from_stdin(stream: BinaryIO, warn: Warn, max_bytes: int) -> Iterator[Source]:
-    head = stream.read(64)
+    head = stream.read(_HEAD_BYTES)
     if not head:
         warn("standard input is empty")
         return
@@ -423,11 +420,13 @@ def _reason(exc: Exception) -> str:
 
 
 class _Deadline:
-    """Shuts down every socket of one download when its time is up.
+    """Shuts down every connection of one download when its time is up.
 
     Timeouts on each read cannot bound a server that trickles its status line or
     headers, or sends '100 Continue' for ever: every read returns in time. Shutting
-    the socket down wakes whatever read is waiting, wherever it is in the exchange.
+    the connection down wakes whatever read is waiting, wherever it is in the exchange.
+    It is shut through a duplicate of each new socket: wrapping a socket in TLS
+    detaches the object urllib3 made, and shutting that one down would do nothing.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -443,13 +442,16 @@ class _Deadline:
 
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
 
     def watch(self, sock: socket.socket) -> None:
         with self._lock:
             if self.expired:
                 _shut(sock)
             else:
-                self._sockets.append(sock)
+                self._sockets.append(sock.dup())
 
     def _expire(self) -> None:
         with self._lock:
@@ -459,7 +461,7 @@ class _Deadline:
 
 
 def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed
+    with contextlib.suppress(OSError):  # the connection is already closed
         sock.shutdown(socket.SHUT_RDWR)
 
 
@@ -560,7 +562,14 @@ def _read_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
             raise InputError("download_failed", timed_out) from None
         except requests.TooManyRedirects:
             raise InputError("download_failed", f"too many redirects fetching '{url}'") from None
-        except requests.exceptions.InvalidSchema:  # only a redirect can lead off http(s)
+        except requests.exceptions.InvalidSchema as exc:
+            if "SOCKS" in str(exc):  # a socks:// proxy set, and PySocks not installed
+                raise InputError(
+                    "download_failed",
+                    f"cannot fetch '{url}' through a SOCKS proxy without PySocks "
+                    "(pip install 'requests[socks]')",
+                ) from None
+            # Otherwise only a redirect can lead off http(s).
             raise InputError(
                 "download_failed", f"'{url}' redirects to a URL that is not http(s)"
             ) from None

@@ -1,0 +1,978 @@
+"""sources.py called directly: what each kind of input expands to, and what reading it gives.
+
+Fast and in-process (no model), so a mutation run of sources.py can afford them. Expected
+values are written out by hand from the README's rules (hidden names skipped, image
+extensions or magic bytes taken in walks, names on stdin taken literally, --timeout bounding
+the whole exchange) or come from Pillow encoding a picture; files live in tmp_path and URLs
+on loopback servers made here.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import http.server
+import io
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resnext_cli.errors import InputError
+from resnext_cli.sources import Source, file_facts, iter_sources, open_source
+from tests.conftest import natural_image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def expand(
+    *specs: str, stdin: bytes | None = None
+) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """(input, error message or None) for each source, and the warnings, in order."""
+    warnings: list[str] = []
+    stream = io.BytesIO(stdin) if stdin is not None else None
+    sources = list(iter_sources(specs, stdin=stream, warn=warnings.append))
+    return [(s.input, s.error.message if s.error else None) for s in sources], warnings
+
+
+def inputs(*specs: str) -> list[str]:
+    got, _ = expand(*specs)
+    return [name for name, _error in got]
+
+
+def encoded(fmt: str, mode: str = "RGB", **save: Any) -> bytes:
+    buf = io.BytesIO()
+    natural_image(5, (24, 16), mode).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def read_error(source: Source, **options: Any) -> tuple[str, str]:
+    with pytest.raises(InputError) as info:
+        open_source(source, **options)
+    return info.value.error_type, info.value.message
+
+
+# -- folders: which files a walk takes ---------------------------------------------------
+
+# The extensions a walk takes, as the README's "image extension" means them.
+IMAGE_EXTENSIONS = [
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+    ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga", ".jp2", ".j2k", ".jpx", ".avif",
+    ".pcx", ".sgi", ".ras", ".psd", ".qoi", ".dds", ".icns",
+]  # fmt: skip
+
+
+def test_a_walk_takes_every_image_extension_in_any_case(tmp_path: Path) -> None:
+    # Named by extension, a file is taken without a look inside (the decoder judges it).
+    names = [f"a{ext}" for ext in IMAGE_EXTENSIONS]
+    names += [f"b{ext.upper()}" for ext in IMAGE_EXTENSIONS] + ["c.Jpg", "d.PnG"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"not looked at")
+    for name in ("e.txt", "f.svg", "g.pdf", "h.heic", "i.jpg.txt", "j.xjpg"):
+        (tmp_path / name).write_bytes(PNG_SIGNATURE)
+    assert inputs(str(tmp_path)) == sorted(str(tmp_path / n) for n in names)
+
+
+def test_a_file_named_on_the_command_line_is_taken_whatever_its_name(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    [source] = iter_sources([str(notes)])
+    assert source == Source(input=str(notes), path=notes)
+
+
+def magic_files() -> dict[str, bytes]:
+    """Extensionless files a walk must take: Pillow's own encodings, then headers by hand."""
+    files = {
+        "jpeg": encoded("JPEG"),
+        "png": encoded("PNG"),
+        "gif89": encoded("GIF"),
+        "tiff_le": encoded("TIFF"),
+        "ico": encoded("ICO"),
+        "bmp": encoded("BMP"),
+        "ppm": encoded("PPM"),
+        "pgm": encoded("PPM", "L"),
+        "pbm": encoded("PPM", "1"),
+        "webp": encoded("WEBP"),
+        "jp2": encoded("JPEG2000"),
+        "j2k": encoded("JPEG2000", no_jp2=True),
+        "qoi": encoded("QOI"),
+    }
+    files |= {
+        "gif87": b"GIF87a\x02\x00\x01\x00\x00\x00\x00;",
+        "tiff_be": b"MM\x00*\x00\x00\x00\x08" + bytes(8),
+        "psd": b"8BPS\x00\x01" + bytes(10),
+        "avif": b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00",
+        "avif_sequence": b"\x00\x00\x00\x1cftypavis\x00\x00\x00\x00",
+        "heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00",
+        "heif": b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00",
+        "pnm_ascii": b"P3\n# a comment\n# and another\n2 1\n255\n1 2 3 4 5 6\n",
+        "pnm_spaces": b"P1 3 2 1 0 1 0 1 0",
+    }
+    return files
+
+
+NOT_IMAGES = {
+    "text": b"just some notes, nothing more\n",
+    "wave": b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00",
+    "mp4": b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00",
+    "bm_text": b"BM is how this note starts\n",
+    "p8": b"P8\n2 1\n255\n" + bytes(6),
+    "p6_words": b"P6\nwide high\n255\n",
+    "jpeg_cut": b"\xff\xd8",
+    "empty": b"",
+    "zip": b"PK\x03\x04\x14\x00\x00\x00",
+}
+
+
+def test_extensionless_files_are_taken_by_their_magic_bytes(tmp_path: Path) -> None:
+    images = magic_files()
+    assert images["jpeg"].startswith(b"\xff\xd8\xff") and images["ico"][:4] == b"\0\0\1\0"
+    for name, data in (images | NOT_IMAGES).items():
+        (tmp_path / name).write_bytes(data)
+    assert inputs(str(tmp_path)) == sorted(str(tmp_path / name) for name in images)
+
+
+def test_extensionless_files_that_cannot_be_read_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "locked").write_bytes(PNG_SIGNATURE)
+    (tmp_path / "open").write_bytes(PNG_SIGNATURE)
+    real_open = os.open
+
+    def deny(path: Any, flags: int, *args: Any) -> int:
+        if Path(path).name == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", deny)
+    assert inputs(str(tmp_path)) == [str(tmp_path / "open")]
+
+
+def test_a_walk_is_sorted_files_first_then_each_subfolder_in_turn(tmp_path: Path) -> None:
+    for name in ("b/y.png", "b/a/x.png", "a/z.png", "a/b/w.png", "m.png", "c.png", "z/q.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(PNG_SIGNATURE)
+    want = ["c.png", "m.png", "a/z.png", "a/b/w.png", "b/y.png", "b/a/x.png", "z/q.png"]
+    assert inputs(str(tmp_path)) == [str(tmp_path / n) for n in want]
+
+
+def test_hidden_files_and_folders_are_skipped_in_walks_and_globs(tmp_path: Path) -> None:
+    for name in (".h.png", ".d/in.png", "v/.x.png", "v/ok.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(PNG_SIGNATURE)
+    assert inputs(str(tmp_path)) == [str(tmp_path / "v/ok.png")]
+    assert inputs(f"{tmp_path}/**/*.png") == [str(tmp_path / "v/ok.png")]
+    # A pattern part starting with '.' asks for hidden names.
+    assert inputs(f"{tmp_path}/.*.png") == [str(tmp_path / ".h.png")]
+    # Named, a hidden file or a file in a hidden folder is taken.
+    assert inputs(str(tmp_path / ".d" / "in.png")) == [str(tmp_path / ".d" / "in.png")]
+
+
+def test_broken_links_and_special_files_in_a_walk(tmp_path: Path) -> None:
+    (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # no extension: not looked at
+    os.mkfifo(tmp_path / "pipe.jpg")
+    os.mkfifo(tmp_path / "pipe")  # no extension: never opened to sniff
+    (tmp_path / "ok.png").write_bytes(PNG_SIGNATURE)
+    got, warnings = expand(str(tmp_path))
+    assert got == [
+        (str(tmp_path / "gone.png"), f"broken symbolic link: '{tmp_path / 'gone.png'}'"),
+        (str(tmp_path / "ok.png"), None),
+        (
+            str(tmp_path / "pipe.jpg"),
+            f"'{tmp_path / 'pipe.jpg'}' is not a regular file (a pipe, socket or device)",
+        ),
+    ]
+    assert warnings == []
+
+
+def test_a_file_reached_twice_in_one_input_is_taken_once(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(PNG_SIGNATURE)
+    (tmp_path / "b").write_bytes(PNG_SIGNATURE)
+    os.link(tmp_path / "a.png", tmp_path / "c.png")
+    (tmp_path / "d").symlink_to(tmp_path / "b")
+    assert inputs(str(tmp_path)) == [str(tmp_path / "a.png"), str(tmp_path / "b")]
+    # Each input has its own record of what it met: the folder twice is walked twice.
+    assert inputs(str(tmp_path), str(tmp_path)) == 2 * [
+        str(tmp_path / "a.png"),
+        str(tmp_path / "b"),
+    ]
+
+
+def test_an_empty_folder_warns_with_the_name_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    assert expand("empty") == ([], ["no images found in folder 'empty'"])
+    (tmp_path / "empty" / "sub" / "a.png").write_bytes(PNG_SIGNATURE)
+    assert expand("empty") == ([("empty/sub/a.png", None)], [])
+
+
+def test_a_folder_that_cannot_be_listed_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a/x.png", "b/y.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(PNG_SIGNATURE)
+    real_scandir = os.scandir
+    locked = str(tmp_path / "a")
+
+    def scandir(path: Any = ".") -> Any:
+        if str(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", locked)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    got, warnings = expand(str(tmp_path))
+    assert got == [(str(tmp_path / "b" / "y.png"), None)]
+    assert warnings == [f"cannot list folder '{locked}': permission denied"]
+
+
+def test_a_folder_that_vanishes_during_the_walk_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("a/x.png", "b/y.png", "c/z.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(PNG_SIGNATURE)
+    walked = iter_sources([str(tmp_path)])
+    assert next(walked).input == str(tmp_path / "a" / "x.png")
+    (tmp_path / "b" / "y.png").unlink()
+    (tmp_path / "b").rmdir()
+    assert [s.input for s in walked] == [str(tmp_path / "c" / "z.png")]
+
+
+def test_an_entry_whose_type_cannot_be_read_is_taken_as_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.png").write_bytes(PNG_SIGNATURE)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.png").write_bytes(PNG_SIGNATURE)
+    real_scandir = os.scandir
+
+    class Entry:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.name, self.path, self._entry = entry.name, entry.path, entry
+
+        def is_dir(self) -> bool:
+            if self.name == "sub":
+                raise OSError(errno.EIO, "Input/output error")
+            return self._entry.is_dir()
+
+    class Listing:
+        def __init__(self, path: Any) -> None:
+            self._listing = real_scandir(path)
+
+        def __enter__(self) -> list[Entry]:
+            return [Entry(e) for e in self._listing]
+
+        def __exit__(self, *exc: object) -> None:
+            self._listing.close()
+
+    monkeypatch.setattr(os, "scandir", Listing)
+    # 'sub' is then a file without an extension, and a folder is not an image.
+    assert inputs(str(tmp_path)) == [str(tmp_path / "a.png")]
+    assert inputs(f"{tmp_path}/*/b.png") == []
+
+
+# -- names that fail -------------------------------------------------------------------
+
+
+def test_missing_names_and_broken_links_are_records(tmp_path: Path) -> None:
+    (tmp_path / "file.png").write_bytes(PNG_SIGNATURE)
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    specs = [
+        str(tmp_path / "nope.jpg"),
+        str(tmp_path / "dangling.png"),
+        str(tmp_path / "file.png" / "inside.jpg"),
+    ]
+    got, warnings = expand(*specs)
+    assert got == [
+        (specs[0], f"no such file: '{specs[0]}'"),
+        (specs[1], f"broken symbolic link: '{specs[1]}'"),
+        (specs[2], f"no such file: '{specs[2]}'"),
+    ]
+    assert warnings == []
+    for spec in specs:
+        [source] = iter_sources([spec])
+        assert source.path == Path(spec)
+        assert read_error(source)[0] == "not_found"
+
+
+def test_a_name_that_cannot_be_looked_at_is_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "locked.png"
+    real_stat = os.stat
+
+    def deny(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(target) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(target))
+        return real_stat(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", deny)
+    assert expand(str(path)) == ([(str(path), f"permission denied: '{path}'")], [])
+    error = read_error(Source(input="given name", path=path))
+    assert error == ("unreadable", "permission denied: 'given name'")
+
+
+def test_an_os_error_without_a_reason_names_its_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "odd.png"
+
+    def fail(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        raise BlockingIOError()
+
+    monkeypatch.setattr(os, "stat", fail)
+    assert expand(str(path)) == ([(str(path), f"cannot read '{path}': blockingIOError")], [])
+
+
+def test_opening_a_folder_is_refused(tmp_path: Path) -> None:
+    error = read_error(Source(input="album", path=tmp_path))
+    assert error == ("unreadable", "'album' is a folder")
+
+
+def test_the_file_descriptor_is_closed_when_a_swapped_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A regular file at stat, a FIFO at open: refused, and nothing left open.
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"x")
+    real_stat = os.stat
+
+    def stat_then_swap(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = real_stat(target, *args, **kwargs)
+        if Path(target) == path and stat.S_ISREG(result.st_mode):
+            path.unlink()
+            os.mkfifo(path)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    before = sorted(os.listdir("/proc/self/fd"))
+    error = read_error(Source(input=str(path), path=path))
+    assert error == ("unreadable", f"'{path}' is not a regular file (a pipe, socket or device)")
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_opened_file_gives_its_bytes_and_facts(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    path.write_bytes(PNG_SIGNATURE * 3)
+    st = os.stat(path)
+    with open_source(Source(input="a.png", path=path)) as fp:
+        assert file_facts(fp) == (24, st.st_mtime_ns)
+        assert fp.read() == PNG_SIGNATURE * 3
+    read, write = os.pipe()
+    with os.fdopen(read, "rb") as pipe, os.fdopen(write, "wb"):
+        assert file_facts(pipe) is None  # not a regular file
+    assert file_facts(fp) is None  # closed
+    with open_source(Source(input="-", data=b"abc")) as fp:
+        assert file_facts(fp) is None and fp.read() == b"abc"
+
+
+def test_a_source_that_failed_to_expand_raises_its_error() -> None:
+    error = InputError("not_found", "no such file: 'x.jpg'")
+    with pytest.raises(InputError) as info:
+        open_source(Source(input="x.jpg", path=Path("x.jpg"), error=error))
+    assert info.value is error
+
+
+# -- globs -----------------------------------------------------------------------------
+
+
+def make_tree(root: Path, *names: str) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "want"),
+    [
+        ("*.png", ["a.png", "b.png"]),
+        ("?.png", ["a.png", "b.png"]),
+        ("[a].png", ["a.png"]),
+        ("*", ["a.png", "b.png", "d/c.png", "d/e/f.png", "g/h.png"]),
+        ("*/", ["d/c.png", "d/e/f.png", "g/h.png"]),
+        ("d/*", ["d/c.png", "d/e/f.png"]),
+        ("*/*.png", ["d/c.png", "g/h.png"]),
+        ("**", ["a.png", "b.png", "d/c.png", "d/e/f.png", "g/h.png"]),
+        ("d/**/*.png", ["d/c.png", "d/e/f.png"]),
+        ("**/e/*.png", ["d/e/f.png"]),
+        ("d/**", ["d/c.png", "d/e/f.png"]),
+        ("d/e/f.pn[g]", ["d/e/f.png"]),
+        ("d//e/*.png", ["d/e/f.png"]),
+    ],
+)
+def test_glob_patterns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pattern: str, want: list[str]
+) -> None:
+    make_tree(tmp_path, "a.png", "b.png", "d/c.png", "d/e/f.png", "g/h.png")
+    (tmp_path / "notes.txt").write_text("skipped: not an image by name")
+    (tmp_path / "d" / "readme").write_text("skipped: no image magic")
+    (tmp_path / "x.png").symlink_to(tmp_path / "a.png")  # the same file as a.png
+    monkeypatch.chdir(tmp_path)
+    assert inputs(pattern) == want
+    assert inputs(f"{tmp_path}/{pattern}") == [f"{tmp_path}/{n}" for n in want]
+
+
+def test_a_trailing_double_star_matches_its_own_folder_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As glob.glob: 'd/**/' and '/abs/**/' match the folder itself; '**/' never matches ''.
+    make_tree(tmp_path, "a.png", "d/c.png", "d/e/f.png")
+    monkeypatch.chdir(tmp_path)
+    assert inputs("**/") == ["d/c.png", "d/e/f.png"]
+    assert inputs(f"{tmp_path}/**/") == [
+        f"{tmp_path}/{n}" for n in ("a.png", "d/c.png", "d/e/f.png")
+    ]
+    assert inputs("d/e/**/") == ["d/e/f.png"]
+    assert inputs("d/e/**") == ["d/e/f.png"]
+
+
+def test_a_glob_matching_nothing_warns(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("text")
+    (tmp_path / "file.png").write_bytes(PNG_SIGNATURE)
+    (tmp_path / "empty").mkdir()
+    for pattern in ("*.jpg", "nope/*.png", "file.png/*.png", "*.txt", "empty*", "[]"):
+        spec = f"{tmp_path}/{pattern}"
+        assert expand(spec) == ([], [f"no images match '{spec}'"]), pattern
+
+
+def test_a_glob_that_is_not_a_usable_name_is_a_record(tmp_path: Path) -> None:
+    spec = f"{tmp_path}/{'z' * 300}*.jpg"
+    [source] = iter_sources([spec])
+    assert source.path == Path(spec)
+    assert source.error is not None
+    assert (source.error.error_type, source.error.message) == (
+        "unreadable",
+        f"cannot read '{spec}': file name too long",
+    )
+
+
+def test_an_existing_name_with_glob_characters_is_taken_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_tree(tmp_path, "shot[1].png", "shot1.png", "what?.png", "whatX.png")
+    assert inputs("shot[1].png") == ["shot[1].png"]
+    assert inputs("what?.png") == ["what?.png"]
+    assert inputs("shot[2].png") == []  # no such file, no match: the glob warned
+    assert inputs("shot?.png") == ["shot1.png"]
+
+
+# -- URLs and schemes in names -----------------------------------------------------------
+
+
+def test_urls_are_taken_by_scheme_case_insensitively() -> None:
+    for spec in ("http://h/a.jpg", "https://h/a.jpg", "HTTP://h/a.jpg", "HttpS://h/a.jpg"):
+        assert list(iter_sources([spec])) == [Source(input=spec, url=spec)]
+
+
+def test_other_schemes_are_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for scheme in ("file", "ftp", "s3", "git+ssh", "x-y.z", "Web2"):
+        spec = f"{scheme}://host/a.jpg"
+        [source] = iter_sources([spec])
+        assert (source.path, source.url, source.data) == (None, None, None)
+        assert source.error is not None
+        assert (source.error.error_type, source.error.message) == (
+            "unreadable",
+            f"unsupported URL scheme '{scheme}' in '{spec}' (give a local path or an http(s) URL)",
+        )
+    # Not a scheme: a digit first, or no '//' after the colon. Local names then.
+    (tmp_path / "2d:").mkdir()
+    (tmp_path / "2d:" / "x.png").write_bytes(PNG_SIGNATURE)
+    assert list(iter_sources(["2d://x.png"])) == [
+        Source(input="2d://x.png", path=Path("2d:/x.png"))
+    ]
+    assert expand("a http://h/x.jpg") == (
+        [("a http://h/x.jpg", "no such file: 'a http://h/x.jpg'")],
+        [],
+    )
+    assert expand("c:/x.jpg") == ([("c:/x.jpg", "no such file: 'c:/x.jpg'")], [])
+
+
+# -- standard input ------------------------------------------------------------------------
+
+
+def test_dash_needs_a_stream() -> None:
+    with pytest.raises(ValueError, match="'-' given but no standard input stream"):
+        list(iter_sources(["-"]))
+
+
+def test_empty_standard_input_warns() -> None:
+    assert expand("-", stdin=b"") == ([], ["standard input is empty"])
+    assert list(iter_sources(["-"], stdin=io.BytesIO(b""))) == []  # no warn given: quiet
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM"])
+def test_image_bytes_on_stdin_are_one_source(fmt: str) -> None:
+    data = encoded(fmt)
+    assert list(iter_sources(["-"], stdin=io.BytesIO(data))) == [Source(input="-", data=data)]
+
+
+@pytest.mark.parametrize("byte", [*range(9), 0x0E, 0x1B, 0x1F, 0x7F])
+def test_a_control_byte_in_the_first_64_makes_stdin_data(byte: int) -> None:
+    data = b"x" * 63 + bytes([byte]) + b"more"
+    assert list(iter_sources(["-"], stdin=io.BytesIO(data))) == [Source(input="-", data=data)]
+
+
+def test_whitespace_and_high_bytes_keep_stdin_a_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tabs, vertical tabs, form feeds, CR and spaces in names; Latin-1 and UTF-8 bytes.
+    monkeypatch.chdir(tmp_path)
+    names = [b"a\tb.png", b"c\x0bd.png", b"e\x0cf.png", b"caf\xe9 \x80.png", "ü ß.png".encode()]
+    listing = b"\r\n".join(names) + b"\r\n"
+    assert len(listing) < 64  # all in the sniffed head
+    got, _ = expand("-", stdin=listing)
+    decoded = [os.fsdecode(n) for n in names]
+    assert got == [(name, f"no such file: '{name}'") for name in decoded]
+
+
+def test_a_stdin_list_is_read_line_by_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_tree(tmp_path, "here.png")
+    # The sniffed head ends inside a name; later lines end in \n, \r\n or nothing.
+    first = "f" * 60 + ".png"
+    lines = [
+        "# made by find",
+        "",
+        "   ",
+        f"  {first}  ",
+        "  # an indented comment",
+        "here.png",
+        "BOX",
+        "crlf.jpgX\r",
+        "shot[1].png",
+        "last.png",
+    ]
+    listing = "\n".join(lines).encode()
+    got, warnings = expand("-", stdin=listing)
+    missing = [first, "BOX", "crlf.jpgX", "shot[1].png", "last.png"]
+    want = [(n, None if n == "here.png" else f"no such file: '{n}'") for n in missing]
+    want.insert(1, ("here.png", None))
+    assert got == want
+    assert warnings == []
+
+
+def test_a_stdin_list_of_urls_folders_and_globs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_tree(tmp_path, "album/a.png", "album/b.png")
+    listing = b"https://h/x.jpg\nalbum\nalbum/*.png\nftp://h/y.jpg\n"
+    got, _ = expand("-", stdin=listing)
+    assert got == [
+        ("https://h/x.jpg", None),
+        ("album/a.png", None),
+        ("album/b.png", None),
+        ("album/*.png", "no such file: 'album/*.png'"),
+        (
+            "ftp://h/y.jpg",
+            "unsupported URL scheme 'ftp' in 'ftp://h/y.jpg' (give a local path or an http(s) URL)",
+        ),
+    ]
+
+
+def test_a_name_holding_nul_is_a_record() -> None:
+    listing = b"n" * 70 + b"\nbad\0name.jpg\n"
+    got, _ = expand("-", stdin=listing)
+    assert got[1] == (
+        "bad\0name.jpg",
+        "cannot read 'bad\0name.jpg': invalid argument: the name holds a NUL byte",
+    )
+    source = next(s for s in iter_sources(["-"], stdin=io.BytesIO(listing)) if "\0" in s.input)
+    assert source.path == Path("bad\0name.jpg")
+
+
+class CountingStream(io.RawIOBase):
+    """A PNG signature, then zeros: *size* bytes in all; records each read's request."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.given, self.asked = size, 0, []  # type: tuple[int, int, list[int]]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        self.asked.append(n)
+        n = self.size - self.given if n < 0 else min(n, self.size - self.given)
+        start, self.given = self.given, self.given + n
+        return PNG_SIGNATURE[start : self.given] + bytes(n - len(PNG_SIGNATURE[start : self.given]))
+
+
+@pytest.mark.parametrize(("size", "cap"), [(100, 100), (101, 100), (3 << 20, 3 << 20)])
+def test_stdin_image_bytes_are_read_in_chunks_up_to_the_cap(size: int, cap: int) -> None:
+    stream = CountingStream(size)
+    [source] = iter_sources(["-"], stdin=stream, max_stdin_bytes=cap)
+    if size <= cap:
+        assert source.data is not None and len(source.data) == size
+        assert source.data.startswith(PNG_SIGNATURE) and source.error is None
+    else:
+        assert source.error is not None and source.error.error_type == "too_large"
+        assert source.error.message == (
+            f"standard input is over the {cap}-byte limit for image bytes "
+            "(save it to a file and give the file's name)"
+        )
+    assert stream.given <= cap + 1
+    assert max(stream.asked) <= 1 << 20  # never a whole stream in one read
+
+
+def test_stdin_image_bytes_default_to_the_100_mib_cap() -> None:
+    stream = CountingStream((100 << 20) + 1)
+    [source] = iter_sources(["-"], stdin=stream)
+    assert source.error is not None
+    assert source.error.message.startswith("standard input is over the 104857600-byte limit")
+    stream = CountingStream(100 << 20)
+    [source] = iter_sources(["-"], stdin=stream)
+    assert source.data is not None and len(source.data) == 100 << 20
+
+
+def test_specs_are_expanded_lazily_and_in_order(tmp_path: Path) -> None:
+    make_tree(tmp_path, "a.png", "f/b.png")
+    stream = io.BytesIO(f"{tmp_path}/a.png\n".encode())
+    lazy = iter_sources([f"{tmp_path}/a.png", "-", str(tmp_path / "f")], stdin=stream)
+    assert stream.tell() == 0
+    assert next(lazy).input == f"{tmp_path}/a.png"
+    assert stream.tell() == 0  # stdin not read until its turn
+    assert [s.input for s in lazy] == [f"{tmp_path}/a.png", f"{tmp_path}/f/b.png"]
+
+
+# -- URLs: reading them ------------------------------------------------------------------
+
+
+class Web(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    released: threading.Event
+    image: bytes
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients hanging up mid-body is what several routes test
+
+    def url(self, route: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{route}"
+
+
+class Routes(http.server.BaseHTTPRequestHandler):
+    server: Web
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes = b"", length: bool = True, **headers: str) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = not length
+
+    def do_GET(self) -> None:
+        route, _, arg = self.path.rpartition("/")[2].partition("?")
+        image = self.server.image
+        if route == "ok.png":
+            self.reply(200, image, Content_Type="image/png")
+        elif route == "untyped":  # no Content-Type at all
+            self.reply(200, image)
+        elif route == "page":
+            self.reply(200, b"<p>hello</p>", Content_Type="  TEXT/Html ; charset=utf-8")
+        elif route == "json":
+            self.reply(200, b"{}", Content_Type="application/json")
+        elif route == "gzip":
+            self.reply(200, gzip.compress(image), Content_Type="image/png", Content_Encoding="gzip")
+        elif route == "status":  # ?400, or ?499 for a status without a reason phrase
+            code = int(arg)
+            self.wfile.write(f"HTTP/1.1 {code} {'Bad Request' if code == 400 else ''}\r\n".encode())
+            self.wfile.write(b"Content-Length: 0\r\n\r\n")
+        elif route == "declared":  # claims ?N bytes, sends none and hangs up
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", arg)
+            self.end_headers()
+            self.close_connection = True
+        elif route == "bytes":  # ?N bytes, no length: the end is the hang-up
+            self.reply(200, (PNG_SIGNATURE * (int(arg) // 8 + 1))[: int(arg)], length=False)
+        elif route == "hangup":  # accepts, then closes without a word
+            self.close_connection = True
+        elif route == "loop":
+            self.reply(302, Location="/loop")
+        elif route == "to-file":
+            self.reply(302, Location="file:///etc/passwd")
+        elif route == "trickle":  # the status line a byte at a time, for 30 s
+            deadline = time.monotonic() + 30
+            while not self.server.released.is_set() and time.monotonic() < deadline:
+                self.wfile.write(b"H")
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.close_connection = True
+        else:
+            self.reply(404, b"", Content_Type="text/plain")
+
+
+@pytest.fixture
+def web(monkeypatch: pytest.MonkeyPatch) -> Iterator[Web]:
+    """A loopback server with the routes above; no proxy from the environment in the way."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    server = Web(("127.0.0.1", 0), Routes)
+    server.released = threading.Event()
+    server.image = encoded("PNG")
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.released.set()
+        server.shutdown()
+        server.server_close()
+
+
+def fetch(web: Web, route: str, **options: Any) -> bytes:
+    [source] = iter_sources([web.url(route)])
+    with open_source(source, **options) as fp:
+        body: bytes = fp.read()
+    return body
+
+
+def fetch_error(web: Web, route: str, **options: Any) -> tuple[str, str]:
+    return read_error(Source(input="given", url=web.url(route)), **options)
+
+
+def test_a_url_gives_the_body(web: Web) -> None:
+    assert fetch(web, "/ok.png") == web.image
+    assert fetch(web, "/untyped") == web.image
+    assert fetch(web, "/json") == b"{}"  # only text/* is refused before reading
+
+
+def test_a_compressed_body_is_decompressed(web: Web) -> None:
+    assert fetch(web, "/gzip") == web.image
+
+
+def test_a_text_reply_is_not_an_image(web: Web) -> None:
+    url = web.url("/page")
+    assert fetch_error(web, "/page") == (
+        "not_an_image",
+        f"'{url}' returned text/html, not an image",
+    )
+
+
+def test_http_errors_name_the_status(web: Web) -> None:
+    for route, status in (("/status?400", "HTTP 400 Bad Request"), ("/status?499", "HTTP 499")):
+        assert fetch_error(web, route) == ("download_failed", f"{status} for '{web.url(route)}'")
+    assert fetch_error(web, "/missing") == (
+        "download_failed",
+        f"HTTP 404 Not Found for '{web.url('/missing')}'",
+    )
+
+
+def test_the_download_cap_declared_and_counted(web: Web) -> None:
+    url = web.url("/declared?1001")
+    assert fetch_error(web, "/declared?1001", max_bytes=1000) == (
+        "too_large",
+        f"'{url}' is 1001 bytes, over the 1000 limit",
+    )
+    # At the cap, the declared length passes; the missing body is the failure then.
+    error_type, message = fetch_error(web, "/declared?1000", max_bytes=1000)
+    assert (error_type, message.startswith(f"cannot fetch '{web.url('/declared?1000')}': ")) == (
+        "download_failed",
+        True,
+    )
+    # Without a declared length the bytes are counted as they come.
+    assert len(fetch(web, "/bytes?1000", max_bytes=1000)) == 1000
+    assert len(fetch(web, "/bytes?200000", max_bytes=200000)) == 200000
+    for size, cap in ((1001, 1000), (200001, 200000)):
+        route = f"/bytes?{size}"
+        assert fetch_error(web, route, max_bytes=cap) == (
+            "too_large",
+            f"'{web.url(route)}' is over the {cap}-byte download limit",
+        )
+
+
+def test_the_default_download_cap_is_100_mib(web: Web) -> None:
+    route = f"/declared?{(100 << 20) + 1}"
+    assert fetch_error(web, route) == (
+        "too_large",
+        f"'{web.url(route)}' is {(100 << 20) + 1} bytes, over the {100 << 20} limit",
+    )
+    error_type, message = fetch_error(web, f"/declared?{100 << 20}")
+    assert error_type == "download_failed" and message.startswith("cannot fetch ")
+
+
+def test_redirects_that_loop_or_leave_http(web: Web) -> None:
+    assert fetch_error(web, "/loop") == (
+        "download_failed",
+        f"too many redirects fetching '{web.url('/loop')}'",
+    )
+    assert fetch_error(web, "/to-file") == (
+        "download_failed",
+        f"'{web.url('/to-file')}' redirects to a URL that is not http(s)",
+    )
+
+
+def test_urls_that_are_not_valid() -> None:
+    for url in ("http://", "http://[::1/a.jpg", "https://h:port/a.jpg"):
+        [source] = iter_sources([url])
+        assert read_error(source) == ("download_failed", f"'{url}' is not a valid URL")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_connection_failures_give_the_os_reason(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = f"http://127.0.0.1:{closed_port()}/a.jpg"
+    assert read_error(Source(input=refused, url=refused)) == (
+        "download_failed",
+        f"cannot fetch '{refused}': connection refused",
+    )
+    hung_up = web.url("/hangup")
+    assert fetch_error(web, "/hangup") == (
+        "download_failed",
+        f"cannot fetch '{hung_up}': ConnectionError",
+    )
+
+    def no_such_host(*args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    nowhere = "http://photos.invalid/a.jpg"
+    assert read_error(Source(input=nowhere, url=nowhere)) == (
+        "download_failed",
+        f"cannot fetch '{nowhere}': name or service not known",
+    )
+
+
+def test_the_timeout_bounds_a_trickle_directly_and_through_a_proxy(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every read returns in time, so only the deadline on the whole exchange ends it.
+    timed_out = "timed out after 0.5s fetching '{}' (raise --timeout to wait longer)"
+
+    def gives_up(url: str) -> None:
+        started = time.monotonic()
+        error = read_error(Source(input=url, url=url), timeout=0.5)
+        elapsed = time.monotonic() - started
+        assert error == ("download_failed", timed_out.format(url))
+        assert elapsed < 10, f"gave up after {elapsed:.1f}s, not about 0.5s"
+
+    gives_up(web.url("/trickle"))
+    # Through an HTTP proxy (the server plays one), the proxy's socket is bounded too.
+    monkeypatch.setenv("HTTP_PROXY", web.url(""))
+    gives_up("http://photos.example/trickle")
+    assert fetch(web, "/ok.png", timeout=0.5) == web.image
+
+
+def test_a_socks_proxy_without_pysocks_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    try:
+        import socks  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("PySocks is installed: the proxy would be used")
+    for name in ("HTTP_PROXY", "NO_PROXY", "http_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1")
+    url = "http://photos.example/a.jpg"
+    assert read_error(Source(input=url, url=url)) == (
+        "download_failed",
+        f"cannot fetch '{url}' through a SOCKS proxy without PySocks "
+        "(pip install 'requests[socks]')",
+    )
+
+
+def test_the_timeout_also_counts_a_slow_name_lookup(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lookup outlasts the deadline, so the connection is made after it: it is shut at
+    # once rather than left to the trickling server.
+    real = socket.getaddrinfo
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    url = web.url("/trickle")
+    started = time.monotonic()
+    error = read_error(Source(input=url, url=url), timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert error == (
+        "download_failed",
+        f"timed out after 0.5s fetching '{url}' (raise --timeout to wait longer)",
+    )
+    assert elapsed < 10, f"gave up after {elapsed:.1f}s, not about 1s"
+
+
+@pytest.fixture
+def tls_trickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An https URL whose server, once TLS is up, sends its status line a byte at a time."""
+    # (A trickled handshake needs no test: Python's ssl bounds the handshake by itself.)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no openssl to make a certificate: {exc}")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    for name in ("HTTPS_PROXY", "ALL_PROXY", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    released = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with listener:
+            try:
+                raw, _ = listener.accept()
+                with context.wrap_socket(raw, server_side=True) as conn:
+                    conn.recv(4096)  # the request
+                    deadline = time.monotonic() + 30
+                    while not released.is_set() and time.monotonic() < deadline:
+                        conn.sendall(b"H")
+                        time.sleep(0.05)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{listener.getsockname()[1]}/a.jpg"
+    finally:
+        released.set()
+        listener.close()
+
+
+def test_the_timeout_bounds_an_https_server_that_trickles(tls_trickle: str) -> None:
+    started = time.monotonic()
+    error = read_error(Source(input=tls_trickle, url=tls_trickle), timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert error == (
+        "download_failed",
+        f"timed out after 0.5s fetching '{tls_trickle}' (raise --timeout to wait longer)",
+    )
+    assert elapsed < 10, f"gave up after {elapsed:.1f}s, not about 0.5s"
