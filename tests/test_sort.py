@@ -391,7 +391,9 @@ def test_crash_between_link_and_unlink(
         assert unfinished(dest) == []
         undo(dest)
     else:
-        assert undo(dest).problems == []
+        # Steps 0 and 1 moved, step 2 linked but its source still there: all three go back.
+        outcome = undo(dest)
+        assert (outcome.problems, len(outcome.restored), outcome.removed) == ([], 3, [])
     assert tree(photos) == before and found(dest) == set()
 
 
@@ -792,7 +794,7 @@ def test_undo_reports_what_was_renamed_or_deleted_and_keeps_it(
     (dest / "Crane" / "renamed.jpg").rename(dest / "Crane" / "b.jpg")
     (dest / "_uncertain" / "c.png").write_bytes(kept)
     outcome = undo(dest)
-    assert outcome.problems == [] and len(outcome.restored) == 2
+    assert outcome.problems == [] and len(outcome.done) == len(outcome.restored) == 2
     assert tree(photos) == before and found(dest) == set()
 
 
@@ -812,6 +814,167 @@ def test_undoing_a_copy_or_link_sort_removes_and_puts_back_nothing(
         [],
     )
     assert outcome.problems == [] and tree(photos) == before and found(dest) == set()
+
+
+def test_resume_and_undo_need_a_journal(tmp_path: Path) -> None:
+    for act, what in ((resume, "resume"), (undo, "undo")):
+        with pytest.raises(SortError) as caught:
+            act(tmp_path)
+        assert str(caught.value) == f"'{tmp_path}' has no sort journal (nothing to {what})"
+
+
+def test_resume_and_undo_report_each_step_in_order(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    crash_on(monkeypatch, os, "link", 3)  # steps 0 and 1 moved, then the process died
+    with pytest.raises(Crash):
+        execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+    monkeypatch.undo()
+    resumed: list[int] = []
+    assert len(resume(dest, on_step=lambda step: resumed.append(step.n)).done) == 4
+    assert resumed == [2, 3, 4, 5]
+    ops = [json.loads(line)["op"] for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    assert ops == ["begin"] + ["step"] * 6 + ["done"] * 2 + ["done"] * 4 + ["end"]
+    undone: list[int] = []
+    assert undo(dest, on_step=lambda step: undone.append(step.n)).problems == []
+    assert undone == [5, 4, 3, 2, 1, 0]  # newest first
+    assert tree(photos) == before
+
+
+def test_a_source_gone_before_its_step_is_a_problem_and_undo_skips_it(
+    photos: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    plan = make_plan(threshold(labelled(photos)), dest, mode="move")
+    (photos / "b.jpg").unlink()
+    outcome = execute(plan)
+    assert [(s.target, r) for s, r in outcome.problems] == [
+        ("Crane/b.jpg", f"source is gone: '{photos.resolve() / 'b.jpg'}'")
+    ]
+    assert len(outcome.done) == 5
+    outcome = undo(dest)  # the skipped step is not looked for
+    assert (outcome.problems, len(outcome.done)) == ([], 5)
+    assert tree(photos) == {(rel, d) for rel, d in before if rel != "b.jpg"}
+    assert found(dest) == set()
+
+
+def test_a_full_disk_while_copying_is_a_problem_of_that_file(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    real = sorting.shutil.copyfileobj
+    calls = 0
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(sorting.shutil, "copyfileobj", full_disk)
+    outcome = execute(make_plan(threshold(labelled(photos)), dest))
+    assert [(s.target, r) for s, r in outcome.problems] == [
+        ("Crane/b.jpg", "[Errno 28] No space left on device")
+    ]
+    assert len(outcome.done) == 5 and tree(photos) == before
+    assert tree(dest) == {(t, d) for t, d in placed(photos, before) if t != "Crane/b.jpg"}
+
+
+def test_undo_goes_on_past_a_file_it_cannot_put_back(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    execute(make_plan(threshold(labelled(photos)), dest, mode="move", sources=[photos]))
+    (photos / "sub").rmdir()
+    (photos / "sub").write_bytes(b"a file where the folder was")
+    outcome = undo(dest)
+    assert sorted((s.target, r) for s, r in outcome.problems) == [
+        ("Crane/d.jpg", f"File exists: '{photos / 'sub'}'"),
+        ("tabby, tabby cat/a (1).jpg", f"File exists: '{photos / 'sub'}'"),
+    ]
+    assert len(outcome.done) == len(outcome.restored) == 4
+    (photos / "sub").unlink()
+    outcome = undo(dest)  # only the two left: the others are marked undone
+    assert (outcome.problems, len(outcome.done), len(outcome.restored)) == ([], 2, 2)
+    assert tree(photos) == before and found(dest) == set()
+
+
+def test_undo_makes_the_folders_a_move_emptied(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "deep" / "er").mkdir(parents=True)
+    (photos / "deep" / "er" / "e.jpg").write_bytes(b"deep down")
+    before = tree(photos)
+    dest = tmp_path / "sorted"
+    execute(make_plan([seen(photos / "deep" / "er" / "e.jpg", "x")], dest, mode="move"))
+    for folder in (photos / "deep" / "er", photos / "deep"):
+        folder.rmdir()
+    assert undo(dest).problems == [] and tree(photos) == before
+
+
+def test_undo_of_symbolic_links(photos: Path, tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    refuse_links(monkeypatch)
+    execute(make_plan(threshold(labelled(photos)), dest, mode="link"))
+    (photos / "b.jpg").unlink()  # the original deleted: its link now leads nowhere
+    elsewhere = tmp_path / "elsewhere.jpg"
+    elsewhere.write_bytes((photos / "c.png").read_bytes())
+    (dest / "_uncertain" / "c.png").unlink()
+    (dest / "_uncertain" / "c.png").symlink_to(elsewhere)  # a link to another file
+    outcome = undo(dest)
+    assert [(s.target, r) for s, r in outcome.problems] == [
+        (
+            "_uncertain/c.png",
+            f"'{(photos / 'c.png').absolute()}' exists and differs from '_uncertain/c.png'; "
+            "kept both",
+        )
+    ]
+    assert (len(outcome.removed), outcome.restored) == (5, [])
+    assert not os.path.lexists(photos / "b.jpg")  # nothing made where the original was
+    assert tree(photos) == {(rel, d) for rel, d in before if rel != "b.jpg"}
+    assert found(dest) == {("_uncertain/c.png", dict(before)["c.png"])}  # it leads elsewhere
+
+
+def test_resume_of_a_link_sort_tells_its_own_link_from_anothers(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    refuse_links(monkeypatch)
+    crash_on(monkeypatch, os, "symlink", 2)  # a.jpg linked, then the process died
+    with pytest.raises(Crash):
+        execute(make_plan(threshold(labelled(photos)), dest, mode="link"))
+    twin = tmp_path / "twin.jpg"
+    twin.write_bytes((photos / "sub" / "a.jpg").read_bytes())
+    (dest / "tabby, tabby cat" / "a (1).jpg").symlink_to(twin)  # the same bytes, not ours
+    monkeypatch.undo()
+    refuse_links(monkeypatch)
+    assert resume(dest).problems == []
+    links = {
+        p.relative_to(dest).as_posix(): os.readlink(p) for p in dest.rglob("*") if p.is_symlink()
+    }
+    assert links == {
+        "tabby, tabby cat/a.jpg": str((photos / "a.jpg").absolute()),
+        "tabby, tabby cat/a (1).jpg": str(twin),
+        "tabby, tabby cat/a (1) (1).jpg": str((photos / "sub" / "a.jpg").absolute()),
+        "Crane/b.jpg": str((photos / "b.jpg").absolute()),
+        "Crane/d.jpg": str((photos / "sub" / "d.jpg").absolute()),
+        "_uncertain/c.png": str((photos / "c.png").absolute()),
+        "_failed/broken.jpg": str((photos / "broken.jpg").absolute()),
+    }
+
+
+def test_a_name_taken_twice_after_planning(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    plan = make_plan(threshold(labelled(photos)), dest, mode="move")
+    (dest / "Crane").mkdir(parents=True)
+    (dest / "Crane" / "b.jpg").write_bytes(b"arrived meanwhile")
+    (dest / "Crane" / "B (1).JPG").write_bytes(b"this one too")
+    assert execute(plan).problems == []
+    assert sorted(os.listdir(dest / "Crane")) == ["B (1).JPG", "b (2).jpg", "b.jpg", "d.jpg"]
 
 
 # -- the same sort twice ---------------------------------------------------------------------
@@ -942,6 +1105,12 @@ def test_records_from_a_file_are_sorted_as_fresh_ones(photos, tmp_path) -> None:
     assert tree(dest) == placed(photos, before) and tree(photos) == set()
 
 
+ERR = '{"input": "a", "error": {"type": "t", "message": "m"}}'
+PRED = (
+    '"model": "m", "weights": "w", "predictions": [{"label": "x", "index": 1, "probability": 0.5}]'
+)
+BOM = b"\xef\xbb\xbf"
+
 NOT_RECORDS = [
     ("input,path,label_1\nx,/x,cat\n", 1, "not JSON"),
     (b"\xff\xd8\xff\xe0 a jpeg", 1, "not JSON"),
@@ -995,16 +1164,50 @@ NOT_RECORDS = [
         2,
         "not a JSON object",
     ),
+    (
+        '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": 1,'
+        ' "probability": "0.5"}]}',
+        1,
+        "a prediction needs a 'label', an 'index' and a 'probability'",
+    ),
+    (
+        '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": 1,'
+        ' "probability": true}]}',
+        1,
+        "a prediction needs a 'label', an 'index' and a 'probability'",
+    ),
+    ('{"input": "a", ' + PRED + ', "mtime_ns": "12"}', 1, "'mtime_ns' is not a whole number"),
+    ('{"input": "a", ' + PRED + ', "uncertain": "yes"}', 1, "'uncertain' is not true or false"),
+    (
+        '{"input": "a", ' + PRED + ', "categories": [{"name": "c", "probability": "0.5"}]}',
+        1,
+        "a category needs a 'name' and a 'probability'",
+    ),
+    (
+        '{"input": "a", ' + PRED + ', "categories": "c"}',
+        1,
+        "a category needs a 'name' and a 'probability'",
+    ),
+    (
+        '{"input": "a", ' + PRED + ', "categories": [5]}',
+        1,
+        "a category needs a 'name' and a 'probability'",
+    ),
+    (ERR + "\n\ufeff" + ERR + "\n", 2, "not JSON"),  # a byte order mark only starts a file
+    (b"\n[\n  " + ERR.encode() + b',\n  {"input": "\xff"}\n]\n', 4, "not UTF-8"),
+    ("\n[\n  " + ERR + ",\n  5\n]", 4, "not a JSON object"),
+    (json.dumps([json.loads(ERR), json.loads(ERR), 5], indent=2), 16, "not a JSON object"),
+    ("[\n  ", 2, "the JSON array does not end with ']'"),
+    ("[" + ERR, 1, "expected ',' or ']'"),
+    ("[" + ERR + ",", 1, "the JSON array does not end with ']'"),
+    ("[" + ERR + "]x", 1, "the JSON array does not end with ']'"),
 ]
 
 
 @pytest.mark.parametrize(("text", "line", "why"), NOT_RECORDS)
 def test_a_file_that_is_not_records_is_refused(tmp_path, text, line, why) -> None:
     path = tmp_path / "r.jsonl"
-    if isinstance(text, str):
-        path.write_text(text)
-    else:
-        path.write_bytes(text)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
     with pytest.raises(SortError) as caught:
         sorting.records_from_file(path)
     assert str(caught.value) == (
@@ -1031,6 +1234,53 @@ def test_records_files_that_are_empty_missing_or_not_files(tmp_path) -> None:
         with pytest.raises(SortError) as caught:
             sorting.records_from_file(tmp_path / name)
         assert str(caught.value) == message
+
+
+def test_records_files_in_every_layout_are_read(tmp_path: Path, monkeypatch) -> None:
+    failed = Failed("a", "t", "m")
+    one = json.dumps(failed.to_dict()).encode()
+    layouts = {
+        "bom.jsonl": BOM + one + b"\n" + one + b"\n",
+        "bom.json": BOM + b"\n[\n  " + one + b",\n  " + one + b"\n]\n",
+        "compact.json": b"[" + one + b"," + one + b"]",
+        "spaced.json": b" " * 4095 + b"[" + one + b", " + one + b"]",
+    }
+    for name, data in layouts.items():
+        (tmp_path / name).write_bytes(data)
+        assert sorting.records_from_file(tmp_path / name) == ([failed, failed], []), name
+    # A line of 16 MiB, its newline counted, is read; one byte more is refused.
+    line = 16 << 20
+    (tmp_path / "long.jsonl").write_bytes(b" " * (line - len(one) - 1) + one + b"\n")
+    assert sorting.records_from_file(tmp_path / "long.jsonl") == ([failed], [])
+    (tmp_path / "long.jsonl").write_bytes(b" " * (line - len(one)) + one + b"\n")
+    with pytest.raises(SortError) as caught:
+        sorting.records_from_file(tmp_path / "long.jsonl")
+    assert str(caught.value) == (
+        f"'{tmp_path / 'long.jsonl'}' line 1 is not a record of 'resnext classify' (the line "
+        "is too long); give the JSON Lines or JSON file that 'resnext classify -o' wrote"
+    )
+    # A JSON array is read whole, so it has a size limit (1 GiB; 40 bytes here).
+    monkeypatch.setattr(sorting, "_MAX_ARRAY", 40)
+    (tmp_path / "array.json").write_bytes(b"[" + json.dumps({"input": "x" * 25}).encode() + b"]")
+    with pytest.raises(SortError, match=r"line 1 .*\(no 'predictions' and no 'error'\)"):
+        sorting.records_from_file(tmp_path / "array.json")  # 40 bytes: read
+    (tmp_path / "array.json").write_bytes(b"[" + json.dumps({"input": "x" * 26}).encode() + b"]")
+    with pytest.raises(SortError) as caught:
+        sorting.records_from_file(tmp_path / "array.json")
+    assert str(caught.value) == (
+        f"records file '{tmp_path / 'array.json'}' is too large to read as one JSON array "
+        "(classify with -f jsonl)"
+    )
+
+
+def test_a_record_whose_path_cannot_be_looked_at(photos: Path, tmp_path: Path) -> None:
+    inside_a_file = photos / "a.jpg" / "x.jpg"
+    record = Failed(str(inside_a_file), "t", "m", path=str(inside_a_file))
+    write_records([record], tmp_path / "r.jsonl", "jsonl")
+    assert sorting.records_from_file(tmp_path / "r.jsonl") == (
+        [],
+        [(str(inside_a_file), "not a directory")],
+    )
 
 
 def test_by_category(photos: Path, tmp_path: Path) -> None:

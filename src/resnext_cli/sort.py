@@ -54,7 +54,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from .errors import ResnextError
 from .results import Classified, Failed, Record, record_from_dict
@@ -867,9 +867,7 @@ def _place(step: Step, source: Path, target: Path) -> None:
 
 
 def _placed(step: Step, source: Path, target: Path) -> bool:
-    """Whether *target* already is this step's result (after a crash)."""
-    if not os.path.lexists(target):
-        return False
+    """Whether *target*, which exists, already is this step's result (after a crash)."""
     if step.mode == "link" and target.is_symlink():
         return os.readlink(target) == str(source)
     return _same_content(source, target)
@@ -877,7 +875,7 @@ def _placed(step: Step, source: Path, target: Path) -> bool:
 
 def _free_name(root: Path, target: str) -> str:
     folder, _, name = target.partition("/")
-    taken = {_key(n) for n in os.listdir(root / folder)} if (root / folder).is_dir() else set()
+    taken = {_key(n) for n in os.listdir(root / folder)}  # it holds the name just taken
     number = 1
     while _key(numbered(name, number)) in taken:
         number += 1
@@ -992,7 +990,7 @@ def execute(plan: Plan, *, on_step: OnStep | None = None) -> Outcome:
             sync=True,
         )
         outcome = _execute(journal, root, steps, on_step)
-        journal.write({"op": "end"}, sync=True)
+        journal.write({"op": "end"})
     return outcome
 
 
@@ -1009,15 +1007,15 @@ def resume(dest: Path, *, on_step: OnStep | None = None) -> Outcome:
         raise SortError(f"'{dest}' has no sort journal (nothing to resume)")
     with _journal(dest) as (journal, entries):
         outcome = _execute(journal, dest.resolve(), _pending(entries), on_step)
-        journal.write({"op": "end"}, sync=True)
+        journal.write({"op": "end"})
     return outcome
 
 
-def _put_back(step: Step, root: Path) -> str:
+def _put_back(step: Step, root: Path) -> Literal["restored", "removed", "absent"]:
     """Undo one step: 'restored', 'removed' or 'absent'; raise _Refused when it cannot."""
     _check_places(step, root)
     source, target = step.source, root / step.target
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # no folder, no partial
         _partial(source, step.n).unlink()
     there = os.path.lexists(target)
     back = os.path.lexists(source)
@@ -1196,7 +1194,7 @@ def records_from_file(path: Path) -> tuple[list[Record], list[tuple[str, str]]]:
                     f"records file '{path}' is too large to read as one JSON array "
                     "(classify with -f jsonl)"
                 )
-            records = _from_array(fh.read().removeprefix(_BOM), path)
+            records = _from_array(fh.read(), path)  # read from its first '[': a BOM is passed over
         else:
             records = _from_lines(fh, path)
     if not records:
@@ -1238,7 +1236,7 @@ def _from_lines(fh: BinaryIO, path: Path) -> list[Record]:
         if not text:
             continue
         try:
-            data = json.loads(text.decode("utf-8"))
+            data = json.loads(text.decode())
         except ValueError:
             raise _not_records(path, line, "not JSON") from None
         records.append(_to_record(data, path, line))
@@ -1247,7 +1245,7 @@ def _from_lines(fh: BinaryIO, path: Path) -> list[Record]:
 
 def _from_array(data: bytes, path: Path) -> list[Record]:
     try:
-        text = data.decode("utf-8")
+        text = data.decode()
     except UnicodeDecodeError as exc:
         raise _not_records(path, data.count(b"\n", 0, exc.start) + 1, "not UTF-8") from None
     decoder = json.JSONDecoder()
