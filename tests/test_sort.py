@@ -523,10 +523,26 @@ def planted_journals(photos: Path, dest: Path, other: Path) -> list[tuple[list[d
             3,
             "puts a file at '../a', outside the destination",
         ),
+        (
+            [begin, step(f"{photos}/a\x00.jpg", "x/a.jpg")],
+            2,
+            f"takes '{photos}/a\x00.jpg' from outside its source folders",
+        ),
+        (
+            [{**begin, "src": [f"{photos}\x00"]}],
+            1,
+            "names a source folder that is not a plain path",
+        ),
+        ([begin, step(photos / "a.jpg", "x/")], 2, "puts a file at 'x/', outside the destination"),
+        (
+            [begin, step(photos / "a.jpg", "x/.")],
+            2,
+            "puts a file at 'x/.', outside the destination",
+        ),
     ]
 
 
-@pytest.mark.parametrize("case", range(12))
+@pytest.mark.parametrize("case", range(16))
 @pytest.mark.parametrize("action", ["resume", "undo", "sort", "check_dest"])
 def test_a_planted_journal_is_refused_whole(shared, action: str, case: int) -> None:
     photos, dest, other = shared
@@ -975,6 +991,71 @@ def test_a_name_taken_twice_after_planning(photos: Path, tmp_path: Path) -> None
     (dest / "Crane" / "B (1).JPG").write_bytes(b"this one too")
     assert execute(plan).problems == []
     assert sorted(os.listdir(dest / "Crane")) == ["B (1).JPG", "b (2).jpg", "b.jpg", "d.jpg"]
+
+
+def test_the_same_bytes_are_told_to_the_last_byte(tmp_path: Path) -> None:
+    photos, dest = tmp_path / "photos", tmp_path / "sorted"
+    photos.mkdir()
+    big = bytearray(os.urandom(3 << 20))  # over the 1 MiB read at a time
+    (photos / "big.jpg").write_bytes(big)
+    execute(make_plan([seen(photos / "big.jpg", "x")], dest))
+    again = make_plan([seen(photos / "big.jpg", "x")], dest)
+    assert (again.steps, again.already) == ([], [(str(photos / "big.jpg"), "x/big.jpg")])
+    for at in (len(big) - 1, 0):  # the same size, one byte different
+        changed = big.copy()
+        changed[at] ^= 1
+        (photos / "big.jpg").write_bytes(changed)
+        plan = make_plan([seen(photos / "big.jpg", "x")], dest)
+        assert ([s.target for s in plan.steps], plan.already) == (["x/big (1).jpg"], []), at
+
+
+def test_a_copy_whose_source_went_is_a_problem_even_where_its_name_is_taken(
+    photos: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "sorted"
+    plan = make_plan(threshold(labelled(photos)), dest)
+    (photos / "b.jpg").unlink()
+    (dest / "Crane").mkdir(parents=True)
+    (dest / "Crane" / "b.jpg").write_bytes(b"someone else's b.jpg")
+    outcome = execute(plan)
+    assert [(s.target, r) for s, r in outcome.problems] == [
+        ("Crane/b.jpg", f"No such file or directory: '{photos.resolve() / 'b.jpg'}'")
+    ]
+    assert (dest / "Crane" / "b.jpg").read_bytes() == b"someone else's b.jpg"
+    assert not (dest / "Crane" / "b (1).jpg").exists()
+
+
+def test_undo_never_replaces_a_file_that_appears_where_it_puts_one_back(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    original = photos / "b.jpg"
+
+    def no_links(_src: object, dst: object, **_kw: object) -> None:  # as on FAT: no links
+        if Path(str(dst)) == original.resolve() and not original.exists():
+            original.write_bytes(b"arrived while the undo copied")  # just before the rename
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    before = tree(photos)
+    execute(make_plan(threshold(labelled(photos)), dest))
+    assert tree(dest) == placed(photos, before)
+    original.unlink()  # gone: the undo brings the copy back
+    outcome = undo(dest)
+    assert [(s.target, r) for s, r in outcome.problems] == [
+        ("Crane/b.jpg", f"File exists: '{original.resolve()}'")
+    ]
+    assert original.read_bytes() == b"arrived while the undo copied"
+    assert tree(dest) == {("Crane/b.jpg", dict(before)["b.jpg"])}
+    assert not any(p.name.startswith(".resnext-part") for p in photos.iterdir())
+
+
+def test_a_journal_of_ordinary_names_is_accepted(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+    execute(make_plan([seen(photos / "a.jpg", "Xylophone: XX")], dest, mode="move"))
+    assert tree(dest) == {("Xylophone_ XX/a.jpg", dict(before)["a.jpg"])}
+    assert undo(dest).problems == [] and tree(photos) == before
 
 
 # -- the same sort twice ---------------------------------------------------------------------

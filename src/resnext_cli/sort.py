@@ -678,7 +678,7 @@ class Journal:
 
     def write(self, *items: dict[str, Any], sync: bool = False) -> None:
         """Append lines; with sync, make sure they are on disk before returning."""
-        self._append("".join(json.dumps(item) + "\n" for item in items).encode("utf-8"))
+        self._append("".join(json.dumps(item) + "\n" for item in items).encode())
         if sync:
             assert self._fd is not None
             os.fsync(self._fd)
@@ -805,7 +805,7 @@ def _publish_copy(source: Path, target: Path, n: int) -> None:
     temp = _partial(target, n)
     try:
         with source.open("rb") as src, temp.open("wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
+            shutil.copyfileobj(src, out)
             out.flush()
             os.fsync(out.fileno())
         shutil.copystat(source, temp)
@@ -825,7 +825,7 @@ def _publish_copy(source: Path, target: Path, n: int) -> None:
         # A file system without hard links: check, then rename (a narrow race, no link).
         if os.path.lexists(target):
             temp.unlink()
-            raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
         os.rename(temp, target)
     else:
         temp.unlink()
@@ -833,7 +833,7 @@ def _publish_copy(source: Path, target: Path, n: int) -> None:
 
 def _place(step: Step, source: Path, target: Path) -> None:
     """Put *source* at *target* as the step's mode says; raise FileExistsError on a clash."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(exist_ok=True)  # in DEST, which holds the journal
     if step.mode == "copy":
         _publish_copy(source, target, step.n)
         return
