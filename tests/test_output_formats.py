@@ -5,21 +5,39 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from resnext_cli.errors import OutputError
 from resnext_cli.output import (
     PARQUET_HINT,
     CsvWriter,
+    JsonArrayWriter,
+    JsonLinesWriter,
     MissingDependencyError,
     ParquetWriter,
     TableWriter,
+    make_writer,
+    models_json,
+    models_table,
     require_pyarrow,
+    resolve_format,
 )
-from resnext_cli.results import Classified, Failed, Prediction, Record, apply_threshold
+from resnext_cli.registry import WeightsInfo
+from resnext_cli.results import (
+    CategoryScore,
+    Classified,
+    Failed,
+    Prediction,
+    Record,
+    apply_threshold,
+)
 
 LABELS = ['tabby, "tabby" cat', "crane\nbird", "jack-o'-lantern"]
 
@@ -264,3 +282,462 @@ def test_json_is_one_array(checkpoint, make_image, tmp_path, resnext) -> None:
     nothing = resnext("classify", tmp_path / "gone.jpg", "--checkpoint", checkpoint, "-f", "json")
     assert nothing.code == 1, nothing
     assert [r["error"]["type"] for r in json.loads(nothing.stdout)] == ["not_found"]
+
+
+# The writers one by one, with records built by hand: each check takes milliseconds, so a
+# mutation run tries every change against them (the CLI tests above run a model).
+
+CAT = Classified(
+    "photos/\x1b[2Jcat.jpg",
+    "resnext50_32x4d",
+    "IMAGENET1K_V2",
+    (
+        Prediction("tabby, tabby cat", 281, 0.625),
+        Prediction("tiger\ncat", 282, 0.25),
+        Prediction("Egyptian cat", 285, 0.0625),
+    ),
+    precision="fp32",
+)
+CATEGORIES = (CategoryScore("cat\x07s", 0.9375), CategoryScore("other", 0.0625))
+MISSING = Failed("c\n.jpg", "not_found", "no such file")
+
+
+class FlushLog(io.StringIO):
+    """A stream that keeps what had been written at each flush: what a pipe reader sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self) -> None:
+        super().flush()
+        self.flushed.append(self.getvalue())
+
+
+def test_auto_format_follows_the_destination() -> None:
+    named = {
+        "out.json": "json",
+        "OUT.JSON": "json",
+        "out.jsonl": "jsonl",
+        "out.ndjson": "jsonl",
+        "Out.Csv": "csv",
+        "out.parquet": "parquet",
+        "out.txt": "jsonl",
+        "json": "jsonl",
+    }
+    for name, fmt in named.items():
+        assert resolve_format("auto", is_terminal=True, output_name=name) == fmt, name
+    assert resolve_format("auto", is_terminal=True, output_name=None) == "table"
+    assert resolve_format("auto", is_terminal=False, output_name=None) == "jsonl"
+    assert resolve_format("csv", is_terminal=True, output_name="out.json") == "csv"
+    assert resolve_format("json", is_terminal=True, output_name=None) == "json"
+
+
+def test_jsonl_is_one_line_per_record_flushed_as_it_comes() -> None:
+    stream = FlushLog()
+    writer = JsonLinesWriter(stream)
+    cafe = Classified("café.jpg", "m", "w", (Prediction("espresso ☕", 967, 0.5),))
+    writer.write(cafe)
+    line = (
+        '{"input": "café.jpg", "model": "m", "weights": "w", "predictions": '
+        '[{"label": "espresso ☕", "index": 967, "probability": 0.5}]}\n'
+    )
+    assert stream.flushed == [line]  # written unescaped, and flushed before the next input
+    writer.write(MISSING)
+    missing = '{"input": "c\\n.jpg", "error": {"type": "not_found", "message": "no such file"}}\n'
+    assert stream.flushed == [line, line + missing]
+    writer.close()
+    assert stream.getvalue() == line + missing
+
+
+def test_json_array_is_streamed_and_always_one_document() -> None:
+    empty = FlushLog()
+    JsonArrayWriter(empty).close()
+    assert empty.flushed == ["[]\n"]
+    stream = FlushLog()
+    writer = JsonArrayWriter(stream)
+    a, b = (Classified(name, "m", "w", (Prediction("ü", 1, 0.25),)) for name in ("a", "b"))
+    writer.write(a)
+    one = '{"input": "a", "model": "m", "weights": "w", "predictions": '
+    one += '[{"label": "ü", "index": 1, "probability": 0.25}]}'
+    assert stream.flushed == ["[\n  " + one]
+    writer.write(b)
+    two = one.replace('"a"', '"b"')
+    writer.close()
+    assert stream.flushed[1:] == [f"[\n  {one},\n  {two}", f"[\n  {one},\n  {two}\n]\n"]
+    assert [r["input"] for r in json.loads(stream.getvalue())] == ["a", "b"]
+
+
+def test_a_non_finite_probability_is_refused_not_written() -> None:
+    for writer in (JsonLinesWriter(io.StringIO()), JsonArrayWriter(io.StringIO())):
+        with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+            writer.write(Classified("a", "m", "w", (Prediction("x", 0, math.nan),)))
+
+
+def test_csv_rows_are_flushed_as_each_record_comes() -> None:
+    stream = FlushLog()
+    writer = CsvWriter(stream, topk=1, uncertain=True)
+    header = "input,path,label_1,probability_1,uncertain,error_type,error\n"
+    writer.write(apply_threshold(CAT, 0.75))
+    row = 'photos/\x1b[2Jcat.jpg,,"tabby, tabby cat",0.625,true,,\n'
+    writer.write(MISSING)
+    assert stream.flushed == [header + row, header + row + '"c\n.jpg",,,,,not_found,no such file\n']
+
+
+def test_parquet_schema_row_groups_and_an_empty_run(tmp_path: Path) -> None:
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed (the parquet extra)")
+    long = ParquetWriter(tmp_path / "long.parquet", long=True, uncertain=True)
+    long.close()
+    table = pq.read_table(tmp_path / "long.parquet")
+    assert table.num_rows == 0
+    assert [(f.name, str(f.type)) for f in table.schema] == [
+        ("input", "string"),
+        ("path", "string"),
+        ("rank", "int32"),
+        ("index", "int32"),
+        ("label", "string"),
+        ("probability", "double"),
+        ("uncertain", "bool"),
+        ("error_type", "string"),
+        ("error", "string"),
+    ]
+    wide = ParquetWriter(tmp_path / "wide.parquet", topk=1)
+    for _ in range(4096 + 1):  # row groups of 4096 rows unless told otherwise
+        wide.write(MISSING)
+    wide.close()
+    file = pq.ParquetFile(tmp_path / "wide.parquet")
+    assert [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)] == [4096, 1]
+    assert [(f.name, str(f.type)) for f in file.schema_arrow] == [
+        ("input", "string"),
+        ("path", "string"),
+        ("label_1", "string"),
+        ("probability_1", "double"),
+        ("error_type", "string"),
+        ("error", "string"),
+    ]
+    exact = ParquetWriter(tmp_path / "exact.parquet", topk=1, group_rows=2)
+    for _ in range(2):
+        exact.write(CAT)
+    exact.close()  # nothing left to write: no empty row group at the end
+    assert pq.ParquetFile(tmp_path / "exact.parquet").metadata.num_row_groups == 1
+
+
+def test_make_writer_gives_each_format_its_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def written(fmt: str, **options: object) -> str:
+        stream = io.StringIO()
+        writer = make_writer(fmt, stream, **options)  # type: ignore[arg-type]
+        writer.write(CAT)
+        writer.close()
+        return stream.getvalue()
+
+    assert json.loads(written("jsonl"))["input"] == CAT.input
+    assert written("json").startswith("[\n  {") and len(json.loads(written("json"))) == 1
+    wide = written("csv", topk=1, uncertain=True).splitlines()
+    assert wide[0] == "input,path,label_1,probability_1,uncertain,error_type,error"
+    long = written("csv", long=True).splitlines()
+    assert long[0] == "input,path,rank,index,label,probability,error_type,error"
+    assert long[1:] == [
+        'photos/\x1b[2Jcat.jpg,,1,281,"tabby, tabby cat",0.625,,',
+        'photos/\x1b[2Jcat.jpg,,2,282,"tiger',
+        'cat",0.25,,',
+        "photos/\x1b[2Jcat.jpg,,3,285,Egyptian cat,0.0625,,",
+    ]
+    with pytest.raises(OutputError) as caught:
+        make_writer("parquet", io.StringIO())
+    assert str(caught.value) == "parquet output needs a file (give -o FILE.parquet)"
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow not installed (the parquet extra)")
+    assert written("parquet", path=tmp_path / "a.parquet", topk=1, long=True) == ""
+    assert pq.read_table(tmp_path / "a.parquet").column_names[2:4] == ["rank", "index"]
+    written("parquet", path=tmp_path / "b.parquet", topk=1, uncertain=True)
+    assert pq.read_table(tmp_path / "b.parquet").column_names[2:5] == [
+        "label_1",
+        "probability_1",
+        "uncertain",
+    ]
+    with pytest.raises(ValueError) as unknown:
+        make_writer("xml", io.StringIO())
+    assert str(unknown.value) == "unknown format 'xml'"
+    # A table with no console of its own goes to the stream, captioned, numbers not coloured
+    # even where colour is forced (only the bar is).
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    table = written("table", caption="made by hand")
+    assert "\x1b[36m███████████████░░░░░░░░░\x1b[0m" in table
+    assert "   281 │      62.50% │" in table
+    assert "\x1b[2;3mmade by hand" in table
+
+
+def table_of(records: list[Record], *, caption: str | None = None, colour: bool = False) -> str:
+    stream = io.StringIO()
+    console = (
+        Console(file=stream, width=80, force_terminal=True, color_system="standard")
+        if colour
+        else Console(file=stream, width=80, color_system=None)
+    )
+    writer = TableWriter(console, caption=caption)
+    for r in records:
+        writer.write(r)
+    writer.close()
+    return stream.getvalue()
+
+
+def stripped(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines()]
+
+
+def caption_of(table: str) -> str:
+    """The caption under a detailed table, its folded lines joined."""
+    lines = stripped(table)
+    bottom = next(i for i, line in enumerate(lines) if line.startswith("└"))
+    return " ".join(lines[bottom + 1 :])
+
+
+BARS = {  # 24 cells, in eighths: what each probability of CAT and CATEGORIES draws
+    0.9375: "█" * 22 + "▌" + "░",
+    0.625: "█" * 15 + "░" * 9,
+    0.25: "█" * 6 + "░" * 18,
+    0.0625: "█▌" + "░" * 22,
+}
+
+
+def test_one_image_gets_every_class_with_its_categories_first() -> None:
+    cats = replace(CAT, categories=CATEGORIES)
+    assert stripped(table_of([cats], caption="resnext50_32x4d (IMAGENET1K_V2) on cpu")) == [
+        "photos/\\x1b[2Jcat.jpg",
+        "┏━━━┳━━━━━━━━━━━━━━━━━━┳━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━┓",
+        "┃ # ┃ label            ┃ index ┃ probability ┃                          ┃",
+        "┡━━━╇━━━━━━━━━━━━━━━━━━╇━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━┩",
+        f"│ 1 │ cat\\x07s         │       │      93.75% │ {BARS[0.9375]} │",
+        f"│ 2 │ other            │       │       6.25% │ {BARS[0.0625]} │",
+        "├───┼──────────────────┼───────┼─────────────┼──────────────────────────┤",
+        f"│ 1 │ tabby, tabby cat │   281 │      62.50% │ {BARS[0.625]} │",
+        f"│ 2 │ tiger\\ncat       │   282 │      25.00% │ {BARS[0.25]} │",
+        f"│ 3 │ Egyptian cat     │   285 │       6.25% │ {BARS[0.0625]} │",
+        "└───┴──────────────────┴───────┴─────────────┴──────────────────────────┘",
+        "resnext50_32x4d (IMAGENET1K_V2) on cpu",
+    ]
+    coloured = table_of([cats], colour=True)
+    assert "│ \x1b[1mcat\\x07s        \x1b[0m │" in coloured  # categories in bold
+    assert "│ tabby, tabby cat │" in coloured  # classes plain
+    for bar in BARS.values():
+        assert f"\x1b[36m{bar}\x1b[0m" in coloured
+    assert "\n┏━━━┳" in coloured  # a sure result: borders not dimmed
+
+
+def test_one_image_caption_says_how_and_whether_it_is_uncertain() -> None:
+    body = stripped(table_of([CAT]))
+    assert body[0] == "photos/\\x1b[2Jcat.jpg"
+    assert body[4:7] == [
+        f"│ 1 │ tabby, tabby cat │   281 │      62.50% │ {BARS[0.625]} │",
+        f"│ 2 │ tiger\\ncat       │   282 │      25.00% │ {BARS[0.25]} │",
+        f"│ 3 │ Egyptian cat     │   285 │       6.25% │ {BARS[0.0625]} │",
+    ]
+    assert body[7:] == [
+        "└───┴──────────────────┴───────┴─────────────┴──────────────────────────┘",
+        "fp32",
+    ]
+    caption = "resnext50_32x4d (IMAGENET1K_V2) on cpu, fp32"
+    assert caption_of(table_of([CAT], caption=caption)) == caption
+    assert caption_of(table_of([replace(CAT, precision=None)])) == ""
+    note = "uncertain: the top-1 probability is below --min-probability"
+    unsure = replace(CAT, uncertain=True)
+    assert caption_of(table_of([unsure])) == f"fp32; {note}"
+    assert caption_of(table_of([unsure], caption=caption)) == f"{caption}; {note}"
+    assert caption_of(table_of([replace(unsure, precision=None)])) == note
+    assert caption_of(table_of([replace(CAT, uncertain=False)])) == "fp32"
+    assert "\n\x1b[2m┏━━━┳" in table_of([unsure], colour=True)  # an uncertain result is dimmed
+
+
+def test_one_failed_image_is_one_line() -> None:
+    failed = Failed("scans/\x1bpage.png", "not_an_image", "cannot identify\x07 'page.png'")
+    assert (
+        table_of([failed]) == "scans/\\x1bpage.png: not_an_image: cannot identify\\x07 'page.png'\n"
+    )
+    assert table_of([failed], caption="made by hand", colour=True) == (
+        "\x1b[1mscans/\\x1bpage.png: \x1b[0m"
+        "\x1b[1;31mnot_an_image: cannot identify\\x07 'page.png'\x1b[0m\n"
+    )
+
+
+def test_many_images_are_one_row_each_cut_to_their_columns() -> None:
+    long = Classified(
+        "holiday/" + "very-long-name-" * 5 + ".jpg",
+        "m",
+        "w",
+        (
+            Prediction("a label far longer than its column", 1, 1.0),
+            Prediction("a runner-up far longer than its column", 2, 0.0),
+        ),
+    )
+    lone = Classified(
+        "IMG 0001 from the holiday.png", "m", "w", (Prediction("only", 7, 0.999),), uncertain=True
+    )
+    cats = replace(CAT, categories=CATEGORIES)
+    rows = [
+        "input       top-1                       prob              runner-up",
+        "photos/\\x…  cat\\x07s: tabby, tabby …   62.5%  ██████▎░░░  tiger\\ncat 25.0%",
+        "holiday/v…  a label far longer than…  100.0%  ██████████  a runner-up far longe…",
+        "IMG 0001 …  only                       99.9%  ██████████",
+        "c\\n.jpg     error: not_found",
+    ]
+    assert stripped(table_of([cats, long, lone, MISSING])) == rows
+    captioned = table_of([cats, long, lone, MISSING], caption="resnext50_32x4d " + "x" * 80)
+    assert stripped(captioned) == [*rows, "resnext50_32x4d " + "x" * 80]  # never folded
+    assert stripped(table_of([CAT, MISSING]))[1].startswith("photos/\\x…  tabby, tabby cat ")
+    coloured = table_of([cats, MISSING], caption="made by hand", colour=True)
+    assert coloured.endswith("\n\x1b[2mmade by hand\x1b[0m\n")  # the caption dimmed
+    assert "\x1b[1mcat\\x07s: tabby, tabby …\x1b[0m" in coloured
+    assert "\x1b[36m██████▎░░░\x1b[0m" in coloured
+    assert "\x1b[31merror: not_found        \x1b[0m" in coloured
+    assert "\x1b[1minput" in coloured  # the header, once
+    assert coloured.count("input") == 1 and coloured.count("top-1") == 1
+
+
+# `resnext models`: torchvision's metadata as JSON or as a table that a pipe gets whole.
+
+R50 = WeightsInfo(
+    model="resnext50_32x4d",
+    tag="IMAGENET1K_V2",
+    url="https://download.pytorch.org/models/resnext50_32x4d-1a0047aa.pth",
+    is_default=True,
+    acc1=81.198,
+    acc5=95.34,
+    params=25028904,
+    gflops=4.23,
+    file_size_mb=95.833,
+    resize_size=232,
+    crop_size=224,
+    num_classes=1000,
+)
+INT8 = WeightsInfo(  # made up: a mirror's URL, 88.75M parameters (shown rounded half even)
+    model="resnext101_32x8d",
+    tag="IMAGENET1K_FBGEMM_V1",
+    url="https://mirror.example/quantized/resnext101_32x8_fbgemm_09835ccf.pth",
+    is_default=False,
+    acc1=78.986,
+    acc5=94.48,
+    params=88_750_000,
+    gflops=16.414,
+    file_size_mb=86.645,
+    resize_size=256,
+    crop_size=224,
+    num_classes=1000,
+    quantized=True,
+    backend="fbgemm",
+    unquantized="IMAGENET1K_V1",
+)
+
+
+def cache_r50() -> None:
+    """Put resnext50's file where torch.hub keeps it: $TORCH_HOME/hub/checkpoints."""
+    folder = Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "resnext50_32x4d-1a0047aa.pth").write_bytes(b"listing never reads it")
+
+
+def test_models_json_has_every_field() -> None:
+    cache_r50()
+    text = models_json([R50, INT8])
+    assert text.startswith('[\n  {\n    "model": "resnext50_32x4d",\n    "weights"')
+    assert json.loads(text) == [
+        {
+            "model": "resnext50_32x4d",
+            "weights": "IMAGENET1K_V2",
+            "quantized": False,
+            "default": True,
+            "acc@1": 81.198,
+            "acc@5": 95.34,
+            "params": 25028904,
+            "gflops": 4.23,
+            "file_size_mb": 95.833,
+            "resize": 232,
+            "crop": 224,
+            "file": "resnext50_32x4d-1a0047aa.pth",
+            "cached": True,
+            "url": "https://download.pytorch.org/models/resnext50_32x4d-1a0047aa.pth",
+        },
+        {
+            "model": "resnext101_32x8d",
+            "weights": "IMAGENET1K_FBGEMM_V1",
+            "quantized": True,
+            "default": False,
+            "acc@1": 78.986,
+            "acc@5": 94.48,
+            "params": 88_750_000,
+            "gflops": 16.414,
+            "file_size_mb": 86.645,
+            "resize": 256,
+            "crop": 224,
+            "file": "resnext101_32x8_fbgemm_09835ccf.pth",
+            "cached": False,
+            "url": "https://mirror.example/quantized/resnext101_32x8_fbgemm_09835ccf.pth",
+        },
+    ]
+
+
+def test_models_table_for_a_pipe_is_whole() -> None:
+    cache_r50()
+    stream = io.StringIO()
+    models_table([R50, INT8], stream, is_terminal=False)
+    assert stripped(stream.getvalue()) == [
+        " " * 36 + "ResNeXt weights (ImageNet-1K, torchvision's metadata)",
+        "model             weights               acc@1  acc@5  params  GFLOPs  MB   resize"
+        "  cached  file",
+        "─" * 126,
+        "resnext50_32x4d   IMAGENET1K_V2 *       81.20  95.34   25.0M    4.23  96  232/224"
+        "     yes  resnext50_32x4d-1a0047aa.pth",
+        "resnext101_32x8d  IMAGENET1K_FBGEMM_V1  78.99  94.48   88.8M   16.41  87  256/224"
+        "      no  resnext101_32x8_fbgemm_09835ccf.pth",
+        " " * 27 + "* the DEFAULT weights of each model; FBGEMM tags are INT8 (--quantized)",
+    ]
+
+
+def test_models_table_on_a_narrow_terminal_cuts_the_file_names_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
+    stream = io.StringIO()
+    cache_r50()
+    models_table([R50, INT8], stream, is_terminal=True)
+    lines = stripped(stream.getvalue())
+    assert len(lines) == 6  # title, header, rule, a row per tag, caption: nothing folded
+    assert lines[1].startswith("model             weights               acc@1  acc@5  params")
+    assert lines[3:5] == [
+        "resnext50_32x4d   IMAGENET1K_V2 *       81.20  95.34   25.0M    4.23  96  232/224"
+        "     yes  resnext5…",
+        "resnext101_32x8d  IMAGENET1K_FBGEMM_V1  78.99  94.48   88.8M   16.41  87  256/224"
+        "      no  resnext1…",
+    ]
+
+
+def test_models_table_for_a_pipe_has_long_file_names_whole_and_no_colour(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # colour forced: the numbers still stay plain
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    name = "resnext50_32x4d-" + "0123456789abcdef" * 10 + ".pth"
+    mirrored = replace(R50, url=f"https://mirror.example/models/{name}")
+    stream = io.StringIO()
+    models_table([mirrored], stream, is_terminal=False)
+    row = stream.getvalue().splitlines()[3]
+    assert row.rstrip() == (
+        "resnext50_32x4d  IMAGENET1K_V2 *  81.20  95.34   25.0M    4.23  96  232/224      no  "
+        + name
+    )
+
+
+def test_ten_classes_are_numbered_right_aligned() -> None:
+    ten = replace(CAT, predictions=tuple(Prediction(f"class {i}", i, 0.1) for i in range(10)))
+    rows = [line for line in stripped(table_of([ten])) if line.startswith("│")]
+    assert [row[:22] for row in rows[8:]] == ["│  9 │ class 8 │     8", "│ 10 │ class 9 │     9"]
+
+
+def test_five_predictions_unless_told_otherwise() -> None:
+    five = [f"{n}_{i}" for i in range(1, 6) for n in ("label", "probability")]
+    header = ["input", "path", *five, "error_type", "error"]
+    assert write_csv([]).splitlines() == [",".join(header)]
+    stream = io.StringIO()
+    make_writer("csv", stream).close()
+    assert stream.getvalue().splitlines() == [",".join(header)]

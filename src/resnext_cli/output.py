@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -78,15 +79,15 @@ class JsonArrayWriter:
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
-        self._count = 0
+        self._opened = False
 
     def write(self, record: Record) -> None:
-        self._stream.write(("[\n  " if self._count == 0 else ",\n  ") + _dumps(record))
+        self._stream.write((",\n  " if self._opened else "[\n  ") + _dumps(record))
         self._stream.flush()
-        self._count += 1
+        self._opened = True
 
     def close(self) -> None:
-        self._stream.write("[]\n" if self._count == 0 else "\n]\n")
+        self._stream.write("\n]\n" if self._opened else "[]\n")
         self._stream.flush()
 
 
@@ -209,12 +210,12 @@ class ParquetWriter:
     def _flush(self) -> None:
         if not self._rows:
             return
-        columns = list(zip(*self._rows, strict=True))
-        table = self._pa.Table.from_arrays(
-            [self._pa.array(c, type=f.type) for c, f in zip(columns, self._schema, strict=True)],
-            schema=self._schema,
-        )
-        self._file.write_table(table)
+        columns = [
+            self._pa.array([row[i] for row in self._rows], type=field.type)
+            for i, field in enumerate(self._schema)
+        ]
+        # Typed by the arrays themselves: a table whose types differ from the file's is refused.
+        self._file.write_table(self._pa.Table.from_arrays(columns, names=self._schema.names))
         self._rows = []
 
     def close(self) -> None:
@@ -233,10 +234,10 @@ class TableWriter:
         self._console = console
         self._caption = caption
         self._first: Record | None = None
-        self._rows = 0
+        self._rows_shown = False
 
     def write(self, record: Record) -> None:
-        if self._rows == 0 and self._first is None:
+        if not self._rows_shown and self._first is None:
             self._first = record  # wait: a lone image gets the detailed view
             return
         if self._first is not None:
@@ -245,15 +246,16 @@ class TableWriter:
         self._row(record)
 
     def _row(self, record: Record) -> None:
-        table = Table(box=None, show_header=self._rows == 0, pad_edge=False, expand=True)
-        table.add_column("input", ratio=1, no_wrap=True, overflow="ellipsis")
-        table.add_column("top-1", width=24, no_wrap=True, overflow="ellipsis")
+        # One line per image: what does not fit is cut with "…" (rich's default overflow).
+        table = Table(box=None, show_header=not self._rows_shown, pad_edge=False, expand=True)
+        table.add_column("input", ratio=1, no_wrap=True)
+        table.add_column("top-1", width=24, no_wrap=True)
         table.add_column("prob", width=6, justify="right", no_wrap=True)
         table.add_column("", width=10, no_wrap=True)
-        table.add_column("runner-up", width=22, no_wrap=True, overflow="ellipsis")
+        table.add_column("runner-up", width=22, no_wrap=True)
         name = Text(printable(record.input))
         if isinstance(record, Failed):
-            table.add_row(name, Text(f"error: {record.error_type}", style="red"), "", "", "")
+            table.add_row(name, Text(f"error: {record.error_type}", style="red"))
         else:
             second = record.predictions[1] if len(record.predictions) > 1 else None
             top = printable(record.top1.label)
@@ -268,7 +270,7 @@ class TableWriter:
                 style="dim" if record.uncertain else None,
             )
         self._console.print(table)
-        self._rows += 1
+        self._rows_shown = True
 
     def _detail(self, record: Record) -> None:
         if isinstance(record, Failed):
@@ -280,10 +282,8 @@ class TableWriter:
         table = Table(title=Text(printable(record.input)), title_justify="left")
         table.caption = self._caption or record.precision
         if record.uncertain:
-            table.caption = (
-                f"{table.caption or ''}; uncertain: the top-1 probability is below "
-                "--min-probability"
-            ).lstrip("; ")
+            note = "uncertain: the top-1 probability is below --min-probability"
+            table.caption = f"{table.caption}; {note}" if table.caption else note
             table.style = "dim"
         table.caption_justify = "left"
         table.add_column("#", justify="right")
@@ -312,7 +312,7 @@ class TableWriter:
         if self._first is not None:
             self._detail(self._first)
             self._first = None
-        elif self._rows and self._caption:
+        elif self._rows_shown and self._caption:
             # One line, as long as it is: a terminal folds it, a pipe gets it whole.
             self._console.print(Text(self._caption, style="dim"), soft_wrap=True)
 
@@ -385,9 +385,9 @@ def models_table(rows: list[WeightsInfo], stream: IO[str], *, is_terminal: bool)
     )
     columns = ["model", "weights", "acc@1", "acc@5", "params", "GFLOPs", "MB", "resize", "cached"]
     for name in columns:
-        justify = "left" if name in ("model", "weights") else "right"
-        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    table.add_column("file", no_wrap=True)
+        justify: JustifyMethod = "left" if name in ("model", "weights") else "right"
+        table.add_column(name, justify=justify, no_wrap=True)
+    table.add_column("file")  # the one column that gives way on a narrow terminal
     for w in rows:
         table.add_row(
             w.model,
@@ -403,6 +403,7 @@ def models_table(rows: list[WeightsInfo], stream: IO[str], *, is_terminal: bool)
         )
     table.caption = "* the DEFAULT weights of each model; FBGEMM tags are INT8 (--quantized)"
     console = Console(file=stream, highlight=False)
-    if not is_terminal:  # rich assumes 80 columns for a pipe; the table needs more
-        console.width = 160
+    if not is_terminal:  # rich assumes 80 columns for a pipe: a pipe gets every row whole
+        unbounded = console.options.update_width(sys.maxsize)
+        console.width = console.measure(table, options=unbounded).maximum
     console.print(table)
