@@ -10,6 +10,7 @@ on loopback servers made here.
 from __future__ import annotations
 
 import errno
+import gc
 import gzip
 import http.server
 import io
@@ -31,6 +32,7 @@ from resnext_cli.sources import Source, file_facts, iter_sources, open_source
 from tests.conftest import natural_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NOT_REGULAR = "is not a regular file (a pipe, socket or device)"
 
 
 def expand(
@@ -93,7 +95,7 @@ def magic_files() -> dict[str, bytes]:
     files = {
         "jpeg": encoded("JPEG"),
         "png": encoded("PNG"),
-        "gif89": encoded("GIF"),
+        "gif89": encoded("GIF", transparency=0),
         "tiff_le": encoded("TIFF"),
         "ico": encoded("ICO"),
         "bmp": encoded("BMP"),
@@ -134,7 +136,7 @@ NOT_IMAGES = {
 
 def test_extensionless_files_are_taken_by_their_magic_bytes(tmp_path: Path) -> None:
     images = magic_files()
-    assert images["jpeg"].startswith(b"\xff\xd8\xff") and images["ico"][:4] == b"\0\0\1\0"
+    assert images["gif89"].startswith(b"GIF89a") and images["ico"][:4] == b"\0\0\1\0"
     for name, data in (images | NOT_IMAGES).items():
         (tmp_path / name).write_bytes(data)
     assert inputs(str(tmp_path)) == sorted(str(tmp_path / name) for name in images)
@@ -156,12 +158,40 @@ def test_extensionless_files_that_cannot_be_read_are_skipped(
     assert inputs(str(tmp_path)) == [str(tmp_path / "open")]
 
 
+def test_extensionless_files_that_fail_to_read_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad_sector").write_bytes(PNG_SIGNATURE)
+    (tmp_path / "fine").write_bytes(PNG_SIGNATURE)
+    real_fdopen = os.fdopen
+
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise OSError(errno.EIO, "Input/output error")
+
+    def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("bad_sector"):
+            os.close(fd)
+            return Failing()
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    assert inputs(str(tmp_path)) == [str(tmp_path / "fine")]
+
+
 def test_a_walk_is_sorted_files_first_then_each_subfolder_in_turn(tmp_path: Path) -> None:
     for name in ("b/y.png", "b/a/x.png", "a/z.png", "a/b/w.png", "m.png", "c.png", "z/q.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(PNG_SIGNATURE)
     want = ["c.png", "m.png", "a/z.png", "a/b/w.png", "b/y.png", "b/a/x.png", "z/q.png"]
-    assert inputs(str(tmp_path)) == [str(tmp_path / n) for n in want]
+    sources = list(iter_sources([str(tmp_path)]))
+    assert [s.input for s in sources] == [str(tmp_path / n) for n in want]
+    for source in sources:  # each opens: the walk gives its path
+        with open_source(source) as fp:
+            assert fp.read() == PNG_SIGNATURE
 
 
 def test_hidden_files_and_folders_are_skipped_in_walks_and_globs(tmp_path: Path) -> None:
@@ -182,14 +212,17 @@ def test_broken_links_and_special_files_in_a_walk(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.jpg")
     os.mkfifo(tmp_path / "pipe")  # no extension: never opened to sniff
     (tmp_path / "ok.png").write_bytes(PNG_SIGNATURE)
-    got, warnings = expand(str(tmp_path))
+    warnings: list[str] = []
+    got = [
+        (s.input, s.path, s.error and (s.error.error_type, s.error.message))
+        for s in iter_sources([str(tmp_path)], warn=warnings.append)
+    ]
+    gone, ok, pipe = (tmp_path / n for n in ("gone.png", "ok.png", "pipe.jpg"))
+    # Error records keep their path: the output's "path" field is made from it.
     assert got == [
-        (str(tmp_path / "gone.png"), f"broken symbolic link: '{tmp_path / 'gone.png'}'"),
-        (str(tmp_path / "ok.png"), None),
-        (
-            str(tmp_path / "pipe.jpg"),
-            f"'{tmp_path / 'pipe.jpg'}' is not a regular file (a pipe, socket or device)",
-        ),
+        (str(gone), gone, ("not_found", f"broken symbolic link: '{gone}'")),
+        (str(ok), ok, None),
+        (str(pipe), pipe, ("unreadable", f"'{pipe}' {NOT_REGULAR}")),
     ]
     assert warnings == []
 
@@ -421,8 +454,38 @@ def test_glob_patterns(
     (tmp_path / "d" / "readme").write_text("skipped: no image magic")
     (tmp_path / "x.png").symlink_to(tmp_path / "a.png")  # the same file as a.png
     monkeypatch.chdir(tmp_path)
-    assert inputs(pattern) == want
-    assert inputs(f"{tmp_path}/{pattern}") == [f"{tmp_path}/{n}" for n in want]
+    assert expand(pattern) == ([(n, None) for n in want], [])
+    assert expand(f"{tmp_path}/{pattern}") == ([(f"{tmp_path}/{n}", None) for n in want], [])
+
+
+def test_a_glob_takes_names_that_sort_before_hidden_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # '-', '+' and ' ' sort before '.': a hidden name met first must not end the listing.
+    make_tree(tmp_path, " space.png", "+plus.png", "-dash.png", ".hidden.png", "a.png")
+    monkeypatch.chdir(tmp_path)
+    assert inputs("*.png") == [" space.png", "+plus.png", "-dash.png", "a.png"]
+
+
+def test_a_glob_ending_in_a_slash_matches_only_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path, "d/c.png", "d/e/f.png")
+    monkeypatch.chdir(tmp_path)
+    assert expand("*/c.png/") == ([], ["no images match '*/c.png/'"])
+    assert expand("*/e/") == ([("d/e/f.png", None)], [])
+
+
+def test_a_glob_with_images_is_not_warned_about_for_an_empty_match(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Matched: an image, then a folder with none, then a file that is not an image.
+    make_tree(tmp_path, "a1.png", "a2/notes.txt")
+    (tmp_path / "a3.txt").write_text("text")
+    monkeypatch.chdir(tmp_path)
+    assert expand("a*") == ([("a1.png", None)], [])
+    make_tree(tmp_path, "b1/x.png", "b2/notes.txt")
+    assert expand("b*") == ([("b1/x.png", None)], [])
 
 
 def test_a_trailing_double_star_matches_its_own_folder_too(
@@ -437,6 +500,23 @@ def test_a_trailing_double_star_matches_its_own_folder_too(
     ]
     assert inputs("d/e/**/") == ["d/e/f.png"]
     assert inputs("d/e/**") == ["d/e/f.png"]
+
+
+def test_a_folder_that_vanishes_during_a_glob_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_tree(tmp_path, "a/x.png", "b/y.png", "c/z.png")
+    real_stat = os.stat
+    gone = tmp_path / "b"
+
+    def stat(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        if Path(target) == gone:  # listed, then removed before the glob entered it
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(target))
+        return real_stat(target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    want = [str(tmp_path / n) for n in ("a/x.png", "c/z.png")]
+    assert expand(f"{tmp_path}/**/*.png") == ([(n, None) for n in want], [])
 
 
 def test_a_glob_matching_nothing_warns(tmp_path: Path) -> None:
@@ -506,8 +586,9 @@ def test_other_schemes_are_refused_by_name(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_dash_needs_a_stream() -> None:
-    with pytest.raises(ValueError, match="'-' given but no standard input stream"):
+    with pytest.raises(ValueError) as info:
         list(iter_sources(["-"]))
+    assert str(info.value) == "'-' given but no standard input stream"
 
 
 def test_empty_standard_input_warns() -> None:
@@ -564,6 +645,26 @@ def test_a_stdin_list_is_read_line_by_line(tmp_path: Path, monkeypatch: pytest.M
     want.insert(1, ("here.png", None))
     assert got == want
     assert warnings == []
+
+
+def test_names_in_any_encoding_past_the_sniffed_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    latin1 = [b"caf\xe9.png", b"cr\xe8me br\xfbl\xe9e.png"]
+    try:
+        for raw in latin1:
+            with open(raw, "wb") as fh:
+                fh.write(PNG_SIGNATURE)
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    listing = b"h" * 80 + b".png\n" + b"\n".join(latin1) + b"\n"
+    sources = list(iter_sources(["-"], stdin=io.BytesIO(listing)))
+    assert [s.input for s in sources] == ["h" * 80 + ".png", *map(os.fsdecode, latin1)]
+    for source in sources[1:]:
+        assert source.error is None
+        with open_source(source) as fp:
+            assert fp.read() == PNG_SIGNATURE
 
 
 def test_a_stdin_list_of_urls_folders_and_globs(
@@ -976,3 +1077,47 @@ def test_the_timeout_bounds_an_https_server_that_trickles(tls_trickle: str) -> N
         f"timed out after 0.5s fetching '{tls_trickle}' (raise --timeout to wait longer)",
     )
     assert elapsed < 10, f"gave up after {elapsed:.1f}s, not about 0.5s"
+
+
+def test_the_timeout_bounds_a_connection_never_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A listener whose backlog is full drops new connection requests: connecting hangs.
+    for name in ("HTTP_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(4)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            time.sleep(0.2)
+            url = f"http://127.0.0.1:{port}/a.jpg"
+            started = time.monotonic()
+            error = read_error(Source(input=url, url=url), timeout=0.5)
+            elapsed = time.monotonic() - started
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert error == (
+        "download_failed",
+        f"timed out after 0.5s fetching '{url}' (raise --timeout to wait longer)",
+    )
+    assert elapsed < 10, f"gave up after {elapsed:.1f}s, not about 0.5s"
+
+
+def test_downloads_close_their_connections(web: Web) -> None:
+    # Closed when the download ends, not whenever the garbage collector comes by.
+    fetch(web, "/ok.png")  # requests' first-use imports and caches
+    gc.collect()
+    gc.disable()
+    try:
+        before = set(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            assert fetch(web, "/ok.png") == web.image
+        # The server's ends close once it has seen the client's go: give it a moment.
+        deadline = time.monotonic() + 5
+        while set(os.listdir("/proc/self/fd")) - before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert set(os.listdir("/proc/self/fd")) - before == set()
+    finally:
+        gc.enable()

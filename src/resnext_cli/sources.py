@@ -7,6 +7,7 @@ import errno
 import fnmatch
 import functools
 import io
+import itertools
 import os
 import re
 import socket
@@ -122,6 +123,11 @@ def _lower(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+def _why(exc: OSError) -> str:
+    """The reason an OSError gives ('permission denied'), or its kind if it gives none."""
+    return _lower(exc.strerror or exc.__class__.__name__)
+
+
 def _os_error(name: str, path: Path | str, exc: OSError) -> InputError:
     """Type an OSError met while looking at or opening a local input."""
     if isinstance(exc, FileNotFoundError):
@@ -131,8 +137,7 @@ def _os_error(name: str, path: Path | str, exc: OSError) -> InputError:
         return InputError("not_found", f"no such file: '{name}'")
     if isinstance(exc, PermissionError):
         return InputError("unreadable", f"permission denied: '{name}'")
-    reason = _lower(exc.strerror or exc.__class__.__name__)
-    return InputError("unreadable", f"cannot read '{name}': {reason}")
+    return InputError("unreadable", f"cannot read '{name}': {_why(exc)}")
 
 
 def _not_regular(name: str) -> InputError:
@@ -180,13 +185,13 @@ def _file_source(path: Path, name: str, seen: _Seen) -> Source | None:
     return Source(input=name, path=path)
 
 
-def _walk(root: Path, warn: Warn, seen: _Seen) -> Generator[Source, None, int]:
+def _walk(root: Path, warn: Warn, seen: _Seen) -> Generator[Source, None, bool]:
     """Yield image files below *root*, depth first, sorted, following links once.
 
     Iterative, so a tree thousands of folders deep cannot exhaust Python's stack;
-    returns how many sources it yielded.
+    returns whether it yielded anything.
     """
-    found = 0
+    found = False
     pending = [root]
     while pending:
         folder = pending.pop()
@@ -202,21 +207,17 @@ def _walk(root: Path, warn: Warn, seen: _Seen) -> Generator[Source, None, int]:
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=lambda e: e.name)
         except OSError as exc:
-            warn(f"cannot list folder '{folder}': {_lower(exc.strerror or str(exc))}")
+            warn(f"cannot list folder '{folder}': {_why(exc)}")
             continue
         subfolders = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             path = Path(entry.path)
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
+            if _is_dir(entry):
                 subfolders.append(path)
             elif (source := _file_source(path, str(path), seen)) is not None:
-                found += 1
+                found = True
                 yield source
         pending.extend(reversed(subfolders))
     return found
@@ -291,30 +292,24 @@ def _glob(pattern: str) -> list[str]:
                 pending.append((_join(prefix, entry.name), i + 1))
         else:
             name = _join(prefix, part)
-            try:
-                ok = os.path.isdir(name) if not last or folders_only else os.path.lexists(name)
-            except ValueError:
-                ok = False
-            if ok:
+            # Both answer False for a name they cannot look at, NUL included.
+            exists = os.path.isdir if not last or folders_only else os.path.lexists
+            if exists(name):
                 pending.append((name, i + 1))
     return sorted(set(matches))
 
 
 def _from_glob(spec: str, warn: Warn, failure: OSError) -> Iterator[Source]:
     seen = _Seen()
-    count = 0
+    found = False
     for name in _glob(spec):
         matched = Path(name)
-        try:
-            is_dir = stat.S_ISDIR(_stat(matched).st_mode)
-        except OSError:
-            is_dir = False
-        if is_dir:
-            count += yield from _walk(matched, warn, seen)
+        if os.path.isdir(matched):
+            found |= yield from _walk(matched, warn, seen)
         elif (source := _file_source(matched, name, seen)) is not None:
-            count += 1
+            found = True
             yield source
-    if count:
+    if found:
         return
     if failure.errno in (errno.ENOENT, errno.ENOTDIR):
         warn(f"no images match '{spec}'")
@@ -341,7 +336,7 @@ def _from_spec(spec: str, warn: Warn, *, expand_globs: bool) -> Iterator[Source]
         failure = exc
     else:
         if stat.S_ISDIR(st.st_mode):
-            if (yield from _walk(path, warn, _Seen())) == 0:
+            if not (yield from _walk(path, warn, _Seen())):
                 warn(f"no images found in folder '{spec}'")
             return
         # Named files are taken whatever their type; open_source refuses pipes and devices.
@@ -354,11 +349,10 @@ def _from_spec(spec: str, warn: Warn, *, expand_globs: bool) -> Iterator[Source]
 
 
 def _stdin_lines(head: bytes, stream: BinaryIO) -> Iterator[str]:
+    """The lines of a list on stdin, line ends left for the caller's strip()."""
     # Complete the line the sniffed head ends in, then read the rest lazily.
-    for raw in (head + stream.readline()).splitlines():
-        yield raw.decode("utf-8", errors="surrogateescape")
-    for raw in stream:
-        yield raw.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
+    for raw in itertools.chain((head + stream.readline()).splitlines(), stream):
+        yield raw.decode(errors="surrogateescape")
 
 
 def _stdin_image(head: bytes, stream: BinaryIO, max_bytes: int) -> Source:
@@ -470,9 +464,9 @@ _current = threading.local()
 
 
 def _watch(sock: socket.socket) -> socket.socket:
-    deadline: _Deadline | None = getattr(_current, "deadline", None)
-    if deadline is not None:
-        deadline.watch(sock)
+    # Only _read_url's sessions make these connections, and it sets the deadline first.
+    deadline: _Deadline = _current.deadline
+    deadline.watch(sock)
     return sock
 
 
@@ -580,7 +574,7 @@ def _read_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
                 raise InputError("download_failed", timed_out) from None
             raise InputError("download_failed", f"cannot fetch '{url}': {_reason(exc)}") from None
         finally:
-            _current.deadline = None
+            del _current.deadline
 
 
 # -- opening -------------------------------------------------------------------------
