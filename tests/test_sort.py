@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -870,7 +871,7 @@ def test_a_source_gone_before_its_step_is_a_problem_and_undo_skips_it(
     assert [(s.target, r) for s, r in outcome.problems] == [
         ("Crane/b.jpg", f"source is gone: '{photos.resolve() / 'b.jpg'}'")
     ]
-    assert len(outcome.done) == 5
+    assert len(outcome.done) == 5 and unfinished(dest) == []  # skipped is not unfinished
     outcome = undo(dest)  # the skipped step is not looked for
     assert (outcome.problems, len(outcome.done)) == ([], 5)
     assert tree(photos) == {(rel, d) for rel, d in before if rel != "b.jpg"}
@@ -1056,6 +1057,87 @@ def test_a_journal_of_ordinary_names_is_accepted(photos: Path, tmp_path: Path) -
     execute(make_plan([seen(photos / "a.jpg", "Xylophone: XX")], dest, mode="move"))
     assert tree(dest) == {("Xylophone_ XX/a.jpg", dict(before)["a.jpg"])}
     assert undo(dest).problems == [] and tree(photos) == before
+
+
+def test_a_folder_in_dest_swapped_for_a_link_after_planning(photos: Path, tmp_path: Path) -> None:
+    dest, outside = tmp_path / "sorted", tmp_path / "outside"
+    outside.mkdir()
+    plan = make_plan(threshold(labelled(photos)), dest)
+    dest.mkdir()
+    (dest / "Crane").symlink_to(outside)  # made after planning: it leads out of DEST
+    outcome = execute(plan)
+    why = "'{}' now leads outside '" + str(dest.resolve()) + "'; left alone"
+    assert sorted((s.target, r) for s, r in outcome.problems) == [
+        ("Crane/b.jpg", why.format("Crane/b.jpg")),
+        ("Crane/d.jpg", why.format("Crane/d.jpg")),
+    ]
+    assert list(outside.iterdir()) == [] and len(outcome.done) == 4
+
+
+def test_a_file_system_that_refuses_every_name_is_given_up(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+
+    def taken(*_args: object, **_kw: object) -> None:
+        raise FileExistsError(errno.EEXIST, "File exists")
+
+    monkeypatch.setattr(os, "link", taken)
+    monkeypatch.setattr(os, "fsync", lambda _fd: None)  # a thousand journal lines: no waiting
+    with pytest.raises(SortError, match=r"^no free name for 'Crane/b \(1\)"):
+        execute(make_plan([seen(photos / "b.jpg", "Crane")], dest))
+    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    assert Counter(line["op"] for line in lines) == {"begin": 1, "step": 1, "retarget": 1000}
+    assert tree(dest) == set() and (dest / "Crane").is_dir()
+
+
+def test_the_journal_says_what_was_done(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    plan = make_plan(threshold(labelled(photos))[:3], dest, mode="move", sources=[photos])
+    placed_steps: list[int] = []
+    execute(plan, on_step=lambda step: placed_steps.append(step.n))
+    assert placed_steps == [0, 1, 2]
+    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    begin = lines[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", begin.pop("time"))
+    assert begin == {
+        "op": "begin",
+        "mode": "move",
+        "dest": str(dest.resolve()),
+        "src": [str(photos.resolve())],
+    }
+    src = photos.resolve()
+    assert lines[1:] == [
+        *(
+            {"op": "step", "n": n, "mode": "move", "src": str(src / name), "dst": dst, "input": i}
+            for n, (name, dst, i) in enumerate(
+                [
+                    ("a.jpg", "tabby, tabby cat/a.jpg", str(photos / "a.jpg")),
+                    ("b.jpg", "Crane/b.jpg", str(photos / "b.jpg")),
+                    ("c.png", "_uncertain/c.png", str(photos / "c.png")),
+                ]
+            )
+        ),
+        {"op": "done", "n": 0},
+        {"op": "done", "n": 1},
+        {"op": "done", "n": 2},
+        {"op": "end"},
+    ]
+    assert sorting.Journal(dest).read()[1].step.input == str(photos / "b.jpg")
+
+
+def test_a_plan_made_by_hand(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    source = (photos / "sub" / "d.jpg").resolve()
+    step = sorting.Step(0, "copy", source, "x/d.jpg")  # no root: its own folder
+    assert execute(sorting.Plan(dest, "copy", [step])).problems == []
+    begin = json.loads((dest / JOURNAL_NAME).read_text().splitlines()[0])
+    assert begin["src"] == [str(source.parent)]
+    assert (dest / "x" / "d.jpg").read_bytes() == source.read_bytes()
+    stray = replace(step, home=photos.resolve() / "elsewhere")
+    with pytest.raises(ValueError) as caught:
+        execute(sorting.Plan(tmp_path / "other", "copy", [stray]))
+    assert str(caught.value) == f"step source '{source}' is outside its root"
 
 
 # -- the same sort twice ---------------------------------------------------------------------
