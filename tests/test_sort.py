@@ -782,6 +782,35 @@ def test_a_damaged_line_before_the_last_is_refused(photos: Path, tmp_path: Path)
         assert str(caught.value) == message
 
 
+def test_a_journal_step_that_makes_no_sense_is_damaged(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    src = str(photos.resolve() / "a.jpg")
+    begin = {"op": "begin", "mode": "move", "time": "t", "dest": "", "src": [str(photos)]}
+    step = {"op": "step", "n": 0, "mode": "move", "src": src, "dst": "x/a.jpg"}
+    bad = [
+        {**step, "n": "0"},
+        {**step, "n": 0.0},
+        {**step, "mode": "teleport"},
+        {**step, "src": 5},
+        {**step, "dst": ["x", "a.jpg"]},
+    ]
+    for line in bad:
+        plant(dest, {**begin, "dest": str(dest.resolve())}, line)
+        with pytest.raises(SortError) as caught:
+            unfinished(dest)
+        assert str(caught.value) == (
+            f"journal '{dest / JOURNAL_NAME}' line 2 is damaged (fix or remove that line)"
+        ), line
+    for line in ({**step, "n": 0}, {"op": "retarget", "n": 0, "dst": 7}):
+        plant(dest, {**begin, "dest": str(dest.resolve())}, step, line)
+        with pytest.raises(SortError, match="line 3 is damaged"):
+            unfinished(dest)
+    plant(dest, {**begin, "dest": str(dest.resolve())}, step)  # no 'input': an empty one
+    assert [(s.n, s.source, s.target, s.input) for s in unfinished(dest)] == [
+        (0, Path(src), "x/a.jpg", "")
+    ]
+
+
 # -- undo after changes in DEST --------------------------------------------------------------
 
 

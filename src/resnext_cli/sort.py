@@ -461,7 +461,6 @@ class Entry:
     """A step as the journal tells it."""
 
     step: Step
-    line: int = 0
     done: bool = False
     skipped: bool = False
     undone: bool = False
@@ -590,9 +589,7 @@ class Journal:
         if op == "step":
             n, mode, src, dst = item["n"], item["mode"], item["src"], item["dst"]
             if type(n) is not int or mode not in MODES or n in entries:
-                raise ValueError(n)
-            if not isinstance(src, str) or not isinstance(dst, str):
-                raise TypeError(src)
+                raise ValueError  # damaged; a src or dst that is not text fails below, as damaged
             if roots is None:
                 raise self._refused(number, "has a step before any 'begin' naming its folders")
             source = Path(src)
@@ -602,12 +599,10 @@ class Journal:
             if not _clean_target(dst):
                 raise self._refused(number, f"puts a file at '{dst}', outside the destination")
             step = Step(n, mode, source, dst, str(item.get("input", "")), home)
-            entries[n] = Entry(step, line=number)
+            entries[n] = Entry(step)
         elif op == "retarget":
             entry, dst = entries[item["n"]], item["dst"]
-            if not isinstance(dst, str):
-                raise TypeError(dst)
-            if not _clean_target(dst):
+            if not _clean_target(dst):  # AttributeError, damaged, when dst is not text
                 raise self._refused(number, f"puts a file at '{dst}', outside the destination")
             entry.step = replace(entry.step, target=dst)
         elif op in ("done", "skip", "undone"):
