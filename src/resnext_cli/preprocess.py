@@ -113,7 +113,8 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
     16-bit data is divided by 257 (65535 -> 255). 32-bit integers and floats are read
     by their range: within 0..1 (floats only) times 255, within 0..255 as they are,
     within 0..65535 divided by 257, anything else stretched from its own minimum to
-    its maximum. NaN becomes 0 and infinities are left out of the range, then clipped.
+    its maximum. NaN becomes 0 and infinities are left out of the range, then clipped;
+    a transparent value (a 16-bit grey PNG's tRNS) becomes white.
     Works in strips: the result is RGB, and memory never holds a float64 copy of it all.
     """
     import numpy as np
@@ -128,8 +129,8 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
             finite = data[np.isfinite(data)]
             if finite.size:
                 low, high = min(low, float(finite.min())), max(high, float(finite.max()))
-        if low > high:  # nothing finite
-            low = high = 0.0
+        # A float image with nothing finite leaves low = inf, high = -inf, which the 0..1
+        # range takes: NaN becomes 0 and infinities 0 or 255, as in any other image.
         if img.mode == "F" and low >= 0 and high <= 1:
 
             def scaled(data: Any) -> Any:
@@ -153,10 +154,15 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
             def scaled(data: Any) -> Any:
                 return np.zeros_like(data)
 
+    # A 16-bit grey PNG may name one value transparent (tRNS): white, as in 8-bit images.
+    key = img.info.get("transparency")
+
     def convert(strip: Image.Image) -> Image.Image:
-        data = scaled(np.asarray(strip).astype(np.float64))
-        pixels = np.clip(np.floor(np.nan_to_num(data, nan=0.0) + 0.5), 0, 255)
-        return Image.fromarray(pixels.astype(np.uint8), "L")
+        raw = np.asarray(strip)
+        pixels = np.clip(np.floor(np.nan_to_num(scaled(raw.astype(np.float64))) + 0.5), 0, 255)
+        if isinstance(key, int):
+            pixels[raw == key] = 255
+        return Image.fromarray(pixels.astype(np.uint8))  # 2-D uint8: mode L
 
     return _in_strips(img, convert)
 
@@ -193,12 +199,10 @@ def _orientation(img: Image.Image) -> Image.Transpose | None:
 
 def bytes_per_pixel(mode: str) -> int:
     """Bytes a decoded pixel of *mode* holds: bands times bytes per band (RGB: 3)."""
-    try:
-        info = ImageMode.getmode(mode)
-    except KeyError:
-        return 4
-    size = info.typestr.lstrip("<>|=")[1:]
-    return len(info.bands) * (int(size) if size.isdigit() else 1)
+    import numpy as np
+
+    info = ImageMode.getmode(mode)  # every mode a Pillow image can have
+    return len(info.bands) * np.dtype(info.typestr).itemsize
 
 
 def _damaged(name: str, exc: Exception) -> InputError:
@@ -276,7 +280,7 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
         raise _too_many_pixels(name, options.max_pixels, img.size)
     if options.draft_min_side and img.format == "JPEG" and not options.exact:
         side = options.draft_min_side
-        img.draft(img.mode, (side, side))
+        img.draft(None, (side, side))  # scale only; the mode stays
     if (too_deep := _too_deep(name, img, options.max_pixels)) is not None:
         raise too_deep
     try:
@@ -288,8 +292,8 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
     mode = img.mode
     try:
         if options.exact:
-            # The reference pipeline: exactly what `Image.open(f).convert("RGB")` gives.
-            return img if mode == "RGB" else img.convert("RGB")
+            # The reference pipeline: exactly `Image.open(f).convert("RGB")`.
+            return img.convert("RGB")
         transpose = _orientation(img)
         rgb = to_rgb(img)
         del img  # a deep original is freed before the turned copy is made
@@ -341,9 +345,8 @@ class Preprocess:
         # Images longer than MAX_ASPECT to one are first cropped to their middle, which
         # is all the centre crop keeps anyway.
         img = limit_aspect(img)
-        img = F.resize(
-            img, self.resize_size, interpolation=self.interpolation, antialias=self.antialias
-        )
+        # Pillow always antialiases (self.antialias is for the tensor decoder's resize).
+        img = F.resize(img, self.resize_size, interpolation=self.interpolation)
         img = F.center_crop(img, self.crop_size)
         pixels: torch.Tensor = F.pil_to_tensor(img)
         return pixels
@@ -353,6 +356,6 @@ class Preprocess:
         import torch
 
         x = batch.to(torch.float32) / 255.0
-        mean = torch.as_tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        mean = x.new_tensor(self.mean).view(-1, 1, 1)  # x's dtype and device
+        std = x.new_tensor(self.std).view(-1, 1, 1)
         return x.sub_(mean).div_(std)
