@@ -401,7 +401,7 @@ def test_run_summary_text_by_hand() -> None:
     # cells, 3 -> 7.5 cells (7 and a half block), 2 -> 5 cells. Shares of 23.
     summary = _summary({"A": 12, "B": 6, "C": 3, LONG: 2})
     label = 32  # the label column's cap; LONG is cut to 31 characters and an ellipsis
-    assert _text(summary.render()).splitlines() == [
+    assert _text(summary.render(80)).splitlines() == [
         "classified 23 of 23 inputs in 0.5s (46.0 img/s) on cpu, fp32",
         "top-1 probability: median 90.0%",
         "top-1 labels (4 most common of 4):",
@@ -424,7 +424,8 @@ def test_run_summary_rate_for_short_and_empty_runs_and_resume() -> None:
         "; 1 failed (1 truncated)"
     )
     assert RunSummary().confidence_line() == ""  # nothing classified: nothing to say
-    assert _text(RunSummary().histogram()).strip() == ""  # and no bars, no crash
+    empty = RunSummary().histogram(width=30, label_width=32)
+    assert _text(empty).strip() == ""  # and no bars, no crash
 
 
 def test_run_summary_counts_categories_when_records_have_them() -> None:
@@ -432,11 +433,11 @@ def test_run_summary_counts_categories_when_records_have_them() -> None:
     for _ in range(2):
         summary.add(_classified("Samoyed", ("dogs", "animals")))
     summary.add(_classified("pizza", ("food",)))
-    lines = _text(summary.render()).splitlines()
+    lines = _text(summary.render(80)).splitlines()
     assert lines[2] == "top-1 categories (2 most common of 2):"
     assert [line.split()[0] for line in lines[3:]] == ["dogs", "food"]
     assert [line.split()[-2:] for line in lines[3:]] == [["2", "66.7%"], ["1", "33.3%"]]
-    assert _text(summary.histogram(top=1)).splitlines()[-1].split() == [
+    assert _text(summary.histogram(width=30, label_width=32, top=1)).splitlines()[-1].split() == [
         "(1",
         "other",
         "categories)",
@@ -447,10 +448,10 @@ def test_run_summary_counts_categories_when_records_have_them() -> None:
 
 def test_run_summary_colours() -> None:
     summary = _summary({"A": 2, "B": 1, "C": 1})
-    text = _text(summary.render(), color=True)
+    text = _text(summary.render(80), color=True)
     assert "\x1b[1mtop-1 labels (3 most common of 3):\x1b[0m" in text  # bold heading
     assert f"\x1b[36m{'█' * 30}\x1b[0m" in text  # cyan bars
     assert "\x1b[2m50.0%\x1b[0m" in text  # dim shares
-    cut = _text(summary.histogram(top=1), color=True)
+    cut = _text(summary.histogram(width=30, label_width=32, top=1), color=True)
     assert "\x1b[2m(2 other labels)\x1b[0m" in cut
     assert "\x1b[2m50.0%\x1b[0m" in cut.splitlines()[-1]

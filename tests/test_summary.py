@@ -23,7 +23,7 @@ def classified(name: str, label: str, probability: float, index: int = 0) -> Cla
 
 def rendered(summary: RunSummary, width: int = 120) -> str:
     console = Console(width=width, file=io.StringIO(), color_system=None)
-    console.print(summary.render())
+    console.print(summary.render(80))
     return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
 
 
@@ -160,3 +160,30 @@ def test_histogram_keeps_counts_and_shares_on_a_narrow_terminal(columns: int) ->
     ):
         assert len(row) <= columns
         assert row.rstrip().endswith(f" {count} {share}"), row
+
+
+@pytest.mark.parametrize("columns", [20, 21, 30, 47, 48, 49, 60, 73, 74, 75, 100])
+def test_histogram_fills_the_terminal_and_no_more(columns: int) -> None:
+    """One label of 50 characters, classified 7 times (7 and 100.0%): the chart row is the
+    indent (2), the label cut to at most 32 cells, a gap, the bar of 4 to 30 cells, a gap,
+    "7", a gap and "100.0%" (12 cells besides label and bar). Room beyond that goes to the
+    bar first, then to the label; on a narrower terminal the bar stays at 4 cells."""
+    from rich.console import Console
+
+    label = "x" * 50
+    summary = RunSummary(where="cpu, fp32", started=0.0, finished=1.0)
+    for _ in range(7):
+        summary.add(Classified("x.jpg", "m", "w", (Prediction(label, 0, 0.5),), precision="fp32"))
+    console = Console(width=200, highlight=False, color_system=None)
+    with console.capture() as captured:
+        console.print(summary.render(columns))
+    row = captured.get().splitlines()[-1].rstrip()
+    bar_cells = row.count("█")
+    label_cells = len(row.split(" ")[2])  # after the two-space indent
+    assert row.endswith(" 7 100.0%"), row
+    if columns >= 74:  # everything at full size: 2 + 32 + 1 + 30 + 1 + 1 + 1 + 6
+        assert (label_cells, bar_cells, len(row)) == (32, 30, 74)
+    elif columns >= 48:  # the bar gives way, the label keeps its 32 cells
+        assert (label_cells, bar_cells, len(row)) == (32, columns - 44, columns)
+    else:  # the bar is down to 4 cells, the label gives way
+        assert (label_cells, bar_cells, len(row)) == (columns - 16, 4, columns)

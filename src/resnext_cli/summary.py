@@ -95,12 +95,9 @@ class RunSummary:
             )
         return text
 
-    def histogram(
-        self, *, top: int = HISTOGRAM_LABELS, width: int = 30, label_width: int = 32
-    ) -> Table:
-        """The most common top-1 labels as a bar chart."""
+    def histogram(self, *, width: int, label_width: int, top: int = HISTOGRAM_LABELS) -> Table:
+        """The most common top-1 labels as a bar chart, bars up to *width* cells."""
         common = self.top1.most_common(top)
-        peak = common[0][1] if common else 1
         table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1, 0, 0))
         # Columns: label (cut with "…"), bar (exactly *width* cells at the peak), count, share.
         table.add_column(max_width=label_width, no_wrap=True)
@@ -110,7 +107,7 @@ class RunSummary:
         for label, count in common:
             table.add_row(
                 Text(printable(label)),
-                Text(bar(count / peak, width), style="cyan"),
+                Text(bar(count / common[0][1], width), style="cyan"),
                 str(count),
                 Text(f"{count / self.classified:.1%}", style="dim"),
             )
@@ -125,7 +122,7 @@ class RunSummary:
             )
         return table
 
-    def render(self, columns: int = 80) -> RenderableType:
+    def render(self, columns: int) -> RenderableType:
         """The end-of-run report for stderr: counts, speed, confidence and the label histogram.
 
         On a terminal narrower than the full chart, the bars get shorter (then the labels),
