@@ -901,6 +901,8 @@ def test_a_source_gone_before_its_step_is_a_problem_and_undo_skips_it(
         ("Crane/b.jpg", f"source is gone: '{photos.resolve() / 'b.jpg'}'")
     ]
     assert len(outcome.done) == 5 and unfinished(dest) == []  # skipped is not unfinished
+    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    assert {"op": "skip", "n": 1, "reason": outcome.problems[0][1]} in lines
     outcome = undo(dest)  # the skipped step is not looked for
     assert (outcome.problems, len(outcome.done)) == ([], 5)
     assert tree(photos) == {(rel, d) for rel, d in before if rel != "b.jpg"}
