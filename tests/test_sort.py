@@ -992,7 +992,7 @@ def test_resume_of_a_link_sort_tells_its_own_link_from_anothers(
 ) -> None:
     dest = tmp_path / "sorted"
     refuse_links(monkeypatch)
-    crash_on(monkeypatch, os, "symlink", 2)  # a.jpg linked, then the process died
+    crash_on(monkeypatch, os, "symlink", 2, after=True)  # died before b.jpg's line
     with pytest.raises(Crash):
         execute(make_plan(threshold(labelled(photos)), dest, mode="link"))
     twin = tmp_path / "twin.jpg"
