@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import io
 import struct
+import threading
 from typing import Any
 
 import numpy as np
@@ -107,6 +108,14 @@ def test_a_higher_limit_lifts_pillows_refusal(monkeypatch: pytest.MonkeyPatch) -
     assert Image.MAX_IMAGE_PIXELS == 1000
 
 
+def test_a_higher_limit_still_refuses_vector_formats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert error_of(io.BytesIO(placeable_wmf()), max_pixels=5000) == (
+        "not_an_image",
+        "'x' is not an image Pillow can read",
+    )
+
+
 def test_pillows_limit_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     data = encode(Image.new("RGB", (50, 50), (1, 2, 3)))
@@ -160,7 +169,11 @@ def int32_tiff(values: list[int]) -> bytes:
 
 
 def float_tiff(values: list[float]) -> bytes:
-    return encode(Image.fromarray(np.array([values], dtype=np.float32)), "TIFF")
+    return float_tiff_of(np.array([values], dtype=np.float32))
+
+
+def float_tiff_of(values: np.ndarray[Any, Any]) -> bytes:
+    return encode(Image.fromarray(values), "TIFF")
 
 
 def test_the_16_bit_range_ends_at_65535() -> None:
@@ -169,6 +182,24 @@ def test_the_16_bit_range_ends_at_65535() -> None:
     assert gray_row(decode_bytes(int32_tiff([0, 64893, 65535]))) == [0, 253, 255]
     assert 64893 / 257 > 252.5 > 64893 * 255 / 65536
     assert gray_row(decode_bytes(int32_tiff([0, 64893, 65536]))) == [0, 252, 255]
+
+
+@pytest.mark.parametrize(
+    ("values", "want"),
+    [
+        ([0, 128, 256], [0, 0, 1]),  # one over 255: 16-bit data, / 257
+        ([0, 300, 1000], [0, 1, 4]),  # from 0, within 65535: / 257, not stretched
+        ([1000, 30000, 65535], [4, 117, 255]),  # up to 65535 exactly: / 257
+        ([1000, 30000, 65536], [0, 115, 255]),  # one over: stretched from 1000 to 65536
+    ],
+)
+def test_the_16_bit_range_of_32_bit_pixels(values: list[int], want: list[int]) -> None:
+    low, high = values[0], values[-1]
+    if high <= 65535:
+        assert want == [half_up(v / 257) for v in values]
+    else:
+        assert want == [half_up((v - low) * 255 / (high - low)) for v in values]
+    assert gray_row(decode_bytes(int32_tiff(values))) == want
 
 
 @pytest.mark.parametrize("value", [-5, 100_000])
@@ -192,6 +223,21 @@ def test_a_float_image_just_over_one_is_not_a_unit_image() -> None:
     assert gray_row(decode_bytes(float_tiff([0.0, 1.0001, 1.0]))) == [0, 1, 1]
     # Below zero: stretched from -0.5 to 1, so 0 is a third of the way up.
     assert gray_row(decode_bytes(float_tiff([-0.5, 0.0, 1.0]))) == [0, 85, 255]
+
+
+def test_a_very_tall_thin_float_image_converts_in_one_pass() -> None:
+    # A 1 x 1,000,000 float image: the strips tile it once (at most a million pixels
+    # each), where strips starting on every row would convert it a million times over.
+    values = np.linspace(0, 1, 1_000_000, dtype=np.float32).reshape(-1, 1)
+    data = float_tiff_of(values)
+    box: list[Image.Image] = []
+    worker = threading.Thread(target=lambda: box.append(decode_bytes(data)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert box, "still converting after 60 s"
+    got = np.asarray(box[0])[:, 0, 0]
+    assert got.shape == (1_000_000,)
+    assert (got[0], got[499_999], got[-1]) == (0, half_up(499_999 / 999_999 * 255), 255)
 
 
 # -- alpha: every mode with an alpha band is composited onto white ----------------------

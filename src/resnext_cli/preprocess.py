@@ -100,7 +100,7 @@ def _strips(img: Image.Image) -> Iterator[tuple[int, int, int, int]]:
 
 
 def _in_strips(img: Image.Image, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
-    """Convert *img* to RGB a strip at a time into one preallocated RGB image."""
+    """Convert *img* a strip at a time into one preallocated RGB image (paste makes it RGB)."""
     out = Image.new("RGB", img.size)
     for box in _strips(img):
         out.paste(convert(img.crop(box)), box[:2])
@@ -170,7 +170,7 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
 def _onto_white(strip: Image.Image) -> Image.Image:
     rgba = strip.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
+    return Image.alpha_composite(white, rgba)  # opaque: pasted into RGB, the same colours
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
