@@ -225,6 +225,15 @@ def test_plan_names_clashes_and_skips(photos: Path, tmp_path: Path) -> None:
     assert not (dest / "_failed").exists()  # planning touches nothing
 
 
+def test_a_folder_name_taken_twice_by_files(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    dest.mkdir()
+    for name in ("crane", "CRANE (1)"):
+        (dest / name).write_bytes(b"a file where a folder would go")
+    plan = make_plan([seen(photos / "b.jpg", "Crane")], dest)
+    assert [s.target for s in plan.steps] == ["Crane (2)/b.jpg"]
+
+
 def test_unsafe_labels_stay_inside_dest(photos: Path, tmp_path: Path) -> None:
     dest = tmp_path / "sorted"
     outside = tmp_path / "outside"
