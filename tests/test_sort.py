@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -180,6 +181,7 @@ def test_special_folders_and_keys(photos: Path) -> None:
         ("CON" + "." * 300 + ".jpg", "_CON.jpg"),
         ("." * 300 + ".jpg", "jpg"),  # leading dots go; what is left has no extension
         ("...", "image"),
+        (" " * 300 + ".jpg", "image.jpg"),  # nothing left of the stem
     ],
 )
 def test_safe_file_name_keeps_the_extension_of_a_long_name(name: str, expected: str) -> None:
@@ -232,6 +234,56 @@ def test_a_folder_name_taken_twice_by_files(photos: Path, tmp_path: Path) -> Non
         (dest / name).write_bytes(b"a file where a folder would go")
     plan = make_plan([seen(photos / "b.jpg", "Crane")], dest)
     assert [s.target for s in plan.steps] == ["Crane (2)/b.jpg"]
+    # and a file name taken twice in a folder
+    other = tmp_path / "other"
+    (other / "crane").mkdir(parents=True)
+    (other / "crane" / "b.jpg").write_bytes(b"someone else's b.jpg")
+    (other / "crane" / "B (1).JPG").write_bytes(b"and another")
+    plan = make_plan([seen(photos / "b.jpg", "Crane")], other)
+    assert [s.target for s in plan.steps] == ["crane/b (2).jpg"]
+
+
+def test_make_plan_refuses_an_unknown_mode_or_key(photos: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError) as caught:
+        make_plan([], tmp_path, mode="teleport")
+    assert str(caught.value) == "unknown mode 'teleport'"
+    with pytest.raises(ValueError) as caught:
+        make_plan([], tmp_path, by="colour")
+    assert str(caught.value) == "unknown key 'colour'"
+
+
+def test_a_skipped_record_does_not_end_the_plan(photos: Path, tmp_path: Path) -> None:
+    dest, outside = tmp_path / "sorted", tmp_path / "outside"
+    (dest / "x").mkdir(parents=True)
+    (dest / "x" / "in.jpg").write_bytes(b"already in DEST")
+    outside.mkdir()
+
+    def records() -> Iterator[Record]:
+        yield seen(dest / "x" / "in.jpg", "x")
+        yield seen(photos / "a.jpg", "y")
+        (dest / "Crane").symlink_to(outside)  # made in DEST while the plan is being made
+        yield seen(photos / "b.jpg", "Crane")
+        yield seen(photos / "c.png", "z")
+
+    plan = make_plan(records(), dest)
+    assert plan.skipped == [
+        (str(dest / "x" / "in.jpg"), "already inside the destination"),
+        (str(photos / "b.jpg"), "folder 'Crane' leads outside the destination"),
+    ]
+    assert [s.target for s in plan.steps] == ["y/a.jpg", "z/c.png"]
+
+
+def test_a_file_renumbered_twice_is_found_again_through_the_journal(
+    photos: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "sorted"
+    plan = make_plan(threshold(labelled(photos)), dest)
+    (dest / "tabby, tabby cat").mkdir(parents=True)
+    (dest / "tabby, tabby cat" / "a (1).jpg").write_bytes(b"arrived meanwhile")
+    execute(plan)  # sub/a.jpg, planned as 'a (1).jpg', went to 'a (1) (1).jpg'
+    again = make_plan(threshold(labelled(photos)), dest)
+    assert again.steps == []
+    assert (str(photos / "sub/a.jpg"), "tabby, tabby cat/a (1) (1).jpg") in again.already
 
 
 def test_unsafe_labels_stay_inside_dest(photos: Path, tmp_path: Path) -> None:
@@ -1501,6 +1553,8 @@ def test_by_category(photos: Path, tmp_path: Path) -> None:
     assert folder_for(c, by="label", min_probability=0.24) == "_uncertain"
     assert folder_for(c, by="category", min_probability=0.24) == "group of crane"
     assert folder_for(c, by="category", min_probability=0.3) == "_uncertain"
+    exactly = replace(c, categories=(CategoryScore("birds", 0.5),))
+    assert folder_for(exactly, by="category", min_probability=0.5) == "birds"  # not below
     # A record's own top-1 mark does not make its category uncertain.
     assert folder_for(replace(c, uncertain=True), by="category") == "group of crane"
     assert folder_for(records[5], by="category") == "_failed"

@@ -363,7 +363,6 @@ def make_plan(
     entries = Journal(dest).read()
     filed = _filed_before(entries)
     listing = _Listing(root)
-    first = max(entries) + 1 if entries else 0
     for record in records:
         if record.path is None:
             plan.skipped.append((record.input, "not a file (a URL or standard input)"))
@@ -404,7 +403,8 @@ def make_plan(
             plan.already.append((record.input, there))
             continue
         name = names.file(folder, safe_file_name(source.name))
-        n = first + len(plan.steps)
+        # Numbered in the plan; execute numbers them again after the journal as it is then.
+        n = len(plan.steps)
         plan.steps.append(Step(n, mode, canon, f"{folder}/{name}", record.input, home))
     return plan
 
