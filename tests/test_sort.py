@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,10 @@ def placed(photos: Path, before: Tree) -> Tree:
         ("CON", "_CON"),
         ("com1.txt", "_com1.txt"),
         ("Lpt9", "_Lpt9"),
+        ("CON .txt", "_CON .txt"),
+        ("conX.txt", "conX.txt"),
+        ("x" * 239 + ".y", "x" * 239),  # cut to 240 bytes, then the trailing dot goes
+        ("x" * 238 + " .y", "x" * 238),
         ("console", "console"),
         ("\u202egpj.exe", "_gpj.exe"),
         ("cafe\u0301", "caf\u00e9"),
@@ -870,6 +875,41 @@ def test_a_journal_step_that_makes_no_sense_is_damaged(photos: Path, tmp_path: P
     assert [(s.n, s.source, s.target, s.input) for s in unfinished(dest)] == [
         (0, Path(src), "x/a.jpg", "")
     ]
+
+
+def test_a_journal_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
+    for kind in ("folder", "fifo"):
+        dest = tmp_path / kind
+        dest.mkdir()
+        if kind == "folder":
+            (dest / JOURNAL_NAME).mkdir()
+        else:
+            os.mkfifo(dest / JOURNAL_NAME)
+        for act in (unfinished, sorting.check_dest):
+            with pytest.raises(SortError) as caught:
+                act(dest)
+            assert str(caught.value) == (
+                f"journal '{dest / JOURNAL_NAME}' is not a regular file (remove it)"
+            )
+
+
+def test_a_long_journal_is_read_whole(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    begin = {"op": "begin", "mode": "copy", "time": "t", "dest": "", "src": [str(photos)]}
+    step = {"op": "step", "n": 0, "mode": "copy", "src": str(photos / "a.jpg"), "dst": "x/a.jpg"}
+    big = "x" * (3 << 20)  # over the 1 MiB read at a time
+    plant(dest, {**begin, "dest": str(dest.resolve())}, {**step, "input": big})
+    assert [s.input for s in unfinished(dest)] == [big]
+
+
+def test_the_journal_is_made_with_the_users_umask(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "new" / "deeper" / "sorted"  # made with its parents
+    old = os.umask(0o022)
+    try:
+        execute(make_plan(threshold(labelled(photos))[:1], dest))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((dest / JOURNAL_NAME).stat().st_mode) == 0o644  # not executable
 
 
 # -- undo after changes in DEST --------------------------------------------------------------

@@ -86,10 +86,7 @@ class SortError(ResnextError):
 
 
 def _truncate(text: str, limit: int) -> str:
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    return data[:limit].decode("utf-8", errors="ignore")
+    return text.encode()[:limit].decode(errors="ignore")  # a letter cut in two goes
 
 
 def safe_name(text: str, *, fallback: str = "_") -> str:
@@ -111,8 +108,8 @@ def safe_name(text: str, *, fallback: str = "_") -> str:
             chars.append(ch)
         else:  # controls, format and unassigned characters, odd spaces, lone surrogates
             chars.append(" " if unicodedata.category(ch) == "Zs" else "_")
-    name = "".join(chars).lstrip(". ").rstrip(". ")
-    if name.split(".")[0].rstrip(" ").upper() in _RESERVED:
+    name = "".join(chars).lstrip(". ")  # trailing dots and spaces go after truncating
+    if name.split(".")[0].rstrip().upper() in _RESERVED:  # ' ' is the only space left
         name = "_" + name
     name = _truncate(name, _MAX_NAME_BYTES).rstrip(". ")
     return name or fallback
@@ -236,13 +233,13 @@ def roots_for(inputs: Iterable[str]) -> list[Path]:
         if spec == "-" or _URL.match(spec):
             continue
         path = Path(spec)
-        if _GLOB.search(spec) and not os.path.lexists(path):
+        if not os.path.lexists(path):  # a glob: the folders before its first pattern
             fixed = []
             for part in path.parts:
                 if _GLOB.search(part):
                     break
                 fixed.append(part)
-            path = Path(*fixed) if fixed else Path(".")
+            path = Path(*fixed)  # Path() is '.'
         roots.append(path)
     return roots
 
@@ -552,7 +549,7 @@ class Journal:
         offset = 0
         for number, raw in enumerate(pieces[:count], start=1):
             try:
-                item = json.loads(raw.decode("utf-8"))
+                item = json.loads(raw.decode())
             except ValueError:
                 if number == count:
                     return entries, offset  # cut off by a crash or a full disk
