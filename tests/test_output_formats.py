@@ -550,6 +550,17 @@ def test_one_image_caption_says_how_and_whether_it_is_uncertain() -> None:
     assert "\n\x1b[2m┏━━━┳" in table_of([unsure], colour=True)  # an uncertain result is dimmed
 
 
+def test_one_image_name_and_caption_wider_than_the_table_stay_one_line() -> None:
+    """A long path and a long caption (a checkpoint under a deep temp folder) are lines of
+    their own, whole: a table would fold them to its width, mid-word."""
+    name = "/tmp/" + "deep/" * 20 + "cat.jpg"
+    caption = f"resnext50_32x4d ({'/tmp/' + 'ckpt/' * 20}my.pth) on cpu, fp32"
+    body = stripped(table_of([replace(CAT, input=name)], caption=caption))
+    assert body[0] == name
+    assert body[-1] == caption
+    assert body[1].startswith("┏") and body[-2].startswith("└")
+
+
 def test_one_failed_image_is_one_line() -> None:
     failed = Failed("scans/\x1bpage.png", "not_an_image", "cannot identify\x07 'page.png'")
     assert (

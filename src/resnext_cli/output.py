@@ -279,13 +279,14 @@ class TableWriter:
                 + Text(f"{record.error_type}: {printable(record.message)}", style="red")
             )
             return
-        table = Table(title=Text(printable(record.input)), title_justify="left")
-        table.caption = self._caption or record.precision
+        # The name above the table and the caption under it are lines of their own, as
+        # long as they are: a table would fold them to its own width (a pipe gets them whole).
+        caption = self._caption or record.precision
+        table = Table()
         if record.uncertain:
             note = "uncertain: the top-1 probability is below --min-probability"
-            table.caption = f"{table.caption}; {note}" if table.caption else note
+            caption = f"{caption}; {note}" if caption else note
             table.style = "dim"
-        table.caption_justify = "left"
         table.add_column("#", justify="right")
         table.add_column("label")
         table.add_column("index", justify="right")
@@ -306,7 +307,10 @@ class TableWriter:
             table.add_row(
                 str(rank), label, str(p.index), f"{p.probability:.2%}", _bar(p.probability)
             )
+        self._console.print(Text(printable(record.input), style="table.title"), soft_wrap=True)
         self._console.print(table)
+        if caption:
+            self._console.print(Text(caption, style="table.caption"), soft_wrap=True)
 
     def close(self) -> None:
         if self._first is not None:
