@@ -559,6 +559,9 @@ def test_one_image_name_and_caption_wider_than_the_table_stay_one_line() -> None
     assert body[0] == name
     assert body[-1] == caption
     assert body[1].startswith("┏") and body[-2].startswith("└")
+    coloured = table_of([replace(CAT, input=name)], caption=caption, colour=True).splitlines()
+    assert coloured[0] == f"\x1b[3m{name}\x1b[0m"  # italic, as rich styles a table's title
+    assert coloured[-1] == f"\x1b[2;3m{caption}\x1b[0m"  # dim italic, as a table's caption
 
 
 def test_one_failed_image_is_one_line() -> None:
