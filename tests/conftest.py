@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,6 +141,25 @@ def make_image(tmp_path: Path) -> Callable[..., Path]:
 class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+
+@pytest.fixture
+def swapped_for_a_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A photo that is a regular file when stat()ed and a FIFO when opened: the race a
+    check before opening cannot see."""
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"x")
+    real_stat = os.stat
+
+    def stat_then_swap(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        result = real_stat(target, *args, **kwargs)
+        if Path(target) == path and stat.S_ISREG(result.st_mode):
+            path.unlink()
+            os.mkfifo(path)
+        return result
+
+    monkeypatch.setattr(os, "stat", stat_then_swap)
+    return path
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import io
 import os
 import socket
 import ssl
-import stat
 import subprocess
 import threading
 import time
@@ -376,21 +375,10 @@ def test_opening_a_folder_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_file_descriptor_is_closed_when_a_swapped_file_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    swapped_for_a_pipe: Path,
 ) -> None:
     # A regular file at stat, a FIFO at open: refused, and nothing left open.
-    path = tmp_path / "photo.jpg"
-    path.write_bytes(b"x")
-    real_stat = os.stat
-
-    def stat_then_swap(target: Any, *args: Any, **kwargs: Any) -> os.stat_result:
-        result = real_stat(target, *args, **kwargs)
-        if Path(target) == path and stat.S_ISREG(result.st_mode):
-            path.unlink()
-            os.mkfifo(path)
-        return result
-
-    monkeypatch.setattr(os, "stat", stat_then_swap)
+    path = swapped_for_a_pipe
     before = sorted(os.listdir("/proc/self/fd"))
     error = read_error(Source(input=str(path), path=path))
     assert error == ("unreadable", f"'{path}' is not a regular file (a pipe, socket or device)")
