@@ -247,7 +247,7 @@ def run_resnext(folder: Path, ckpt: Path, repeats: int, **options: object) -> li
 def run_model_only(folder: Path, ckpt: Path, repeats: int) -> list[float]:
     import torch
 
-    from resnext_cli.pipeline import _softmax
+    from resnext_cli.run.pipeline import _softmax
 
     clf = _classifier(ckpt)
     files = _files(folder)

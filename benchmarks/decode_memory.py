@@ -13,7 +13,7 @@ and then each folder, is decoded in a fresh child process exactly as a run does 
 threads at once; the child reports its peak RSS (VmHWM) before and after decoding.
 The table goes into BENCHMARKS.md between the bench:decode-memory markers.
 
---before REV loads src/resnext_cli/preprocess.py as it was at commit REV (git show) for a
+--before REV loads src/resnext_cli/imaging/preprocess.py as it was at commit REV (git show) for a
 second column. Each child runs under an address-space limit (--limit-gb), so a decoder
 that wants more fails with MemoryError instead of pushing the machine into swap.
 """
@@ -130,14 +130,14 @@ def make_files(root: Path, scale: float) -> dict[str, list[tuple[Path, str]]]:
 
 
 def _load_preprocess(rev: str | None) -> Any:
-    """resnext_cli.preprocess, or its source at commit *rev* loaded beside it."""
+    """resnext_cli.imaging.preprocess, or its source at commit *rev* loaded beside it."""
     import importlib
     import types
 
     if rev is None:
-        return importlib.import_module("resnext_cli.preprocess")
+        return importlib.import_module("resnext_cli.imaging.preprocess")
     source = subprocess.run(
-        ["git", "show", f"{rev}:src/resnext_cli/preprocess.py"],
+        ["git", "show", f"{rev}:src/resnext_cli/imaging/preprocess.py"],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -171,7 +171,7 @@ def child(
     import torchvision
 
     from resnext_cli.errors import InputError
-    from resnext_cli.sources import Source, open_source
+    from resnext_cli.inputs.sources import Source, open_source
 
     limit = int(limit_gb * (1 << 30))
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -38,7 +38,7 @@ def cpu_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     kind = os.environ.get("RESNEXT_TEST_CPU", "")
     if kind not in ("avx2", "bf16"):
         return
-    from resnext_cli.plan import MachineFacts
+    from resnext_cli.run.plan import MachineFacts
 
     real = MachineFacts.probe
     monkeypatch.setattr(
@@ -202,10 +202,10 @@ class Outcome:
 
 
 def run_resnext(*args: str | Path, input: bytes | str | None = None) -> Outcome:
-    """Run resnext_cli.cli.main in-process, through its real error boundary."""
+    """Run resnext_cli.cli.main.main in-process, through its real error boundary."""
     from click.testing import CliRunner
 
-    from resnext_cli.cli import main
+    from resnext_cli.cli.main import main
 
     argv = [str(a) for a in args]
     with CliRunner().isolation(input=input) as (out, err, _):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnext_cli.categories import (
+from resnext_cli.errors import ConfigError
+from resnext_cli.model.categories import (
     ANCHORS,
     DEFAULT_NAMES,
     FALLBACKS,
@@ -25,8 +26,7 @@ from resnext_cli.categories import (
     CategoryScore,
     hierarchy,
 )
-from resnext_cli.errors import ConfigError
-from resnext_cli.labels import imagenet_labels
+from resnext_cli.model.labels import imagenet_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 TSV = ROOT / "data" / "imagenet_hierarchy.tsv"
@@ -436,7 +436,7 @@ def test_wheel_ships_the_hierarchy(tmp_path: Path) -> None:
     assert "resnext_cli/data/imagenet_hierarchy.tsv" in names
     assert "resnext_cli/data/imagenet_hierarchy.LICENSE" in names
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import resnext_cli.categories as c; "
+        "import sys; sys.path.insert(0, sys.argv[1]); import resnext_cli.model.categories as c; "
         "print(c.__file__); print(c.Categories.default().name_of(258))"
     )
     out = subprocess.run(

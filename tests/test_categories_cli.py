@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext_cli.categories import Categories
+from resnext_cli.model.categories import Categories
 
 
 @pytest.fixture

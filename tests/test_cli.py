@@ -186,7 +186,7 @@ def test_light_commands_do_not_import_torch(args) -> None:
     code = (
         "import sys\n"
         "for m in ('torch', 'torchvision', 'PIL', 'numpy'): sys.modules[m] = None\n"
-        "from resnext_cli.cli import main\n"
+        "from resnext_cli.cli.main import main\n"
         f"main({args!r})\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -199,7 +199,7 @@ def test_shell_completion_does_not_import_torch() -> None:
     code = (
         "import sys\n"
         "for m in ('torch', 'torchvision', 'PIL'): sys.modules[m] = None\n"
-        "from resnext_cli.cli import main\n"
+        "from resnext_cli.cli.main import main\n"
         "main([])\n"
     )
     env = {"_RESNEXT_COMPLETE": "bash_complete", "COMP_WORDS": "resnext cl", "COMP_CWORD": "1"}

@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from resnext_cli.config import Config
 from resnext_cli.errors import ConfigError
-from resnext_cli.plan import MachineFacts, resolve
+from resnext_cli.run.config import Config
+from resnext_cli.run.plan import MachineFacts, resolve
 
 AVX2 = MachineFacts(cpu_count=2)  # no native bf16: AVX2-only
 BF16_CPU = MachineFacts(cpu_count=2, cpu_native_bf16=True)  # AVX512-BF16 or AMX

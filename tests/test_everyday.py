@@ -16,7 +16,7 @@ from PIL import Image
 from rich.console import Console as RichConsole
 
 from resnext_cli import Classifier
-from resnext_cli.cli import main
+from resnext_cli.cli.main import main
 from resnext_cli.console import Console
 from resnext_cli.results import Classified, Failed
 
@@ -67,12 +67,12 @@ def test_stdin_on_a_terminal_says_what_it_reads(checkpoint, photos) -> None:
 def test_nothing_matched_is_found_before_the_model_loads(
     checkpoint, tmp_path, resnext, monkeypatch
 ) -> None:
-    import resnext_cli.pipeline
+    import resnext_cli.run.pipeline
 
     def no_model(*_a, **_k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(resnext_cli.pipeline, "load_model", no_model)
+    monkeypatch.setattr(resnext_cli.run.pipeline, "load_model", no_model)
     out = tmp_path / "r.jsonl"
     run = resnext("classify", str(tmp_path / "*.jpg"), "--checkpoint", checkpoint, "-o", out)
     assert run.code == 2
@@ -192,13 +192,13 @@ def test_undoing_a_copy_sort_says_the_copies_were_removed(
 def test_ctrl_c_while_sort_classifies_says_nothing_was_filed(
     checkpoint, photos, tmp_path, resnext, monkeypatch
 ) -> None:
-    import resnext_cli.engine
+    import resnext_cli.run.engine
 
     def interrupted(self, sources):
         raise KeyboardInterrupt
         yield  # a generator, as the real one
 
-    monkeypatch.setattr(resnext_cli.engine.LocalEngine, "classify_sources", interrupted)
+    monkeypatch.setattr(resnext_cli.run.engine.LocalEngine, "classify_sources", interrupted)
     dest = tmp_path / "dest"
     run = resnext("sort", photos, dest, "--checkpoint", checkpoint)
     assert run.code == 130

@@ -8,8 +8,8 @@ import torchvision
 from PIL import Image
 
 from resnext_cli import Classifier
-from resnext_cli.pipeline import fold_batchnorm
-from resnext_cli.preprocess import DecodeOptions, decode
+from resnext_cli.imaging.preprocess import DecodeOptions, decode
+from resnext_cli.model.checkpoint import fold_batchnorm
 from resnext_cli.results import Classified
 
 
@@ -70,7 +70,7 @@ def test_split_preprocessing_is_bitwise_torchvisions(make_image, tag) -> None:
     """Cropping per image and normalising per batch equals weights.transforms() exactly."""
     import torchvision
 
-    from resnext_cli.preprocess import Preprocess
+    from resnext_cli.imaging.preprocess import Preprocess
 
     weights = torchvision.models.ResNeXt50_32X4D_Weights[tag]
     reference = weights.transforms()

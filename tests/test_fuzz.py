@@ -14,7 +14,7 @@ from PIL import Image
 
 from resnext_cli import Classifier
 from resnext_cli.errors import INPUT_ERROR_TYPES, InputError
-from resnext_cli.preprocess import DecodeOptions, decode
+from resnext_cli.imaging.preprocess import DecodeOptions, decode
 from resnext_cli.results import Classified, Failed
 from tests.conftest import natural_image
 

@@ -33,13 +33,14 @@ import torch
 import torchvision
 from PIL import Image
 
-from resnext_cli import Classifier, preprocess
-from resnext_cli import sources as sources_module
+from resnext_cli import Classifier
 from resnext_cli.errors import ConfigError, InputError
-from resnext_cli.labels import MAX_LABELS_BYTES, load_labels
-from resnext_cli.preprocess import DecodeOptions, Preprocess, decode, limit_aspect, to_rgb
+from resnext_cli.imaging import preprocess
+from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode, limit_aspect, to_rgb
+from resnext_cli.inputs import sources as sources_module
+from resnext_cli.inputs.sources import Source, file_facts, iter_sources, open_source
+from resnext_cli.model.labels import MAX_LABELS_BYTES, load_labels
 from resnext_cli.results import Classified, Failed
-from resnext_cli.sources import Source, file_facts, iter_sources, open_source
 from tests.conftest import natural_image
 
 # Hostile files make Pillow warn (odd TIFF tags, bad EXIF, huge headers); expected here.

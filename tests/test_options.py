@@ -15,16 +15,16 @@ MODELS = "resnext50_32x4d, resnext101_32x8d, resnext101_64x4d"
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every input the engine tries to open during a run."""
-    import resnext_cli.pipeline
+    import resnext_cli.run.pipeline
 
     opened: list[str] = []
-    real = resnext_cli.pipeline.open_source
+    real = resnext_cli.run.pipeline.open_source
 
     def spy(source: Any, **kwargs: Any) -> Any:
         opened.append(source.input)
         return real(source, **kwargs)
 
-    monkeypatch.setattr(resnext_cli.pipeline, "open_source", spy)
+    monkeypatch.setattr(resnext_cli.run.pipeline, "open_source", spy)
     return opened
 
 

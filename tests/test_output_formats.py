@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from resnext_cli.errors import OutputError
-from resnext_cli.output import (
+from resnext_cli.model.registry import WeightsInfo
+from resnext_cli.outputs.writers import (
     PARQUET_HINT,
     CsvWriter,
     JsonArrayWriter,
@@ -29,7 +30,6 @@ from resnext_cli.output import (
     require_pyarrow,
     resolve_format,
 )
-from resnext_cli.registry import WeightsInfo
 from resnext_cli.results import (
     CategoryScore,
     Classified,

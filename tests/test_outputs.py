@@ -79,10 +79,10 @@ def test_resume_with_report_covers_the_whole_run(checkpoint, photos, tmp_path, r
 def test_unusable_output_places_fail_before_the_model_loads(
     checkpoint, photos, tmp_path, resnext, monkeypatch, where
 ) -> None:
-    import resnext_cli.pipeline
+    import resnext_cli.run.pipeline
 
     monkeypatch.setattr(
-        resnext_cli.pipeline, "load_model", lambda *a, **k: pytest.fail("the model loaded")
+        resnext_cli.run.pipeline, "load_model", lambda *a, **k: pytest.fail("the model loaded")
     )
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()
@@ -125,6 +125,6 @@ def test_checkpoint_url_that_does_not_load_is_not_kept(http_server, photos, resn
     run = resnext("classify", photos, "--checkpoint", url)
     assert (run.code, run.stdout) == (2, "")
     assert run.stderr.startswith(f"error: cannot load checkpoint '{url}': ")
-    from resnext_cli.weights import cached_path
+    from resnext_cli.model.weights import cached_path
 
     assert not cached_path(url).exists()

@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 
 from resnext_cli import Classifier
-from resnext_cli.config import Config
-from resnext_cli.engine import LocalEngine
 from resnext_cli.errors import ConfigError
-from resnext_cli.pipeline import Encoded, prepare
-from resnext_cli.plan import MachineFacts, resolve
+from resnext_cli.inputs.sources import Source
 from resnext_cli.results import Classified, Failed
-from resnext_cli.sources import Source
+from resnext_cli.run.config import Config
+from resnext_cli.run.engine import LocalEngine
+from resnext_cli.run.pipeline import Encoded, prepare
+from resnext_cli.run.plan import MachineFacts, resolve
 
 GPU = MachineFacts(cpu_count=8, cuda_count=1, cuda_bf16=True, cuda_free_bytes=40 << 30)
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from resnext_cli import Classifier
-from resnext_cli.pipeline import topk
 from resnext_cli.results import Classified, Failed
+from resnext_cli.run.pipeline import topk
 
 
 @pytest.fixture
@@ -72,10 +72,10 @@ def test_records_and_table_name_the_precision(checkpoint, photos, resnext) -> No
 def test_fp16_on_this_cpu_is_refused_before_any_work(
     checkpoint, photos, resnext, monkeypatch
 ) -> None:
-    import resnext_cli.plan
+    import resnext_cli.run.plan
 
     monkeypatch.setattr(
-        resnext_cli.plan.MachineFacts, "probe", classmethod(lambda cls: cls(cpu_count=2))
+        resnext_cli.run.plan.MachineFacts, "probe", classmethod(lambda cls: cls(cpu_count=2))
     )
     run = resnext("classify", photos, "--checkpoint", checkpoint, "--precision", "fp16")
     assert run.code == 2 and run.stdout == ""
@@ -86,7 +86,7 @@ def test_fp16_on_this_cpu_is_refused_before_any_work(
 
 
 def test_non_finite_batch_is_retried_in_fp32(checkpoint, photos, monkeypatch) -> None:
-    import resnext_cli.pipeline as pipeline
+    import resnext_cli.run.pipeline as pipeline
 
     real = pipeline._softmax
 
@@ -103,7 +103,7 @@ def test_non_finite_batch_is_retried_in_fp32(checkpoint, photos, monkeypatch) ->
 def test_non_finite_output_becomes_an_error_record_and_valid_json(
     checkpoint, photos, monkeypatch, resnext, tmp_path
 ) -> None:
-    import resnext_cli.pipeline as pipeline
+    import resnext_cli.run.pipeline as pipeline
 
     real = pipeline._softmax
     monkeypatch.setattr(

@@ -20,9 +20,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from resnext_cli import preprocess
 from resnext_cli.errors import InputError
-from resnext_cli.preprocess import DecodeOptions, Preprocess, decode, limit_aspect, to_rgb
+from resnext_cli.imaging import preprocess
+from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode, limit_aspect, to_rgb
 from tests.conftest import natural_image
 
 pytestmark = pytest.mark.filterwarnings(

@@ -24,8 +24,8 @@ import pytest
 from PIL import Image, ImageFile
 from rich.console import Console
 
+from resnext_cli.outputs.summary import RunSummary
 from resnext_cli.results import CategoryScore, Classified, Failed, Prediction
-from resnext_cli.summary import RunSummary
 from tests.conftest import Outcome, natural_image
 
 Run = Callable[..., Outcome]
@@ -193,7 +193,7 @@ def served_weights(
     can match, so the registry's snapshot is pointed at a name carrying these bytes' prefix
     (still under download.pytorch.org, so only the mirror can serve it).
     """
-    from resnext_cli import registry
+    from resnext_cli.model import registry
 
     base, root = http_server
     data = bytes(range(256)) * 512

@@ -14,9 +14,9 @@ import torch
 import torchvision
 from torchvision.transforms.functional import pil_to_tensor
 
-from resnext_cli import quantized, weights
 from resnext_cli.errors import CheckpointError, ConfigError, WeightsError
-from resnext_cli.registry import resolve_weights
+from resnext_cli.model import quantized, weights
+from resnext_cli.model.registry import resolve_weights
 
 from .conftest import natural_image
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnext_cli.plan import MachineFacts
+from resnext_cli.run.plan import MachineFacts
 from tests.conftest import natural_image, run_resnext
 
 
@@ -92,7 +92,7 @@ def test_refusals(args, message, make_image, resnext, monkeypatch) -> None:
 
 def test_published_int8_weights_download_and_run(int8, http_server, monkeypatch, resnext) -> None:
     """The published-weights path: fetch through the mirror, cache, hash check, run."""
-    from resnext_cli import registry
+    from resnext_cli.model import registry
 
     out, photos, _ = int8
     base, root = http_server

@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 import torch
 
-from resnext_cli import objects, ray_engine, shards
-from resnext_cli.engine import Classifier
 from resnext_cli.errors import InputError
+from resnext_cli.inputs import objects
+from resnext_cli.inputs.sources import Source
+from resnext_cli.outputs import shards
 from resnext_cli.results import Classified, Failed, Record
-from resnext_cli.sources import Source
+from resnext_cli.run import ray_engine
+from resnext_cli.run.engine import Classifier
 
 from .conftest import natural_image, run_resnext
 
@@ -140,7 +142,7 @@ def test_help_and_the_local_engine_never_import_ray(checkpoint: Path, make_image
     runs = [["--help"], ["classify", str(image), "--checkpoint", str(checkpoint), "-q"]]
     code = (
         "import sys\n"
-        "from resnext_cli.cli import main\n"
+        "from resnext_cli.cli.main import main\n"
         f"for argv in {runs!r}:\n"
         "    try:\n"
         "        main(argv)\n"

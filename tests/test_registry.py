@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from torchvision.models import ResNeXt50_32X4D_Weights
 
-from resnext_cli import registry
 from resnext_cli.errors import ConfigError
-from resnext_cli.labels import imagenet_labels, load_labels
+from resnext_cli.model import registry
+from resnext_cli.model.labels import imagenet_labels, load_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,7 +136,7 @@ def test_registry_lists_int8_without_torch() -> None:
     code = (
         "import sys\n"
         "for m in ('torch', 'torchvision', 'PIL', 'numpy'): sys.modules[m] = None\n"
-        "from resnext_cli import registry\n"
+        "from resnext_cli.model import registry\n"
         "rows = registry.all_weights(include_quantized=True)\n"
         "print(sum(w.quantized for w in rows), registry.resolve_weights('101', quantized=True).url)"
     )
@@ -184,8 +184,8 @@ def test_wheel_ships_labels_and_metadata(tmp_path) -> None:
     assert "resnext_cli/data/imagenet_classes.txt" in names
     assert "resnext_cli/weights_meta.json" in names
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import resnext_cli.labels as l, "
-        "resnext_cli.registry as r; print(l.__file__); print(len(l.imagenet_labels())); "
+        "import sys; sys.path.insert(0, sys.argv[1]); import resnext_cli.model.labels as l, "
+        "resnext_cli.model.registry as r; print(l.__file__); print(len(l.imagenet_labels())); "
         "print(len(r.all_weights()))"
     )
     out = subprocess.run(

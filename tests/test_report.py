@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from PIL import EpsImagePlugin, Image
 
-from resnext_cli import report as report_module
-from resnext_cli.report import (
+from resnext_cli.outputs import report as report_module
+from resnext_cli.outputs.report import (
     PAGE_SIZE,
     HtmlReportWriter,
     content_security_policy,

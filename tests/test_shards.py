@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from resnext_cli import shards
+from resnext_cli.outputs import shards
 
 from .conftest import run_resnext
 

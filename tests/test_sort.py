@@ -27,9 +27,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resnext_cli import sort as sorting
 from resnext_cli.results import CategoryScore, Classified, Failed, FileFacts, Prediction, Record
-from resnext_cli.sort import (
+from resnext_cli.sort import filing as sorting
+from resnext_cli.sort.filing import (
     JOURNAL_NAME,
     SortError,
     execute,
@@ -1337,7 +1337,7 @@ def write_records(records: list[Record], path: Path, form: str) -> None:
     if form == "jsonl":
         text = "".join(json.dumps({**d, "future key": [1]}) + "\n" for d in dicts)
     elif form == "json":
-        from resnext_cli.output import JsonArrayWriter
+        from resnext_cli.outputs.writers import JsonArrayWriter
 
         stream = io.StringIO()
         writer = JsonArrayWriter(stream)
@@ -1771,10 +1771,10 @@ def test_sort_command_dry_run_then_copy(unsafe_run, tmp_path, resnext) -> None:
 # The real command, with a pause after each file placed, so the test can kill it midway.
 SLOW_SORT = """
 import sys, time
-import resnext_cli.sort as sort
+import resnext_cli.sort.filing as sort
 real = sort.execute
 sort.execute = lambda plan, on_step=None: real(plan, on_step=lambda _step: time.sleep(2))
-from resnext_cli.cli import main
+from resnext_cli.cli.main import main
 main(sys.argv[1:])
 """
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from resnext_cli.errors import InputError
-from resnext_cli.sources import Source, file_facts, iter_sources, open_source
+from resnext_cli.inputs.sources import Source, file_facts, iter_sources, open_source
 from tests.conftest import natural_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ import pytest
 from rich.console import Console
 
 from resnext_cli.errors import ExitStatus
+from resnext_cli.outputs.summary import RunSummary
 from resnext_cli.results import Classified, Failed, Prediction, apply_threshold
-from resnext_cli.summary import RunSummary
 
 
 def classified(name: str, label: str, probability: float, index: int = 0) -> Classified:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 from torchvision.io import decode_jpeg
 
-from resnext_cli.preprocess import DecodeOptions, Preprocess, decode
-from resnext_cli.tensor_decode import (
+from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode
+from resnext_cli.imaging.tensor_decode import (
     JpegInfo,
     decode_batch,
     gpu_decodable,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnext_cli import weights
 from resnext_cli.errors import WeightsError
-from resnext_cli.registry import resolve_weights
+from resnext_cli.model import weights
+from resnext_cli.model.registry import resolve_weights
 
 
 def test_hub_dir_is_torchs(monkeypatch, tmp_path) -> None:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    from resnext_cli.registry import live_metadata
+    from resnext_cli.model.registry import live_metadata
 
     meta = live_metadata()
     out = ROOT / "src" / "resnext_cli" / "weights_meta.json"

@@ -1,5 +1,5 @@
 """Allow `python -m resnext_cli`."""
 
-from resnext_cli.cli import main
+from resnext_cli.cli.main import main
 
 main()

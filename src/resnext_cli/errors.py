@@ -33,8 +33,10 @@ class CheckpointError(ResnextError):
     """A checkpoint that is not a usable state dict for the chosen model."""
 
 
-class NoInputError(ResnextError):
-    """No input matched at all."""
+class EngineError(ResnextError):
+    """The engine could not deliver every record (exit 1: the rest were written)."""
+
+    exit_status = ExitStatus.SOME_FAILED
 
 
 class OutputError(ResnextError):

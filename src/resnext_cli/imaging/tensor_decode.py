@@ -1,0 +1,301 @@
+"""JPEG bytes to upright, resized, centre-cropped uint8 tensors, in batches, on any device.
+
+The tensor twin of preprocess.decode + Preprocess for the JPEGs a GPU decoder takes:
+``torchvision.io.decode_jpeg`` on a list (nvjpeg on CUDA, libjpeg-turbo on CPU, which is
+how the tests check it everywhere), then each step of the Pillow path in the same order:
+EXIF orientation, limit_aspect, shorter side to resize_size, centre crop.
+
+Where it differs from Pillow, and by how much (measured in tests/test_tensor_decode.py):
+
+- Decoding: on CPU both are libjpeg-turbo, so pixels are identical; nvjpeg's IDCT and
+  chroma upsampling differ from libjpeg's by a level or two.
+- Resizing: Pillow resamples in uint8 with its own antialiasing filter; torch's uint8
+  antialiased bilinear kernel on CPU follows Pillow's closely, and on CUDA it resamples
+  in float32 and rounds back, a level or so apart.
+- JPEG draft decoding (Pillow's DCT scaling of large photos, DecodeOptions.draft_min_side)
+  has no counterpart: the tensor path decodes at full size, so on phone-sized photos it
+  resizes from more pixels than the Pillow path does.
+
+Everything the decoder cannot take (progressive, CMYK, 12-bit, arithmetic-coded, RGB-coded
+JPEGs, other formats, more than max_pixels, a file the decoder rejects) comes back as
+None, for the Pillow path to handle with its usual error records.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from resnext_cli.imaging.preprocess import MAX_ASPECT
+
+# decode_jpeg warns on every call that torchvision's image decoding moves to TorchCodec.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+
+# SOF markers with Huffman coding: 0xC0 baseline, 0xC1 extended sequential, 0xC2
+# progressive, 0xC3 lossless; 0xC5-0xC7 hierarchical; 0xC9-0xCF arithmetic coding.
+# 0xC4 (DHT), 0xC8 (JPG) and 0xCC (DAC) share the range but are not frames.
+_SEQUENTIAL = frozenset({0xC0, 0xC1})
+_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SOS, _APP1, _APP14 = 0xDA, 0xE1, 0xEE
+# Markers without a length field: TEM and the restart markers RST0-7.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+_EXIF = b"Exif\x00\x00"
+_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
+_ORIENTATION_TAG = 0x0112
+# TIFF integer types (SHORT, LONG, SBYTE, SSHORT, SLONG) -> size and signedness. Pillow
+# also honours a rational or float orientation; no camera writes one.
+_INT_TYPES = {3: (2, False), 4: (4, False), 6: (1, True), 8: (2, True), 9: (4, True)}
+# Every type Pillow loads, with its size: a tag of another type counts as absent.
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+
+# Decoded pixels resized together in one call: same-sized images are stacked, in chunks
+# of at most this many pixels, so a batch of phone photos never becomes one huge float
+# tensor inside the resize.
+_CHUNK_PIXELS = 1 << 26
+
+
+@dataclass(frozen=True)
+class JpegInfo:
+    """What a JPEG's markers say, read without decoding it."""
+
+    sof: int  # the frame marker's second byte: 0xC0 baseline, 0xC2 progressive, ...
+    precision: int  # bits per sample
+    width: int
+    height: int
+    components: int  # 1 grey, 3 YCbCr (or RGB), 4 CMYK or YCCK
+    orientation: int = 1  # EXIF orientation as Pillow reads it: 1 (as stored) to 8
+    adobe_transform: int | None = None  # APP14 Adobe colour transform, when present
+
+    @property
+    def progressive(self) -> bool:
+        """Whether the frame is progressive (nvjpeg's batched decoder refuses it)."""
+        return self.sof in _PROGRESSIVE
+
+
+def jpeg_header(data: bytes) -> JpegInfo | None:
+    """Read a JPEG's frame header and orientation; None for anything else or damaged."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    frame: tuple[int, int, int, int, int] | None = None
+    exif: bytes | None = None
+    xmp: bytes | None = None
+    adobe: int | None = None
+    pos, end = 2, len(data)
+    while True:
+        if pos >= end or data[pos] != 0xFF:
+            return None  # junk between segments: leave it to Pillow's judgement
+        while pos < end and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= end:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker in _STANDALONE:
+            continue
+        if marker in (0x00, 0xD8, 0xD9) or pos + 2 > end:
+            return None  # a stuffed byte, a second SOI, or EOI before any scan
+        length = int.from_bytes(data[pos : pos + 2], "big")
+        if length < 2 or pos + length > end:
+            return None
+        body = data[pos + 2 : pos + length]
+        pos += length
+        if marker == _SOS:
+            break
+        if marker in _FRAMES:
+            if frame is not None or len(body) < 6 or len(body) < 6 + 3 * body[5]:
+                return None
+            height = int.from_bytes(body[1:3], "big")
+            width = int.from_bytes(body[3:5], "big")
+            frame = (marker, body[0], width, height, body[5])
+        elif marker == _APP1 and body.startswith(_EXIF):
+            # Pillow keeps the first Exif segment and appends the others' payloads.
+            exif = body if exif is None else exif + body[6:]
+        elif marker == _APP1 and body.startswith(_XMP):
+            xmp = body[len(_XMP) :]  # the last one wins, as in Pillow
+        elif marker == _APP14 and body.startswith(b"Adobe") and len(body) >= 12:
+            adobe = body[11]
+    if frame is None:
+        return None
+    sof, precision, width, height, components = frame
+    return JpegInfo(
+        sof=sof,
+        precision=precision,
+        width=width,
+        height=height,
+        components=components,
+        orientation=_orientation(exif, xmp),
+        adobe_transform=adobe,
+    )
+
+
+def _orientation(exif: bytes | None, xmp: bytes | None) -> int:
+    """The orientation Pillow's exif_transpose would apply, 1 when it would apply none."""
+    value = _exif_orientation(exif) if exif is not None else None
+    if value is None and xmp is not None and (match := _XMP_ORIENTATION.search(xmp)):
+        value = int(match[2])
+    return value if value is not None and 1 <= value <= 8 else 1
+
+
+def _exif_orientation(exif: bytes) -> int | None:
+    """IFD0's orientation tag as Pillow reads it; None when the tag is absent.
+
+    A damaged TIFF header makes Pillow give up on the EXIF block (the picture stays as
+    stored, 1); a tag of a non-integer type counts as present but unusable (also 1).
+    Entries are read in order until the block ends, the first orientation tag winning.
+    """
+    tiff = re.sub(b"^(Exif\x00\x00){1,2}", b"", exif)
+    if not tiff:
+        return None
+    if len(tiff) < 8 or tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    order: Literal["little", "big"] = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return None
+    count = int.from_bytes(tiff[ifd : ifd + 2], order)
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if entry + 12 > len(tiff):
+            return None
+        tag = int.from_bytes(tiff[entry : entry + 2], order)
+        kind = int.from_bytes(tiff[entry + 2 : entry + 4], order)
+        if tag != _ORIENTATION_TAG or kind not in _TYPE_SIZES:
+            continue
+        items = int.from_bytes(tiff[entry + 4 : entry + 8], order)
+        size = items * _TYPE_SIZES[kind]
+        value = tiff[entry + 8 : entry + 8 + size]
+        if size > 4:  # stored elsewhere, at an offset; Pillow skips it when out of range
+            offset = int.from_bytes(tiff[entry + 8 : entry + 12], order)
+            value = tiff[offset : offset + size] if size <= len(tiff) else b""
+        if len(value) != size or size == 0:
+            continue
+        if kind not in _INT_TYPES:
+            return 1
+        width, signed = _INT_TYPES[kind]
+        return int.from_bytes(value[:width], order, signed=signed)
+    return None
+
+
+def gpu_decodable(info: JpegInfo, max_pixels: int) -> bool:
+    """Whether the batched tensor decoder takes this JPEG: 8-bit sequential, grey or YCbCr."""
+    return (
+        info.sof in _SEQUENTIAL
+        and info.precision == 8
+        and info.components in (1, 3)
+        # An Adobe transform of 0 marks RGB-coded samples that nvjpeg would take for YCbCr.
+        and not (info.components == 3 and info.adobe_transform == 0)
+        # Height 0 defers it to a DNL marker after the scan; nvjpeg does not read one.
+        and 0 < info.width * info.height <= max_pixels
+        # Over-long pictures are cropped to MAX_ASPECT after decoding, as limit_aspect does,
+        # and max_pixels bounds what the decoder allocates first.
+    )
+
+
+def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Turn a CHW image upright as PIL.ImageOps.exif_transpose does for *orientation*."""
+    if orientation == 2:  # FLIP_LEFT_RIGHT
+        return image.flip(-1)
+    if orientation == 3:  # ROTATE_180
+        return image.flip(-2, -1)
+    if orientation == 4:  # FLIP_TOP_BOTTOM
+        return image.flip(-2)
+    if orientation == 5:  # TRANSPOSE
+        return image.transpose(-2, -1)
+    if orientation == 6:  # ROTATE_270, counter-clockwise: a quarter turn clockwise
+        return image.rot90(-1, (-2, -1))
+    if orientation == 7:  # TRANSVERSE
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:  # ROTATE_90, counter-clockwise
+        return image.rot90(1, (-2, -1))
+    return image
+
+
+def limit_aspect(image: torch.Tensor, max_aspect: int = MAX_ASPECT) -> torch.Tensor:
+    """Keep the middle of an over-long CHW image, with preprocess.limit_aspect's arithmetic."""
+    height, width = image.shape[-2:]
+    short = min(width, height)
+    if max(width, height) <= max_aspect * short:
+        return image
+    keep = max_aspect * short
+    if width > height:
+        left = (width - keep) // 2
+        return image[..., :, left : left + keep]
+    top = (height - keep) // 2
+    return image[..., top : top + keep, :]
+
+
+def _decode(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode a list of JPEGs in one call; on failure, halve it until the bad ones are alone."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not datas:
+        return []
+    try:
+        images = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # torch's errors (bad data, nvjpeg, out of memory) are all this
+        if len(datas) == 1:
+            return [None]
+        half = len(datas) // 2
+        return _decode(datas[:half], device) + _decode(datas[half:], device)
+    return list(images)
+
+
+def _resize_crop(
+    images: torch.Tensor, resize_size: int, crop_size: int, antialias: bool
+) -> torch.Tensor:
+    """Resize an NCHW uint8 stack's shorter side, then take its centre (weights' transforms)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    # The same torchvision functions the Pillow path calls, so output sizes and crop
+    # offsets come from the same arithmetic; only the resampling itself differs.
+    resized = F.resize(
+        images, [resize_size], interpolation=InterpolationMode.BILINEAR, antialias=antialias
+    )
+    cropped: torch.Tensor = F.center_crop(resized, [crop_size, crop_size])
+    return cropped
+
+
+def decode_batch(
+    datas: Sequence[bytes],
+    *,
+    device: torch.device,
+    resize_size: int,
+    crop_size: int,
+    antialias: bool = True,
+    max_pixels: int,
+) -> list[torch.Tensor | None]:
+    """Decode, orient, resize and crop JPEGs on *device*: uint8 3xHxW, or None for Pillow."""
+    picked: list[tuple[int, JpegInfo]] = []
+    for i, data in enumerate(datas):
+        info = jpeg_header(data)
+        if info is not None and gpu_decodable(info, max_pixels):
+            picked.append((i, info))
+    encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i, _ in picked]
+    upright: dict[int, torch.Tensor] = {}
+    for (i, info), image in zip(picked, _decode(encoded, device), strict=True):
+        # A decoder that disagrees with the header has read something else: Pillow decides.
+        if image is None or tuple(image.shape) != (3, info.height, info.width):
+            continue
+        upright[i] = limit_aspect(orient(image, info.orientation))
+
+    out: list[torch.Tensor | None] = [None] * len(datas)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in upright.items():
+        groups.setdefault((image.shape[-2], image.shape[-1]), []).append(i)
+    for (height, width), members in groups.items():
+        step = max(1, _CHUNK_PIXELS // (height * width))
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            stack = torch.stack([upright.pop(i) for i in chunk])
+            crops = _resize_crop(stack, resize_size, crop_size, antialias)
+            for i, crop in zip(chunk, crops, strict=True):
+                out[i] = crop
+    return out

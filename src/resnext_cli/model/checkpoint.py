@@ -1,0 +1,172 @@
+"""Checkpoint files into networks: load safely, unwrap, check, build, fold.
+
+The one home of what a checkpoint file holds, below both the pipeline and INT8 (which
+builds its own network from the same checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+from resnext_cli.errors import CheckpointError
+
+# The key 'resnext quantize' writes into the INT8 checkpoints it saves.
+INT8_MARKER = "resnext_quantized"
+
+
+def unwrap(obj: Any) -> Any:
+    """Return the state dict inside {'state_dict': ...} or {'model': ...}, or *obj*."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def load_object(path: Path, *, name: str) -> Any:
+    """torch.load a checkpoint file safely (weights only), or raise one CheckpointError."""
+    try:
+        # An INT8 file read as float (it is refused after) makes torch warn of quantized
+        # storage: the refusal says what to do.
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load checkpoint '{name}': {exc.__class__.__name__} "
+            "(give a state dict saved with torch.save)"
+        ) from None
+
+
+def read_state_dict(path: Path, *, name: str) -> dict[str, torch.Tensor]:
+    """Load a state dict from a file, unwrapping {'state_dict': ...} or {'model': ...}."""
+    obj = load_object(path, name=name)
+    state = unwrap(obj)
+    if holds_int8(obj):
+        raise CheckpointError(f"checkpoint '{name}' holds INT8 weights (add --quantized)")
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(
+            f"checkpoint '{name}' is not a state dict (expected a mapping of parameter "
+            "names to tensors, or one under 'state_dict' or 'model')"
+        )
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"checkpoint '{name}' holds no tensors (give a model state dict)")
+    # Checkpoints saved from DataParallel or DDP prefix every key with 'module.'.
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
+    return tensors
+
+
+def holds_int8(obj: object) -> bool:
+    """Whether a loaded checkpoint (or the state dict read from one) holds INT8 weights."""
+    if not isinstance(obj, dict):
+        return False
+    if INT8_MARKER in obj:
+        return True
+    state = unwrap(obj)
+    return isinstance(state, dict) and any(
+        (isinstance(v, torch.Tensor) and v.is_quantized) or str(k).endswith("_packed_params")
+        for k, v in state.items()
+    )
+
+
+def _check_tensors(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], name: str
+) -> dict[str, torch.Tensor]:
+    """Refuse tensors the network cannot use; bring other float types to float32."""
+    out = {}
+    for key, want in expected.items():
+        have = state[key]
+        where = f"checkpoint '{name}': tensor '{key}'"
+        if have.layout != torch.strided or have.is_meta:
+            kind = "meta" if have.is_meta else str(have.layout).removeprefix("torch.")
+            raise CheckpointError(f"{where} is {kind}, not a dense tensor (save real weights)")
+        if want.is_floating_point():
+            if not have.is_floating_point():
+                raise CheckpointError(
+                    f"{where} is {str(have.dtype).removeprefix('torch.')}, not floating point "
+                    "(give a float checkpoint)"
+                )
+            if not bool(torch.isfinite(have).all()):
+                raise CheckpointError(
+                    f"{where} holds NaN or infinite values (the checkpoint is damaged)"
+                )
+            have = have.to(torch.float32)
+        elif have.is_floating_point() or have.is_complex():
+            raise CheckpointError(f"{where} should hold integers, not {have.dtype}")
+        out[key] = have
+    return out
+
+
+def _shape(value: Any) -> list[int] | None:
+    if isinstance(value, torch.Tensor):
+        return list(value.shape)
+    if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
+        return list(value[0].shape)  # packed (weight, bias) of a quantized Linear
+    return None
+
+
+def check_fit(expected: dict[str, Any], state: dict[str, Any], *, model: str, name: str) -> None:
+    """Raise CheckpointError naming the missing, unexpected and misshapen keys of *state*."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and _shape(state[k]) != _shape(expected[k])]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (first: '{missing[0]}')")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: '{unexpected[0]}')")
+    if wrong:
+        k = wrong[0]
+        parts.append(
+            f"{len(wrong)} of the wrong shape (first: '{k}' is "
+            f"{_shape(state[k])}, expected {_shape(expected[k])})"
+        )
+    raise CheckpointError(
+        f"checkpoint '{name}' does not fit {model}: {'; '.join(parts)} "
+        "(check --model matches the checkpoint)"
+    )
+
+
+def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> torch.nn.Module:
+    """Build *model* on the meta device and load *state* into it, checking it fits."""
+    fc = state.get("fc.weight")
+    if fc is None or fc.ndim != 2:
+        raise CheckpointError(
+            f"checkpoint '{name}' does not fit {model}: it has no 'fc.weight' "
+            "(give a state dict in torchvision's ResNeXt layout)"
+        )
+    builder = getattr(torchvision.models, model)
+    with torch.device("meta"):
+        net: torch.nn.Module = builder(weights=None, num_classes=int(fc.shape[0]))
+    expected = net.state_dict()
+    check_fit(expected, state, model=model, name=name)
+    net.load_state_dict(_check_tensors(state, expected, name), assign=True)
+    return net.eval()
+
+
+def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Fold each eval-mode BatchNorm into the convolution before it (fewer passes)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fold(parent: torch.nn.Module, conv: str, bn: str) -> None:
+        fused = fuse_conv_bn_eval(getattr(parent, conv), getattr(parent, bn))
+        setattr(parent, conv, fused)
+        setattr(parent, bn, torch.nn.Identity())
+
+    fold(model, "conv1", "bn1")
+    for module in model.modules():
+        if isinstance(module, torchvision.models.resnet.Bottleneck):
+            for i in (1, 2, 3):
+                fold(module, f"conv{i}", f"bn{i}")
+            if module.downsample is not None:
+                fold(module.downsample, "0", "1")
+    return model

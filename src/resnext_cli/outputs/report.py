@@ -1,0 +1,258 @@
+"""The visual report: one self-contained HTML file of every image, its labels and errors.
+
+The file opens straight from disk and loads nothing from anywhere: thumbnails are JPEG
+data URIs, the records sit in a ``<script type="application/json">`` block, and a
+Content-Security-Policy meta tag forbids every other resource and allows only the page's
+own script and style (``report.js``, ``report.css`` beside this module, inlined here and
+named in the policy by their SHA-256). The script builds the cards with ``textContent``
+(never ``innerHTML``), 200 at a time, so a report of 10,000 images stays quick.
+
+The page reads its controls from the URL, which makes a view linkable and lets a headless
+browser test the filter: ``report.html?label=crane``, ``?category=dog``, ``?show=uncertain``,
+``?show=failed``, ``?q=text`` (file names, labels, categories),
+``?sort=confidence-asc|confidence-desc|name|input|category``. After the first render
+``<main id="grid">`` carries ``data-matches`` (cards that pass the filter) and
+``data-total``, and ``<body>`` gets ``data-ready="1"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import html
+import io
+import json
+import os
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+from resnext_cli.errors import InputError, OutputError
+from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
+from resnext_cli.results import Classified, Failed, Record
+
+THUMBNAIL_SIZE = 112
+PAGE_SIZE = 200
+
+# A thumbnail: JPEG bytes, width, height.
+Thumbnail = tuple[bytes, int, int]
+
+
+@functools.cache
+def asset(name: str) -> str:
+    """Return the text of a package file the page inlines: ``report.js`` or ``report.css``."""
+    text = resources.files("resnext_cli.outputs").joinpath(name).read_text(encoding="utf-8")
+    # The page is ASCII, and inline text must not be able to end its own element.
+    assert text.isascii() and "</" not in text, name
+    return text
+
+
+def _source(text: str) -> str:
+    """A CSP source that allows exactly this inline script or style."""
+    digest = hashlib.sha256(text.encode("ascii")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
+def content_security_policy() -> str:
+    """The page's policy: nothing from anywhere, data: images, and only its own script and style."""
+    return (
+        f"default-src 'none'; img-src data:; style-src {_source(asset('report.css'))}; "
+        f"script-src {_source(asset('report.js'))}; base-uri 'none'; form-action 'none'"
+    )
+
+
+def script_json(value: Any) -> str:
+    """Serialise *value* for a ``<script type="application/json">`` block.
+
+    ASCII only (lone surrogates from odd file names survive), and with ``<``, ``>`` and
+    ``&`` as JSON escapes, so no data can close the block or open a comment.
+    """
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def make_thumbnail(
+    path: str,
+    *,
+    size: int = THUMBNAIL_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_truncated: bool = False,
+) -> Thumbnail | None:
+    """Return a small upright JPEG of the image at *path* and its size, or None.
+
+    The file is decoded by the same rules as for classification (``preprocess.decode``:
+    refused formats, the pixel limit, EXIF orientation, transparency on white), so a file
+    the run would not read is not read here either.
+    """
+    from PIL import Image
+
+    from resnext_cli.imaging.preprocess import DecodeOptions, decode
+
+    # Pillow reads allow_truncated from a global that every decoding thread sets: it must
+    # be the run's own value. JPEGs decode at a reduced scale, no smaller than twice *size*.
+    options = DecodeOptions(
+        max_pixels=max_pixels, allow_truncated=allow_truncated, draft_min_side=2 * size
+    )
+    try:
+        with open(path, "rb") as fp:
+            img = decode(fp, path, options)
+        img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        buffer = io.BytesIO()
+        img.save(buffer, "JPEG", quality=72, optimize=True)
+    except (InputError, OSError, ValueError, MemoryError):
+        return None  # the card shows a placeholder; the record already says what failed
+    return buffer.getvalue(), img.width, img.height
+
+
+def report_entry(record: Record, thumb: Thumbnail | None) -> dict[str, Any]:
+    """The page's view of one record."""
+    entry: dict[str, Any] = {"input": record.input, "path": record.path}
+    if thumb:
+        data = base64.b64encode(thumb[0]).decode("ascii")
+        entry["thumb"] = {"src": f"data:image/jpeg;base64,{data}", "w": thumb[1], "h": thumb[2]}
+    if isinstance(record, Failed):
+        entry["error"] = {"type": record.error_type, "message": record.message}
+        return entry
+    entry["top"] = [[p.label, p.probability] for p in record.predictions]
+    entry["uncertain"] = bool(record.uncertain)
+    # Categories, where the run has them, as the record's JSON defines them.
+    categories = record.to_dict().get("categories")
+    if categories:
+        entry["cats"] = [[c["name"], c["probability"]] for c in categories]
+    return entry
+
+
+class HtmlReportWriter:
+    """Stream records into a self-contained HTML report, in input order.
+
+    Thumbnails are made from each record's file in worker threads; the page goes to a
+    hidden temporary file beside *path* and replaces *path* when closed, so a reader never
+    sees half a report.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        title: str = "resnext report",
+        context: Mapping[str, str] | None = None,
+        thumbnail_size: int = THUMBNAIL_SIZE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        allow_truncated: bool = False,
+        workers: int = 4,
+    ) -> None:
+        self.path = path
+        self._partial = path.with_name(f".{path.name}.part")
+        self._size = thumbnail_size
+        self._max_pixels = max_pixels
+        self._allow_truncated = allow_truncated
+        self._count = 0
+        self._window: deque[tuple[Record, Future[Thumbnail | None]]] = deque()
+        self._limit = 4 * max(1, workers)
+        try:
+            self._file: IO[str] = self._partial.open("w", encoding="ascii", newline="\n")
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write report '{path}': {exc.strerror or exc} (check the folder exists)"
+            ) from None
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="resnext-thumb")
+        self._file.write(
+            _HEAD.format(
+                csp=html.escape(content_security_policy()),
+                title=html.escape(title),
+                style=asset("report.css"),
+            )
+        )
+        meta = {"title": title, "context": dict(context or {}), "pageSize": PAGE_SIZE}
+        self._file.write(
+            f'<script type="application/json" id="meta">{script_json(meta)}</script>\n'
+        )
+        self._file.write('<script type="application/json" id="records">[')
+
+    def _thumb(self, record: Record) -> Thumbnail | None:
+        if isinstance(record, Classified) and record.path is not None:
+            return make_thumbnail(
+                record.path,
+                size=self._size,
+                max_pixels=self._max_pixels,
+                allow_truncated=self._allow_truncated,
+            )
+        return None
+
+    def write(self, record: Record) -> None:
+        """Queue one record; its card is written once its thumbnail is ready."""
+        self._window.append((record, self._pool.submit(self._thumb, record)))
+        while len(self._window) > self._limit:
+            self._emit()
+
+    def _emit(self) -> None:
+        record, future = self._window.popleft()
+        entry = report_entry(record, future.result())
+        self._file.write(("\n" if self._count == 0 else ",\n") + script_json(entry))
+        self._count += 1
+
+    def close(self) -> None:
+        """Write the rest of the page and put it in place."""
+        if self._file.closed:
+            return
+        try:
+            while self._window:
+                self._emit()
+            self._file.write(_TAIL.format(script=asset("report.js")))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._file.close()
+        os.replace(self._partial, self.path)
+
+    @property
+    def count(self) -> int:
+        """Records written so far."""
+        return self._count
+
+
+# The style and script go in exactly as their files are: the policy names their hashes.
+_HEAD = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<header>
+<h1>{title}</h1>
+<p id="stats"></p>
+<div class="controls">
+<label id="category-control" hidden>Category <select id="category">
+<option value="">all categories</option></select></label>
+<label>Label <select id="filter"><option value="">all labels</option></select></label>
+<label>Search <input id="search" type="search" placeholder="file name or label"></label>
+<label>Sort <select id="sort">
+<option value="input">input order</option>
+<option value="confidence-desc">most confident first</option>
+<option value="confidence-asc">least confident first</option>
+<option value="name">file name</option>
+</select></label>
+<span id="count" aria-live="polite"></span>
+</div>
+</header>
+<main id="grid"></main>
+<button id="more" type="button" hidden>show more</button>
+<noscript><p class="empty">This report needs JavaScript to show its images.</p></noscript>
+"""
+
+_TAIL = """
+]</script>
+<script>{script}</script>
+</body>
+</html>
+"""

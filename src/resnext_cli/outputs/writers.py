@@ -1,0 +1,413 @@
+"""Writers for result records: table, json, jsonl, csv, parquet. They see records, never tensors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from rich.console import Console, JustifyMethod
+from rich.table import Table
+from rich.text import Text
+
+from resnext_cli.console import bar, printable
+from resnext_cli.errors import OutputError
+from resnext_cli.model.registry import WeightsInfo
+from resnext_cli.results import Classified, Failed, Record
+
+FORMATS = ("auto", "table", "json", "jsonl", "csv", "parquet")
+_BY_SUFFIX = {
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+PARQUET_HINT = "install with pip install 'resnext-cli[parquet]'"
+
+
+class MissingDependencyError(OutputError):
+    """An optional package that the chosen output needs is not installed."""
+
+
+class Writer(Protocol):
+    """Takes records one at a time, in input order."""
+
+    def write(self, record: Record) -> None:
+        """Write one record and flush it."""
+
+    def close(self) -> None:
+        """Finish the output (closing brackets, pending table rows)."""
+
+
+def resolve_format(fmt: str, *, is_terminal: bool, output_name: str | None) -> str:
+    """Turn 'auto' into a concrete format from the destination."""
+    if fmt != "auto":
+        return fmt
+    if output_name is not None:
+        for suffix, name in _BY_SUFFIX.items():
+            if output_name.lower().endswith(suffix):
+                return name
+        return "jsonl"
+    return "table" if is_terminal else "jsonl"
+
+
+def _dumps(record: Record) -> str:
+    # NaN is refused: a non-finite number is a bug to see, never invalid JSON to ship.
+    return json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False)
+
+
+class JsonLinesWriter:
+    """One JSON object per line, flushed as each record completes."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, record: Record) -> None:
+        self._stream.write(_dumps(record) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+class JsonArrayWriter:
+    """One JSON array, streamed element by element."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._opened = False
+
+    def write(self, record: Record) -> None:
+        self._stream.write((",\n  " if self._opened else "[\n  ") + _dumps(record))
+        self._stream.flush()
+        self._opened = True
+
+    def close(self) -> None:
+        self._stream.write("\n]\n" if self._opened else "[]\n")
+        self._stream.flush()
+
+
+# Tabular forms shared by csv and parquet. Wide: one row per input, the top-k as
+# label_i/probability_i column pairs. Long: one row per prediction (rank 1..k). A failed
+# input is one row with its error. "uncertain" is a column only when a threshold was given.
+Cell = str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """Which table the csv and parquet writers produce."""
+
+    topk: int = 5
+    long: bool = False
+    uncertain: bool = False
+
+    def columns(self) -> list[str]:
+        """The column names, in order."""
+        if self.long:
+            middle = ["rank", "index", "label", "probability"]
+        else:
+            middle = [f"{n}_{i}" for i in range(1, self.topk + 1) for n in ("label", "probability")]
+        flag = ["uncertain"] if self.uncertain else []
+        return ["input", "path", *middle, *flag, "error_type", "error"]
+
+    def rows(self, record: Record) -> list[list[Cell]]:
+        """The rows one record becomes, matching columns()."""
+        head: list[Cell] = [record.input, record.path]
+        if isinstance(record, Failed):
+            blanks: list[Cell] = [None] * (4 if self.long else 2 * self.topk)
+            none: list[Cell] = [None] if self.uncertain else []
+            return [[*head, *blanks, *none, record.error_type, record.message]]
+        assert isinstance(record, Classified)
+        flag: list[Cell] = [record.uncertain] if self.uncertain else []
+        if self.long:
+            return [
+                [*head, rank, p.index, p.label, p.probability, *flag, None, None]
+                for rank, p in enumerate(record.predictions, start=1)
+            ]
+        pairs: list[Cell] = []
+        for i in range(self.topk):
+            p = record.predictions[i] if i < len(record.predictions) else None
+            pairs += [p.label, p.probability] if p else [None, None]
+        return [[*head, *pairs, *flag, None, None]]
+
+
+def _csv_cell(value: Cell) -> str | int:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+class CsvWriter:
+    """One row per input (wide, the default) or per prediction (long)."""
+
+    def __init__(
+        self, stream: IO[str], *, topk: int = 5, long: bool = False, uncertain: bool = False
+    ) -> None:
+        self._stream = stream
+        self._shape = TableShape(topk, long, uncertain)
+        self._csv = csv.writer(stream, lineterminator="\n")
+        self._csv.writerow(self._shape.columns())
+
+    def write(self, record: Record) -> None:
+        for row in self._shape.rows(record):
+            self._csv.writerow([_csv_cell(v) for v in row])
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()
+
+
+def require_pyarrow() -> Any:
+    """Import pyarrow.parquet, or raise with how to install it."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingDependencyError(f"parquet output needs pyarrow ({PARQUET_HINT})") from None
+    return pq
+
+
+class ParquetWriter:
+    """The csv table as a typed Parquet file, written in row groups as records arrive."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        topk: int = 5,
+        long: bool = False,
+        uncertain: bool = False,
+        group_rows: int = 4096,
+    ) -> None:
+        pq = require_pyarrow()
+        import pyarrow as pa
+
+        self._pa = pa
+        self._shape = TableShape(topk, long, uncertain)
+        types = {"rank": pa.int32(), "index": pa.int32(), "uncertain": pa.bool_()}
+        self._schema = pa.schema(
+            [
+                (n, pa.float64() if n.startswith("probability") else types.get(n, pa.string()))
+                for n in self._shape.columns()
+            ]
+        )
+        self._rows: list[list[Cell]] = []
+        self._group_rows = group_rows
+        self._file = pq.ParquetWriter(str(path), self._schema)
+
+    def write(self, record: Record) -> None:
+        self._rows.extend(self._shape.rows(record))
+        if len(self._rows) >= self._group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        columns = [
+            self._pa.array([row[i] for row in self._rows], type=field.type)
+            for i, field in enumerate(self._schema)
+        ]
+        # Typed by the arrays themselves: a table whose types differ from the file's is refused.
+        self._file.write_table(self._pa.Table.from_arrays(columns, names=self._schema.names))
+        self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._file.close()
+
+
+def _bar(probability: float, width: int = 24) -> Text:
+    return Text(bar(probability, width, track="░"), style="cyan")
+
+
+class TableWriter:
+    """A rich table: every class for one image, or one row per image for many."""
+
+    def __init__(self, console: Console, *, caption: str | None = None) -> None:
+        self._console = console
+        self._caption = caption
+        self._first: Record | None = None
+        self._rows_shown = False
+
+    def write(self, record: Record) -> None:
+        if not self._rows_shown and self._first is None:
+            self._first = record  # wait: a lone image gets the detailed view
+            return
+        if self._first is not None:
+            self._row(self._first)
+            self._first = None
+        self._row(record)
+
+    def _row(self, record: Record) -> None:
+        # One line per image: what does not fit is cut with "…" (rich's default overflow).
+        table = Table(box=None, show_header=not self._rows_shown, pad_edge=False, expand=True)
+        table.add_column("input", ratio=1, no_wrap=True)
+        table.add_column("top-1", width=24, no_wrap=True)
+        table.add_column("prob", width=6, justify="right", no_wrap=True)
+        table.add_column("", width=10, no_wrap=True)
+        table.add_column("runner-up", width=22, no_wrap=True)
+        name = Text(printable(record.input))
+        if isinstance(record, Failed):
+            table.add_row(name, Text(f"error: {record.error_type}", style="red"))
+        else:
+            second = record.predictions[1] if len(record.predictions) > 1 else None
+            top = printable(record.top1.label)
+            if record.categories:
+                top = f"{printable(record.categories[0].name)}: {top}"
+            table.add_row(
+                name,
+                Text(top, style="bold"),
+                f"{record.top1.probability:.1%}",
+                _bar(record.top1.probability, 10),
+                Text(f"{printable(second.label)} {second.probability:.1%}") if second else "",
+                style="dim" if record.uncertain else None,
+            )
+        self._console.print(table)
+        self._rows_shown = True
+
+    def _detail(self, record: Record) -> None:
+        if isinstance(record, Failed):
+            self._console.print(
+                Text(f"{printable(record.input)}: ", style="bold")
+                + Text(f"{record.error_type}: {printable(record.message)}", style="red")
+            )
+            return
+        # The name above the table and the caption under it are lines of their own, as
+        # long as they are: a table would fold them to its own width (a pipe gets them whole).
+        caption = self._caption or record.precision
+        table = Table()
+        if record.uncertain:
+            note = "uncertain: the top-1 probability is below --min-probability"
+            caption = f"{caption}; {note}" if caption else note
+            table.style = "dim"
+        table.add_column("#", justify="right")
+        table.add_column("label")
+        table.add_column("index", justify="right")
+        table.add_column("probability", justify="right")
+        table.add_column("")
+        # Categories first (what a person files under), then the classes under them.
+        for rank, c in enumerate(record.categories or (), start=1):
+            table.add_row(
+                str(rank),
+                Text(printable(c.name), style="bold"),
+                "",
+                f"{c.probability:.2%}",
+                _bar(c.probability),
+                end_section=rank == len(record.categories or ()),
+            )
+        for rank, p in enumerate(record.predictions, start=1):
+            label = Text(printable(p.label))
+            table.add_row(
+                str(rank), label, str(p.index), f"{p.probability:.2%}", _bar(p.probability)
+            )
+        self._console.print(Text(printable(record.input), style="table.title"), soft_wrap=True)
+        self._console.print(table)
+        if caption:
+            self._console.print(Text(caption, style="table.caption"), soft_wrap=True)
+
+    def close(self) -> None:
+        if self._first is not None:
+            self._detail(self._first)
+            self._first = None
+        elif self._rows_shown and self._caption:
+            # One line, as long as it is: a terminal folds it, a pipe gets it whole.
+            self._console.print(Text(self._caption, style="dim"), soft_wrap=True)
+
+
+def make_writer(
+    fmt: str,
+    stream: IO[str],
+    *,
+    console: Console | None = None,
+    topk: int = 5,
+    long: bool = False,
+    uncertain: bool = False,
+    path: Path | None = None,
+    caption: str | None = None,
+) -> Writer:
+    """Return the writer for a concrete format (parquet writes to *path*, not *stream*)."""
+    if fmt == "jsonl":
+        return JsonLinesWriter(stream)
+    if fmt == "json":
+        return JsonArrayWriter(stream)
+    if fmt == "csv":
+        return CsvWriter(stream, topk=topk, long=long, uncertain=uncertain)
+    if fmt == "parquet":
+        if path is None:
+            raise OutputError("parquet output needs a file (give -o FILE.parquet)")
+        return ParquetWriter(path, topk=topk, long=long, uncertain=uncertain)
+    if fmt == "table":
+        return TableWriter(console or Console(file=stream, highlight=False), caption=caption)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def models_json(rows: list[WeightsInfo]) -> str:
+    """The weights list as JSON, with each file's name and whether it is cached."""
+    from resnext_cli.model.weights import cached_path
+
+    payload = [
+        {
+            "model": w.model,
+            "weights": w.tag,
+            "quantized": w.quantized,
+            "default": w.is_default,
+            "acc@1": w.acc1,
+            "acc@5": w.acc5,
+            "params": w.params,
+            "gflops": w.gflops,
+            "file_size_mb": w.file_size_mb,
+            "resize": w.resize_size,
+            "crop": w.crop_size,
+            "file": w.filename,
+            "cached": cached_path(w.url).is_file(),
+            "url": w.url,
+        }
+        for w in rows
+    ]
+    return json.dumps(payload, indent=2)
+
+
+def models_table(rows: list[WeightsInfo], stream: IO[str], *, is_terminal: bool) -> None:
+    """The weights list as a compact table that fits a pipe; default weights starred."""
+    from rich import box
+
+    from resnext_cli.model.weights import cached_path
+
+    table = Table(
+        title="ResNeXt weights (ImageNet-1K, torchvision's metadata)",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+    )
+    columns = ["model", "weights", "acc@1", "acc@5", "params", "GFLOPs", "MB", "resize", "cached"]
+    for name in columns:
+        justify: JustifyMethod = "left" if name in ("model", "weights") else "right"
+        table.add_column(name, justify=justify, no_wrap=True)
+    table.add_column("file")  # the one column that gives way on a narrow terminal
+    for w in rows:
+        table.add_row(
+            w.model,
+            w.tag + (" *" if w.is_default else ""),
+            f"{w.acc1:.2f}",
+            f"{w.acc5:.2f}",
+            f"{w.params / 1e6:.1f}M",
+            f"{w.gflops:.2f}",
+            f"{w.file_size_mb:.0f}",
+            f"{w.resize_size}/{w.crop_size}",
+            "yes" if cached_path(w.url).is_file() else "no",
+            w.filename,
+        )
+    table.caption = "* the DEFAULT weights of each model; FBGEMM tags are INT8 (--quantized)"
+    console = Console(file=stream, highlight=False)
+    if not is_terminal:  # rich assumes 80 columns for a pipe: a pipe gets every row whole
+        unbounded = console.options.update_width(sys.maxsize)
+        console.width = console.measure(table, options=unbounded).maximum
+    console.print(table)

@@ -1,0 +1,296 @@
+"""One run of a command: sources into an engine, records into outputs, counted in a summary.
+
+The CLI builds a config, the outputs and a console, and calls `run_classify` or
+`run_sort`; these choose the engine from ENGINES, drive it, and return the exit status.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resnext_cli.console import Console
+from resnext_cli.errors import ExitStatus, Terminated
+from resnext_cli.outputs.summary import RunSummary
+from resnext_cli.results import Failed, Record, apply_threshold
+from resnext_cli.run.config import Config
+
+if TYPE_CHECKING:
+    from resnext_cli.inputs.sources import Source
+    from resnext_cli.outputs.sinks import Outputs
+    from resnext_cli.run.engine import Engine
+
+NO_INPUT = "no input matched (give image files, folders, globs or URLs)"
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """How to build one engine and expand its inputs (imported only when chosen)."""
+
+    build: Callable[..., Engine]
+    iter_sources: Callable[[], Callable[..., Iterator[Source]]]
+
+
+def _local_engine(config: Config, **options: Any) -> Engine:
+    from resnext_cli.run.engine import local_engine
+
+    return local_engine(config, **options)
+
+
+def _ray_engine(config: Config, **options: Any) -> Engine:
+    from resnext_cli.run.ray_engine import RayEngine
+
+    return RayEngine(config, **options)
+
+
+def _local_sources() -> Callable[..., Iterator[Source]]:
+    from resnext_cli.inputs.sources import iter_sources
+
+    return iter_sources
+
+
+def _object_sources() -> Callable[..., Iterator[Source]]:
+    from resnext_cli.inputs.objects import iter_sources
+
+    return iter_sources
+
+
+# The engines by name: small functions, so type checkers and the import graph see them.
+ENGINES = {
+    "local": EngineKind(_local_engine, _local_sources),
+    "ray": EngineKind(_ray_engine, _object_sources),
+}
+
+
+def expand(
+    kind: str, inputs: Iterable[str], console: Console, *, max_stdin_bytes: int
+) -> Iterator[Source]:
+    """The engine's input expansion over *inputs*, warnings on the console."""
+    iter_sources = ENGINES[kind].iter_sources()
+    if "-" in inputs and console.stdin_is_terminal:
+        console.note(
+            "reading paths, URLs or image bytes from standard input (end with Ctrl-D)",
+            style="dim",
+        )
+    sources: Iterator[Source] = iter_sources(
+        inputs, stdin=console.stdin, warn=console.warn, max_stdin_bytes=max_stdin_bytes
+    )
+    return sources
+
+
+def build_engine(kind: str, config: Config, console: Console, **options: Any) -> Engine:
+    """Build the engine of *kind*, showing what loads (and a bar only while downloading)."""
+    # The config holds canonical names already; the plan resolves the weights once.
+    if config.checkpoint:
+        what = f"{config.model} from {config.checkpoint}"
+    else:
+        what = f"{config.model} ({config.weights})"
+    with console.loading(what) as progress:
+        engine = ENGINES[kind].build(config, download_progress=progress, **options)
+    for note in engine.plan.notes:
+        console.warn(note)
+    if console.debug and engine.plan.precision == "int8":
+        from resnext_cli.model.quantized import quantized_engine
+
+        console.say(f"debug: INT8 runs on torch's '{quantized_engine()}' quantized engine")
+    return engine
+
+
+def _countable(inputs: Iterable[str]) -> bool:
+    return all(i != "-" and "://" not in i for i in inputs)
+
+
+def _count_in_background(
+    kind: str, inputs: tuple[str, ...], done: set[str], set_total: Callable[[int], None]
+) -> None:
+    """Count the inputs in a thread (a second walk), so the bar gets its total and an ETA."""
+    if not _countable(inputs):
+        return
+    iter_sources = ENGINES[kind].iter_sources()
+
+    def count() -> None:
+        try:
+            total = sum(1 for s in iter_sources(inputs) if s.input not in done)
+        except Exception:  # a count is a nicety: the run itself reports real problems
+            return
+        set_total(total)
+
+    threading.Thread(target=count, name="resnext-count", daemon=True).start()
+
+
+def drive(
+    engine: Engine,
+    sources: Iterable[Source],
+    write: Callable[[Record], None],
+    summary: RunSummary,
+    console: Console,
+    *,
+    count: tuple[str, tuple[str, ...], set[str]] | None = None,
+) -> None:
+    """Classify *sources*, writing and counting each record; errors said as they come."""
+    with console.counting() as (tick, set_total):
+        if count is not None:
+            _count_in_background(*count, set_total)
+        for result in engine.classify_sources(sources):
+            record = apply_threshold(result, summary.min_probability)
+            write(record)
+            summary.add(record)
+            tick()
+            if isinstance(record, Failed):
+                console.note(f"error: {record.message}", style="red")
+
+
+def peek(sources: Iterator[Source]) -> Iterator[Source] | None:
+    """The same sources, or None when there are none (found before any model loads)."""
+    first = next(sources, None)
+    return None if first is None else itertools.chain([first], sources)
+
+
+def report_title(inputs: tuple[str, ...]) -> str:
+    """The report's title: the command line's inputs, shortened."""
+    title = "resnext: " + " ".join(inputs)
+    return title if len(title) <= 100 else title[:99] + "…"
+
+
+def run_classify(
+    config: Config,
+    inputs: tuple[str, ...],
+    outputs: Outputs,
+    console: Console,
+    *,
+    engine_kind: str = "local",
+    min_probability: float | None = None,
+    engine_options: dict[str, Any] | None = None,
+) -> int:
+    """Classify *inputs* into *outputs*; return the exit status."""
+    sources = expand(engine_kind, inputs, console, max_stdin_bytes=config.max_download_bytes)
+    if outputs.done:
+        sources = (s for s in sources if s.input not in outputs.done)
+    found = peek(iter(sources))
+    if found is None:
+        outputs.close(nothing_written=not outputs.done)
+        if outputs.done:
+            output = outputs.request.output
+            console.note(f"nothing left to do: all inputs are already in '{output}'")
+            return ExitStatus.OK
+        console.error(NO_INPUT)
+        return ExitStatus.USAGE
+    try:
+        engine = build_engine(engine_kind, config, console, **(engine_options or {}))
+    except BaseException:
+        outputs.close(nothing_written=True)
+        raise
+    plan = engine.plan
+    summary = RunSummary(
+        where=engine.describe(), min_probability=min_probability, resumed=len(outputs.done)
+    )
+    context = {"model": plan.model_line().split(" on ")[0], "device": engine.describe()}
+    if min_probability is not None:
+        context["min_probability"] = f"{min_probability:g}"
+    try:
+        outputs.start(
+            stdout=console.stdout,
+            topk=config.topk,
+            uncertain=min_probability is not None,
+            report_title=report_title(inputs),
+            report_context=context,
+            max_pixels=config.max_pixels,
+            allow_truncated=config.allow_truncated,
+            caption=plan.model_line(),
+        )
+        drive(
+            engine, found, outputs.write, summary, console,
+            count=(engine_kind, inputs, outputs.done),
+        )  # fmt: skip
+    except (KeyboardInterrupt, Terminated):
+        output = outputs.request.output
+        where = f" to '{output}' (--resume continues)" if output else ""
+        console.say(f"interrupted: {summary.total} records written{where}", style="yellow")
+        raise
+    finally:
+        try:
+            outputs.close()
+        finally:
+            engine.close()
+    summary.finished = time.perf_counter()
+    print_summary(summary, console, report=outputs.request.report)
+    return summary.exit_status
+
+
+def print_summary(summary: RunSummary, console: Console, *, report: str | None) -> None:
+    """The end-of-run summary on stderr (a line for one input, the full view for many)."""
+    if console.quiet:
+        return
+    if summary.total > 1 or summary.resumed:
+        console.err.print(summary.render(console.width))
+    elif summary.failed:
+        console.say(summary.line(), style="dim")
+    if report is not None:
+        console.say(f"report: {report} ({summary.total + summary.resumed} images)")
+
+
+# -- sort ----------------------------------------------------------------------------------
+
+
+class Collect:
+    """Keeps the records, for sort to plan with."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+
+    def write(self, record: Record) -> None:
+        self.records.append(record)
+
+
+def classify_for_sort(
+    config: Config,
+    inputs: tuple[str, ...],
+    console: Console,
+    *,
+    min_probability: float | None,
+    report: str | None,
+) -> tuple[list[Record], RunSummary] | None:
+    """Classify what sort will file; None when no input matched."""
+    from resnext_cli.outputs.sinks import OutputRequest, Outputs
+
+    found = peek(iter(expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)))
+    if found is None:
+        return None
+    outputs = Outputs.open(OutputRequest(report=report), stdout_is_terminal=False)
+    engine = build_engine("local", config, console)
+    summary = RunSummary(where=engine.describe(), min_probability=min_probability)
+    collect = Collect()
+    outputs.start(
+        stdout=console.stdout,
+        topk=config.topk,
+        uncertain=min_probability is not None,
+        report_title=report_title(inputs),
+        report_context={"device": engine.describe()},
+        max_pixels=config.max_pixels,
+        allow_truncated=config.allow_truncated,
+        results=False,
+    )
+
+    def write(record: Record) -> None:
+        collect.write(record)
+        outputs.write(record)
+
+    try:
+        drive(engine, found, write, summary, console, count=("local", inputs, set()))
+    except (KeyboardInterrupt, Terminated):
+        console.say("interrupted while classifying: nothing was filed yet", style="yellow")
+        raise
+    finally:
+        outputs.close()
+    summary.finished = time.perf_counter()
+    return collect.records, summary
+
+
+def folder_count(dest: Path) -> int:
+    """Folders directly inside *dest* (for messages)."""
+    return sum(1 for p in dest.iterdir() if p.is_dir()) if dest.is_dir() else 0

@@ -1,0 +1,86 @@
+"""The options of a classification run, validated before any image is read."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+
+from resnext_cli.errors import ConfigError
+from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
+from resnext_cli.model.registry import resolve_weights
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODERS = ("auto", "cpu", "gpu")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides how inputs become records."""
+
+    model: str = "resnext50_32x4d"
+    weights: str = "DEFAULT"
+    checkpoint: str | None = None
+    labels: str | None = None
+    topk: int = 5
+    batch_size: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    exact: bool = False
+    workers: int | None = None
+    offline: bool = False
+    timeout: float = 10.0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_download_bytes: int = 100 << 20
+    allow_truncated: bool = False
+    quantized: bool = False
+    decode: str = "auto"
+    # None: no categories; "default": the bundled ImageNet grouping; else a mapping file.
+    categories: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.exact and self.quantized:
+            raise ConfigError("--exact is the fp32 reference and --quantized is INT8; give one")
+        # A checkpoint made by 'resnext quantize' brings its own INT8 weights: its model's
+        # float tag still names the preprocessing.
+        info = resolve_weights(
+            self.model, self.weights, quantized=self.quantized and self.checkpoint is None
+        )
+        # Store canonical names, so records say 'resnext50_32x4d', 'IMAGENET1K_V2'.
+        object.__setattr__(self, "model", info.model)
+        object.__setattr__(self, "weights", info.tag)
+        if self.topk < 1:
+            raise ConfigError(f"--topk must be at least 1, not {self.topk}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, not {self.workers}")
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise ConfigError(
+                f"--timeout must be a positive number of seconds, not {self.timeout:g}"
+            )
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be at least 1, not {self.max_pixels}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"unknown precision '{self.precision}' (choose from: {', '.join(PRECISIONS)})"
+            )
+        if self.exact and self.precision not in ("auto", "fp32"):
+            raise ConfigError(f"--exact runs in fp32; drop --precision {self.precision} or --exact")
+        if self.quantized and self.precision not in ("auto", "int8"):
+            raise ConfigError(
+                f"--quantized runs in int8; drop --precision {self.precision} or --quantized"
+            )
+        if self.decode not in DECODERS:
+            raise ConfigError(
+                f"unknown decoder '{self.decode}' (choose from: {', '.join(DECODERS)})"
+            )
+        if not _DEVICE.match(self.device):
+            raise ConfigError(
+                f"unknown device '{self.device}' (choose from: auto, cpu, cuda, cuda:N, mps)"
+            )
+
+    def with_(self, **changes: object) -> Config:
+        """Return a copy with some fields changed (and validated again)."""
+        return replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,281 @@
+"""Engines schedule the pipeline's steps; the local one uses decode threads in this process.
+
+An `Engine` takes sources and yields one record per source, in input order. The local
+engine runs `pipeline.prepare` in daemon threads and `pipeline.infer` per batch here; the
+Ray engine (ray_engine.py) runs the same two functions in Ray tasks and actors.
+`Classifier` is the Python API: a plan, a model and the local engine, for any input a
+Python user has at hand.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any, BinaryIO, Protocol
+
+import torch
+
+from resnext_cli.errors import InputError
+from resnext_cli.inputs.sources import Source, Warn, iter_sources
+from resnext_cli.model.weights import Progress
+from resnext_cli.results import Record
+from resnext_cli.run.config import Config
+from resnext_cli.run.pipeline import Encoded, Model, Prepared, State, infer, load_model, prepare
+from resnext_cli.run.plan import MachineFacts, Plan, resolve
+
+
+class Engine(Protocol):
+    """Classifies sources into records, one per source, in input order."""
+
+    plan: Plan
+
+    def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
+        """Yield one record per source, in order."""
+        ...
+
+    def describe(self) -> str:
+        """Where the model runs, for the summary and the report: 'cpu, bf16'."""
+        ...
+
+    def close(self) -> None:
+        """Release threads, actors, clusters."""
+        ...
+
+
+class _DecodePool:
+    """Decoding threads that never keep the process alive.
+
+    concurrent.futures joins its workers at exit, so Ctrl-C during a stalled download
+    or a slow decode would wait for it to finish; daemon threads let the run exit now.
+    Idle threads are still joined, since one torn down while Python exits can abort it.
+    """
+
+    def __init__(self, work: Callable[[Source], Prepared], workers: int) -> None:
+        self._work = work
+        self._jobs: queue.SimpleQueue[tuple[Source, Future[Prepared]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"resnext-decode-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, source: Source) -> Future[Prepared]:
+        future: Future[Prepared] = Future()
+        self._jobs.put((source, future))
+        return future
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            source, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._work(source))
+            except BaseException as exc:  # the thread lives on; the input gets the error
+                future.set_exception(exc)
+
+    def shutdown(self, *, wait: float | None = None) -> None:
+        """Stop the threads, waiting up to *wait* seconds (None: until they end)."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        deadline = None if wait is None else time.monotonic() + wait
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def _settled(source: Source, future: Future[Prepared]) -> Prepared:
+    """Wait for one decode; whatever killed it becomes that input's error."""
+    error = future.exception()  # Ctrl-C while waiting here propagates as usual
+    if error is None:
+        return future.result()
+    return InputError("unreadable", f"decoding '{source.input}' failed: {error!r}")
+
+
+class LocalEngine:
+    """Decode ahead in threads, infer batch by batch in this process."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.plan = model.plan
+
+    def describe(self) -> str:
+        """Device and precision: 'cpu, bf16'."""
+        return self.plan.describe()
+
+    def close(self) -> None:
+        """Nothing to release: the threads end with each run."""
+
+    def prepare(self, source: Source) -> Prepared:
+        """The per-input step (a method, so one engine's can be replaced in a test)."""
+        return prepare(source, self.plan, self.model.transform)
+
+    def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
+        """Classify already expanded sources, yielding one record per source, in order."""
+        batch: list[tuple[Source, Prepared]] = []
+        ready = 0
+        for source, prepared in self._prepared(sources):
+            batch.append((source, prepared))
+            if isinstance(prepared, (torch.Tensor, Encoded)):
+                ready += 1
+            if ready == self.plan.batch_size:
+                yield from infer(self.model, batch)
+                batch, ready = [], 0
+        if batch:
+            yield from infer(self.model, batch)
+
+    def _prepared(self, sources: Iterable[Source]) -> Iterator[tuple[Source, Prepared]]:
+        """Decode ahead in worker threads, keeping a bounded window, in input order."""
+        workers = self.plan.workers
+        if workers == 0:
+            for source in sources:
+                yield source, self.prepare(source)
+            return
+        window: deque[tuple[Source, Future[Prepared]]] = deque()
+        limit = 2 * self.plan.batch_size + workers
+        pool = _DecodePool(self.prepare, workers)
+        stopped = True
+        try:
+            for source in sources:
+                window.append((source, pool.submit(source)))
+                while len(window) >= limit:
+                    done, future = window.popleft()
+                    yield done, _settled(done, future)
+            while window:
+                done, future = window.popleft()
+                yield done, _settled(done, future)
+            stopped = False
+        finally:
+            for _, future in window:
+                future.cancel()
+            # Stopped early (Ctrl-C, SIGTERM, a consumer that quit): give busy threads a
+            # moment, then leave them, so a stalled download cannot hold up the exit.
+            pool.shutdown(wait=1.0 if stopped else None)
+
+
+def local_engine(
+    config: Config,
+    *,
+    download_progress: Progress | None = None,
+    facts: MachineFacts | None = None,
+) -> LocalEngine:
+    """Resolve the plan on this machine, load its model, and schedule it here."""
+    plan = resolve(config, facts)
+    return LocalEngine(load_model(plan, progress=download_progress))
+
+
+# -- the Python API ----------------------------------------------------------------------
+
+
+def _png(image: Any) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def _in_memory(item: Any, n: int) -> Source | None:
+    """A source for an object a Python caller has at hand, or None for a path-like."""
+    from PIL import Image
+
+    if isinstance(item, Image.Image):
+        # Kept as PNG bytes: the same decode path as a file (modes, alpha, pixel limit).
+        return Source(input=f"<image {n}>", data=_png(item))
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return Source(input=f"<bytes {n}>", data=bytes(item))
+    if type(item).__module__ == "numpy" and hasattr(item, "shape"):
+        try:
+            image = Image.fromarray(item)
+        except (TypeError, ValueError) as exc:
+            error = InputError("not_an_image", f"array {n} is not an image: {exc}")
+            return Source(input=f"<array {n}>", error=error)
+        return Source(input=f"<array {n}>", data=_png(image))
+    return None
+
+
+def _as_items(inputs: Any) -> list[Any] | Iterable[Any]:
+    """One input stays one input: a str, a path, an image, bytes or an array."""
+    from PIL import Image
+
+    if isinstance(inputs, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
+        return [inputs]
+    if type(inputs).__module__ == "numpy" and hasattr(inputs, "shape"):
+        return [inputs]
+    return inputs  # type: ignore[no-any-return]
+
+
+class Classifier:
+    """Classify images with one ResNeXt model, loaded once.
+
+    `classify` takes a path, URL, folder or glob, a PIL image, image bytes, a numpy array
+    (HxW or HxWx3 uint8), or a list of any of these, and yields one record per image.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        download_progress: Progress | None = None,
+        facts: MachineFacts | None = None,
+        state: State | None = None,
+        **options: Any,
+    ) -> None:
+        self.config = config if config is not None else Config(**options)
+        self.plan = resolve(self.config, facts)
+        self.loaded = load_model(self.plan, progress=download_progress, state=state)
+        self.engine = LocalEngine(self.loaded)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network."""
+        return self.loaded.net
+
+    @property
+    def precision(self) -> str:
+        """The precision the plan chose: 'fp32', 'bf16', 'fp16' or 'int8'."""
+        return self.plan.precision
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class names."""
+        return self.plan.labels
+
+    def describe(self) -> str:
+        """Device and precision: 'cpu, bf16'."""
+        return self.engine.describe()
+
+    def classify(
+        self, inputs: Any, *, stdin: BinaryIO | None = None, warn: Warn | None = None
+    ) -> Iterator[Record]:
+        """Classify inputs (see the class docstring), yielding records in input order."""
+        return self.classify_sources(self._sources(inputs, stdin=stdin, warn=warn))
+
+    def _sources(
+        self, inputs: Any, *, stdin: BinaryIO | None, warn: Warn | None
+    ) -> Iterator[Source]:
+        for n, item in enumerate(_as_items(inputs)):
+            source = _in_memory(item, n)
+            if source is not None:
+                yield source
+            else:
+                yield from iter_sources(
+                    [os.fspath(item)],
+                    stdin=stdin,
+                    warn=warn,
+                    max_stdin_bytes=self.config.max_download_bytes,
+                )
+
+    def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
+        """Classify already expanded sources, yielding one record per source, in order."""
+        return self.engine.classify_sources(sources)
+
+
+def classify(inputs: Any, *, stdin: BinaryIO | None = None, **options: Any) -> list[Record]:
+    """Classify *inputs* with a fresh Classifier and return all records."""
+    return list(Classifier(**options).classify(inputs, stdin=stdin))

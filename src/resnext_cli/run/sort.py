@@ -1,0 +1,148 @@
+"""One `resnext sort`: check DEST, get records (classify, or --from a results file), file them.
+
+The filing itself (names, journal, resume, undo) is sort.py's; this module decides what a
+run does and says it on the console.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from resnext_cli.console import Console, printable
+from resnext_cli.errors import ConfigError, ExitStatus, Terminated
+from resnext_cli.outputs.summary import RunSummary
+from resnext_cli.results import Record
+from resnext_cli.run.classify import NO_INPUT, classify_for_sort, print_summary
+from resnext_cli.run.config import Config
+from resnext_cli.sort import filing as sorting
+
+
+@dataclass(frozen=True)
+class SortRequest:
+    """What the user asked sort to do."""
+
+    paths: tuple[str, ...]
+    mode: str = "copy"
+    by: str = "label"
+    records: str | None = None
+    dry_run: bool = False
+    resume: bool = False
+    undo: bool = False
+    min_probability: float | None = None
+    report: str | None = None
+
+
+def _problems(outcome: sorting.Outcome, console: Console) -> int:
+    """Say each file that could not be handled; 1 when there was one."""
+    for step, problem in outcome.problems:
+        console.error(f"'{step.source}': {problem}")
+    return ExitStatus.SOME_FAILED if outcome.problems else ExitStatus.OK
+
+
+def _finish(outcome: sorting.Outcome, dest: Path, console: Console, *, verb: str) -> int:
+    """Say what a sort or resume did; 1 when some file could not be handled."""
+    status = _problems(outcome, console)
+    console.note(f"{verb} {len(outcome.done)} files into {outcome.folders} folders in '{dest}'")
+    return status
+
+
+def _undone(outcome: sorting.Outcome, dest: Path, console: Console) -> int:
+    """Say what an undo did: files put back (a move), copies or links removed."""
+    status = _problems(outcome, console)
+    parts = []
+    if outcome.restored:
+        parts.append(f"put back {len(outcome.restored)} files")
+    for mode, noun in (("copy", "copies"), ("link", "links")):
+        n = sum(1 for step in outcome.removed if step.mode == mode)
+        if n:
+            parts.append(f"removed {n} {noun}")
+    console.note(f"{', '.join(parts) or 'nothing to undo'} from '{dest}'")
+    return status
+
+
+def _resume_or_undo(request: SortRequest, console: Console) -> int:
+    if request.resume and request.undo:
+        raise ConfigError("give --resume or --undo, not both")
+    if len(request.paths) != 1:
+        raise ConfigError(f"--{'undo' if request.undo else 'resume'} takes only DEST")
+    dest = Path(request.paths[0])
+    if request.undo:
+        return _undone(sorting.undo(dest), dest, console)
+    return _finish(sorting.resume(dest), dest, console, verb="finished")
+
+
+def _records(
+    request: SortRequest, options: dict[str, Any], console: Console
+) -> tuple[list[Record], RunSummary | None, tuple[str, ...], Path] | None:
+    """The records to file, the summary of classifying them (None with --from), SRC, DEST."""
+    if request.records is not None:
+        if len(request.paths) != 1:
+            raise ConfigError("with --from RECORDS, give only DEST")
+        if request.report is not None:
+            raise ConfigError(
+                "--report is written while classifying; with --from, use the classify run's"
+            )
+        dest = Path(request.paths[0])
+        sorting.check_dest(dest)
+        records, changed = sorting.records_from_file(Path(request.records))
+        for name, reason in changed:
+            console.warn(f"not sorted: '{name}': {reason}")
+        return records, None, (), dest
+    if len(request.paths) < 2:
+        raise ConfigError("give the images to sort and then DEST")
+    inputs, dest = request.paths[:-1], Path(request.paths[-1])
+    sorting.check_dest(dest)
+    config = Config(**options)
+    done = classify_for_sort(
+        config,
+        inputs,
+        console,
+        min_probability=request.min_probability,
+        report=request.report,
+    )
+    if done is None:
+        return None
+    records, summary = done
+    return records, summary, inputs, dest
+
+
+def run_sort(request: SortRequest, options: dict[str, Any], console: Console) -> int:
+    """Run one sort as *request* says; return the exit status."""
+    if request.resume or request.undo:
+        return _resume_or_undo(request, console)
+    got = _records(request, options, console)
+    if got is None:
+        console.error(NO_INPUT)
+        return ExitStatus.USAGE
+    records, summary, inputs, dest = got
+    plan = sorting.make_plan(
+        records,
+        dest,
+        mode=request.mode,
+        by=request.by,
+        sources=list(inputs) or None,
+        min_probability=request.min_probability,
+    )
+    for name, reason in plan.skipped:
+        console.warn(f"not sorted: '{name}': {reason}")
+    status = summary.exit_status if summary is not None else ExitStatus.OK
+    if plan.already:
+        console.note(f"{len(plan.already)} files already in '{dest}' (skipped)")
+    if request.dry_run or not plan.steps:
+        for step in plan.steps:
+            target = printable(str(dest / step.target))
+            console.stdout.write(f"{request.mode} {printable(step.input)} -> {target}\n")
+        if summary is not None:
+            print_summary(summary, console, report=request.report)
+        return status
+    try:
+        outcome = sorting.execute(plan)
+    except (KeyboardInterrupt, Terminated):
+        console.say(f"interrupted: {sorting.unfinished_message(dest)}", style="yellow")
+        raise
+    if summary is not None:
+        print_summary(summary, console, report=request.report)
+    verb = {"copy": "copied", "link": "linked", "move": "moved"}[request.mode]
+    return max(status, _finish(outcome, dest, console, verb=verb))
