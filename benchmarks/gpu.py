@@ -390,9 +390,9 @@ def row_decode(work: Path, scale: Scale) -> dict[str, Any]:
 
     import torchvision
 
+    from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
     from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode
     from resnext_cli.imaging.tensor_decode import decode_batch
-    from resnext_cli.run.config import DEFAULT_MAX_PIXELS
 
     device = _device(scale.smoke)
     pre = Preprocess(torchvision.models.ResNeXt50_32X4D_Weights.DEFAULT)
@@ -477,9 +477,9 @@ def row_parity(work: Path, scale: Scale) -> dict[str, Any]:
     import torch
     import torchvision
 
+    from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
     from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode
     from resnext_cli.imaging.tensor_decode import decode_batch
-    from resnext_cli.run.config import DEFAULT_MAX_PIXELS
 
     device = _device(scale.smoke)
     pre = Preprocess(torchvision.models.ResNeXt50_32X4D_Weights.DEFAULT)

@@ -334,11 +334,12 @@ def test_bf16_output_is_fp32s_shape_with_close_probabilities(
         assert probabilities == sorted(probabilities, reverse=True)
         assert all(isinstance(p, float) and 0 < p <= 1 for p in probabilities)
         # bf16 keeps 8 significant bits: on this checkpoint the winner stays and each
-        # probability moves by a few hundredths (0.023 at most when this was written).
+        # probability moves by a few hundredths (0.023 at most with native bf16, 0.051
+        # where an AVX2-only CPU emulates it: oneDNN rounds at other points there).
         assert low["predictions"][0]["index"] == full["predictions"][0]["index"]
         for a, b in zip(low["predictions"], full["predictions"], strict=True):
             if a["index"] == b["index"]:
-                assert abs(a["probability"] - b["probability"]) < 0.05, (a, b)
+                assert abs(a["probability"] - b["probability"]) < 0.08, (a, b)
                 moved += a["probability"] != b["probability"]
     assert moved, "every bf16 probability equals fp32's: the run did not compute in bf16"
 

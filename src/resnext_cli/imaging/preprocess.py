@@ -40,13 +40,21 @@ warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How files become images."""
+    """How files become images.
 
-    exact: bool = False
+    The defaults are resnext's own decoding; the reference pipeline (``--exact``, decided
+    in the plan) is ``upright=False, plain_rgb=True`` at full size.
+    """
+
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_truncated: bool = False
     # Smallest side JPEG draft decoding may shrink to (0: decode at full size).
     draft_min_side: int = 0
+    # Turn photos upright by their EXIF orientation.
+    upright: bool = True
+    # Convert exactly as `Image.open(f).convert("RGB")`: alpha dropped, not composited onto
+    # white, deep pixels clipped rather than scaled.
+    plain_rgb: bool = False
 
 
 _LIMIT_LOCK = threading.Lock()
@@ -278,7 +286,7 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
     width, height = img.size
     if width * height > options.max_pixels:
         raise _too_many_pixels(name, options.max_pixels, img.size)
-    if options.draft_min_side and img.format == "JPEG" and not options.exact:
+    if options.draft_min_side and img.format == "JPEG":
         side = options.draft_min_side
         img.draft(None, (side, side))  # scale only; the mode stays
     if (too_deep := _too_deep(name, img, options.max_pixels)) is not None:
@@ -291,11 +299,8 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
         raise _damaged(name, exc) from None
     mode = img.mode
     try:
-        if options.exact:
-            # The reference pipeline: exactly `Image.open(f).convert("RGB")`.
-            return img.convert("RGB")
-        transpose = _orientation(img)
-        rgb = to_rgb(img)
+        transpose = _orientation(img) if options.upright else None
+        rgb = img.convert("RGB") if options.plain_rgb else to_rgb(img)
         del img  # a deep original is freed before the turned copy is made
         return rgb if transpose is None else rgb.transpose(transpose)
     except (ValueError, OSError) as exc:

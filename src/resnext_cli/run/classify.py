@@ -189,7 +189,7 @@ def run_classify(
     summary = RunSummary(
         where=engine.describe(), min_probability=min_probability, resumed=len(outputs.done)
     )
-    context = {"model": plan.model_line().split(" on ")[0], "device": engine.describe()}
+    context = {"model": plan.source_line(), "device": engine.describe()}
     if min_probability is not None:
         context["min_probability"] = f"{min_probability:g}"
     try:

@@ -22,8 +22,8 @@ from typing import Any, BinaryIO, Protocol
 import torch
 
 from resnext_cli.errors import InputError
+from resnext_cli.inputs.http import Progress
 from resnext_cli.inputs.sources import Source, Warn, iter_sources
-from resnext_cli.model.weights import Progress
 from resnext_cli.results import Record
 from resnext_cli.run.config import Config
 from resnext_cli.run.pipeline import Encoded, Model, Prepared, State, infer, load_model, prepare
@@ -268,7 +268,7 @@ class Classifier:
                     [os.fspath(item)],
                     stdin=stdin,
                     warn=warn,
-                    max_stdin_bytes=self.config.max_download_bytes,
+                    max_stdin_bytes=self.plan.max_download_bytes,
                 )
 
     def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:

@@ -16,10 +16,11 @@ import torch
 
 from resnext_cli.errors import CheckpointError, ConfigError, InputError, WeightsError
 from resnext_cli.imaging.preprocess import Preprocess, decode
+from resnext_cli.inputs.http import Progress
 from resnext_cli.inputs.sources import Source, open_source
 from resnext_cli.model.checkpoint import build_model, fold_batchnorm, read_state_dict
-from resnext_cli.model.registry import resolve_weights, torchvision_weights
-from resnext_cli.model.weights import Progress, discard, fetch
+from resnext_cli.model.registry import torchvision_weights
+from resnext_cli.model.weights import discard, fetch
 from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
 from resnext_cli.run.plan import Plan
 
@@ -48,10 +49,10 @@ def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
     An INT8 plan's state is torchvision's quantized layout (packed parameters), read by
     quantized.py; a float plan's is plain tensors.
     """
-    cfg, info = plan.config, plan.info
+    info = plan.info
     read = _read_int8 if plan.precision == "int8" else read_state_dict
-    if cfg.checkpoint is None:
-        path = fetch(info.url, offline=cfg.offline, progress=progress)
+    if plan.checkpoint is None:
+        path = fetch(info.url, offline=plan.offline, progress=progress, timeout=plan.timeout)
         try:
             return read(path, name=str(path)), str(path)
         except CheckpointError:
@@ -61,9 +62,9 @@ def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
                 f"cached weights file '{path}' was corrupt and has been removed (run again "
                 f"to download it, or 'resnext download -m {info.model} -w {info.tag}{quantized}')"
             ) from None
-    name = cfg.checkpoint
+    name = plan.checkpoint
     if name.startswith(("http://", "https://")):
-        path = fetch(name, offline=cfg.offline, progress=progress)
+        path = fetch(name, offline=plan.offline, progress=progress, timeout=plan.timeout)
         try:
             return read(path, name=name), name
         except CheckpointError:
@@ -100,15 +101,15 @@ def check_classes(
     if classes is None and fc is not None and fc.ndim == 2:
         classes = int(fc.shape[0])
     if classes is not None and classes != len(plan.labels):
-        labels = plan.config.labels
+        labels = plan.labels_file
         source = f"labels file '{labels}' has" if labels else "the bundled ImageNet labels have"
         raise ConfigError(
             f"checkpoint '{name}' has {classes} classes but {source} "
             f"{len(plan.labels)} (give --labels FILE with {classes} lines)"
         )
-    if plan.config.topk > len(plan.labels):
+    if plan.topk > len(plan.labels):
         raise ConfigError(
-            f"--topk {plan.config.topk} is more than the {len(plan.labels)} classes (lower --topk)"
+            f"--topk {plan.topk} is more than the {len(plan.labels)} classes (lower --topk)"
         )
 
 
@@ -137,10 +138,7 @@ def load_model(
 def transform_for(plan: Plan) -> Preprocess:
     """The weights' own Resize, CenterCrop and Normalize, split for batching (INT8 weights
     use those of the float weights they were made from)."""
-    info = plan.info
-    if info.quantized and info.unquantized:
-        info = resolve_weights(info.model, info.unquantized)
-    return Preprocess(torchvision_weights(info))
+    return Preprocess(torchvision_weights(plan.preprocess))
 
 
 # -- per input -------------------------------------------------------------------------------
@@ -152,12 +150,11 @@ def prepare(source: Source, plan: Plan, transform: Preprocess) -> Prepared:
     With GPU decoding, a JPEG the GPU can take is only read here (its bytes go to the
     batch step); everything else takes Pillow's path, as without it.
     """
-    cfg = plan.config
     try:
-        with open_source(source, timeout=cfg.timeout, max_bytes=cfg.max_download_bytes) as fp:
+        with open_source(source, timeout=plan.timeout, max_bytes=plan.max_download_bytes) as fp:
             if plan.decode_on == "gpu":
-                data = fp.read(cfg.max_download_bytes + 1)
-                if len(data) <= cfg.max_download_bytes and _gpu_takes(data, plan):
+                data = fp.read(plan.max_download_bytes + 1)
+                if len(data) <= plan.max_download_bytes and _gpu_takes(data, plan):
                     return Encoded(data)
                 fp.seek(0)
             image = decode(fp, source.input, plan.decode)
@@ -316,7 +313,7 @@ def make_record(
         return Failed(source.input, outcome.error_type, outcome.message, path=path, file=facts)
     probs, precision = outcome
     plan = model.plan
-    values, indices = topk(probs, plan.config.topk)
+    values, indices = topk(probs, plan.topk)
     return Classified(
         input=source.input,
         model=plan.info.model,
@@ -325,12 +322,10 @@ def make_record(
             Prediction(plan.labels[i], i, p) for p, i in zip(values, indices, strict=True)
         ),
         path=path,
-        checkpoint=plan.config.checkpoint,
+        checkpoint=plan.checkpoint,
         precision=precision,
         file=facts,
-        categories=(
-            plan.categories.scores(probs.tolist(), plan.config.topk) if plan.categories else None
-        ),
+        categories=(plan.categories.scores(probs.tolist(), plan.topk) if plan.categories else None),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from resnext_cli.errors import ConfigError
 from resnext_cli.imaging.preprocess import DecodeOptions
@@ -17,6 +18,14 @@ from resnext_cli.model.categories import Categories
 from resnext_cli.model.labels import load_labels
 from resnext_cli.model.registry import WeightsInfo, resolve_weights
 from resnext_cli.run.config import Config
+
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+DeviceType = Literal["cpu", "cuda", "mps"]
+DecodeOn = Literal["cpu", "gpu"]
+# 'local': models run on this machine. 'ray': a cluster's actors, which Ray places.
+Placement = Literal["local", "ray"]
+# 'classify' (classify, sort) or 'calibrate' (quantize: the float network, unfolded, fp32).
+Purpose = Literal["classify", "calibrate"]
 
 # Images per batch when --batch-size is not given. CUDA's is a floor: with the free
 # memory known, the plan takes as many images as fit (see _cuda_batch).
@@ -38,6 +47,7 @@ class MachineFacts:
     cuda_bf16: bool = False
     cuda_free_bytes: int = 0
     mps: bool = False
+    placement: Placement = "local"
 
     @classmethod
     def probe(cls) -> MachineFacts:
@@ -70,38 +80,66 @@ class MachineFacts:
 class Plan:
     """Everything a run does, decided before any image is read."""
 
-    config: Config
+    # The weights the network loads (torchvision's INT8 ones under --quantized).
     info: WeightsInfo
+    # The float weights whose Resize/CenterCrop/Normalize the inputs get (for INT8 weights,
+    # those of the float weights they were made from).
+    preprocess: WeightsInfo
     labels: tuple[str, ...]
     device: str  # 'cpu', 'cuda', 'cuda:1', 'mps'
-    precision: str  # 'fp32', 'bf16', 'fp16' or 'int8'
+    precision: Precision
     batch_size: int
     workers: int
     decode: DecodeOptions
     # Fold BatchNorm into the convolutions (not under --exact: the reference network).
     fold_batchnorm: bool
+    topk: int = 5
+    # --checkpoint (a path or URL), else None: the weights of `info`.
+    checkpoint: str | None = None
+    # --labels FILE, else None: the bundled ImageNet names.
+    labels_file: str | None = None
+    offline: bool = False
+    timeout: float = 10.0
+    max_download_bytes: int = 100 << 20
     # Decode baseline JPEGs on the GPU ('gpu') or everything with Pillow ('cpu').
-    decode_on: str = "cpu"
+    decode_on: DecodeOn = "cpu"
     # --categories: the grouping whose probabilities every record carries.
     categories: Categories | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
-    def device_type(self) -> str:
+    def device_type(self) -> DeviceType:
         """'cpu', 'cuda' or 'mps'."""
-        return self.device.partition(":")[0]
+        kind = self.device.partition(":")[0]
+        return "cuda" if kind == "cuda" else "mps" if kind == "mps" else "cpu"
 
     def describe(self) -> str:
         """Where and how the model runs, as the summary and the report say it: 'cpu, bf16'."""
         return f"{self.device}, {self.precision}"
 
+    def source_line(self) -> str:
+        """Model and weights (or checkpoint): 'resnext50_32x4d (IMAGENET1K_V2)'."""
+        return f"{self.info.model} ({self.checkpoint or self.info.tag})"
+
     def model_line(self) -> str:
         """Model, weights (or checkpoint) and precision, as a table caption says it."""
-        source = self.config.checkpoint or self.info.tag
-        return f"{self.info.model} ({source}) on {self.describe()}"
+        return f"{self.source_line()} on {self.describe()}"
+
+
+def _ray_device(spec: str, facts: MachineFacts) -> str:
+    """Ray places the models: its actors take the cluster's GPUs, else CPUs."""
+    if spec not in ("auto", "cpu", "cuda"):
+        raise ConfigError(
+            f"--engine ray places models itself: use --device auto, cpu or cuda, not '{spec}'"
+        )
+    if spec == "cuda" and facts.cuda_count == 0:
+        raise ConfigError("--device cuda but the Ray cluster has no GPUs (use --device auto)")
+    return "cuda" if facts.cuda_count and spec != "cpu" else "cpu"
 
 
 def _device(spec: str, facts: MachineFacts) -> str:
+    if facts.placement == "ray":
+        return _ray_device(spec, facts)
     if spec == "auto":
         if facts.cuda_count:
             return "cuda"
@@ -120,7 +158,7 @@ def _device(spec: str, facts: MachineFacts) -> str:
     return spec
 
 
-def _precision(cfg: Config, device_type: str, facts: MachineFacts) -> str:
+def _precision(cfg: Config, device_type: str, facts: MachineFacts) -> Precision:
     if cfg.quantized:
         if device_type != "cpu":
             raise ConfigError(
@@ -135,8 +173,10 @@ def _precision(cfg: Config, device_type: str, facts: MachineFacts) -> str:
             "--precision fp16 needs a GPU or a CPU with native fp16 (AMX-FP16); this CPU "
             "has none (use --precision bf16 or fp32)"
         )
-    if cfg.precision != "auto":
-        return cfg.precision
+    if cfg.precision == "bf16":
+        return "bf16"
+    if cfg.precision == "fp16":
+        return "fp16"
     if device_type == "cuda":
         return "bf16" if facts.cuda_bf16 else "fp16"
     if device_type == "cpu" and facts.cpu_native_bf16:
@@ -154,7 +194,11 @@ def _cuda_batch(info: WeightsInfo, facts: MachineFacts) -> int:
     return batch
 
 
-def _decode_on(cfg: Config, device_type: str) -> str:
+def _decode_on(cfg: Config, device_type: str, facts: MachineFacts) -> DecodeOn:
+    if cfg.decode == "gpu" and facts.placement == "ray":
+        raise ConfigError("--engine ray decodes in CPU tasks; drop --decode gpu")
+    if facts.placement == "ray":
+        return "cpu"
     if cfg.decode == "gpu":
         if cfg.exact:
             raise ConfigError("--exact decodes with Pillow, as the reference; drop --decode gpu")
@@ -168,12 +212,23 @@ def _decode_on(cfg: Config, device_type: str) -> str:
     return "cpu"
 
 
-def resolve(config: Config, facts: MachineFacts | None = None) -> Plan:
-    """Interpret *config* on this machine (or on *facts*), once, into a frozen Plan."""
+def resolve(
+    config: Config, facts: MachineFacts | None = None, *, purpose: Purpose = "classify"
+) -> Plan:
+    """Interpret *config* on this machine (or on *facts*), once, into a frozen Plan.
+
+    ``purpose="calibrate"`` is quantize's plan: the float network on the CPU, in fp32,
+    BatchNorm unfolded (INT8 conversion fuses it itself).
+    """
     facts = facts if facts is not None else MachineFacts.probe()
+    if purpose == "calibrate":
+        config = config.with_(precision="fp32", quantized=False, device="cpu")
     info = resolve_weights(
         config.model, config.weights, quantized=config.quantized and config.checkpoint is None
     )
+    preprocess = info
+    if info.quantized and info.unquantized:
+        preprocess = resolve_weights(info.model, info.unquantized)
     labels = load_labels(config.labels)
     device = _device(config.device, facts)
     device_type = device.partition(":")[0]
@@ -184,29 +239,41 @@ def resolve(config: Config, facts: MachineFacts | None = None) -> Plan:
         batch = _cuda_batch(info, facts)
     else:
         batch = DEFAULT_BATCH[device_type]
-    workers = config.workers if config.workers is not None else min(8, facts.cpu_count)
+    if facts.placement == "ray":
+        workers = 0  # Ray's tasks decode; each actor only runs the model
+    else:
+        workers = config.workers if config.workers is not None else min(8, facts.cpu_count)
     notes = []
     if precision == "bf16" and device_type == "cpu" and not facts.cpu_native_bf16:
         notes.append("this CPU has no native bf16: it is emulated, slower than fp32")
+    # --exact is the hub page's pipeline: `Image.open(f).convert("RGB")` at full size, no
+    # EXIF rotation, the unfolded network in fp32, Pillow decoding.
     decode = DecodeOptions(
-        exact=config.exact,
         max_pixels=config.max_pixels,
         allow_truncated=config.allow_truncated,
         # JPEGs decode at a reduced scale, no smaller than twice the resize target, so
         # the antialiased resize still makes the last step.
-        draft_min_side=0 if config.exact else 2 * info.resize_size,
+        draft_min_side=0 if config.exact else 2 * preprocess.resize_size,
+        upright=not config.exact,
+        plain_rgb=config.exact,
     )
     return Plan(
-        config=config,
         info=info,
+        preprocess=preprocess,
         labels=labels,
         device=device,
         precision=precision,
         batch_size=batch,
         workers=workers,
         decode=decode,
-        fold_batchnorm=not config.exact and precision != "int8",
-        decode_on=_decode_on(config, device_type),
+        fold_batchnorm=not config.exact and precision != "int8" and purpose == "classify",
+        topk=config.topk,
+        checkpoint=config.checkpoint,
+        labels_file=config.labels,
+        offline=config.offline,
+        timeout=config.timeout,
+        max_download_bytes=config.max_download_bytes,
+        decode_on=_decode_on(config, device_type, facts),
         categories=(
             Categories.for_labels(config.categories, labels) if config.categories else None
         ),

@@ -7,7 +7,7 @@ model on the same photos before it is saved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,10 +41,10 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         raise OutputError(f"output file '{out}' exists (use --force to overwrite it)")
     if not out.parent.is_dir():
         raise OutputError(f"cannot write '{out}': folder '{out.parent}' does not exist")
-    plan = resolve(replace(config, precision="fp32", quantized=False, device="cpu"))
+    plan = resolve(config, purpose="calibrate")
     with console.loading(config.checkpoint or f"{plan.info.model} ({plan.info.tag})") as bar:
         state = load_state(plan, progress=bar)
-    model = load_model(replace(plan, fold_batchnorm=False), state=state)
+    model = load_model(plan, state=state)
     crops: list[torch.Tensor] = []
     failed = 0
     for source in iter_sources(request.calibrate, warn=console.warn):

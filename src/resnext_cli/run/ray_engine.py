@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from resnext_cli.errors import ConfigError, EngineError, InputError
+from resnext_cli.inputs.http import Progress
 from resnext_cli.inputs.objects import is_object_uri, iter_sources, read_object
 from resnext_cli.inputs.sources import Source, Warn
 from resnext_cli.model.checkpoint import build_model
-from resnext_cli.model.weights import Progress
 from resnext_cli.results import Record
 from resnext_cli.run.config import Config
 from resnext_cli.run.pipeline import (
@@ -92,7 +92,7 @@ class _Decoder:
         data = bytes(batch["data"][i])
         if url and is_object_uri(url):
             try:
-                data = read_object(url, self.plan.config.max_download_bytes)
+                data = read_object(url, self.plan.max_download_bytes)
             except InputError as exc:
                 return exc
             url = ""
@@ -284,11 +284,6 @@ class RayEngine:
         **options: Any,
     ) -> None:
         self.config = cfg = config if config is not None else Config(**options)
-        if cfg.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(
-                f"--engine ray places models itself: use --device auto, cpu or cuda, "
-                f"not '{cfg.device}'"
-            )
         target = cluster_address(address)
         if target is not None:
             probe(target)
@@ -300,24 +295,18 @@ class RayEngine:
             resources = self._ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
             cpus = max(1, int(resources.get("CPU", 1)))
-            if cfg.device == "cuda" and gpus == 0:
-                raise ConfigError(
-                    "--device cuda but the Ray cluster has no GPUs (use --device auto)"
-                )
-            self.gpu = gpus > 0 and cfg.device != "cpu"
             # The cluster's facts, not this machine's: the plan is resolved once, here,
             # and every task and actor reads it. Ray GPUs are taken to have bf16 (Ampere
             # and later); --precision fp16 serves older ones.
             facts = MachineFacts(
                 cpu_count=cpus,
                 cpu_native_bf16=MachineFacts.probe().cpu_native_bf16,
-                cuda_count=1 if self.gpu else 0,
+                cuda_count=gpus,
                 cuda_bf16=True,
+                placement="ray",
             )
-            if cfg.decode == "gpu":
-                raise ConfigError("--engine ray decodes in CPU tasks; drop --decode gpu")
-            actor_config = cfg.with_(device="cuda" if self.gpu else "cpu", workers=0, decode="cpu")
-            self.plan = resolve(actor_config, facts)
+            self.plan = resolve(cfg, facts)
+            self.gpu = self.plan.device_type == "cuda"
             # The driver fetches and checks the weights once, with the local engine's
             # cache and checks; the actors get the state dict through the object store.
             state = load_state(self.plan, progress=download_progress)
