@@ -9,8 +9,9 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -269,7 +270,7 @@ def test_too_many_redirects_while_downloading_weights(tmp_path) -> None:
         server.server_close()
     dest = weights.cached_path(url)
     assert str(info.value) == (
-        f"cannot download '{url}': TooManyRedirects (check the network, use "
+        f"cannot download '{url}': too many redirects (check the network, use "
         f"RESNEXT_WEIGHTS_MIRROR, or put the file at '{dest}')"
     )
     assert not dest.parent.exists() or not any(dest.parent.iterdir())
@@ -372,7 +373,8 @@ def test_a_stalled_server_is_given_up_after_the_timeout(scripted: str) -> None:
     with pytest.raises(WeightsError) as info:
         weights.fetch(url, timeout=0.5)
     assert str(info.value) == (
-        f"cannot download '{url}': ReadTimeout (check the network, use RESNEXT_WEIGHTS_MIRROR, "
+        f"cannot download '{url}': timed out after 0.5s without a byte (check the network, use "
+        "RESNEXT_WEIGHTS_MIRROR, "
         f"or put the file at '{weights.cached_path(url)}')"
     )
 
@@ -394,3 +396,41 @@ def test_download_into_folders_that_already_exist(http_server, monkeypatch) -> N
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half")
     assert weights.fetch(url).read_bytes() == b"mine"
+
+
+def test_a_checkpoint_url_that_stalls_ends_the_run_with_one_line(
+    make_image: Callable[..., Path], resnext: Callable[..., Any]
+) -> None:
+    # The one HTTP client bounds checkpoint downloads by --timeout too: headers arrive,
+    # then nothing; the run ends with one line naming the timeout, exit 2, no traceback.
+    release = threading.Event()
+
+    class Stalls(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.write(b"PK")
+            self.wfile.flush()
+            release.wait(30)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalls)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/mine.pth"
+    try:
+        out = resnext("classify", "--checkpoint", url, "--timeout", "1", make_image("a.jpg"))
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert out.code == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"error: cannot download '{url}': timed out after 1s without a byte (check the "
+        f"network, use RESNEXT_WEIGHTS_MIRROR, or put the file at '{weights.cached_path(url)}')"
+    ), out
+    assert "Traceback" not in out.stderr
+    assert not weights.cached_path(url).exists()

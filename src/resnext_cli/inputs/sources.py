@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
-import functools
 import io
 import itertools
 import os
 import re
-import socket
 import stat
-import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from resnext_cli.errors import InputError
+from resnext_cli.inputs.http import read_url
 
 # Extensions taken when walking a folder or expanding a glob; explicit files are
 # taken whatever their name, and extension-less files are sniffed.
@@ -404,179 +401,6 @@ def iter_sources(
             yield from _from_spec(spec, say, expand_globs=True)
 
 
-# -- URLs ----------------------------------------------------------------------------
-
-
-def _reason(exc: Exception) -> str:
-    """The innermost OS reason in a requests error ('Connection refused'), or its class."""
-    found = re.findall(r"\[Errno -?\d+\] ([^'\")\]]+)", str(exc))
-    return found[-1].strip().lower() if found else exc.__class__.__name__
-
-
-class _Deadline:
-    """Shuts down every connection of one download when its time is up.
-
-    Timeouts on each read cannot bound a server that trickles its status line or
-    headers, or sends '100 Continue' for ever: every read returns in time. Shutting
-    the connection down wakes whatever read is waiting, wherever it is in the exchange.
-    It is shut through a duplicate of each new socket: wrapping a socket in TLS
-    detaches the object urllib3 made, and shutting that one down would do nothing.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Deadline:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self.expired:
-                _shut(sock)
-            else:
-                self._sockets.append(sock.dup())
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # the connection is already closed
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-# The deadline of the download running in this thread; connections register with it.
-_current = threading.local()
-
-
-def _watch(sock: socket.socket) -> socket.socket:
-    # Only _read_url's sessions make these connections, and it sets the deadline first.
-    deadline: _Deadline = _current.deadline
-    deadline.watch(sock)
-    return sock
-
-
-@functools.cache
-def _adapter_class() -> type[Any]:
-    """A requests adapter whose new sockets register with this thread's _Deadline."""
-    import requests
-    from urllib3 import connection, connectionpool
-
-    class Watched(connection.HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            return _watch(super()._new_conn())
-
-    class WatchedTLS(connection.HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            return _watch(super()._new_conn())
-
-    class Pool(connectionpool.HTTPConnectionPool):
-        ConnectionCls = Watched
-
-    class TLSPool(connectionpool.HTTPSConnectionPool):
-        ConnectionCls = WatchedTLS
-
-    pools = {"http": Pool, "https": TLSPool}
-
-    class Adapter(requests.adapters.HTTPAdapter):
-        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-            super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = pools
-
-        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
-            manager = super().proxy_manager_for(proxy, **kwargs)
-            if not proxy.lower().startswith("socks"):  # SOCKS has its own connections
-                manager.pool_classes_by_scheme = pools
-            return manager
-
-    return Adapter
-
-
-def _session() -> Any:
-    import requests
-
-    session = requests.Session()
-    adapter = _adapter_class()()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
-def _read_url(url: str, *, timeout: float, max_bytes: int) -> bytes:
-    """Download *url*, giving up after about *timeout* seconds in all or past *max_bytes*."""
-    import requests
-    import urllib3
-
-    timed_out = f"timed out after {timeout:g}s fetching '{url}' (raise --timeout to wait longer)"
-    with _Deadline(timeout) as deadline, _session() as session:
-        _current.deadline = deadline
-        try:
-            with session.get(url, stream=True, timeout=(timeout, timeout)) as response:
-                if response.status_code >= 400:
-                    raise InputError(
-                        "download_failed",
-                        f"HTTP {response.status_code} {response.reason or ''}".rstrip()
-                        + f" for '{url}'",
-                    )
-                ctype = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if ctype.startswith("text/"):
-                    raise InputError("not_an_image", f"'{url}' returned {ctype}, not an image")
-                declared = response.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > max_bytes:
-                    raise InputError(
-                        "too_large", f"'{url}' is {int(declared)} bytes, over the {max_bytes} limit"
-                    )
-                body = bytearray()
-                while chunk := response.raw.read1(65536, decode_content=True):
-                    body += chunk
-                    if len(body) > max_bytes:
-                        raise InputError(
-                            "too_large", f"'{url}' is over the {max_bytes}-byte download limit"
-                        )
-                if deadline.expired:  # the shut socket ended the body early
-                    raise InputError("download_failed", timed_out)
-                return bytes(body)
-        except InputError:
-            raise
-        except (requests.Timeout, urllib3.exceptions.TimeoutError):
-            raise InputError("download_failed", timed_out) from None
-        except requests.TooManyRedirects:
-            raise InputError("download_failed", f"too many redirects fetching '{url}'") from None
-        except requests.exceptions.InvalidSchema as exc:
-            if "SOCKS" in str(exc):  # a socks:// proxy set, and PySocks not installed
-                raise InputError(
-                    "download_failed",
-                    f"cannot fetch '{url}' through a SOCKS proxy without PySocks "
-                    "(pip install 'requests[socks]')",
-                ) from None
-            # Otherwise only a redirect can lead off http(s).
-            raise InputError(
-                "download_failed", f"'{url}' redirects to a URL that is not http(s)"
-            ) from None
-        except requests.exceptions.InvalidURL:
-            raise InputError("download_failed", f"'{url}' is not a valid URL") from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if deadline.expired:
-                raise InputError("download_failed", timed_out) from None
-            raise InputError("download_failed", f"cannot fetch '{url}': {_reason(exc)}") from None
-        finally:
-            del _current.deadline
-
-
 # -- opening -------------------------------------------------------------------------
 
 
@@ -607,7 +431,7 @@ def open_source(source: Source, *, timeout: float = 10.0, max_bytes: int = 100 <
     if source.data is not None:
         return io.BytesIO(source.data)
     if source.url is not None:
-        return io.BytesIO(_read_url(source.url, timeout=timeout, max_bytes=max_bytes))
+        return io.BytesIO(read_url(source.url, timeout=timeout, max_bytes=max_bytes))
     assert source.path is not None
     return _open_file(source.path, source.input)
 

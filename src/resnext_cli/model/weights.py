@@ -7,11 +7,11 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from resnext_cli.errors import WeightsError
+from resnext_cli.inputs.http import Progress
 
 DEFAULT_HOST = "https://download.pytorch.org/models/"
 MIRROR_ENV = "RESNEXT_WEIGHTS_MIRROR"
@@ -22,8 +22,8 @@ _URL_HASH_CHARS = 16
 # torch.hub's convention: the file name carries a prefix of its sha256 after a dash.
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
 
-# Called with (bytes done, total bytes or None) as a download proceeds.
-Progress = Callable[[int, "int | None"], None]
+# No weights file torchvision publishes comes near this (resnext101_32x8d: 340 MB).
+MAX_WEIGHTS_BYTES = 4 << 30
 
 
 def hub_dir() -> Path:
@@ -101,8 +101,10 @@ def expected_hash_prefix(name: str) -> str | None:
     return match.group(1) if match and match.group(1) else None
 
 
-def _download(url: str, dest: Path, *, progress: Progress | None, timeout: float) -> None:
-    import requests
+def _download(
+    url: str, dest: Path, *, progress: Progress | None, timeout: float, max_bytes: int
+) -> None:
+    from resnext_cli.inputs.http import DownloadError, fetch
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = expected_hash_prefix(dest.name)
@@ -111,25 +113,25 @@ def _download(url: str, dest: Path, *, progress: Progress | None, timeout: float
     try:
         sha = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
+
+            def write(chunk: bytes) -> None:
+                out.write(chunk)
+                sha.update(chunk)
+
             try:
-                with requests.get(url, stream=True, timeout=timeout) as response:
-                    if response.status_code >= 400:
-                        raise WeightsError(
-                            f"cannot download '{url}': HTTP {response.status_code} "
-                            f"(put the file at '{dest}' by hand, or set {MIRROR_ENV})"
-                        )
-                    declared = response.headers.get("Content-Length", "")
-                    total = int(declared) if declared.isdigit() else None
-                    done = 0
-                    for chunk in response.iter_content(chunk_size=1 << 20):
-                        out.write(chunk)
-                        sha.update(chunk)
-                        done += len(chunk)
-                        if progress is not None:
-                            progress(done, total)
-            except requests.RequestException as exc:
+                # A stall deadline: a large file on a slow line still arrives, a server
+                # that stops sending is given up after *timeout* seconds.
+                fetch(
+                    url, write, timeout=timeout, max_bytes=max_bytes, stall=True, progress=progress
+                )
+            except DownloadError as exc:
+                if exc.status is not None:
+                    raise WeightsError(
+                        f"cannot download '{url}': {exc.why} "
+                        f"(put the file at '{dest}' by hand, or set {MIRROR_ENV})"
+                    ) from None
                 raise WeightsError(
-                    f"cannot download '{url}': {exc.__class__.__name__} "
+                    f"cannot download '{url}': {exc.why} "
                     f"(check the network, use {MIRROR_ENV}, or put the file at '{dest}')"
                 ) from None
         digest = sha.hexdigest()
@@ -150,6 +152,7 @@ def fetch(
     offline: bool = False,
     progress: Progress | None = None,
     timeout: float = 30.0,
+    max_bytes: int = MAX_WEIGHTS_BYTES,
 ) -> Path:
     """Return the cached file for *url*, downloading it first unless *offline*."""
     dest = cached_path(url)
@@ -160,5 +163,5 @@ def fetch(
             f"weights file '{dest.name}' is not cached and the network is off "
             f"(download {url} to '{dest}', or run without --offline)"
         )
-    _download(mirrored(url), dest, progress=progress, timeout=timeout)
+    _download(mirrored(url), dest, progress=progress, timeout=timeout, max_bytes=max_bytes)
     return dest
