@@ -20,6 +20,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from resnext_cli.console import printable
 from resnext_cli.errors import ConfigError
 from resnext_cli.model.labels import bundled_text, imagenet_labels
 from resnext_cli.results import CategoryScore
@@ -243,7 +244,7 @@ def _floats(probabilities: Sequence[float] | Any) -> list[float]:
 def _show(text: str, limit: int = 80) -> str:
     """Quote untrusted text on one line: controls escaped, long text cut."""
     short = text if len(text) <= limit else text[:limit] + "…"
-    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in short) + "'"
+    return "'" + printable(short) + "'"
 
 
 def _read_mapping(path: Path) -> str:
