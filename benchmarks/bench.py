@@ -247,7 +247,7 @@ def run_resnext(folder: Path, ckpt: Path, repeats: int, **options: object) -> li
 def run_model_only(folder: Path, ckpt: Path, repeats: int) -> list[float]:
     import torch
 
-    from resnext_cli.run.pipeline import _softmax
+    from resnext_cli.run.pipeline import probabilities
 
     clf = _classifier(ckpt)
     files = _files(folder)
@@ -257,7 +257,7 @@ def run_model_only(folder: Path, ckpt: Path, repeats: int) -> list[float]:
     def one_pass(paths: list[Path]) -> None:
         for start in range(0, len(paths), size):
             chunk = torch.stack(batch[: len(paths[start : start + size])])
-            _softmax(clf.loaded, chunk, clf.precision)  # type: ignore[attr-defined]
+            probabilities(clf.loaded, chunk, clf.precision)  # type: ignore[attr-defined]
 
     return _timed(one_pass, files, repeats)
 

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnext_cli.console import Console
@@ -289,8 +288,3 @@ def classify_for_sort(
         outputs.close()
     summary.finished = time.perf_counter()
     return collect.records, summary
-
-
-def folder_count(dest: Path) -> int:
-    """Folders directly inside *dest* (for messages)."""
-    return sum(1 for p in dest.iterdir() if p.is_dir()) if dest.is_dir() else 0

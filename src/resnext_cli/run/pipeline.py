@@ -231,7 +231,7 @@ def _stack(tensors: list[torch.Tensor], device: str) -> torch.Tensor:
     return torch.stack([t.to(device, non_blocking=True) for t in tensors])
 
 
-def _softmax(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
+def probabilities(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
     """Softmax probabilities (float32, on the CPU) of a uint8 NCHW batch of crops."""
     plan, net = model.plan, model.net
     head: Any = net.fc
@@ -258,7 +258,7 @@ def _probabilities(
     """Each tensor's probabilities with the precision that made them, or its error."""
     precision = model.plan.precision
     try:
-        probs = _softmax(model, _stack(tensors, model.plan.device), precision)
+        probs = probabilities(model, _stack(tensors, model.plan.device), precision)
     except Exception as exc:
         if len(tensors) == 1:
             return [InputError("inference_failed", f"the model failed on '{names[0]}': {exc!r}")]
@@ -272,7 +272,7 @@ def _probabilities(
     bad = [i for i, ok in enumerate(finite) if not ok]
     if bad and precision in _DTYPES:
         # Reduced precision overflowed: once more in float32, for those inputs only.
-        again = _softmax(model, _stack([tensors[i] for i in bad], model.plan.device), "fp32")
+        again = probabilities(model, _stack([tensors[i] for i in bad], model.plan.device), "fp32")
         for i, p in zip(bad, again, strict=True):
             results[i] = (p, "fp32")
     for i in bad:

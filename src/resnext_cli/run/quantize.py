@@ -16,7 +16,7 @@ from resnext_cli.console import Console
 from resnext_cli.errors import ConfigError, ExitStatus, OutputError
 from resnext_cli.inputs.sources import iter_sources
 from resnext_cli.run.config import Config
-from resnext_cli.run.pipeline import _softmax, load_model, load_state, prepare
+from resnext_cli.run.pipeline import load_model, load_state, prepare, probabilities
 from resnext_cli.run.plan import resolve
 
 # Calibration needs enough photos to see the activations' range, not thousands.
@@ -75,7 +75,7 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
     normalized = [model.transform.normalize(b) for b in batches]
     int8 = calibrate(plan.info.model, state[0], normalized, name=state[1])
     with torch.inference_mode():
-        float_probs = torch.cat([_softmax(model, b, "fp32") for b in batches])
+        float_probs = torch.cat([probabilities(model, b, "fp32") for b in batches])
         int8_probs = torch.cat([torch.softmax(int8(x).float(), dim=1) for x in normalized])
     agree = agreement(float_probs, int8_probs)
     save_quantized(

@@ -332,12 +332,6 @@ class RayEngine:
             self._owned = False
             self._ray.shutdown()
 
-    def iter_sources(
-        self, specs: Iterable[str], *, stdin: BinaryIO | None = None, warn: Warn | None = None
-    ) -> Iterator[Source]:
-        """Expand inputs: the local engine's, plus object-store URIs."""
-        return iter_sources(specs, stdin=stdin, warn=warn)
-
     def classify(
         self, inputs: Iterable[str], *, stdin: BinaryIO | None = None, warn: Warn | None = None
     ) -> Iterator[Record]:
