@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import http.server
@@ -162,20 +163,45 @@ def swapped_for_a_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def serve(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """Serve *handler* on a loopback port in a thread; yields 'http://127.0.0.1:PORT'."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """Serve a temp folder on loopback; yields (base URL, folder)."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(_Handler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(functools.partial(_Handler, directory=str(root))) as base:
+        yield base, root
+
+
+@pytest.fixture
+def make_photos(make_image: Callable[..., Path], tmp_path: Path) -> Callable[..., Path]:
+    """A folder of generated photos: make_photos(3, ext='jpg') -> tmp_path/'photos'."""
+
+    def make(count: int = 3, *, ext: str = "jpg", size: tuple[int, int] = (96, 80)) -> Path:
+        folder = tmp_path / "photos"
+        for seed in range(count):
+            make_image(f"{seed}.{ext}", seed=seed, size=size, folder=folder)
+        return folder
+
+    return make
+
+
+@pytest.fixture
+def photos(make_photos: Callable[..., Path]) -> Path:
+    """Three small generated JPEGs in tmp_path/'photos'."""
+    return make_photos(3)
 
 
 @dataclasses.dataclass

@@ -11,11 +11,8 @@ from resnext_cli.model.categories import Categories
 
 
 @pytest.fixture
-def photos(make_image, tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    for seed in range(4):
-        make_image(f"{seed}.jpg", seed=seed, size=(96, 80), folder=folder)
-    return folder
+def photos(make_photos) -> Path:
+    return make_photos(4)
 
 
 def test_records_carry_categories_that_add_up(checkpoint, photos, resnext) -> None:

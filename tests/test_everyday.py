@@ -21,14 +21,6 @@ from resnext_cli.console import Console
 from resnext_cli.results import Classified, Failed
 
 
-@pytest.fixture
-def photos(make_image, tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    for seed in range(3):
-        make_image(f"{seed}.jpg", seed=seed, size=(96, 80), folder=folder)
-    return folder
-
-
 def run_on_terminal(*args: str | Path, stdin: bytes = b"", stdin_tty: bool = False):
     """Run main with a console whose stderr is a terminal 100 columns wide."""
     err = io.StringIO()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import natural_image
+from tests.conftest import natural_image, serve
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -167,16 +167,11 @@ def stalling_url(tmp_path: Path) -> Iterator[tuple[str, threading.Event, threadi
             "released": threading.Event(),
         },
     )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        port = server.server_address[1]
-        yield f"http://127.0.0.1:{port}/photo.png", handler.hanging, handler.released
+        with serve(handler) as base:
+            yield f"{base}/photo.png", handler.hanging, handler.released
     finally:
         handler.released.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_ctrl_c_while_a_download_stalls_then_resume(

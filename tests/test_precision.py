@@ -15,11 +15,8 @@ from resnext_cli.run.pipeline import topk
 
 
 @pytest.fixture
-def photos(make_image, tmp_path):
-    folder = tmp_path / "photos"
-    for seed in range(4):
-        make_image(f"{seed}.png", seed=seed, size=(96, 80), folder=folder)
-    return folder
+def photos(make_photos):
+    return make_photos(4, ext="png")
 
 
 def test_topk_orders_ties_by_class_index() -> None:

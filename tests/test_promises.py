@@ -15,7 +15,6 @@ import io
 import json
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from rich.console import Console
 
 from resnext_cli.outputs.summary import RunSummary
 from resnext_cli.results import CategoryScore, Classified, Failed, Prediction
-from tests.conftest import Outcome, natural_image
+from tests.conftest import Outcome, natural_image, serve
 
 Run = Callable[..., Outcome]
 
@@ -135,14 +134,8 @@ class _Loop(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def redirect_loop() -> Iterator[str]:
     """A loopback URL that redirects to itself forever."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Loop)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/loop.jpg"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(_Loop) as base:
+        yield f"{base}/loop.jpg"
 
 
 def test_too_many_redirects_is_a_download_failure(

@@ -182,11 +182,13 @@ def test_wheel_ships_labels_and_metadata(tmp_path) -> None:
         names = zf.namelist()
         zf.extractall(target)
     assert "resnext_cli/data/imagenet_classes.txt" in names
-    assert "resnext_cli/weights_meta.json" in names
+    assert "resnext_cli/model/weights_meta.json" in names
+    assert "resnext_cli/data/imagenet_categories.tsv" in names
+    assert "resnext_cli/outputs/report.js" in names
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import resnext_cli.model.labels as l, "
-        "resnext_cli.model.registry as r; print(l.__file__); print(len(l.imagenet_labels())); "
-        "print(len(r.all_weights()))"
+        "resnext_cli.model.registry as r, resnext_cli.model.categories as c; print(l.__file__); "
+        "print(len(l.imagenet_labels())); print(len(r.all_weights())); print(len(c.DEFAULT_NAMES))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(target)],
@@ -196,4 +198,4 @@ def test_wheel_ships_labels_and_metadata(tmp_path) -> None:
         cwd=tmp_path,
     ).stdout.split()
     assert out[0].startswith(str(target))
-    assert out[1:] == ["1000", "5"]
+    assert out[1:] == ["1000", "5", "48"]  # 48 categories, as the README lists them

@@ -19,6 +19,7 @@ import torch
 from resnext_cli.errors import WeightsError
 from resnext_cli.model import weights
 from resnext_cli.model.registry import resolve_weights
+from tests.conftest import serve
 
 
 def test_hub_dir_is_torchs(monkeypatch, tmp_path) -> None:
@@ -258,16 +259,9 @@ def test_too_many_redirects_while_downloading_weights(tmp_path) -> None:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/model.pth"
-    try:
-        with pytest.raises(WeightsError) as info:
-            weights.fetch(url)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(Loop) as base, pytest.raises(WeightsError) as info:
+        url = f"{base}/model.pth"
+        weights.fetch(url)
     dest = weights.cached_path(url)
     assert str(info.value) == (
         f"cannot download '{url}': too many redirects (check the network, use "
@@ -320,16 +314,12 @@ def scripted() -> Iterator[str]:
     _Scripted.resume.clear()
     _Scripted.release.clear()
     _Scripted.sent, _Scripted.resumed_by_progress = 0, False
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        with serve(_Scripted) as base:
+            yield base
     finally:
         _Scripted.resume.set()
         _Scripted.release.set()
-        server.shutdown()
-        server.server_close()
 
 
 def test_progress_is_reported_while_the_file_arrives(scripted: str) -> None:
@@ -417,15 +407,12 @@ def test_a_checkpoint_url_that_stalls_ends_the_run_with_one_line(
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stalls)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/mine.pth"
     try:
-        out = resnext("classify", "--checkpoint", url, "--timeout", "1", make_image("a.jpg"))
+        with serve(Stalls) as base:
+            url = f"{base}/mine.pth"
+            out = resnext("classify", "--checkpoint", url, "--timeout", "1", make_image("a.jpg"))
     finally:
         release.set()
-        server.shutdown()
-        server.server_close()
     assert out.code == 2, out
     lines = out.stderr.strip().splitlines()
     assert lines[-1] == (

@@ -5,17 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture
-def photos(make_image, tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    for seed in range(3):
-        make_image(f"{seed}.jpg", seed=seed, size=(96, 80), folder=folder)
-    return folder
 
 
 @pytest.mark.parametrize(
