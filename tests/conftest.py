@@ -145,6 +145,26 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
+def device_node(tmp_path: Path) -> Callable[..., Path]:
+    """A private character device in tmp_path: device_node('full') or device_node('zero').
+
+    Tests never name the system's own /dev files; a node made here reaches the same
+    kernel device (1,7: full, 1,5: zero) without any chance of replacing the real one.
+    """
+
+    def make(kind: str, name: str | None = None) -> Path:
+        minor = {"full": 7, "zero": 5}[kind]
+        path = tmp_path / (name or f"dev-{kind}")
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+        except (PermissionError, AttributeError, OSError) as exc:
+            pytest.skip(f"cannot make a private device node here ({exc.__class__.__name__})")
+        return path
+
+    return make
+
+
+@pytest.fixture
 def swapped_for_a_pipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A photo that is a regular file when stat()ed and a FIFO when opened: the race a
     check before opening cannot see."""

@@ -936,14 +936,16 @@ def test_names_on_the_command_line_and_stdin_through_the_cli(
 
 
 @pytest.fixture
-def special_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+def special_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_node: Callable[..., Path]
+) -> Iterator[list[Path]]:
     """A FIFO, a listening Unix socket and a character device, each named like an image."""
     monkeypatch.chdir(tmp_path)  # Unix socket names are short: bind a relative one
     os.mkfifo("pipe.jpg")
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind("socket.png")
         sock.listen()
-        yield [tmp_path / "pipe.jpg", tmp_path / "socket.png", Path("/dev/zero")]
+        yield [tmp_path / "pipe.jpg", tmp_path / "socket.png", device_node("zero", "zero.jpg")]
 
 
 def test_pipes_sockets_and_devices_are_never_opened(special_files: list[Path]) -> None:
@@ -1432,10 +1434,10 @@ def labels_error(path: str | Path) -> str:
     return run_within(10, attempt)
 
 
-def test_labels_from_a_pipe_or_a_device_are_refused(tmp_path: Path) -> None:
+def test_labels_from_a_pipe_or_a_device_are_refused(tmp_path: Path, device_node) -> None:
     fifo = tmp_path / "labels.fifo"
     os.mkfifo(fifo)
-    for path in (fifo, "/dev/zero"):
+    for path in (fifo, device_node("zero")):
         assert labels_error(path) == (
             f"labels file '{path}' is not a regular file (a pipe, socket or device); {GIVE}"
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 
 import pytest
 
@@ -98,12 +97,13 @@ def test_unusable_output_places_fail_before_the_model_loads(
     assert run.stderr == f"error: {message}\n"
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-def test_a_full_device_is_exit_2_with_one_line(checkpoint, photos, resnext) -> None:
-    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", "/dev/full")
+def test_a_full_device_is_exit_2_with_one_line(checkpoint, photos, resnext, device_node) -> None:
+    full = device_node("full")
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", full)
     assert (run.code, run.stdout) == (2, ""), run
+    assert full.exists() and full.is_char_device()  # written into, never replaced
     assert run.stderr.splitlines()[-1] == (
-        "error: cannot write to '/dev/full': No space left on device (what was written is "
+        f"error: cannot write to '{full}': No space left on device (what was written is "
         "kept; free space or give another -o, then --resume)"
     )
     assert "Traceback" not in run.stderr
