@@ -278,7 +278,20 @@ def test_loading_and_running_raise_no_warnings(saved: Path, photos: torch.Tensor
         warnings.simplefilter("error")
         model, _ = quantized.load_quantized(saved, R50, name="my50-int8.pth")
         with torch.inference_mode():
-            model(photos[:1])
+            out = model(photos[:1])
+    assert out.shape == (1, 1000) and bool(torch.isfinite(out).all())
+
+
+def test_loading_gives_back_the_threads_it_borrowed(saved: Path) -> None:
+    """Repacking runs on one thread; the rest of the run gets the threads it had."""
+    before = torch.get_num_threads()
+    wanted = 3 if before != 3 else 2
+    torch.set_num_threads(wanted)
+    try:
+        quantized.load_quantized(saved, R50, name="my50-int8.pth")
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
 
 
 class Payload:

@@ -1,0 +1,92 @@
+"""model/labels.py: the bundled ImageNet names and a user's --labels file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from resnext_cli.errors import ConfigError
+from resnext_cli.model.labels import MAX_LABELS_BYTES, imagenet_labels, load_labels
+
+GIVE = "give a UTF-8 text file with one class name per line"
+
+
+def write(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "labels.txt"
+    path.write_bytes(data)
+    return path
+
+
+def test_the_bundled_names_are_imagenets_thousand() -> None:
+    labels = imagenet_labels()
+    # The first, 258th and last ImageNet-1k classes, from torchvision's metadata.
+    assert (len(labels), labels[0], labels[258], labels[999]) == (
+        1000,
+        "tench",
+        "Samoyed",
+        "toilet tissue",
+    )
+    assert load_labels(None) == labels
+
+
+def test_lines_end_at_newline_only(tmp_path: Path) -> None:
+    # A lone carriage return, a form feed, a vertical tab and U+2028 stay inside a label;
+    # '\r\n' ends a line like '\n'; blank lines and surrounding spaces go.
+    data = "a\rb\r\nc\x0cd\n\n  e\x0bf \n g\u2028h\n".encode()
+    assert load_labels(write(tmp_path, data)) == ("a\rb", "c\x0cd", "e\x0bf", "g\u2028h")
+
+
+def test_a_byte_order_mark_is_not_a_label(tmp_path: Path) -> None:
+    assert load_labels(write(tmp_path, b"\xef\xbb\xbfcat\ndog\n")) == ("cat", "dog")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "labels file '{path}' is empty (give one class name per line)"),
+        (b"\n \n\r\n", "labels file '{path}' is empty (give one class name per line)"),
+        (b"caf\xe9\n", "cannot read labels file '{path}': UnicodeDecodeError (" + GIVE + ")"),
+    ],
+    ids=["empty", "blank-lines", "latin-1"],
+)
+def test_unusable_files_are_refused(tmp_path: Path, data: bytes, message: str) -> None:
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_labels(path)
+    assert str(info.value) == message.format(path=path)
+
+
+def test_the_size_cap_is_ten_mebibytes(tmp_path: Path) -> None:
+    assert MAX_LABELS_BYTES == 10 * 1024 * 1024  # the README's "at most 10 MB"
+    at_cap = write(tmp_path, (b"x" * 1023 + b"\n") * (10 * 1024))
+    assert len(load_labels(at_cap)) == 10 * 1024
+    over = write(tmp_path, at_cap.read_bytes() + b"y")
+    with pytest.raises(ConfigError) as info:
+        load_labels(over)
+    assert str(info.value) == (
+        f"labels file '{over}' is over the {10 << 20}-byte limit (give one class name per line)"
+    )
+
+
+def test_a_pipe_swapped_in_after_the_check_is_refused_without_waiting(
+    swapped_for_a_pipe: Path,
+) -> None:
+    # A FIFO opened for reading with no writer would wait for ever; the file is opened
+    # without blocking and refused by what fstat says of the open file.
+    with pytest.raises(ConfigError) as info:
+        load_labels(swapped_for_a_pipe)
+    assert str(info.value) == (
+        f"labels file '{swapped_for_a_pipe}' is not a regular file (a pipe, socket or "
+        f"device); {GIVE}"
+    )
+    assert not swapped_for_a_pipe.is_file()  # the swap really happened
+
+
+def test_a_missing_file_names_the_os_reason(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(ConfigError) as info:
+        load_labels(missing)
+    assert str(info.value) == (f"cannot read labels file '{missing}': FileNotFoundError ({GIVE})")
+    assert not os.path.exists(missing)
