@@ -16,9 +16,17 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 SEED = 1234
+
+# Property and fuzz tests draw the same inputs on every run (a failure reproduces as it
+# is); HYPOTHESIS_PROFILE=long draws new ones on each run (tests that set no count of
+# their own draw 2000), as an opt-in longer run.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("long", derandomize=False, database=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(autouse=True)

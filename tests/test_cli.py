@@ -172,10 +172,12 @@ def test_models_lists_torchvision_metadata(resnext) -> None:
 
 
 def test_version(resnext) -> None:
-    from resnext_cli import __version__
+    import tomllib
 
+    root = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     run = resnext("--version")
-    assert run.code == 0 and run.stdout.strip() == f"resnext, version {__version__}"
+    assert run.code == 0 and run.stdout.strip() == f"resnext, version {declared}"
 
 
 @pytest.mark.parametrize(

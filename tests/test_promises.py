@@ -340,7 +340,7 @@ def test_bf16_output_is_fp32s_shape_with_close_probabilities(
 def test_bf16_records_say_bf16(bf16_and_fp32: tuple[Outcome, Outcome]) -> None:
     bf16, fp32 = bf16_and_fp32
     assert [r.get("precision") for r in bf16.records()] == ["bf16", "bf16"]
-    assert [r.get("precision", "fp32") for r in fp32.records()] == ["fp32", "fp32"]
+    assert [r["precision"] for r in fp32.records()] == ["fp32", "fp32"]
 
 
 # -- RunSummary: what the mutation run of summary.py found untested (see TESTING.md) -----
