@@ -44,15 +44,23 @@ class Writer(Protocol):
         """Finish the output (closing brackets, pending table rows)."""
 
 
+def known_suffix(output_name: str | None) -> str | None:
+    """The format an output file's name says (.jsonl, .json, .csv, ...), or None."""
+    if output_name is None:
+        return None
+    for suffix, name in _BY_SUFFIX.items():
+        if output_name.lower().endswith(suffix):
+            return name
+    return None
+
+
 def resolve_format(fmt: str, *, is_terminal: bool, output_name: str | None) -> str:
     """Turn 'auto' into a concrete format from the destination."""
     if fmt != "auto":
         return fmt
     if output_name is not None:
-        for suffix, name in _BY_SUFFIX.items():
-            if output_name.lower().endswith(suffix):
-                return name
-        return "jsonl"
+        # A device or a pipe, or a file continued by --resume: the CLI refuses other names.
+        return known_suffix(output_name) or "jsonl"
     return "table" if is_terminal else "jsonl"
 
 
