@@ -24,7 +24,10 @@ FORMAT_NAMES = "jsonl, json, csv, parquet or table"
 def check_model_options(config: Config) -> None:
     """The labels, categories and checkpoint the config names, and -k against the labels."""
     labels = load_labels(config.labels)
-    if config.topk > len(labels):
+    # With both --labels and --checkpoint, whether they agree is known once the checkpoint
+    # is read: that check comes first there, then this one.
+    decisive = config.labels is None or config.checkpoint is None
+    if decisive and config.topk > len(labels):
         raise ConfigError(
             f"--topk {config.topk} is more than the {len(labels)} classes (lower --topk)"
         )

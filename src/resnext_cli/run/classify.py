@@ -241,7 +241,8 @@ def print_summary(summary: RunSummary, console: Console, *, report: str | None) 
     if console.quiet:
         return
     if summary.total > 1 or summary.resumed:
-        console.err.print(summary.render(console.width))
+        # A terminal gets it folded at words to its width; a pipe or a log, whole lines.
+        console.err.print(summary.render(console.width), soft_wrap=not console.err_is_terminal)
     elif summary.failed:
         console.say(summary.line(), style="dim")
     if report is not None:
