@@ -23,6 +23,8 @@ FORMAT_NAMES = "jsonl, json, csv, parquet or table"
 
 def check_model_options(config: Config) -> None:
     """The labels, categories and checkpoint the config names, and -k against the labels."""
+    if config.exact and config.decode == "gpu":
+        raise ConfigError("--exact decodes with Pillow, as the reference; drop --decode gpu")
     labels = load_labels(config.labels)
     # With both --labels and --checkpoint, whether they agree is known once the checkpoint
     # is read: that check comes first there, then this one.

@@ -133,7 +133,6 @@ def classify(
 
 @cli.command(name="sort")
 @click.argument("paths", nargs=-1, required=True, metavar="SRC... DEST")
-@click.pass_context
 @click.option("--copy", "copy_", is_flag=True, help="Copy files (the default).")
 @click.option("--link", is_flag=True, help="Hard-link files (else symlink them).")
 @click.option("--move", is_flag=True, help="Move files, journaled and undoable.")
@@ -156,7 +155,6 @@ def classify(
 @click.option("--undo", is_flag=True, help="Put back every file sorted into DEST.")
 @run_options
 def sort_command(
-    ctx: click.Context,
     console: Console,
     paths: tuple[str, ...],
     copy_: bool,
@@ -190,8 +188,9 @@ def sort_command(
     modes = [m for m, on in (("copy", copy_), ("link", link), ("move", move)) if on]
     if len(modes) > 1:
         raise click.UsageError(f"give one of --copy, --link, --move, not {' and '.join(modes)}")
+    ctx = click.get_current_context()
     given = [
-        param.opts[-1] if param.opts[-1].startswith("--") else param.opts[0]
+        param.opts[-1]
         for param in ctx.command.params
         if param.name and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
     ]
