@@ -7,6 +7,7 @@ output that exists, calibration photos that are not there.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -83,7 +84,13 @@ def check_classify_outputs(
                 f"--long shapes csv and parquet rows, not {chosen} (give -f csv or -f parquet)"
             )
     report_path = Path(report) if report is not None else None
-    if report_path and not (force or resume) and report_path.exists() and not report_path.is_dir():
+    if (
+        report_path
+        and not (force or resume)
+        and report_path.exists()
+        and not report_path.is_dir()
+        and not (to_file and os.path.realpath(report_path) == os.path.realpath(str(output)))
+    ):
         # After an interrupted run, --resume keeps what was done; --force starts again.
         hint = ", or --resume to continue the run" if to_file else ""
         raise OutputError(f"report file '{report}' exists (use --force to overwrite it{hint})")

@@ -18,7 +18,7 @@ from click.core import ParameterSource
 from resnext_cli import __version__
 from resnext_cli.cli.options import MODEL_HELP, debug_option, pass_console, run_options
 from resnext_cli.console import Console
-from resnext_cli.errors import ExitStatus, ReaderGone, ResnextError, Terminated
+from resnext_cli.errors import ConfigError, ExitStatus, ReaderGone, ResnextError, Terminated
 from resnext_cli.model.weights import OFFLINE_ENV
 from resnext_cli.outputs.writers import FORMATS
 from resnext_cli.run.config import Config
@@ -187,12 +187,14 @@ def sort_command(
     console.quiet = quiet
     modes = [m for m, on in (("copy", copy_), ("link", link), ("move", move)) if on]
     if len(modes) > 1:
-        raise click.UsageError(f"give one of --copy, --link, --move, not {' and '.join(modes)}")
+        raise ConfigError(f"give one of --copy, --link, --move, not {' and '.join(modes)}")
     ctx = click.get_current_context()
     given = [
         param.opts[-1]
         for param in ctx.command.params
-        if param.name and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
+        if isinstance(param, click.Option)
+        and param.name
+        and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
     ]
     check_sort(given, records=records, resume=resume, undo=undo)
     if by == "category" and options["categories"] is None and records is None:
