@@ -304,3 +304,34 @@ def test_ctrl_c_while_loading_says_nothing_was_done(
         "interrupted while loading resnext50_32x4d (IMAGENET1K_V2): nothing was done"
     )
     assert not out.exists()  # the -o file it had made is gone
+
+
+def test_stdin_on_a_terminal_ends_with_one_ctrl_d(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    master, slave = os.openpty()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from resnext_cli.cli.main import main; main()", "classify", "-"],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+    )
+    os.close(slave)
+    try:
+        os.write(master, b"gone-a.jpg\ngone-b.jpg\n")
+        os.write(master, b"\x04")  # one end-of-file, at the start of a line
+        # Were the stream read again, it would wait for another Ctrl-D: a hang, not an exit.
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        child.kill()
+        os.close(master)
+    assert (child.returncode, stdout) == (2, b"")
+    assert stderr.decode().splitlines() == [
+        "reading paths, URLs or image bytes from standard input (end with Ctrl-D)",
+        "error: no such file: 'gone-a.jpg'",
+        "error: no such file: 'gone-b.jpg'",
+    ]
