@@ -141,7 +141,8 @@ def classify(
     type=click.Choice(["label", "index", "category"]),
     default="label",
     show_default=True,
-    help="Folder per top-1 label, per class index, or per category (with --categories).",
+    help="Folder per top-1 label, per class index, or per top category (the default "
+    "categories, or --categories FILE).",
 )
 @click.option(
     "--from",
