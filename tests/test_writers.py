@@ -503,15 +503,19 @@ BARS = {  # 24 cells, in eighths: what each probability of CAT and CATEGORIES dr
 
 
 def test_one_image_gets_every_class_with_its_categories_first() -> None:
+    # Categories and classes each under their own header, each numbered from 1.
     cats = replace(CAT, categories=CATEGORIES)
     assert stripped(table_of([cats], caption="resnext50_32x4d (IMAGENET1K_V2) on cpu")) == [
         "photos/\\x1b[2Jcat.jpg",
+        "┏━━━┳━━━━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━┓",
+        "┃ # ┃ category ┃ probability ┃                          ┃",
+        "┡━━━╇━━━━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━┩",
+        f"│ 1 │ cat\\x07s │      93.75% │ {BARS[0.9375]} │",
+        f"│ 2 │ other    │       6.25% │ {BARS[0.0625]} │",
+        "└───┴──────────┴─────────────┴──────────────────────────┘",
         "┏━━━┳━━━━━━━━━━━━━━━━━━┳━━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━┓",
-        "┃ # ┃ label            ┃ index ┃ probability ┃                          ┃",
+        "┃ # ┃ class            ┃ index ┃ probability ┃                          ┃",
         "┡━━━╇━━━━━━━━━━━━━━━━━━╇━━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━┩",
-        f"│ 1 │ cat\\x07s         │       │      93.75% │ {BARS[0.9375]} │",
-        f"│ 2 │ other            │       │       6.25% │ {BARS[0.0625]} │",
-        "├───┼──────────────────┼───────┼─────────────┼──────────────────────────┤",
         f"│ 1 │ tabby, tabby cat │   281 │      62.50% │ {BARS[0.625]} │",
         f"│ 2 │ tiger\\ncat       │   282 │      25.00% │ {BARS[0.25]} │",
         f"│ 3 │ Egyptian cat     │   285 │       6.25% │ {BARS[0.0625]} │",
@@ -519,7 +523,7 @@ def test_one_image_gets_every_class_with_its_categories_first() -> None:
         "resnext50_32x4d (IMAGENET1K_V2) on cpu",
     ]
     coloured = table_of([cats], colour=True)
-    assert "│ \x1b[1mcat\\x07s        \x1b[0m │" in coloured  # categories in bold
+    assert "│ \x1b[1mcat\\x07s\x1b[0m │" in coloured  # categories in bold
     assert "│ tabby, tabby cat │" in coloured  # classes plain
     for bar in BARS.values():
         assert f"\x1b[36m{bar}\x1b[0m" in coloured
@@ -575,7 +579,7 @@ def test_one_failed_image_is_one_line() -> None:
     )
 
 
-def test_many_images_are_one_row_each_cut_to_their_columns() -> None:
+def test_many_images_are_one_row_each_names_shortened_in_the_middle_labels_folded() -> None:
     long = Classified(
         "holiday/" + "very-long-name-" * 5 + ".jpg",
         "m",
@@ -589,22 +593,27 @@ def test_many_images_are_one_row_each_cut_to_their_columns() -> None:
         "IMG 0001 from the holiday.png", "m", "w", (Prediction("only", 7, 0.999),), uncertain=True
     )
     cats = replace(CAT, categories=CATEGORIES)
+    # 80 columns: no bar; a name keeps its start and its end; a label is never cut, it folds.
     rows = [
-        "input       top-1                       prob              runner-up",
-        "photos/\\x…  cat\\x07s: tabby, tabby …   62.5%  ██████▎░░░  tiger\\ncat 25.0%",
-        "holiday/v…  a label far longer than…  100.0%  ██████████  a runner-up far longe…",
-        "IMG 0001 …  only                       99.9%  ██████████",
-        "c\\n.jpg     error: not_found",
+        "input             category: top-1                 prob  runner-up",
+        "photos/…Jcat.jpg  cat\\x07s: tabby, tabby cat     62.5%  tiger\\ncat 25.0%",
+        "holiday…ame-.jpg  a label far longer than its   100.0%  a runner-up far longer",
+        "                  column                                than its column 0.0%",
+        "IMG 000…iday.png  only                           99.9%",
+        "c\\n.jpg           error: not_found",
     ]
     assert stripped(table_of([cats, long, lone, MISSING])) == rows
     captioned = table_of([cats, long, lone, MISSING], caption="resnext50_32x4d " + "x" * 80)
     assert stripped(captioned) == [*rows, "resnext50_32x4d " + "x" * 80]  # never folded
-    assert stripped(table_of([CAT, MISSING]))[1].startswith("photos/\\x…  tabby, tabby cat ")
+    # The input column is as wide as the first names need, no wider.
+    assert stripped(table_of([CAT, MISSING]))[:2] == [
+        "input                  top-1                   prob  runner-up",
+        "photos/\\x1b[2Jcat.jpg  tabby, tabby cat       62.5%  tiger\\ncat 25.0%",
+    ]
     coloured = table_of([cats, MISSING], caption="made by hand", colour=True)
     assert coloured.endswith("\n\x1b[2mmade by hand\x1b[0m\n")  # the caption dimmed
-    assert "\x1b[1mcat\\x07s: tabby, tabby …\x1b[0m" in coloured
-    assert "\x1b[36m██████▎░░░\x1b[0m" in coloured
-    assert "\x1b[31merror: not_found        \x1b[0m" in coloured
+    assert "\x1b[1mcat\\x07s: tabby, tabby cat  \x1b[0m" in coloured
+    assert "\x1b[31merror: not_found            \x1b[0m" in coloured
     assert "\x1b[1minput" in coloured  # the header, once
     assert coloured.count("input") == 1 and coloured.count("top-1") == 1
 
@@ -708,7 +717,7 @@ def test_models_table_for_a_pipe_is_whole() -> None:
     ]
 
 
-def test_models_table_on_a_narrow_terminal_cuts_the_file_names_first(
+def test_models_table_on_a_narrow_terminal_leaves_out_whole_columns_file_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("COLUMNS", "100")
@@ -716,14 +725,17 @@ def test_models_table_on_a_narrow_terminal_cuts_the_file_names_first(
     cache_r50()
     models_table([R50, INT8], stream, is_terminal=True)
     lines = stripped(stream.getvalue())
-    assert len(lines) == 6  # title, header, rule, a row per tag, caption: nothing folded
-    assert lines[1].startswith("model             weights               acc@1  acc@5  params")
+    assert lines[1] == (
+        "model             weights               acc@1  acc@5  params  GFLOPs  MB   resize  cached"
+    )
     assert lines[3:5] == [
-        "resnext50_32x4d   IMAGENET1K_V2 *       81.20  95.34   25.0M    4.23  96  232/224"
-        "     yes  resnext5…",
-        "resnext101_32x8d  IMAGENET1K_FBGEMM_V1  78.99  94.48   88.8M   16.41  87  256/224"
-        "      no  resnext1…",
+        "resnext50_32x4d   IMAGENET1K_V2 *       81.20  95.34   25.0M    4.23  96  232/224     yes",
+        "resnext101_32x8d  IMAGENET1K_FBGEMM_V1  78.99  94.48   88.8M   16.41  87  256/224      no",
     ]
+    assert " ".join(lines[5:]).split() == (
+        "* the DEFAULT weights of each model; FBGEMM tags are INT8 (--quantized); not shown: "
+        "file (widen or see -f json)"
+    ).split()
 
 
 def test_models_table_for_a_pipe_has_long_file_names_whole_and_no_colour(

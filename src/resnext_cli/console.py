@@ -7,15 +7,26 @@ messages, progress and the summary go to `err`.
 
 from __future__ import annotations
 
+import io
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
+from rich.ansi import AnsiDecoder
+from rich.cells import cell_len
 from rich.console import Console as RichConsole
+from rich.progress import ProgressColumn, Task
 from rich.text import Text
+
+# A rate (and an ETA from it) is shown only once it means something: the first batch
+# arrives all at once, and a rate over its few milliseconds claims thousands of images
+# a second.
+RATE_AFTER_SECONDS = 2.0
+RATE_AFTER_IMAGES = 2
 
 
 def printable(text: str) -> str:
@@ -37,11 +48,95 @@ def bar(fraction: float, width: int, *, track: str = "") -> str:
     return drawn + track * (width - len(drawn)) if track else drawn
 
 
+def middle_ellipsis(text: str, width: int) -> str:
+    """*text* in at most *width* terminal cells, its middle left out: 'photos/…/img_8.jpg'."""
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    head, tail = "", ""
+    keep = width - 1
+    left, right = 0, len(text)
+    # Alternate ends, the tail first: a file name's end (its number, its extension) says most.
+    while left < right:
+        ch = text[right - 1]
+        if cell_len(head) + cell_len(tail) + cell_len(ch) > keep:
+            break
+        tail, right = ch + tail, right - 1
+        ch = text[left]
+        if left >= right or cell_len(head) + cell_len(tail) + cell_len(ch) > keep:
+            break
+        head, left = head + ch, left + 1
+    return head + "…" + tail
+
+
 def _is_tty(stream: Any) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def same_terminal(a: Any, b: Any) -> bool:
+    """Whether two streams are the same terminal (stdout and stderr of a shell, mostly)."""
+    if not (_is_tty(a) and _is_tty(b)):
+        return False
+    try:
+        sa, sb = os.fstat(a.fileno()), os.fstat(b.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+    return (sa.st_dev, sa.st_ino, sa.st_rdev) == (sb.st_dev, sb.st_ino, sb.st_rdev)
+
+
+class AboveLive(io.TextIOBase):
+    """stdout when it is the terminal stderr draws on: while a live display (the progress
+    bar, the loading spinner) is up, whole lines go through the stderr console, which
+    prints them above the display, as rich's own stdout redirection does; otherwise they
+    go straight to stdout. Either way no line is shared with the bar."""
+
+    def __init__(self, stdout: IO[str], err: RichConsole, live: Callable[[], bool]) -> None:
+        super().__init__()
+        self._stdout = stdout
+        self._err = err
+        self._live = live
+        self._pending = ""
+        self._decoder = AnsiDecoder()
+
+    def write(self, text: str) -> int:
+        if not self._live():
+            self._flush_pending()
+            return self._stdout.write(text)
+        lines = (self._pending + text).split("\n")
+        self._pending = lines.pop()
+        if lines:
+            with self._err:
+                self._err.print(
+                    Text("\n").join(self._decoder.decode_line(line) for line in lines),
+                    soft_wrap=True,
+                )
+        return len(text)
+
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._stdout.write(self._pending)
+            self._pending = ""
+
+    def flush(self) -> None:
+        self._flush_pending()
+        self._stdout.flush()
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._stdout.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stdout, "encoding", "utf-8") or "utf-8"
+
+    def writable(self) -> bool:
+        return True
 
 
 @dataclass
@@ -56,17 +151,38 @@ class Console:
     quiet: bool = False
     debug: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _live: int = field(default=0, repr=False)  # live displays up on `err`
 
     @classmethod
     def from_sys(cls) -> Console:
         """The process's own streams."""
-        return cls(
-            stdin=sys.stdin.buffer,
-            stdout=sys.stdout,
-            err=RichConsole(stderr=True, highlight=False, soft_wrap=True),
-            stdin_is_terminal=_is_tty(sys.stdin),
-            stdout_is_terminal=_is_tty(sys.stdout),
+        return cls.on(
+            sys.stdin.buffer, sys.stdout, sys.stderr, stdin_is_terminal=_is_tty(sys.stdin)
         )
+
+    @classmethod
+    def on(
+        cls,
+        stdin: BinaryIO,
+        stdout: IO[str],
+        stderr: IO[str],
+        *,
+        stdin_is_terminal: bool = False,
+        **rich: Any,
+    ) -> Console:
+        """A console on these streams; when stdout is the terminal stderr draws on, its
+        lines pass above the live display (*rich*: options for the stderr console)."""
+        err = RichConsole(file=stderr, highlight=False, soft_wrap=True, **rich)
+        console = cls(
+            stdin=stdin,
+            stdout=stdout,
+            err=err,
+            stdin_is_terminal=stdin_is_terminal,
+            stdout_is_terminal=_is_tty(stdout),
+        )
+        if err.is_terminal and same_terminal(stdout, stderr):
+            console.stdout = cast(IO[str], AboveLive(stdout, err, lambda: console._live > 0))
+        return console
 
     @property
     def err_is_terminal(self) -> bool:
@@ -115,6 +231,7 @@ class Console:
         status = self.err.status(Text(f"loading {what}…")) if self._drawing() else None
         if status is not None:
             status.start()
+        self._live += 1
 
         def update(done: int, total: int | None) -> None:
             if not self._drawing():
@@ -136,16 +253,25 @@ class Console:
 
         try:
             yield update
+        except KeyboardInterrupt:
+            self._stop(bar, status)
+            self.say(f"interrupted while loading {what}: nothing was done", style="yellow")
+            raise
         finally:
-            if "progress" in bar:
-                bar["progress"].stop()
-            if status is not None:
-                status.stop()
+            self._stop(bar, status)
+
+    def _stop(self, bar: dict[str, Any], status: Any) -> None:
+        if "progress" in bar:
+            bar.pop("progress").stop()
+        if status is not None:
+            status.stop()
+        self._live = max(0, self._live - 1)
 
     @contextmanager
     def counting(self) -> Iterator[tuple[Callable[[], None], Callable[[int], None]]]:
         """Yield (tick, set_total): a bar with done/total, rate and ETA once the total is
-        known, a counter with the rate until then (or for good, for stdin)."""
+        known, a counter until then (or for good, for stdin); the rate and the ETA only
+        once they mean something."""
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -154,7 +280,6 @@ class Console:
             TaskProgressColumn,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         columns = (
@@ -163,20 +288,51 @@ class Console:
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"),
+            RateColumn(),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            EtaColumn(),
         )
-        with Progress(*columns, console=self.err, disable=not self._drawing(), transient=True) as p:
-            task = p.add_task("classify", total=None, rate="")
+        drawing = self._drawing()
+        with Progress(*columns, console=self.err, disable=not drawing, transient=True) as p:
+            task = p.add_task("classify", total=None)
+            self._live += drawing
 
             def tick() -> None:
                 p.advance(task)
-                speed = p.tasks[0].speed
-                p.update(task, rate=f"{speed:.1f} img/s" if speed else "")
 
             def set_total(total: int) -> None:
                 p.update(task, total=total)
 
-            yield tick, set_total
+            try:
+                yield tick, set_total
+            finally:
+                self._live -= drawing
+
+
+def rate(task: Task) -> float | None:
+    """Images a second since the task started, once that means something (else None)."""
+    elapsed = task.elapsed
+    if elapsed is None or elapsed < RATE_AFTER_SECONDS or task.completed < RATE_AFTER_IMAGES:
+        return None
+    return task.completed / elapsed
+
+
+class RateColumn(ProgressColumn):
+    """'12.3 img/s', blank until the rate means something."""
+
+    def render(self, task: Task) -> Text:
+        r = rate(task)
+        return Text("" if r is None else f"{r:.1f} img/s", style="progress.data.speed")
+
+
+class EtaColumn(ProgressColumn):
+    """'eta 0:01:02' from the run's own rate, blank until it means something."""
+
+    def render(self, task: Task) -> Text:
+        r = rate(task)
+        if r is None or task.total is None or r <= 0:
+            return Text("")
+        left = max(0.0, task.total - task.completed) / r
+        minutes, seconds = divmod(round(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return Text(f"eta {hours}:{minutes:02d}:{seconds:02d}", style="progress.remaining")

@@ -13,11 +13,12 @@ from types import FrameType
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from resnext_cli import __version__
 from resnext_cli.cli.options import MODEL_HELP, debug_option, pass_console, run_options
 from resnext_cli.console import Console
-from resnext_cli.errors import ExitStatus, ReaderGone, ResnextError, Terminated
+from resnext_cli.errors import ConfigError, ExitStatus, ReaderGone, ResnextError, Terminated
 from resnext_cli.model.weights import OFFLINE_ENV
 from resnext_cli.outputs.writers import FORMATS
 from resnext_cli.run.config import Config
@@ -99,11 +100,23 @@ def classify(
     'photos/**/*.jpg', an http(s) URL, or - for standard input: image bytes, or a
     list of paths and URLs, one per line.
     """
+    from resnext_cli.cli.checks import check_classify_outputs, check_engine, check_model_options
     from resnext_cli.outputs.sinks import OutputRequest, Outputs
     from resnext_cli.run.classify import run_classify
 
     console.quiet = quiet
+    check_engine(engine, ray_address=ray_address, **options)
+    check_classify_outputs(
+        output=output,
+        fmt=fmt,
+        force=force,
+        resume=resume,
+        long=long,
+        report=report,
+        stdout_is_terminal=console.stdout_is_terminal,
+    )
     config = Config(**options)
+    check_model_options(config)
     request = OutputRequest(output, fmt, force, resume, long, report)
     outputs = Outputs.open(request, stdout_is_terminal=console.stdout_is_terminal)
     engine_options = {"address": ray_address} if engine == "ray" else {}
@@ -128,7 +141,8 @@ def classify(
     type=click.Choice(["label", "index", "category"]),
     default="label",
     show_default=True,
-    help="Folder per top-1 label, per class index, or per category (with --categories).",
+    help="Folder per top-1 label, per class index, or per top category (the default "
+    "categories, or --categories FILE).",
 )
 @click.option(
     "--from",
@@ -168,12 +182,26 @@ def sort_command(
     0 when every image was classified and filed, 1 when some could not be classified
     (they are in _failed/) or some file could not be handled, 2 for usage errors.
     """
+    from resnext_cli.cli.checks import check_model_options, check_sort
     from resnext_cli.run.sort import SortRequest, run_sort
 
     console.quiet = quiet
     modes = [m for m, on in (("copy", copy_), ("link", link), ("move", move)) if on]
     if len(modes) > 1:
-        raise click.UsageError(f"give one of --copy, --link, --move, not {' and '.join(modes)}")
+        raise ConfigError(f"give one of --copy, --link, --move, not {' and '.join(modes)}")
+    ctx = click.get_current_context()
+    given = [
+        param.opts[-1]
+        for param in ctx.command.params
+        if isinstance(param, click.Option)
+        and param.name
+        and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
+    ]
+    check_sort(given, records=records, resume=resume, undo=undo)
+    if by == "category" and options["categories"] is None and records is None:
+        options["categories"] = "default"  # filing by category needs them: no need to ask
+    if records is None and not (resume or undo):
+        check_model_options(Config(**options))
     request = SortRequest(
         paths=paths,
         mode=modes[0] if modes else "copy",
@@ -258,7 +286,12 @@ def download(
 @click.option(
     "-o", "--output", required=True, metavar="FILE", help="Where to save the INT8 weights."
 )
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing output file, and save INT8 weights that agree with the float "
+    "model on under 90% of the photos' top-1 (else nothing is written and the exit status is 1).",
+)
 @click.option(
     "--offline", is_flag=True, envvar=OFFLINE_ENV, help="Never use the network for weights."
 )
@@ -276,13 +309,18 @@ def quantize(
     """Make INT8 weights for the CPU by calibrating on your own photos.
 
     Post-training quantization: the float model observes PHOTOS, is converted to INT8,
-    and is checked against the float model on them (top-1 agreement is printed). Use
-    the result with: resnext classify --checkpoint FILE --quantized.
+    and is checked against the float model on them (top-1 agreement is printed); under
+    90% agreement nothing is saved (exit status 1) unless --force. Use the result with:
+    resnext classify --checkpoint FILE --quantized.
     """
-    from resnext_cli.run.quantize import QuantizeRequest, run_quantize
+    from resnext_cli.cli.checks import check_model_options, check_quantize
 
     console.quiet = quiet
     config = Config(**options)
+    check_model_options(config)
+    check_quantize(output=output, force=force, photos=photos)
+    from resnext_cli.run.quantize import QuantizeRequest, run_quantize  # imports torch
+
     return run_quantize(QuantizeRequest(photos, output, force), config, console)
 
 

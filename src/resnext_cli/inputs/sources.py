@@ -345,16 +345,23 @@ def _from_spec(spec: str, warn: Warn, *, expand_globs: bool) -> Iterator[Source]
     yield Source(input=spec, path=path, error=_os_error(spec, path, failure))
 
 
-def _stdin_lines(head: bytes, stream: BinaryIO) -> Iterator[str]:
-    """The lines of a list on stdin, line ends left for the caller's strip()."""
-    # Complete the line the sniffed head ends in, then read the rest lazily.
-    for raw in itertools.chain((head + stream.readline()).splitlines(), stream):
+def _stdin_lines(head: bytes, stream: BinaryIO, *, ended: bool = False) -> Iterator[str]:
+    """The lines of a list on stdin, line ends left for the caller's strip(); *ended*: the
+    head already met the end of the stream (a terminal's one Ctrl-D is not asked twice)."""
+    if ended:
+        lines: Iterable[bytes] = head.splitlines()
+    else:
+        # Complete the line the sniffed head ends in, then read the rest lazily.
+        lines = itertools.chain((head + stream.readline()).splitlines(), stream)
+    for raw in lines:
         yield raw.decode(errors="surrogateescape")
 
 
-def _stdin_image(head: bytes, stream: BinaryIO, max_bytes: int) -> Source:
+def _stdin_image(head: bytes, stream: BinaryIO, max_bytes: int, *, ended: bool = False) -> Source:
     """Image bytes from standard input, read in chunks and never past *max_bytes* + 1."""
     data = bytearray(head)
+    if ended and len(data) <= max_bytes:
+        return Source(input="-", data=bytes(data))
     while len(data) <= max_bytes:
         chunk = stream.read(min(1 << 20, max_bytes + 1 - len(data)))
         if not chunk:
@@ -372,10 +379,12 @@ def _from_stdin(stream: BinaryIO, warn: Warn, max_bytes: int) -> Iterator[Source
     if not head:
         warn("standard input is empty")
         return
+    # A buffered read returns short only at the end: reading on would wait for another one.
+    ended = len(head) < _HEAD_BYTES
     if _is_image_magic(head) or _looks_binary(head):
-        yield _stdin_image(head, stream, max_bytes)
+        yield _stdin_image(head, stream, max_bytes, ended=ended)
         return
-    for line in _stdin_lines(head, stream):
+    for line in _stdin_lines(head, stream, ended=ended):
         spec = line.strip()
         if not spec or spec.startswith("#"):
             continue

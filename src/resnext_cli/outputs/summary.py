@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from rich.cells import cell_len
 from rich.console import Group, RenderableType
 from rich.padding import Padding
 from rich.table import Table
@@ -95,6 +96,10 @@ class RunSummary:
             )
         return text
 
+    def _others(self, top: int = HISTOGRAM_LABELS) -> str:
+        """The last row's label: how many labels the chart leaves out."""
+        return f"({len(self.top1) - min(top, len(self.top1))} other {self.of})"
+
     def histogram(self, *, width: int, label_width: int, top: int = HISTOGRAM_LABELS) -> Table:
         """The most common top-1 labels as a bar chart, bars up to *width* cells."""
         common = self.top1.most_common(top)
@@ -113,9 +118,8 @@ class RunSummary:
             )
         rest = self.classified - sum(count for _, count in common)
         if rest:
-            others = len(self.top1) - len(common)
             table.add_row(
-                Text(f"({others} other {self.of})", style="dim"),
+                Text(self._others(top), style="dim"),
                 "",
                 str(rest),
                 Text(f"{rest / self.classified:.1%}", style="dim"),
@@ -136,7 +140,10 @@ class RunSummary:
                 Text(f"top-1 {self.of} ({shown} most common of {len(self.top1)}):", style="bold")
             )
             numbers = len(str(max(self.top1.values()))) + len("100.0%") + 3  # and the gaps
-            labels = min(32, max(len(printable(k)) for k in self.top1))
+            names = [cell_len(printable(k)) for k in self.top1]
+            if len(self.top1) > HISTOGRAM_LABELS:
+                names.append(cell_len(self._others()))  # the last row is whole too
+            labels = min(32, max(names))
             bar = max(4, min(30, columns - 2 - numbers - labels))
             labels = max(4, min(labels, columns - 2 - numbers - bar))
             chart = self.histogram(width=bar, label_width=labels)

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from rich.cells import cell_len
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
-from resnext_cli.console import bar, printable
+from resnext_cli.console import bar, middle_ellipsis, printable
 from resnext_cli.errors import OutputError
 from resnext_cli.model.registry import WeightsInfo
 from resnext_cli.results import Classified, Failed, Record
@@ -43,15 +44,23 @@ class Writer(Protocol):
         """Finish the output (closing brackets, pending table rows)."""
 
 
+def known_suffix(output_name: str | None) -> str | None:
+    """The format an output file's name says (.jsonl, .json, .csv, ...), or None."""
+    if output_name is None:
+        return None
+    for suffix, name in _BY_SUFFIX.items():
+        if output_name.lower().endswith(suffix):
+            return name
+    return None
+
+
 def resolve_format(fmt: str, *, is_terminal: bool, output_name: str | None) -> str:
     """Turn 'auto' into a concrete format from the destination."""
     if fmt != "auto":
         return fmt
     if output_name is not None:
-        for suffix, name in _BY_SUFFIX.items():
-            if output_name.lower().endswith(suffix):
-                return name
-        return "jsonl"
+        # A device or a pipe, or a file continued by --resume: the CLI refuses other names.
+        return known_suffix(output_name) or "jsonl"
     return "table" if is_terminal else "jsonl"
 
 
@@ -227,6 +236,42 @@ def _bar(probability: float, width: int = 24) -> Text:
     return Text(bar(probability, width, track="░"), style="cyan")
 
 
+# Widths of the one-line-per-image table. Numbers have their width; labels get what most
+# ImageNet labels need (97% are 19 cells or fewer) and fold when longer; the input gets
+# what is left, up to what its names need, and loses its middle when longer.
+PROB_WIDTH = len("100.0%")
+BAR_WIDTH = 10
+BAR_FROM = 100  # columns: narrower terminals leave the bar out
+LABEL_WIDTH = 20
+CATEGORY_WIDTH = 12  # 'category: ' before the label
+INPUT_MIN = 16
+GAP = 2
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """Column widths of the one-line-per-image table at one terminal width."""
+
+    input: int
+    top: int
+    runner: int
+    bar: bool
+
+    @classmethod
+    def fit(cls, width: int, *, names: int, categories: bool = False) -> RowLayout:
+        """Widths for a *width*-column terminal and input names of up to *names* cells."""
+        bar = width >= BAR_FROM
+        label = LABEL_WIDTH + (CATEGORY_WIDTH if categories else 0)
+        runner = LABEL_WIDTH + 1 + PROB_WIDTH  # 'label 12.3%'
+        avail = width - PROB_WIDTH - 3 * GAP - (BAR_WIDTH + GAP if bar else 0)
+        # The input first, as far as its names need and the labels' full width allows...
+        shown = min(max(INPUT_MIN, names), max(INPUT_MIN, avail - label - runner))
+        # ...then the labels share the rest; a label longer than its column folds.
+        rest = max(2 * (INPUT_MIN // 2), avail - shown)
+        top = min(label, rest * label // (label + runner))
+        return cls(shown, top, min(runner, rest - top), bar)
+
+
 class TableWriter:
     """A rich table: every class for one image, or one row per image for many."""
 
@@ -235,25 +280,33 @@ class TableWriter:
         self._caption = caption
         self._first: Record | None = None
         self._rows_shown = False
+        self._layout: RowLayout | None = None
 
     def write(self, record: Record) -> None:
         if not self._rows_shown and self._first is None:
             self._first = record  # wait: a lone image gets the detailed view
             return
         if self._first is not None:
-            self._row(self._first)
-            self._first = None
+            first, self._first = self._first, None
+            names = max(cell_len(printable(r.input)) for r in (first, record))
+            categories = isinstance(first, Classified) and bool(first.categories)
+            self._layout = RowLayout.fit(self._console.width, names=names, categories=categories)
+            self._row(first)
         self._row(record)
 
     def _row(self, record: Record) -> None:
-        # One line per image: what does not fit is cut with "…" (rich's default overflow).
-        table = Table(box=None, show_header=not self._rows_shown, pad_edge=False, expand=True)
-        table.add_column("input", ratio=1, no_wrap=True)
-        table.add_column("top-1", width=24, no_wrap=True)
-        table.add_column("prob", width=6, justify="right", no_wrap=True)
-        table.add_column("", width=10, no_wrap=True)
-        table.add_column("runner-up", width=22, no_wrap=True)
-        name = Text(printable(record.input))
+        layout = self._layout
+        assert layout is not None
+        table = Table(box=None, show_header=not self._rows_shown, pad_edge=False)
+        table.add_column("input", width=layout.input, no_wrap=True)
+        categories = isinstance(record, Classified) and bool(record.categories)
+        top_header = "category: top-1" if categories else "top-1"
+        table.add_column(top_header, width=layout.top, overflow="fold")
+        table.add_column("prob", width=PROB_WIDTH, justify="right", no_wrap=True)
+        if layout.bar:
+            table.add_column("", width=BAR_WIDTH, no_wrap=True)
+        table.add_column("runner-up", width=layout.runner, overflow="fold")
+        name = Text(middle_ellipsis(printable(record.input), layout.input))
         if isinstance(record, Failed):
             table.add_row(name, Text(f"error: {record.error_type}", style="red"))
         else:
@@ -261,14 +314,13 @@ class TableWriter:
             top = printable(record.top1.label)
             if record.categories:
                 top = f"{printable(record.categories[0].name)}: {top}"
-            table.add_row(
-                name,
-                Text(top, style="bold"),
-                f"{record.top1.probability:.1%}",
-                _bar(record.top1.probability, 10),
-                Text(f"{printable(second.label)} {second.probability:.1%}") if second else "",
-                style="dim" if record.uncertain else None,
+            cells: list[Any] = [name, Text(top, style="bold"), f"{record.top1.probability:.1%}"]
+            if layout.bar:
+                cells.append(_bar(record.top1.probability, BAR_WIDTH))
+            cells.append(
+                Text(f"{printable(second.label)} {second.probability:.1%}") if second else ""
             )
+            table.add_row(*cells, style="dim" if record.uncertain else None)
         self._console.print(table)
         self._rows_shown = True
 
@@ -282,33 +334,43 @@ class TableWriter:
         # The name above the table and the caption under it are lines of their own, as
         # long as they are: a table would fold them to its own width (a pipe gets them whole).
         caption = self._caption or record.precision
-        table = Table()
+        style = ""
         if record.uncertain:
             note = "uncertain: the top-1 probability is below --min-probability"
             caption = f"{caption}; {note}" if caption else note
-            table.style = "dim"
+            style = "dim"
+        tables = []
+        if record.categories:
+            # Categories first (what a person files under), then the classes, each numbered
+            # under its own header.
+            groups = Table(style=style)
+            groups.add_column("#", justify="right")
+            groups.add_column("category", overflow="fold")
+            groups.add_column("probability", justify="right", no_wrap=True)
+            groups.add_column("")
+            for rank, c in enumerate(record.categories, start=1):
+                groups.add_row(
+                    str(rank),
+                    Text(printable(c.name), style="bold"),
+                    f"{c.probability:.2%}",
+                    _bar(c.probability),
+                )
+            tables.append(groups)
+        table = Table(style=style)
         table.add_column("#", justify="right")
-        table.add_column("label")
-        table.add_column("index", justify="right")
-        table.add_column("probability", justify="right")
+        table.add_column("class" if record.categories else "label", overflow="fold")
+        table.add_column("index", justify="right", no_wrap=True)
+        table.add_column("probability", justify="right", no_wrap=True)
         table.add_column("")
-        # Categories first (what a person files under), then the classes under them.
-        for rank, c in enumerate(record.categories or (), start=1):
-            table.add_row(
-                str(rank),
-                Text(printable(c.name), style="bold"),
-                "",
-                f"{c.probability:.2%}",
-                _bar(c.probability),
-                end_section=rank == len(record.categories or ()),
-            )
         for rank, p in enumerate(record.predictions, start=1):
             label = Text(printable(p.label))
             table.add_row(
                 str(rank), label, str(p.index), f"{p.probability:.2%}", _bar(p.probability)
             )
+        tables.append(table)
         self._console.print(Text(printable(record.input), style="table.title"), soft_wrap=True)
-        self._console.print(table)
+        for t in tables:
+            self._console.print(t)
         if caption:
             self._console.print(Text(caption, style="table.caption"), soft_wrap=True)
 
@@ -374,11 +436,47 @@ def models_json(rows: list[WeightsInfo]) -> str:
     return json.dumps(payload, indent=2)
 
 
-def models_table(rows: list[WeightsInfo], stream: IO[str], *, is_terminal: bool) -> None:
-    """The weights list as a compact table that fits a pipe; default weights starred."""
-    from rich import box
+# What a narrow terminal leaves out of `resnext models` first: numbers are never cut.
+_MODELS_DROP = ("file", "resize", "GFLOPs", "params", "cached", "acc@5")
 
+
+def models_table(rows: list[WeightsInfo], stream: IO[str], *, is_terminal: bool) -> None:
+    """The weights list as a compact table; a terminal too narrow for every column loses
+    whole columns (the file name first), never digits; a pipe gets every column."""
     from resnext_cli.model.weights import cached_path
+
+    cells = {
+        "model": [w.model for w in rows],
+        "weights": [w.tag + (" *" if w.is_default else "") for w in rows],
+        "acc@1": [f"{w.acc1:.2f}" for w in rows],
+        "acc@5": [f"{w.acc5:.2f}" for w in rows],
+        "params": [f"{w.params / 1e6:.1f}M" for w in rows],
+        "GFLOPs": [f"{w.gflops:.2f}" for w in rows],
+        "MB": [f"{w.file_size_mb:.0f}" for w in rows],
+        "resize": [f"{w.resize_size}/{w.crop_size}" for w in rows],
+        "cached": ["yes" if cached_path(w.url).is_file() else "no" for w in rows],
+        "file": [w.filename for w in rows],
+    }
+    console = Console(file=stream, highlight=False)
+    unbounded = console.options.update_width(sys.maxsize)
+    shown = list(cells)
+    table = _models(cells, shown)
+    if is_terminal:
+        for name in _MODELS_DROP:
+            if console.measure(table, options=unbounded).maximum <= console.width:
+                break
+            shown.remove(name)
+            table = _models(cells, shown)
+        left_out = ", ".join(name for name in cells if name not in shown)
+        if left_out:
+            table.caption = f"{table.caption}; not shown: {left_out} (widen or see -f json)"
+    else:  # rich assumes 80 columns for a pipe: a pipe gets every row whole
+        console.width = console.measure(table, options=unbounded).maximum
+    console.print(table)
+
+
+def _models(cells: dict[str, list[str]], shown: list[str]) -> Table:
+    from rich import box
 
     table = Table(
         title="ResNeXt weights (ImageNet-1K, torchvision's metadata)",
@@ -386,28 +484,11 @@ def models_table(rows: list[WeightsInfo], stream: IO[str], *, is_terminal: bool)
         show_edge=False,
         padding=(0, 1, 0, 0),
         pad_edge=False,
+        caption="* the DEFAULT weights of each model; FBGEMM tags are INT8 (--quantized)",
     )
-    columns = ["model", "weights", "acc@1", "acc@5", "params", "GFLOPs", "MB", "resize", "cached"]
-    for name in columns:
-        justify: JustifyMethod = "left" if name in ("model", "weights") else "right"
+    for name in shown:
+        justify: JustifyMethod = "left" if name in ("model", "weights", "file") else "right"
         table.add_column(name, justify=justify, no_wrap=True)
-    table.add_column("file")  # the one column that gives way on a narrow terminal
-    for w in rows:
-        table.add_row(
-            w.model,
-            w.tag + (" *" if w.is_default else ""),
-            f"{w.acc1:.2f}",
-            f"{w.acc5:.2f}",
-            f"{w.params / 1e6:.1f}M",
-            f"{w.gflops:.2f}",
-            f"{w.file_size_mb:.0f}",
-            f"{w.resize_size}/{w.crop_size}",
-            "yes" if cached_path(w.url).is_file() else "no",
-            w.filename,
-        )
-    table.caption = "* the DEFAULT weights of each model; FBGEMM tags are INT8 (--quantized)"
-    console = Console(file=stream, highlight=False)
-    if not is_terminal:  # rich assumes 80 columns for a pipe: a pipe gets every row whole
-        unbounded = console.options.update_width(sys.maxsize)
-        console.width = console.measure(table, options=unbounded).maximum
-    console.print(table)
+    for row in zip(*(cells[name] for name in shown), strict=True):
+        table.add_row(*row)
+    return table

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from resnext_cli.console import Console
-from resnext_cli.errors import ExitStatus, Terminated
+from resnext_cli.errors import ConfigError, ExitStatus, Terminated
 from resnext_cli.outputs.summary import RunSummary
 from resnext_cli.results import Failed, Record, apply_threshold
 from resnext_cli.run.config import Config
@@ -144,10 +144,23 @@ def drive(
                 console.note(f"error: {record.message}", style="red")
 
 
-def peek(sources: Iterator[Source]) -> Iterator[Source] | None:
-    """The same sources, or None when there are none (found before any model loads)."""
-    first = next(sources, None)
-    return None if first is None else itertools.chain([first], sources)
+def peek(sources: Iterator[Source]) -> tuple[Iterator[Source] | None, list[Source]]:
+    """The same sources, or None when none can be classified, with the inputs already
+    known to fail (a missing file): found before any model loads."""
+    held: list[Source] = []
+    for source in sources:
+        held.append(source)
+        if source.error is None:
+            return itertools.chain(held, sources), []
+    return None, held
+
+
+def refuse(failed: list[Source], console: Console) -> int:
+    """Nothing to classify: say each input's problem once (no record, no summary)."""
+    for source in failed:
+        assert source.error is not None
+        console.error(source.error.message)
+    return ExitStatus.USAGE
 
 
 def report_title(inputs: tuple[str, ...]) -> str:
@@ -170,15 +183,16 @@ def run_classify(
     sources = expand(engine_kind, inputs, console, max_stdin_bytes=config.max_download_bytes)
     if outputs.done:
         sources = (s for s in sources if s.input not in outputs.done)
-    found = peek(iter(sources))
+    found, failed = peek(iter(sources))
     if found is None:
         outputs.close(nothing_written=not outputs.done)
-        if outputs.done:
+        if outputs.done and not failed:
             output = outputs.request.output
             console.note(f"nothing left to do: all inputs are already in '{output}'")
             return ExitStatus.OK
-        console.error(NO_INPUT)
-        return ExitStatus.USAGE
+        if not failed:
+            console.error(NO_INPUT)
+        return refuse(failed, console)
     try:
         engine = build_engine(engine_kind, config, console, **(engine_options or {}))
     except BaseException:
@@ -226,7 +240,8 @@ def print_summary(summary: RunSummary, console: Console, *, report: str | None) 
     if console.quiet:
         return
     if summary.total > 1 or summary.resumed:
-        console.err.print(summary.render(console.width))
+        # A terminal gets it folded at words to its width; a pipe or a log, whole lines.
+        console.err.print(summary.render(console.width), soft_wrap=not console.err_is_terminal)
     elif summary.failed:
         console.say(summary.line(), style="dim")
     if report is not None:
@@ -257,8 +272,13 @@ def classify_for_sort(
     """Classify what sort will file; None when no input matched."""
     from resnext_cli.outputs.sinks import OutputRequest, Outputs
 
-    found = peek(iter(expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)))
+    sources = expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)
+    found, failed = peek(sources)
     if found is None:
+        if failed:  # each said once, the last as the error that ends the run
+            refuse(failed[:-1], console)
+            assert failed[-1].error is not None
+            raise ConfigError(failed[-1].error.message)
         return None
     outputs = Outputs.open(OutputRequest(report=report), stdout_is_terminal=False)
     engine = build_engine("local", config, console)

@@ -22,6 +22,14 @@ from resnext_cli.run.plan import resolve
 # Calibration needs enough photos to see the activations' range, not thousands.
 ENOUGH = 100
 MAX_PHOTOS = 1000
+# Below this top-1 agreement with the float model, INT8 weights are not worth saving.
+USABLE_AGREEMENT = 0.90
+WHAT_TO_TRY = (
+    "try more calibration photos, and more varied ones, like those you will classify (a few "
+    "hundred); weights are already observed per channel, so if it stays low the model needs "
+    "layers kept in float (fc first), which this command does not do: classify with the "
+    "float model instead, or save this one anyway with --force"
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,20 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         float_probs = torch.cat([probabilities(model, b, "fp32") for b in batches])
         int8_probs = torch.cat([torch.softmax(int8(x).float(), dim=1) for x in normalized])
     agree = agreement(float_probs, int8_probs)
+    said = (
+        f"INT8 agrees with the float model on {agree.top1:.1%} of the {len(crops)} photos' "
+        f"top-1 (top-5 sets: {agree.top5:.1%}; largest probability change "
+        f"{agree.max_abs_dp:.3f})"
+    )
+    if agree.top1 < USABLE_AGREEMENT:
+        if not request.force:
+            console.error(
+                f"{said}: under {USABLE_AGREEMENT:.0%}, the INT8 model is not usable as it "
+                f"is, and '{out}' was not written"
+            )
+            console.say(WHAT_TO_TRY)
+            return ExitStatus.SOME_FAILED
+        console.warn(f"{said}: under {USABLE_AGREEMENT:.0%}; saved anyway (--force)")
     save_quantized(
         out,
         int8,
@@ -86,11 +108,8 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         source=state[1],
         weights=plan.info.tag,
     )
-    console.note(
-        f"INT8 agrees with the float model on {agree.top1:.1%} of the {len(crops)} photos' "
-        f"top-1 (top-5 sets: {agree.top5:.1%}; largest probability change "
-        f"{agree.max_abs_dp:.3f})"
-    )
+    if agree.top1 >= USABLE_AGREEMENT:
+        console.note(said)
     console.note(
         f"use it with: resnext classify --checkpoint {out} --quantized -m {plan.info.model}"
     )
