@@ -166,7 +166,8 @@ def test_conflicting_sort_modes_are_a_usage_error(checkpoint, photos, tmp_path, 
         assert (
             run.stderr
             == (  # one line, like every other refusal
-                f"error: give one of --copy, --link, --move, not {modes[0][2:]} and {modes[1][2:]}\n"
+                "error: give one of --copy, --link, --move, "
+                f"not {modes[0][2:]} and {modes[1][2:]}\n"
             )
         )
         assert not (tmp_path / "dest").exists()

@@ -139,10 +139,10 @@ REFUSED: dict[str, str] = {
 # Accepted pairs whose effect another test checks (module::test).
 ACCEPTED_ELSEWHERE = {
     "classify --long -o x.csv: one row per prediction": (
-        "test_output_formats.py::test_cli_csv_and_parquet_match_the_json_records"
+        "test_writers.py::test_cli_csv_and_parquet_match_the_json_records"
     ),
     "classify --resume --report: the report covers the whole run": (
-        "test_outputs.py::test_resume_with_report_covers_the_whole_run"
+        "test_sinks.py::test_resume_with_report_covers_the_whole_run"
     ),
     "classify -o existing --force: written anew": (
         "test_options.py::test_an_existing_output_file_is_not_overwritten"

@@ -109,8 +109,13 @@ class FakeEngine:
 
     def __init__(self, terminal: Terminal, seen: list[list[str]]) -> None:
         self.terminal, self.seen = terminal, seen
-        line = "resnext50_32x4d (IMAGENET1K_V2) on cpu, fp32"
-        self.plan = SimpleNamespace(notes=(), precision="fp32", model_line=lambda: line)
+        source = "resnext50_32x4d (IMAGENET1K_V2)"
+        self.plan = SimpleNamespace(
+            notes=(),
+            precision="fp32",
+            source_line=lambda: source,
+            model_line=lambda: f"{source} on cpu, fp32",
+        )
 
     def describe(self) -> str:
         return "cpu, fp32"
