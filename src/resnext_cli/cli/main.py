@@ -65,6 +65,12 @@ def cli(ctx: click.Context) -> None:
     "--long", is_flag=True, help="csv and parquet: one row per prediction, not one per image."
 )
 @click.option(
+    "--embeddings",
+    is_flag=True,
+    help="Add each image's pooled features (2,048 numbers, the input of fc) to its record "
+    "(json, jsonl, parquet).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -86,6 +92,7 @@ def classify(
     force: bool,
     resume: bool,
     long: bool,
+    embeddings: bool,
     quiet: bool,
     min_probability: float | None,
     report: str | None,
@@ -103,8 +110,8 @@ def classify(
     from resnext_cli.run.classify import run_classify
 
     console.quiet = quiet
-    config = Config(**options)
-    request = OutputRequest(output, fmt, force, resume, long, report)
+    config = Config(**options, embeddings=embeddings)
+    request = OutputRequest(output, fmt, force, resume, long, report, embeddings=embeddings)
     outputs = Outputs.open(request, stdout_is_terminal=console.stdout_is_terminal)
     engine_options = {"address": ray_address} if engine == "ray" else {}
     return run_classify(
