@@ -360,9 +360,7 @@ def make_writer(
     if fmt == "parquet":
         if path is None:
             raise OutputError("parquet output needs a file (give -o FILE.parquet)")
-        return ParquetWriter(
-            path, topk=topk, long=long, uncertain=uncertain, embeddings=embeddings
-        )
+        return ParquetWriter(path, topk=topk, long=long, uncertain=uncertain, embeddings=embeddings)
     if fmt == "table":
         return TableWriter(console or Console(file=stream, highlight=False), caption=caption)
     raise ValueError(f"unknown format {fmt!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from resnext_cli.errors import ConfigError
 from resnext_cli.imaging.preprocess import DecodeOptions
@@ -168,13 +169,26 @@ def _decode_on(cfg: Config, device_type: str) -> str:
     return "cpu"
 
 
+def _labels(config: Config) -> tuple[str, ...]:
+    """--labels, else the class names a local checkpoint keeps ('resnext learn' writes
+    them), else the bundled ImageNet ones."""
+    if config.labels is None and config.checkpoint and "://" not in config.checkpoint:
+        from resnext_cli.model.checkpoint import stored_classes  # imports torch
+
+        path = Path(config.checkpoint)
+        stored = stored_classes(path) if path.is_file() else None
+        if stored is not None:
+            return stored
+    return load_labels(config.labels)
+
+
 def resolve(config: Config, facts: MachineFacts | None = None) -> Plan:
     """Interpret *config* on this machine (or on *facts*), once, into a frozen Plan."""
     facts = facts if facts is not None else MachineFacts.probe()
     info = resolve_weights(
         config.model, config.weights, quantized=config.quantized and config.checkpoint is None
     )
-    labels = load_labels(config.labels)
+    labels = _labels(config)
     device = _device(config.device, facts)
     device_type = device.partition(":")[0]
     precision = _precision(config, device_type, facts)
