@@ -252,7 +252,7 @@ def save_quantized(
     labels_count: int,
     source: str,
     weights: str | None = None,
-    classes: tuple[str, ...] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> Path:
     """Write *model*'s INT8 state dict, marked as such, atomically to *path*.
 
@@ -277,8 +277,8 @@ def save_quantized(
         },
         "state_dict": state,
     }
-    if classes is not None:  # a learned model's names travel on to its INT8 copy
-        payload[CLASSES_KEY] = list(classes)
+    if names is not None:  # a learned model's class names travel on to its INT8 copy
+        payload[CLASSES_KEY] = list(names)
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)

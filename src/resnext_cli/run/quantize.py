@@ -86,7 +86,7 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         labels_count=len(plan.labels),
         source=state[1],
         weights=plan.info.tag,
-        classes=None if plan.labels == imagenet_labels() else plan.labels,
+        names=None if plan.labels == imagenet_labels() else plan.labels,
     )
     console.note(
         f"INT8 agrees with the float model on {agree.top1:.1%} of the {len(crops)} photos' "
