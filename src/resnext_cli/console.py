@@ -143,7 +143,9 @@ class Console:
                 status.stop()
 
     @contextmanager
-    def counting(self) -> Iterator[tuple[Callable[[], None], Callable[[int], None]]]:
+    def counting(
+        self, what: str = "classifying"
+    ) -> Iterator[tuple[Callable[[], None], Callable[[int], None]]]:
         """Yield (tick, set_total): a bar with done/total, rate and ETA once the total is
         known, a counter with the rate until then (or for good, for stdin)."""
         from rich.progress import (
@@ -159,7 +161,7 @@ class Console:
 
         columns = (
             SpinnerColumn(),
-            TextColumn("classifying"),
+            TextColumn(what, markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),

@@ -195,7 +195,7 @@ def run_classify(
     try:
         outputs.start(
             stdout=console.stdout,
-            topk=config.topk,
+            topk=plan.config.topk,
             uncertain=min_probability is not None,
             report_title=report_title(inputs),
             report_context=context,
@@ -267,7 +267,7 @@ def classify_for_sort(
     collect = Collect()
     outputs.start(
         stdout=console.stdout,
-        topk=config.topk,
+        topk=engine.plan.config.topk,
         uncertain=min_probability is not None,
         report_title=report_title(inputs),
         report_context={"device": engine.describe()},

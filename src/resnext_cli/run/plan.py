@@ -169,17 +169,15 @@ def _decode_on(cfg: Config, device_type: str) -> str:
     return "cpu"
 
 
-def _labels(config: Config) -> tuple[str, ...]:
-    """--labels, else the class names a local checkpoint keeps ('resnext learn' writes
-    them), else the bundled ImageNet ones."""
+def _labels(config: Config) -> tuple[str, ...] | None:
+    """The class names a local checkpoint keeps ('resnext learn' writes them) when no
+    --labels is given, else None."""
     if config.labels is None and config.checkpoint and "://" not in config.checkpoint:
         from resnext_cli.model.checkpoint import stored_classes  # imports torch
 
         path = Path(config.checkpoint)
-        stored = stored_classes(path) if path.is_file() else None
-        if stored is not None:
-            return stored
-    return load_labels(config.labels)
+        return stored_classes(path) if path.is_file() else None
+    return None
 
 
 def resolve(config: Config, facts: MachineFacts | None = None) -> Plan:
@@ -188,7 +186,11 @@ def resolve(config: Config, facts: MachineFacts | None = None) -> Plan:
     info = resolve_weights(
         config.model, config.weights, quantized=config.quantized and config.checkpoint is None
     )
-    labels = _labels(config)
+    stored = _labels(config)
+    if stored is not None and config.topk > len(stored):
+        # A learned model's few classes: the default top-5 means all of them.
+        config = config.with_(topk=len(stored))
+    labels = stored if stored is not None else load_labels(config.labels)
     device = _device(config.device, facts)
     device_type = device.partition(":")[0]
     precision = _precision(config, device_type, facts)
