@@ -8,6 +8,8 @@ is the held-out split, drawn from a generator seeded by --seed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +18,21 @@ import torch
 # |W|^2 / (2 C n) beside the mean (class-weighted) cross-entropy.
 DEFAULT_C = 1.0
 MAX_ITER = 100
+# Below this many multiply-adds per pass (images x features x classes), one thread is
+# faster: the passes are short, and threads that wait on each other at every small op
+# slow them down many times over on a busy machine.
+_ONE_THREAD_WORK = 100_000_000
+
+
+@contextmanager
+def _threads(work: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if work < _ONE_THREAD_WORK:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -89,7 +106,7 @@ def fit_head(
         total.backward()  # type: ignore[no-untyped-call]
         return total
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _threads(n * x.shape[1] * classes):
         optimizer.step(closure)  # type: ignore[no-untyped-call]
     with torch.no_grad():
         weight = w.detach() / std
