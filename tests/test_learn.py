@@ -369,7 +369,8 @@ def test_interrupted_learn_leaves_no_output(
     for kind in KINDS[:2]:
         for i in range(4):
             save_photo(folder / kind / f"{i}.png", kind, kind_seed(kind, 400 + i + 10 * sig))
-    out = tmp_path / "model.pth"
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "model.pth"
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "th")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "resnext_cli", "learn", str(folder), "-o", str(out),
@@ -397,7 +398,7 @@ def test_interrupted_learn_leaves_no_output(
         pytest.fail("learn did not end after the signal")
     assert proc.returncode == (130 if sig == signal.SIGINT else 143), rest
     assert "interrupted: nothing was saved" in rest
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "th"]
+    assert list((tmp_path / "out").iterdir()) == []  # no model, no partial file
 
 
 # -- the Python API -------------------------------------------------------------------------
