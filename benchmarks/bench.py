@@ -426,7 +426,7 @@ def learn_seconds(folder: Path, ckpt: Path, out: Path, home: Path) -> tuple[floa
 
 def learn_rows(quick: bool, repeats: int) -> str:
     """Feature extraction against classify, the head's fit, and a re-learn after 2 moves."""
-    classes, per_class = (2, 8) if quick else (10, 20)
+    classes, per_class = (2, 8) if quick else (10, 30)
     sizes = [(1000, 10)] if quick else [(1000, 10), (1000, 100), (10000, 10), (10000, 100)]
     with tempfile.TemporaryDirectory(prefix="resnext-bench-learn-") as tmp:
         work = Path(tmp)
@@ -443,8 +443,8 @@ def learn_rows(quick: bool, repeats: int) -> str:
         home = work / "torch_home"
         first, first_line = learn_seconds(photos, ckpt, work / "a.pth", home)
         a, b = sorted((photos / "class000").iterdir())[:2]
-        os.rename(a, photos / "class001" / a.name)
-        os.rename(b, photos / "class001" / b.name)
+        os.rename(a, photos / "class001" / f"moved_{a.name}")  # no name of class001's
+        os.rename(b, photos / "class001" / f"moved_{b.name}")
         again, again_line = learn_seconds(photos, ckpt, work / "b.pth", home)
     images = classes * per_class
     lines = [
