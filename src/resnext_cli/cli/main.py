@@ -300,7 +300,7 @@ def quantize(
 
 
 @cli.command()
-@click.argument("folder", required=False, metavar="FOLDER")
+@click.argument("folder", required=False, metavar="[FOLDER]")
 @click.option(
     "--from",
     "records",
