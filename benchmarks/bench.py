@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py            # about 10-15 minutes on 2 cores
     python benchmarks/bench.py --quick    # fewer images and repeats, for a smoke run
+    python benchmarks/bench.py --learn    # only the `resnext learn` rows (no extras needed)
 
 Needs the benchmark extras: pip install -c constraints.txt -e '.[bench]'
 (timm and scikit-image; no downloads: images come from skimage.data, weights are a
@@ -21,6 +22,11 @@ several times, and takes the median:
   e  the model alone on ready tensors, same batch size and precision as c
   q  resnext50_32x4d --quantized, from a checkpoint calibrated on the benchmark's photos
   r  resnext101_64x4d --quantized, INT8 weights calibrated from random float ones
+
+With --learn it measures `resnext learn` instead, into its own bench:learn section: the
+feature step (variant l, Classifier.iter_features) against classify (c) on the same
+photos, the head's fit for 1,000 and 10,000 images x 10 and 100 classes, and a re-learn
+after moving two files against the first learn.
 
 Beside each resnext variant it reports how far its predictions agree with --exact's on
 the same photos: top-1 agreement, top-5 set agreement and the largest probability change.
@@ -272,6 +278,18 @@ def _timed(one_pass: Callable[[list[Path]], None], files: list[Path], repeats: i
     return rates
 
 
+def run_features(folder: Path, ckpt: Path, repeats: int, **options: object) -> list[float]:
+    """learn's feature step: the classify pipeline up to the pooled features."""
+    clf = _classifier(ckpt, **options)
+    files = _files(folder)
+
+    def one_pass(paths: list[Path]) -> None:
+        for name, outcome in clf.iter_features([str(p) for p in paths]):  # type: ignore[attr-defined]
+            assert not isinstance(outcome, Exception), (name, outcome)
+
+    return _timed(one_pass, files, repeats)
+
+
 def child(variant: str, folder: Path, ckpt: Path, repeats: int) -> None:
     int8 = ckpt.with_name("int8-50.pth")
     int8_101 = ckpt.with_name("int8-101-64.pth")
@@ -283,6 +301,7 @@ def child(variant: str, folder: Path, ckpt: Path, repeats: int) -> None:
         "g": lambda: run_resnext(folder, ckpt, repeats, precision="bf16"),
         "d": lambda: run_resnext(folder, ckpt, repeats, exact=True),
         "e": lambda: run_model_only(folder, ckpt, repeats),
+        "l": lambda: run_features(folder, ckpt, repeats),
         "q": lambda: run_resnext(folder, int8, repeats, quantized=True),
         "r": lambda: run_resnext(
             folder, int8_101, repeats, quantized=True, model="resnext101_64x4d"
@@ -353,6 +372,110 @@ def machine() -> str:
     )
 
 
+# -- resnext learn ---------------------------------------------------------------------------
+
+
+def make_class_photos(folder: Path, classes: int, per_class: int, seed: int = 5) -> None:
+    """JPEGs (500x375) in one folder per class: smooth colour fields, a hue per class."""
+    import torch
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for k in range(classes):
+        hue = torch.rand(3, 1, 1, generator=g)
+        (folder / f"class{k:03d}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            small = torch.rand(3, 12, 16, generator=g)
+            big = torch.nn.functional.interpolate(small[None], size=(375, 500), mode="bicubic")[0]
+            pixels = (0.5 * big + 0.5 * hue).clamp(0, 1).mul(255).to(torch.uint8)
+            image = Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+            image.save(folder / f"class{k:03d}" / f"img_{i:04d}.jpg", quality=90)
+
+
+def head_fit_seconds(images: int, classes: int, dim: int = 2048, seed: int = 0) -> float:
+    """What learn does with the features: fit on 80%, score 20%, refit on all (warm)."""
+    import torch
+
+    from resnext_cli.model.head import fit_head, score, stratified_split
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(classes, dim, generator=g)
+    y = torch.randint(0, classes, (images,), generator=g)
+    x = (centres[y] + 0.5 * torch.randn(images, dim, generator=g)).clamp(min=0)
+    start = time.perf_counter()
+    train, held = stratified_split(y, classes, 0.2, seed=0)
+    first = fit_head(x[train], y[train], classes)
+    score(first, x[held], y[held], classes)
+    fit_head(x, y, classes, start=first)
+    return time.perf_counter() - start
+
+
+def learn_seconds(folder: Path, ckpt: Path, out: Path, home: Path) -> tuple[float, str]:
+    """Wall time of one `resnext learn` in a fresh process, and its 'features:' line."""
+    env = {**os.environ, "TORCH_HOME": str(home)}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "resnext_cli", "learn", str(folder), "-o", str(out), "--force",
+         "--checkpoint", str(ckpt)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    line = next((s for s in done.stderr.splitlines() if s.startswith("features:")), "")
+    return seconds, line
+
+
+def learn_rows(quick: bool, repeats: int) -> str:
+    """Feature extraction against classify, the head's fit, and a re-learn after 2 moves."""
+    classes, per_class = (2, 8) if quick else (10, 30)
+    sizes = [(1000, 10)] if quick else [(1000, 10), (1000, 100), (10000, 10), (10000, 100)]
+    with tempfile.TemporaryDirectory(prefix="resnext-bench-learn-") as tmp:
+        work = Path(tmp)
+        photos, flat = work / "photos", work / "flat"
+        make_class_photos(photos, classes, per_class)
+        flat.mkdir()
+        for path in sorted(photos.rglob("*.jpg")):  # the same photos, for classify's rate
+            (flat / f"{path.parent.name}_{path.name}").symlink_to(path)
+        ckpt = work / "resnext50_random.pth"
+        make_checkpoint(ckpt, flat)
+        rates = {v: measure(v, flat, ckpt, repeats)["ips"] for v in ("c", "l")}
+        print(f"learn: classify {rates['c']:.2f} img/s, features {rates['l']:.2f}", file=sys.stderr)
+        fits = {size: head_fit_seconds(*size) for size in sizes}
+        home = work / "torch_home"
+        first, first_line = learn_seconds(photos, ckpt, work / "a.pth", home)
+        a, b = sorted((photos / "class000").iterdir())[:2]
+        os.rename(a, photos / "class001" / f"moved_{a.name}")  # no name of class001's
+        os.rename(b, photos / "class001" / f"moved_{b.name}")
+        again, again_line = learn_seconds(photos, ckpt, work / "b.pth", home)
+    images = classes * per_class
+    lines = [
+        "## resnext learn (resnext50_32x4d, random weights)",
+        "",
+        f"Machine: {machine()}.",
+        f"Command: `python benchmarks/bench.py --learn{' --quick' if quick else ''}` "
+        f"({images} JPEGs of 500x375 in {classes} class folders; median of {repeats} runs "
+        "for the rates; the head is fitted on synthetic 2,048-long features).",
+        "",
+        "| measure | value | target |",
+        "| --- | ---: | --- |",
+        f"| classify (defaults), img/s | {rates['c']:.2f} | |",
+        f"| learn's feature step (defaults), img/s | {rates['l']:.2f} | |",
+        f"| features / classify | {rates['l'] / rates['c']:.2f} | ≥ 0.9 |",
+    ]
+    for (n, k), seconds in fits.items():
+        target = "< 5 s on 2 cores" if (n, k) == (10000, 100) else ""
+        lines.append(
+            f"| head fit + score + refit, {n:,} images x {k} classes | {seconds:.2f} s | {target} |"
+        )
+    lines += [
+        f"| first learn of {images} images (fresh process) | {first:.1f} s | |",
+        f"| re-learn after moving 2 files | {again:.1f} s | |",
+        f"| re-learn / first learn | {again / first:.1%} | < 10% |",
+        "",
+        f"First learn: `{first_line}`; re-learn: `{again_line}`.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child")
@@ -361,9 +484,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer images, one repeat")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--learn", action="store_true", help="only the resnext learn rows")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.folder, args.checkpoint, args.repeats)
+        return
+    if args.learn:
+        text = learn_rows(args.quick, 1 if args.quick else args.repeats)
+        print(text)
+        if not args.no_write:
+            write_section("learn", text)
         return
 
     repeats = 1 if args.quick else args.repeats

@@ -268,7 +268,9 @@ class Console:
         self._live = max(0, self._live - 1)
 
     @contextmanager
-    def counting(self) -> Iterator[tuple[Callable[[], None], Callable[[int], None]]]:
+    def counting(
+        self, what: str = "classifying"
+    ) -> Iterator[tuple[Callable[[], None], Callable[[int], None]]]:
         """Yield (tick, set_total): a bar with done/total, rate and ETA once the total is
         known, a counter until then (or for good, for stdin); the rate and the ETA only
         once they mean something."""
@@ -284,7 +286,7 @@ class Console:
 
         columns = (
             SpinnerColumn(),
-            TextColumn("classifying"),
+            TextColumn(what, markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),

@@ -54,6 +54,8 @@ class Classified:
     precision: str | None = None
     file: FileFacts | None = None
     categories: tuple[CategoryScore, ...] | None = None
+    # --embeddings: the pooled features the predictions came from (2,048 for ResNeXt).
+    embedding: tuple[float, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,6 +81,8 @@ class Classified:
         out["predictions"] = [p.to_dict() for p in self.predictions]
         if self.uncertain is not None:
             out["uncertain"] = self.uncertain
+        if self.embedding is not None:
+            out["embedding"] = list(self.embedding)
         return out
 
 
@@ -127,6 +131,7 @@ def record_from_dict(data: Any) -> Record:
             error = data["error"]
             return Failed(str(data["input"]), error["type"], error["message"], path, file=file)
         categories = data.get("categories")
+        embedding = data.get("embedding")
         return Classified(
             input=str(data["input"]),
             model=str(data["model"]),
@@ -143,6 +148,7 @@ def record_from_dict(data: Any) -> Record:
             categories=None
             if categories is None
             else tuple(CategoryScore(str(c["name"]), float(c["probability"])) for c in categories),
+            embedding=None if embedding is None else tuple(float(v) for v in embedding),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a result record ({exc.__class__.__name__}: {exc})") from None

@@ -16,7 +16,13 @@ import click
 from click.core import ParameterSource
 
 from resnext_cli import __version__
-from resnext_cli.cli.options import MODEL_HELP, debug_option, pass_console, run_options
+from resnext_cli.cli.options import (
+    MODEL_HELP,
+    debug_option,
+    learn_options,
+    pass_console,
+    run_options,
+)
 from resnext_cli.console import Console
 from resnext_cli.errors import ConfigError, ExitStatus, ReaderGone, ResnextError, Terminated
 from resnext_cli.model.weights import OFFLINE_ENV
@@ -66,6 +72,12 @@ def cli(ctx: click.Context) -> None:
     "--long", is_flag=True, help="csv and parquet: one row per prediction, not one per image."
 )
 @click.option(
+    "--embeddings",
+    is_flag=True,
+    help="Add each image's pooled features (2,048 numbers, the input of fc) to its record "
+    "(json, jsonl, parquet).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
@@ -87,6 +99,7 @@ def classify(
     force: bool,
     resume: bool,
     long: bool,
+    embeddings: bool,
     quiet: bool,
     min_probability: float | None,
     report: str | None,
@@ -115,9 +128,9 @@ def classify(
         report=report,
         stdout_is_terminal=console.stdout_is_terminal,
     )
-    config = Config(**options)
+    config = Config(**options, embeddings=embeddings)
     check_model_options(config)
-    request = OutputRequest(output, fmt, force, resume, long, report)
+    request = OutputRequest(output, fmt, force, resume, long, report, embeddings=embeddings)
     outputs = Outputs.open(request, stdout_is_terminal=console.stdout_is_terminal)
     engine_options = {"address": ray_address} if engine == "ray" else {}
     return run_classify(
@@ -322,6 +335,87 @@ def quantize(
     from resnext_cli.run.quantize import QuantizeRequest, run_quantize  # imports torch
 
     return run_quantize(QuantizeRequest(photos, output, force), config, console)
+
+
+@cli.command()
+@click.argument("folder", required=False, metavar="[FOLDER]")
+@click.option(
+    "--from",
+    "records",
+    metavar="FILE",
+    help="Learn from a CSV or JSON Lines list of path,label (a reviewed classify -o "
+    "file works: its top-1 label) instead of FOLDER.",
+)
+@click.option("-o", "--output", metavar="FILE", help="Where to save the learned model (.pth).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option(
+    "--holdout",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 0.9),
+    help="Share of each class held out to score the model before it is refitted on all.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the held-out draw.")
+@click.option(
+    "--allow-duplicates",
+    is_flag=True,
+    help="Keep an image whose bytes are in two classes (else it is refused).",
+)
+@click.option(
+    "--clear-cache", is_flag=True, help="Remove every cached feature, then exit (or go on)."
+)
+@learn_options
+def learn(
+    console: Console,
+    folder: str | None,
+    records: str | None,
+    output: str | None,
+    force: bool,
+    holdout: float,
+    seed: int,
+    allow_duplicates: bool,
+    clear_cache: bool,
+    quiet: bool,
+    **options: Any,
+) -> int:
+    """Teach it your own classes: a new head on ResNeXt's features, fitted on the CPU.
+
+    FOLDER holds one subfolder of images per class, as 'resnext sort' writes them (its
+    _uncertain/ and _failed/ are left out); the subfolder names become the labels. The
+    backbone stays frozen: each image's pooled features are computed once and cached
+    (beside the weights), so after moving a few misfiled photos a re-learn computes only
+    those. A share of each class (--holdout) scores the model first, then it is fitted
+    on every image and saved with its class names: resnext classify --checkpoint FILE.
+    """
+    from resnext_cli.run.learn import LearnRequest, run_learn
+
+    console.quiet = quiet
+    if clear_cache:
+        from resnext_cli.model.feature_cache import cache_root, clear
+
+        entries, size = clear()
+        console.note(
+            f"removed {entries} cached features ({size / 1e6:.1f} MB) from '{cache_root()}'"
+        )
+        if folder is None and records is None:
+            return 0
+    if folder is not None and records is not None:
+        raise click.UsageError("give FOLDER or --from FILE, not both")
+    if folder is None and records is None:
+        raise click.UsageError("give FOLDER (one subfolder per class) or --from FILE")
+    if output is None:
+        raise click.UsageError("give -o FILE: where to save the learned model")
+    config = Config(**options)
+    request = LearnRequest(
+        output=output,
+        folder=folder,
+        records=records,
+        force=force,
+        holdout=holdout,
+        seed=seed,
+        allow_duplicates=allow_duplicates,
+    )
+    return run_learn(request, config, console)
 
 
 def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:

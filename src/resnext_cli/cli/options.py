@@ -134,3 +134,40 @@ def run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_RUN_OPTIONS):
         f = option(f)
     return pass_console(f)
+
+
+def _name(option: Callable[..., Any]) -> str | None:
+    """The parameter name a click.option decorator declares."""
+
+    def probe() -> None: ...
+
+    option(probe)
+    params: list[click.Parameter] = getattr(probe, "__click_params__", [])
+    return params[0].name if params else None
+
+
+# The model and decoding options of classify that also choose how `learn` computes features.
+_LEARN_NAMES = (
+    "model",
+    "weights",
+    "checkpoint",
+    "batch_size",
+    "device",
+    "precision",
+    "exact",
+    "decode",
+    "workers",
+    "max_pixels",
+    "allow_truncated",
+    "offline",
+    "quiet",
+)
+
+
+def learn_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply classify's options that choose the base model and its preprocessing."""
+    f = debug_option(f)
+    for option in reversed(_RUN_OPTIONS):
+        if _name(option) in _LEARN_NAMES:
+            f = option(f)
+    return pass_console(f)

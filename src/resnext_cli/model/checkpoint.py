@@ -18,6 +18,10 @@ from resnext_cli.errors import CheckpointError
 
 # The key 'resnext quantize' writes into the INT8 checkpoints it saves.
 INT8_MARKER = "resnext_quantized"
+# The key beside 'state_dict' under which 'resnext learn' (and 'resnext quantize' of a
+# learned model) keep the class names, so a plain torchvision script still finds the
+# state dict under 'state_dict'.
+CLASSES_KEY = "resnext_classes"
 
 
 def unwrap(obj: Any) -> Any:
@@ -41,6 +45,26 @@ def load_object(path: Path, *, name: str) -> Any:
             f"cannot load checkpoint '{name}': {exc.__class__.__name__} "
             "(give a state dict saved with torch.save)"
         ) from None
+
+
+def stored_classes(path: Path) -> tuple[str, ...] | None:
+    """The class names a checkpoint file keeps under CLASSES_KEY, or None.
+
+    Memory-mapped, so peeking at the names does not read the weights; a file this cannot
+    read is left to the real load, which says what is wrong with it.
+    """
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    names = obj.get(CLASSES_KEY) if isinstance(obj, dict) else None
+    if not isinstance(names, (list, tuple)) or not names:
+        return None
+    if not all(isinstance(n, str) for n in names):
+        return None
+    return tuple(names)
 
 
 def read_state_dict(path: Path, *, name: str) -> dict[str, torch.Tensor]:

@@ -21,7 +21,14 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from resnext_cli.errors import CheckpointError, ConfigError, OutputError
-from resnext_cli.model.checkpoint import INT8_MARKER, check_fit, holds_int8, load_object, unwrap
+from resnext_cli.model.checkpoint import (
+    CLASSES_KEY,
+    INT8_MARKER,
+    check_fit,
+    holds_int8,
+    load_object,
+    unwrap,
+)
 
 # The marker key of a checkpoint `save_quantized` writes; its value describes the model.
 MARKER = INT8_MARKER
@@ -245,6 +252,7 @@ def save_quantized(
     labels_count: int,
     source: str,
     weights: str | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> Path:
     """Write *model*'s INT8 state dict, marked as such, atomically to *path*.
 
@@ -258,7 +266,7 @@ def save_quantized(
             f"the model has {classes} classes but there are {labels_count} labels "
             f"(give --labels FILE with {classes} lines)"
         )
-    payload = {
+    payload: dict[str, Any] = {
         MARKER: {
             "format": FORMAT,
             "model": model_name,
@@ -269,6 +277,8 @@ def save_quantized(
         },
         "state_dict": state,
     }
+    if names is not None:  # a learned model's class names travel on to its INT8 copy
+        payload[CLASSES_KEY] = list(names)
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)

@@ -86,12 +86,14 @@ class ShardWriter:
         topk: int = 5,
         long: bool = False,
         uncertain: bool = False,
+        embeddings: bool = False,
     ) -> None:
         require_pyarrow()
         folder.mkdir(parents=True, exist_ok=True)
         self._folder = folder
         self._records = records or SHARD_RECORDS
         self._topk, self._long, self._uncertain = topk, long, uncertain
+        self._embeddings = embeddings
         taken = [int(p.name[5:].split(".")[0]) for p in shards(folder)]
         self._next = max(taken, default=-1) + 1
         self._current: ParquetWriter | None = None
@@ -104,7 +106,11 @@ class ShardWriter:
         if self._current is None:
             partial = self._folder / (self._name() + _PARTIAL)
             self._current = ParquetWriter(
-                partial, topk=self._topk, long=self._long, uncertain=self._uncertain
+                partial,
+                topk=self._topk,
+                long=self._long,
+                uncertain=self._uncertain,
+                embeddings=self._embeddings,
             )
         self._current.write(record)
         self._count += 1

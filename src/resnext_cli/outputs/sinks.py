@@ -39,6 +39,12 @@ class OutputRequest:
     resume: bool = False
     long: bool = False
     report: str | None = None
+    # --embeddings: records carry feature vectors, which only json, jsonl and parquet hold.
+    embeddings: bool = False
+
+
+# The formats that can hold a record's --embeddings vector.
+EMBEDDING_FORMATS = ("json", "jsonl", "parquet")
 
 
 def _is_stream(path: Path) -> bool:
@@ -116,6 +122,11 @@ class Outputs:
         to_file = req.output is not None and req.output != "-"
         if req.resume and not to_file:
             raise OutputError("--resume needs -o FILE (the file to continue)")
+        if req.embeddings and fmt not in EMBEDDING_FORMATS:
+            raise OutputError(
+                f"--embeddings go into json, jsonl or parquet output, not {fmt} "
+                "(give -f jsonl, or -o FILE.jsonl or FILE.parquet)"
+            )
         if fmt == "parquet":
             if not to_file:
                 raise OutputError(
@@ -218,6 +229,8 @@ class Outputs:
         """Make the writers (after the model loaded: the report names its plan)."""
         req = self.request
         kw: dict[str, Any] = {"topk": topk, "long": req.long, "uncertain": uncertain}
+        if req.embeddings:
+            kw["embeddings"] = True
         if not results:
             pass
         elif self.folder is not None:

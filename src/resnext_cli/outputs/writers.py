@@ -113,6 +113,8 @@ class TableShape:
     topk: int = 5
     long: bool = False
     uncertain: bool = False
+    # --embeddings (parquet only): a last column with each image's feature vector.
+    embeddings: bool = False
 
     def columns(self) -> list[str]:
         """The column names, in order."""
@@ -121,10 +123,19 @@ class TableShape:
         else:
             middle = [f"{n}_{i}" for i in range(1, self.topk + 1) for n in ("label", "probability")]
         flag = ["uncertain"] if self.uncertain else []
-        return ["input", "path", *middle, *flag, "error_type", "error"]
+        vector = ["embedding"] if self.embeddings else []
+        return ["input", "path", *middle, *flag, "error_type", "error", *vector]
 
-    def rows(self, record: Record) -> list[list[Cell]]:
+    def rows(self, record: Record) -> list[list[Any]]:
         """The rows one record becomes, matching columns()."""
+        rows: list[list[Any]] = [list(row) for row in self._rows(record)]
+        if self.embeddings:
+            vector = record.embedding if isinstance(record, Classified) else None
+            for row in rows:
+                row.append(None if vector is None else list(vector))
+        return rows
+
+    def _rows(self, record: Record) -> list[list[Cell]]:
         head: list[Cell] = [record.input, record.path]
         if isinstance(record, Failed):
             blanks: list[Cell] = [None] * (4 if self.long else 2 * self.topk)
@@ -193,21 +204,27 @@ class ParquetWriter:
         topk: int = 5,
         long: bool = False,
         uncertain: bool = False,
+        embeddings: bool = False,
         group_rows: int = 4096,
     ) -> None:
         pq = require_pyarrow()
         import pyarrow as pa
 
         self._pa = pa
-        self._shape = TableShape(topk, long, uncertain)
-        types = {"rank": pa.int32(), "index": pa.int32(), "uncertain": pa.bool_()}
+        self._shape = TableShape(topk, long, uncertain, embeddings)
+        types = {
+            "rank": pa.int32(),
+            "index": pa.int32(),
+            "uncertain": pa.bool_(),
+            "embedding": pa.list_(pa.float32()),
+        }
         self._schema = pa.schema(
             [
                 (n, pa.float64() if n.startswith("probability") else types.get(n, pa.string()))
                 for n in self._shape.columns()
             ]
         )
-        self._rows: list[list[Cell]] = []
+        self._rows: list[list[Any]] = []
         self._group_rows = group_rows
         self._file = pq.ParquetWriter(str(path), self._schema)
 
@@ -393,6 +410,7 @@ def make_writer(
     uncertain: bool = False,
     path: Path | None = None,
     caption: str | None = None,
+    embeddings: bool = False,
 ) -> Writer:
     """Return the writer for a concrete format (parquet writes to *path*, not *stream*)."""
     if fmt == "jsonl":
@@ -404,7 +422,7 @@ def make_writer(
     if fmt == "parquet":
         if path is None:
             raise OutputError("parquet output needs a file (give -o FILE.parquet)")
-        return ParquetWriter(path, topk=topk, long=long, uncertain=uncertain)
+        return ParquetWriter(path, topk=topk, long=long, uncertain=uncertain, embeddings=embeddings)
     if fmt == "table":
         return TableWriter(console or Console(file=stream, highlight=False), caption=caption)
     raise ValueError(f"unknown format {fmt!r}")

@@ -208,7 +208,7 @@ def run_classify(
     try:
         outputs.start(
             stdout=console.stdout,
-            topk=config.topk,
+            topk=plan.topk,
             uncertain=min_probability is not None,
             report_title=report_title(inputs),
             report_context=context,
@@ -286,7 +286,7 @@ def classify_for_sort(
     collect = Collect()
     outputs.start(
         stdout=console.stdout,
-        topk=config.topk,
+        topk=engine.plan.topk,
         uncertain=min_probability is not None,
         report_title=report_title(inputs),
         report_context={"device": engine.describe()},

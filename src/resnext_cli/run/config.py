@@ -38,6 +38,8 @@ class Config:
     decode: str = "auto"
     # None: no categories; "default": the bundled ImageNet grouping; else a mapping file.
     categories: str | None = None
+    # --embeddings: each record also carries the pooled features (the input of fc).
+    embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.exact and self.quantized:
@@ -50,6 +52,8 @@ class Config:
         # Store canonical names, so records say 'resnext50_32x4d', 'IMAGENET1K_V2'.
         object.__setattr__(self, "model", info.model)
         object.__setattr__(self, "weights", info.tag)
+        if self.embeddings and self.quantized:
+            raise ConfigError("--embeddings come from the float model; drop --quantized")
         if self.topk < 1:
             raise ConfigError(f"--topk must be at least 1, not {self.topk}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -21,12 +21,21 @@ from typing import Any, BinaryIO, Protocol
 
 import torch
 
-from resnext_cli.errors import InputError
+from resnext_cli.errors import ConfigError, InputError
 from resnext_cli.inputs.http import Progress
 from resnext_cli.inputs.sources import Source, Warn, iter_sources
 from resnext_cli.results import Record
 from resnext_cli.run.config import Config
-from resnext_cli.run.pipeline import Encoded, Model, Prepared, State, infer, load_model, prepare
+from resnext_cli.run.pipeline import (
+    Encoded,
+    Model,
+    Prepared,
+    State,
+    features,
+    infer,
+    load_model,
+    prepare,
+)
 from resnext_cli.run.plan import MachineFacts, Plan, resolve
 
 
@@ -119,6 +128,18 @@ class LocalEngine:
 
     def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
         """Classify already expanded sources, yielding one record per source, in order."""
+        for batch in self._batches(sources):
+            yield from infer(self.model, batch)
+
+    def features_sources(
+        self, sources: Iterable[Source]
+    ) -> Iterator[tuple[Source, torch.Tensor | InputError]]:
+        """The pooled features of each source (or its error), in order, batched as classify."""
+        for batch in self._batches(sources):
+            yield from features(self.model, batch)
+
+    def _batches(self, sources: Iterable[Source]) -> Iterator[list[tuple[Source, Prepared]]]:
+        """Prepared sources in batches of plan.batch_size decoded images (errors ride along)."""
         batch: list[tuple[Source, Prepared]] = []
         ready = 0
         for source, prepared in self._prepared(sources):
@@ -126,10 +147,10 @@ class LocalEngine:
             if isinstance(prepared, (torch.Tensor, Encoded)):
                 ready += 1
             if ready == self.plan.batch_size:
-                yield from infer(self.model, batch)
+                yield batch
                 batch, ready = [], 0
         if batch:
-            yield from infer(self.model, batch)
+            yield batch
 
     def _prepared(self, sources: Iterable[Source]) -> Iterator[tuple[Source, Prepared]]:
         """Decode ahead in worker threads, keeping a bounded window, in input order."""
@@ -274,6 +295,31 @@ class Classifier:
     def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
         """Classify already expanded sources, yielding one record per source, in order."""
         return self.engine.classify_sources(sources)
+
+    def iter_features(
+        self, inputs: Any, *, stdin: BinaryIO | None = None, warn: Warn | None = None
+    ) -> Iterator[tuple[str, torch.Tensor | InputError]]:
+        """Each input's name with its pooled features (or the InputError it ended with)."""
+        if self.plan.precision == "int8":
+            raise ConfigError("features come from the float model; drop --quantized")
+        sources = self._sources(inputs, stdin=stdin, warn=warn)
+        for source, outcome in self.engine.features_sources(sources):
+            yield source.input, outcome
+
+    def features(self, inputs: Any, *, stdin: BinaryIO | None = None) -> torch.Tensor:
+        """One pooled feature vector per image (2,048 for ResNeXt: the input of fc), in
+        input order, as an N x D float32 tensor; same inputs as `classify`.
+
+        Raises the InputError of the first input that cannot be read; `iter_features`
+        gives each input's outcome instead.
+        """
+        rows = []
+        for _name, outcome in self.iter_features(inputs, stdin=stdin):
+            if isinstance(outcome, InputError):
+                raise outcome
+            rows.append(outcome)
+        head: Any = self.model.fc
+        return torch.stack(rows) if rows else torch.empty(0, int(head.in_features))
 
 
 def classify(inputs: Any, *, stdin: BinaryIO | None = None, **options: Any) -> list[Record]:

@@ -7,7 +7,7 @@ tasks and actors. None of them reads an option from anywhere but the plan.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -252,27 +252,57 @@ def probabilities(model: Model, batch: torch.Tensor, precision: str) -> torch.Te
         return torch.softmax(logits.float(), dim=1).cpu()
 
 
+def _pooled(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
+    """Pooled features (float32, on the CPU) of a uint8 NCHW batch: the input of fc."""
+    plan, net = model.plan, model.net
+    if plan.device_type == "cuda" and batch.device.type == "cpu":
+        batch = batch.pin_memory().to(plan.device, non_blocking=True)
+    else:
+        batch = batch.to(plan.device)
+    x = model.transform.normalize(batch).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if precision in _DTYPES:
+            with torch.autocast(device_type=plan.device_type, dtype=_DTYPES[precision]):
+                return _features(net, x).float().cpu()
+        return _features(net, x).float().cpu()
+
+
+def _softmax_and_pooled(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
+    """Probabilities and pooled features of one pass, side by side in each row."""
+    features = _pooled(model, batch, precision)
+    head: Any = model.net.fc
+    with torch.inference_mode():
+        logits = head(features.to(model.plan.device)).float()
+        probs = torch.softmax(logits, dim=1).cpu()
+    return torch.cat([probs, features], dim=1)
+
+
+Step = Callable[[Model, torch.Tensor, str], torch.Tensor]
+
+
 def _probabilities(
-    model: Model, tensors: list[torch.Tensor], names: list[str]
+    model: Model, tensors: list[torch.Tensor], names: list[str], *, step: Step | None = None
 ) -> list[tuple[torch.Tensor, str] | InputError]:
-    """Each tensor's probabilities with the precision that made them, or its error."""
+    """Each tensor's probabilities (or the rows *step* gives) with the precision that
+    made them, or its error."""
+    run = step or probabilities
     precision = model.plan.precision
     try:
-        probs = probabilities(model, _stack(tensors, model.plan.device), precision)
+        probs = run(model, _stack(tensors, model.plan.device), precision)
     except Exception as exc:
         if len(tensors) == 1:
             return [InputError("inference_failed", f"the model failed on '{names[0]}': {exc!r}")]
         # Retry one at a time so only the guilty input gets an error record.
         out: list[tuple[torch.Tensor, str] | InputError] = []
         for tensor, name in zip(tensors, names, strict=True):
-            out.extend(_probabilities(model, [tensor], [name]))
+            out.extend(_probabilities(model, [tensor], [name], step=step))
         return out
     finite = torch.isfinite(probs).all(dim=1).tolist()
     results: list[tuple[torch.Tensor, str] | InputError] = [(p, precision) for p in probs]
     bad = [i for i, ok in enumerate(finite) if not ok]
     if bad and precision in _DTYPES:
         # Reduced precision overflowed: once more in float32, for those inputs only.
-        again = probabilities(model, _stack([tensors[i] for i in bad], model.plan.device), "fp32")
+        again = run(model, _stack([tensors[i] for i in bad], model.plan.device), "fp32")
         for i, p in zip(bad, again, strict=True):
             results[i] = (p, "fp32")
     for i in bad:
@@ -311,8 +341,10 @@ def make_record(
     facts = file_facts(source)
     if isinstance(outcome, InputError):
         return Failed(source.input, outcome.error_type, outcome.message, path=path, file=facts)
-    probs, precision = outcome
+    rows, precision = outcome
     plan = model.plan
+    # With --embeddings the pooled features follow the probabilities in the row.
+    probs, embedding = rows[: len(plan.labels)], rows[len(plan.labels) :]
     values, indices = topk(probs, plan.topk)
     return Classified(
         input=source.input,
@@ -326,6 +358,7 @@ def make_record(
         precision=precision,
         file=facts,
         categories=(plan.categories.scores(probs.tolist(), plan.topk) if plan.categories else None),
+        embedding=tuple(embedding.tolist()) if plan.embeddings else None,
     )
 
 
@@ -333,9 +366,28 @@ def infer(model: Model, prepared: Sequence[tuple[Source, Prepared]]) -> Iterable
     """Infer one batch of prepared sources (errors pass through), one record each, in order."""
     batch = _decoded(model, prepared)
     ready = [(s, p) for s, p in batch if isinstance(p, torch.Tensor)]
-    outcomes = iter(
-        _probabilities(model, [p for _, p in ready], [s.input for s, _ in ready]) if ready else []
-    )
+    step = _softmax_and_pooled if model.plan.embeddings else None
+    tensors, names = [p for _, p in ready], [s.input for s, _ in ready]
+    outcomes = iter(_probabilities(model, tensors, names, step=step) if ready else [])
     for source, ready_or_error in batch:
         outcome = next(outcomes) if isinstance(ready_or_error, torch.Tensor) else ready_or_error
         yield make_record(model, source, outcome)
+
+
+def features(
+    model: Model, prepared: Sequence[tuple[Source, Prepared]]
+) -> Iterable[tuple[Source, torch.Tensor | InputError]]:
+    """The pooled features (the input of fc) of one batch, or each input's error, in order.
+
+    The same decoding, batching and precision as `infer`: features run at classify's speed.
+    """
+    batch = _decoded(model, prepared)
+    ready = [(s, p) for s, p in batch if isinstance(p, torch.Tensor)]
+    tensors, names = [p for _, p in ready], [s.input for s, _ in ready]
+    outcomes = iter(_probabilities(model, tensors, names, step=_pooled) if ready else [])
+    for source, ready_or_error in batch:
+        if not isinstance(ready_or_error, torch.Tensor):
+            yield source, ready_or_error
+            continue
+        outcome = next(outcomes)
+        yield source, outcome if isinstance(outcome, InputError) else outcome[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from resnext_cli.errors import ConfigError
@@ -94,6 +95,8 @@ class Plan:
     # Fold BatchNorm into the convolutions (not under --exact: the reference network).
     fold_batchnorm: bool
     topk: int = 5
+    # --embeddings: records carry the pooled features too.
+    embeddings: bool = False
     # --checkpoint (a path or URL), else None: the weights of `info`.
     checkpoint: str | None = None
     # --labels FILE, else None: the bundled ImageNet names.
@@ -212,6 +215,17 @@ def _decode_on(cfg: Config, device_type: str, facts: MachineFacts) -> DecodeOn:
     return "cpu"
 
 
+def _labels(config: Config) -> tuple[str, ...] | None:
+    """The class names a local checkpoint keeps ('resnext learn' writes them) when no
+    --labels is given, else None."""
+    if config.labels is None and config.checkpoint and "://" not in config.checkpoint:
+        from resnext_cli.model.checkpoint import stored_classes  # imports torch
+
+        path = Path(config.checkpoint)
+        return stored_classes(path) if path.is_file() else None
+    return None
+
+
 def resolve(
     config: Config, facts: MachineFacts | None = None, *, purpose: Purpose = "classify"
 ) -> Plan:
@@ -229,7 +243,11 @@ def resolve(
     preprocess = info
     if info.quantized and info.unquantized:
         preprocess = resolve_weights(info.model, info.unquantized)
-    labels = load_labels(config.labels)
+    stored = _labels(config)
+    if stored is not None and config.topk > len(stored):
+        # A learned model's few classes: the default top-5 means all of them.
+        config = config.with_(topk=len(stored))
+    labels = stored if stored is not None else load_labels(config.labels)
     device = _device(config.device, facts)
     device_type = device.partition(":")[0]
     precision = _precision(config, device_type, facts)
@@ -268,6 +286,7 @@ def resolve(
         decode=decode,
         fold_batchnorm=not config.exact and precision != "int8" and purpose == "classify",
         topk=config.topk,
+        embeddings=config.embeddings,
         checkpoint=config.checkpoint,
         labels_file=config.labels,
         offline=config.offline,

@@ -15,6 +15,7 @@ import torch
 from resnext_cli.console import Console
 from resnext_cli.errors import ConfigError, ExitStatus, OutputError
 from resnext_cli.inputs.sources import iter_sources
+from resnext_cli.model.labels import imagenet_labels
 from resnext_cli.run.config import Config
 from resnext_cli.run.pipeline import load_model, load_state, prepare, probabilities
 from resnext_cli.run.plan import resolve
@@ -107,6 +108,7 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         labels_count=len(plan.labels),
         source=state[1],
         weights=plan.info.tag,
+        names=None if plan.labels == imagenet_labels() else plan.labels,
     )
     if agree.top1 >= USABLE_AGREEMENT:
         console.note(said)

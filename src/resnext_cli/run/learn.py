@@ -1,0 +1,571 @@
+"""`resnext learn`: a new head on frozen ResNeXt features, from folders of the user's classes.
+
+Examples come from FOLDER (one subfolder per class, as `resnext sort` writes them) or from
+a --from list of path,label. Everything that can be refused is refused before a feature
+is computed. Features come from the classify pipeline (same preprocessing, precision,
+batching) through a cache keyed by each file's identity, so a re-learn computes only what
+changed. The head is scored on a stratified held-out share, refitted on every image, and
+saved as an ordinary torchvision state dict with the class names beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resnext_cli.console import Console, printable
+from resnext_cli.errors import ConfigError, ExitStatus, InputError, OutputError, Terminated
+from resnext_cli.inputs.sources import Source, iter_sources, open_source
+from resnext_cli.model.checkpoint import CLASSES_KEY
+from resnext_cli.model.feature_cache import Entry, FeatureCache, Identity, setup_key
+from resnext_cli.model.head import Head, Score, fit_head, score, stratified_split
+from resnext_cli.run.config import Config
+from resnext_cli.run.engine import LocalEngine
+from resnext_cli.run.pipeline import load_model, load_state, transform_for
+from resnext_cli.run.plan import Plan, resolve
+from resnext_cli.sort.filing import FAILED_FOLDER, UNCERTAIN_FOLDER
+
+# Folders sort makes that hold no class.
+SKIPPED_FOLDERS = (UNCERTAIN_FOLDER, FAILED_FOLDER)
+# Fewer images than this in a class: said plainly.
+FEW_IMAGES = 5
+# Held-out accuracy under this: said plainly.
+POOR_ACCURACY = 0.7
+# The key of what the learn was, beside the state dict and the class names.
+LEARN_KEY = "resnext_learn"
+MAX_LIST_BYTES = 100 << 20
+_LIST_HELP = (
+    'give a CSV with a header row naming them, or JSON Lines of {"path": ..., "label": ...}'
+)
+_SHOWN = 60  # a class name in a message is cut after this many characters
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LearnRequest:
+    """What `resnext learn` was asked."""
+
+    output: str
+    folder: str | None = None
+    records: str | None = None  # --from
+    force: bool = False
+    holdout: float = 0.2
+    seed: int = 0
+    allow_duplicates: bool = False
+
+
+@dataclass
+class Example:
+    """One image with its class, as found; digest and feature once known."""
+
+    input: str
+    path: Path
+    label: str
+    identity: Identity | None = None
+    digest: bytes | None = None
+    feature: torch.Tensor | None = None
+
+
+@dataclass
+class Tally:
+    """Images skipped along the way, by error type."""
+
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, error: InputError, console: Console) -> None:
+        self.skipped[error.error_type] = self.skipped.get(error.error_type, 0) + 1
+        console.note(f"error: {error.message}", style="red")
+
+    @property
+    def total(self) -> int:
+        return sum(self.skipped.values())
+
+    def line(self) -> str:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.skipped.items()))
+        return f"skipped {self.total} images that could not be used ({kinds})"
+
+
+def shown(label: str) -> str:
+    """A class name as a message quotes it: escaped, and cut when very long."""
+    text = printable(label)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+
+
+# -- finding the examples --------------------------------------------------------------------
+
+
+def check_output(out: Path, *, force: bool) -> None:
+    """Refuse an -o that cannot or must not be written, before any work."""
+    if out.is_dir():
+        raise OutputError(f"output '{out}' is a folder (give a file name, such as my-model.pth)")
+    if not out.parent.is_dir():
+        raise OutputError(f"cannot write '{out}': folder '{out.parent}' does not exist")
+    if (out.exists() or out.is_symlink()) and not force:
+        raise OutputError(f"output file '{out}' exists (use --force to overwrite it)")
+
+
+def examples_from_folder(root: str, console: Console, tally: Tally) -> list[Example]:
+    """One class per subfolder of *root*; sort's _uncertain/, _failed/ and hidden entries
+    (its journal) are left out, and said so in one line."""
+    path = Path(root)
+    if not path.exists():
+        raise ConfigError(
+            f"folder '{root}' does not exist (give a folder with one subfolder per class)"
+        )
+    if not path.is_dir():
+        raise ConfigError(
+            f"'{root}' is a file, not a folder (give a folder with one subfolder per class, "
+            "or --from FILE with a path,label list)"
+        )
+    left_out: list[str] = []
+    classes: list[tuple[str, Path]] = []
+    with os.scandir(path) as listing:
+        for entry in sorted(listing, key=lambda e: e.name):
+            if entry.name.startswith(".") or entry.name in SKIPPED_FOLDERS:
+                left_out.append(entry.name + ("/" if entry.is_dir() else ""))
+            elif entry.is_dir():
+                classes.append((entry.name, Path(entry.path)))
+            else:
+                left_out.append(entry.name)
+    if left_out:
+        names = ", ".join(f"'{printable(n)}'" for n in left_out[:5])
+        more = f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
+        console.note(f"left out of '{printable(root)}': {names}{more} (not class folders)")
+
+    def warn(message: str) -> None:
+        if not message.startswith("no images found in folder"):  # said per class below
+            console.warn(message)
+
+    examples: list[Example] = []
+    for label, folder in classes:
+        for source in iter_sources([str(folder)], warn=warn):
+            if source.error is not None:
+                tally.add(source.error, console)
+                continue
+            assert source.path is not None
+            examples.append(Example(source.input, source.path, label))
+    check_classes(
+        [label for label, _ in classes],
+        examples,
+        where=f"'{printable(root)}'",
+        hint="make one subfolder of images per class",
+    )
+    return examples
+
+
+def _read_list(name: str) -> str:
+    """The text of a --from file: a regular file of at most MAX_LIST_BYTES, UTF-8."""
+    try:
+        st = os.stat(name)
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"--from '{name}' is a folder ({_LIST_HELP})")
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"--from '{name}' is not a regular file ({_LIST_HELP})")
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError(f"--from '{name}' is not a regular file ({_LIST_HELP})")
+            data = fh.read(MAX_LIST_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"--from file '{name}' does not exist ({_LIST_HELP})") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read --from file '{name}': {exc.strerror or exc.__class__.__name__}"
+        ) from None
+    if len(data) > MAX_LIST_BYTES:
+        raise ConfigError(f"--from file '{name}' is over the {MAX_LIST_BYTES}-byte limit")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"--from file '{name}' is not UTF-8 text ({_LIST_HELP})") from None
+
+
+def _missing_columns(name: str) -> ConfigError:
+    return ConfigError(f"--from file '{name}' has no 'path' and 'label' columns ({_LIST_HELP})")
+
+
+def _rows(name: str, text: str) -> Iterator[tuple[int, Any, Any]]:
+    """(line number, path, label) of each row of a CSV or JSON Lines list."""
+    is_json = name.lower().endswith((".jsonl", ".ndjson", ".json")) or text.lstrip().startswith("{")
+    if not is_json:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        fields = reader.fieldnames or []
+        label_column = "label" if "label" in fields else "label_1" if "label_1" in fields else None
+        if "path" not in fields or label_column is None:
+            raise _missing_columns(name)
+        for row in reader:
+            yield reader.line_num, row.get("path"), row.get(label_column)
+        return
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        if not isinstance(item, dict):
+            raise ConfigError(
+                f"--from file '{name}' line {number} is not a JSON object ({_LIST_HELP})"
+            )
+        if "error" in item and "label" not in item:
+            continue  # a classify record of an image that failed: nothing to learn
+        label = item.get("label")
+        if label is None:  # a classify record: its top-1 label, as a person reviewed it
+            predictions = item.get("predictions")
+            if isinstance(predictions, list) and predictions and isinstance(predictions[0], dict):
+                label = predictions[0].get("label")
+        if "path" not in item or label is None:
+            raise ConfigError(
+                f"--from file '{name}' line {number} has no 'path' and 'label' ({_LIST_HELP})"
+            )
+        yield number, item["path"], label
+
+
+def examples_from_list(name: str) -> list[Example]:
+    """The examples a --from CSV or JSON Lines file lists; relative paths are taken from
+    the file's folder. Every path must be an existing file."""
+    text = _read_list(name)
+    base = Path(name).parent
+    examples: list[Example] = []
+    labels: list[str] = []
+    for number, raw_path, raw_label in _rows(name, text):
+        where = f"--from file '{name}' line {number}"
+        if not isinstance(raw_path, str) or not raw_path:
+            raise ConfigError(f"{where} has no path (give every line a path)")
+        if not isinstance(raw_label, str):
+            raise ConfigError(f"{where}: the label is not text (give a class name)")
+        if not raw_label.strip():
+            raise ConfigError(f"{where} has an empty label (give every path a class name)")
+        path = Path(raw_path)
+        if not path.is_absolute():
+            path = base / path
+        try:
+            ok = path.is_file()
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                f"{where}: no such file '{printable(raw_path)}' (fix the path, or remove the line)"
+            )
+        if raw_label not in labels:
+            labels.append(raw_label)
+        examples.append(Example(raw_path, path, raw_label))
+    check_classes(sorted(labels), examples, where=f"'{name}'", hint="give at least two labels")
+    return examples
+
+
+def check_classes(labels: list[str], examples: list[Example], *, where: str, hint: str) -> None:
+    """At least two classes, no more classes than images, and an image in every class."""
+    if len(labels) < 2:
+        found = "none" if not labels else f"only '{shown(labels[0])}'"
+        raise ConfigError(f"learning needs at least two classes; {where} has {found} ({hint})")
+    if len(labels) > len(examples):
+        raise ConfigError(
+            f"{len(labels)} classes but only {len(examples)} images (give at least one image "
+            f"per class; {FEW_IMAGES} or more is better)"
+        )
+    have = {e.label for e in examples}
+    for label in labels:
+        if label not in have:
+            raise ConfigError(
+                f"class '{shown(label)}' has no readable image (add images to it, or remove it)"
+            )
+
+
+# -- the model and the cache -----------------------------------------------------------------
+
+
+def cache_setup(plan: Plan) -> str:
+    """The cache folder of this model setup: all that changes the feature numbers."""
+    t = transform_for(plan)
+    checkpoint = plan.checkpoint
+    base: object = plan.info.tag
+    if checkpoint is not None:
+        base = checkpoint
+        if "://" not in checkpoint:
+            st = os.stat(checkpoint)
+            base = [str(Path(checkpoint).absolute()), st.st_size, st.st_mtime_ns]
+    return setup_key(
+        {
+            "format": _CACHE_FORMAT,
+            "model": plan.info.model,
+            "base": base,
+            "resize": t.resize_size,
+            "crop": t.crop_size,
+            "interpolation": str(t.interpolation),
+            "mean": t.mean,
+            "std": t.std,
+            "upright": plan.decode.upright,
+            "plain_rgb": plan.decode.plain_rgb,
+            "draft": plan.decode.draft_min_side,
+            "truncated": plan.decode.allow_truncated,
+            "decode_on": plan.decode_on,
+            "precision": plan.precision,
+            "fold": plan.fold_batchnorm,
+            "device": plan.device_type,
+        }
+    )
+
+
+def _digest(example: Example) -> bytes:
+    """sha256 of the image's bytes (InputError if it cannot be read)."""
+    sha = hashlib.sha256()
+    with open_source(Source(input=example.input, path=example.path)) as fp:
+        while chunk := fp.read(1 << 20):
+            sha.update(chunk)
+    return sha.digest()
+
+
+def look_up(examples: list[Example], cache: FeatureCache, tally: Tally, console: Console) -> None:
+    """Fill in identity, digest and (when cached) the feature of each example; drop the
+    unreadable ones."""
+    kept = []
+    for example in examples:
+        try:
+            example.identity = Identity.of(example.path)
+            entry = cache.get(example.identity)
+            if entry is not None:
+                example.digest, example.feature = entry.digest, entry.feature
+            else:
+                example.digest = _digest(example)
+        except InputError as exc:
+            tally.add(exc, console)
+            continue
+        except OSError as exc:
+            tally.add(InputError("unreadable", f"cannot read '{example.input}': {exc}"), console)
+            continue
+        kept.append(example)
+    examples[:] = kept
+
+
+def check_duplicates(examples: list[Example], *, allow: bool, console: Console) -> None:
+    """Refuse the same bytes in two classes (unless allowed: then say so)."""
+    first: dict[bytes, Example] = {}
+    for example in examples:
+        assert example.digest is not None
+        seen = first.setdefault(example.digest, example)
+        if seen is example or seen.label == example.label:
+            continue
+        message = (
+            f"'{seen.input}' (class '{shown(seen.label)}') and '{example.input}' "
+            f"(class '{shown(example.label)}') are the same image"
+        )
+        if not allow:
+            raise ConfigError(f"{message} (remove one, or give --allow-duplicates to keep both)")
+        console.warn(f"{message}; kept in both classes (--allow-duplicates)")
+
+
+def compute_features(
+    engine: LocalEngine,
+    examples: list[Example],
+    cache: FeatureCache,
+    tally: Tally,
+    console: Console,
+) -> None:
+    """Compute and cache the features of the examples the cache did not have."""
+    todo = [e for e in examples if e.feature is None]
+    if not todo:
+        return
+    sources = [Source(input=e.input, path=e.path) for e in todo]
+    console.note(f"computing features of {len(todo)} images…")
+    failed: set[int] = set()
+    with console.counting("features") as (tick, set_total):
+        set_total(len(todo))
+        # One outcome per source, in order.
+        outcomes = engine.features_sources(sources)
+        for example, (_source, outcome) in zip(todo, outcomes, strict=True):
+            tick()
+            if isinstance(outcome, InputError):
+                tally.add(outcome, console)
+                failed.add(id(example))
+                continue
+            example.feature = outcome
+            assert example.identity is not None and example.digest is not None
+            cache.put(example.identity, Entry(example.digest, outcome))
+    if failed:
+        examples[:] = [e for e in examples if id(e) not in failed]
+
+
+# -- fitting and saying how it went ----------------------------------------------------------
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def report_score(result: Score, labels: list[str], console: Console) -> None:
+    """Held-out accuracy, per-class precision and recall, the most confused pairs."""
+    from rich.table import Table
+    from rich.text import Text
+
+    console.note(f"held-out accuracy: {result.accuracy:.1%} of {result.total} images")
+    if console.quiet:
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column("class")
+    table.add_column("held out", justify="right")
+    table.add_column("precision", justify="right")
+    table.add_column("recall", justify="right")
+    for k, label in enumerate(labels):
+        table.add_row(
+            Text(shown(label)),
+            str(result.support(k)),
+            _percent(result.precision(k)),
+            _percent(result.recall(k)),
+        )
+    console.err.print(table)
+    for true, predicted, count in result.confused():
+        console.note(
+            f"confused: '{shown(labels[true])}' taken for '{shown(labels[predicted])}' "
+            f"{count} {'time' if count == 1 else 'times'}"
+        )
+
+
+def _warn_small(labels: list[str], counts: list[int], console: Console) -> None:
+    for label, count in zip(labels, counts, strict=True):
+        if count < FEW_IMAGES:
+            console.warn(
+                f"class '{shown(label)}' has only {count} "
+                f"{'image' if count == 1 else 'images'}: add a few more ({FEW_IMAGES} or "
+                "more; 20 or more is better)"
+            )
+
+
+def learned_state(state: dict[str, torch.Tensor], head: Head) -> dict[str, torch.Tensor]:
+    """The base model's state dict with the new fc, in torchvision's key layout."""
+    out = {k: v for k, v in state.items() if k not in ("fc.weight", "fc.bias")}
+    out["fc.weight"] = head.weight.to(torch.float32).clone()
+    out["fc.bias"] = head.bias.to(torch.float32).clone()
+    return out
+
+
+def publish_checkpoint(payload: dict[str, Any], out: Path, *, force: bool) -> None:
+    """Write *payload* with torch.save to *out* as run/quantize.py writes its -o: a temp
+    file in the same folder, fsynced and renamed into place, so an interrupted learn
+    leaves no partial file; an -o that appeared meanwhile is refused without --force.
+
+    The one place learn writes a file, for the shared output module to take over.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write '{out}': {exc.strerror or exc} (choose a writable folder)"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if (out.exists() or out.is_symlink()) and not force:
+            raise OutputError(f"output file '{out}' exists (use --force to overwrite it)")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write '{out}': {exc.strerror or exc} (choose a writable folder)"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def run_learn(request: LearnRequest, config: Config, console: Console) -> int:
+    """Find, check, compute (or reuse) features, fit, score, refit, save; exit status."""
+    out = Path(request.output)
+    check_output(out, force=request.force)
+    tally = Tally()
+    if request.records is not None:
+        examples = examples_from_list(request.records)
+    else:
+        assert request.folder is not None
+        examples = examples_from_folder(request.folder, console, tally)
+    labels = sorted({e.label for e in examples})
+    plan = resolve(replace(config, topk=1, labels=None, categories=None, embeddings=False))
+    cache = FeatureCache(cache_setup(plan))
+    look_up(examples, cache, tally, console)
+    where = f"'{request.records or request.folder}'"
+    check_classes(labels, examples, where=where, hint="fix the unreadable images")
+    check_duplicates(examples, allow=request.allow_duplicates, console=console)
+    what = config.checkpoint or f"{plan.info.model} ({plan.info.tag})"
+    with console.loading(what) as bar:
+        state = load_state(plan, progress=bar)
+    try:
+        if any(e.feature is None for e in examples):
+            compute_features(_engine(plan, state), examples, cache, tally, console)
+    except (KeyboardInterrupt, Terminated):
+        console.say(
+            f"interrupted: nothing was saved ({cache.stats.computed} new features are cached; "
+            "run again to go on)",
+            style="yellow",
+        )
+        raise
+    console.note(
+        f"features: {cache.stats.computed} computed, {cache.stats.hits} from the cache "
+        f"({plan.info.model}, {plan.describe()})"
+    )
+    if cache.stats.write_errors:
+        console.warn(f"{cache.stats.write_errors} features could not be cached in '{cache.folder}'")
+    check_classes(labels, examples, where=where, hint="fix the unreadable images")
+    index = {label: k for k, label in enumerate(labels)}
+    x = torch.stack([e.feature for e in examples if e.feature is not None])
+    y = torch.tensor([index[e.label] for e in examples], dtype=torch.int64)
+    counts = torch.bincount(y, minlength=len(labels)).tolist()
+    console.note(f"learning {len(labels)} classes from {len(examples)} images")
+    _warn_small(labels, counts, console)
+    train, held = stratified_split(y, len(labels), request.holdout, seed=request.seed)
+    start: Head | None = None
+    accuracy: float | None = None
+    if held.numel():
+        start = fit_head(x[train], y[train], len(labels))
+        result = score(start, x[held], y[held], len(labels))
+        accuracy = result.accuracy
+        report_score(result, labels, console)
+        if accuracy < POOR_ACCURACY:
+            console.warn(
+                f"held-out accuracy is only {accuracy:.0%}: add more images per class, "
+                "move misfiled ones, or merge classes that look alike"
+            )
+    elif request.holdout > 0:
+        console.warn("too few images to hold any out: the model is not scored")
+    head = fit_head(x, y, len(labels), start=start)
+    payload = {
+        "state_dict": learned_state(state[0], head),
+        CLASSES_KEY: list(labels),
+        LEARN_KEY: {
+            "model": plan.info.model,
+            "base": config.checkpoint or plan.info.tag,
+            "images": len(examples),
+            "holdout": request.holdout,
+            "holdout_accuracy": accuracy,
+            "seed": request.seed,
+            "precision": plan.precision,
+        },
+    }
+    publish_checkpoint(payload, out, force=request.force)
+    if tally.total:
+        console.warn(tally.line())
+    console.note(f"saved '{out}': {len(labels)} classes, fitted on all {len(examples)} images")
+    model_flag = "" if plan.info.model == "resnext50_32x4d" else f" -m {plan.info.model}"
+    console.note(f"use it with: resnext classify --checkpoint {out}{model_flag} PHOTOS")
+    console.stdout.write(f"{out}\n")
+    return ExitStatus.SOME_FAILED if tally.total else ExitStatus.OK
+
+
+def _engine(plan: Plan, state: tuple[dict[str, torch.Tensor], str]) -> LocalEngine:
+    """The classify engine on the base model; its fc is not used, so any class count goes."""
+    fc = state[0].get("fc.weight")
+    classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else len(plan.labels)
+    plan = replace(plan, labels=tuple(str(i) for i in range(classes)))
+    return LocalEngine(load_model(plan, state=state))

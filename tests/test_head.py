@@ -1,0 +1,82 @@
+"""The learned head: balanced L2 softmax regression, the stratified split, the scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from resnext_cli.model.head import Head, class_weights, fit_head, score, stratified_split
+
+
+def blobs(per_class: list[int], dim: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-negative features around one centre per class (as pooled ReLU features are)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(len(per_class), dim, generator=g) * 3
+    y = torch.cat([torch.full((n,), k) for k, n in enumerate(per_class)])
+    x = (centres[y] + 0.3 * torch.randn(len(y), dim, generator=g)).clamp(min=0)
+    return x, y
+
+
+def test_fit_separates_blobs_and_is_deterministic() -> None:
+    x, y = blobs([30, 30, 30])
+    head = fit_head(x, y, 3)
+    assert (head.predict(x) == y).float().mean() == 1.0
+    again = fit_head(x, y, 3)
+    assert torch.equal(head.weight, again.weight) and torch.equal(head.bias, again.bias)
+    # Logits on raw features: the head is fc, no standardisation left outside it.
+    fc = torch.nn.Linear(64, 3)
+    with torch.no_grad():
+        fc.weight.copy_(head.weight)
+        fc.bias.copy_(head.bias)
+        torch.testing.assert_close(fc(x), head.logits(x))
+
+
+def test_the_fit_minimises_the_regularised_balanced_loss() -> None:
+    x, y = blobs([40, 8], dim=16, seed=3)
+    head = fit_head(x, y, 2, c=1.0, max_iter=500)
+    # The gradient of the objective at the fitted head is ~0, computed here from scratch.
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    w = (head.weight * std).clone().requires_grad_(True)
+    b = (head.bias + head.weight @ mean).clone().requires_grad_(True)
+    z = (x - mean) / std
+    counts = torch.tensor([40.0, 8.0])
+    sample = (48 / (2 * counts))[y]
+    sample = sample / sample.sum()
+    ce = torch.nn.functional.cross_entropy(z @ w.T + b, y, reduction="none")
+    loss = (ce * sample).sum() + 0.5 / 48 * (w * w).sum()
+    loss.backward()
+    assert w.grad is not None and b.grad is not None
+    assert float(w.grad.abs().max()) < 1e-3
+    assert float(b.grad.abs().max()) < 1e-3
+
+
+def test_class_weights_balance_the_classes() -> None:
+    y = torch.tensor([0, 0, 0, 1])
+    assert class_weights(y, 2).tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
+
+
+def test_stratified_split_holds_out_a_share_of_each_class() -> None:
+    y = torch.tensor([0] * 10 + [1] * 5 + [2] * 1 + [3] * 2)
+    train, held = stratified_split(y, 4, 0.2, seed=7)
+    assert sorted(torch.cat([train, held]).tolist()) == list(range(18))
+    assert torch.bincount(y[held], minlength=4).tolist() == [2, 1, 0, 0]
+    assert torch.bincount(y[train], minlength=4).tolist() == [8, 4, 1, 2]
+    same = stratified_split(y, 4, 0.2, seed=7)
+    other = stratified_split(y, 4, 0.2, seed=8)
+    assert torch.equal(held, same[1])
+    assert not torch.equal(held, other[1])
+
+
+def test_scores_from_a_known_confusion() -> None:
+    # Three classes; the head predicts class = argmax of the features themselves.
+    head = Head(torch.eye(3), torch.zeros(3))
+    truth = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    predicted = [0, 0, 0, 1, 1, 0, 1, 1]
+    features = torch.nn.functional.one_hot(torch.tensor(predicted), 3).float()
+    result = score(head, features, truth, 3)
+    assert result.total == 8
+    assert result.accuracy == 4 / 8
+    assert result.precision(0) == 3 / 4 and result.recall(0) == 3 / 4
+    assert result.precision(1) == 1 / 4 and result.recall(1) == 1 / 2
+    assert result.precision(2) is None and result.recall(2) == 0.0
+    assert result.confused() == [(2, 1, 2), (0, 1, 1), (1, 0, 1)]
