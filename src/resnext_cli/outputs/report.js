@@ -193,7 +193,7 @@
       const r = records[i];
       if (!r || r.error || String(i) !== key || !Array.isArray(d) || !KINDS[d[0]]) return;
       if (d[0] === "s" ? d[1] !== null : typeof d[1] !== "string" || !d[1]) return;
-      count1(decide1(r, { r: d[0], l: d[1] }), 1);
+      count1(decide1(r, d[0] === "s" ? { r: "s", l: null } : choice(r, d[1])), 1);
     });
   }
   function save() {
@@ -203,9 +203,9 @@
     try {
       if (decisions.size) storage.setItem(storeKey, JSON.stringify({ v: 1, d: d }));
       else storage.removeItem(storeKey);
-      saved.textContent = "";
+      say(saved, "");
     } catch (e) {
-      saved.textContent = "not saved in this browser (" + e.name + "): export to keep them";
+      say(saved, "not saved in this browser (" + e.name + "): export to keep them");
     }
   }
   // Saved once per task however many decisions it made, and before the page goes away.
@@ -226,10 +226,12 @@
     reviewed += sign;
     if (d.r === "c") changed += sign;
   }
+  // Text set only when it changes: a new text node lays the page out again.
+  function say(node, text) { if (node.textContent !== text) node.textContent = text; }
   function fmt(n) { return n.toLocaleString("en-US"); }
   function progressLine() {
-    progress.textContent = fmt(reviewed) + " of " + fmt(reviewable) + " reviewed, " +
-      fmt(changed) + " changed";
+    say(progress, fmt(reviewed) + " of " + fmt(reviewable) + " reviewed, " +
+      fmt(changed) + " changed");
   }
   // How a decision shows on its card: a class, the chosen row marked, a status line.
   function paint(node, r) {
@@ -239,7 +241,7 @@
     const rows = node.querySelectorAll(".pred");
     rows.forEach(function (row) { row.classList.remove("chosen"); });
     if (!d) {
-      status.textContent = "";
+      say(status, "");
       return;
     }
     node.classList.add(KINDS[d.r]);
@@ -287,7 +289,18 @@
     node.classList.add("current");
     node.setAttribute("aria-current", "true");
     document.body.dataset.current = String(view[pos].order);
-    if (document.body.dataset.ready) node.scrollIntoView({ block: "nearest" });
+    scrollSoon();
+  }
+  // Scrolled to once a frame, so a burst of keys lays the page out once, not once a key.
+  let scrolling = false;
+  function scrollSoon() {
+    if (scrolling || !document.body.dataset.ready) return;
+    scrolling = true;
+    requestAnimationFrame(function () {
+      scrolling = false;
+      const r = currentRecord(), node = r ? cards.get(r.order) : null;
+      if (node) node.scrollIntoView({ block: "nearest" });
+    });
   }
   function next() { if (current < view.length - 1) move(current + 1); }
   function act(r, what, pick) {
@@ -501,21 +514,33 @@
     },
   };
 
+  // Cards go into blocks of CHUNK, each its own grid that the browser lays out and paints
+  // only near the screen: a change to one card never lays out 10,000 of them again. 840 is
+  // a whole number of rows at 1 to 8, 10 or 12 columns.
+  const CHUNK = 840;
+  let chunk = null, inChunk = 0;
+  function place(node) {
+    if (!chunk || inChunk >= CHUNK) {
+      chunk = el("div", "chunk");
+      grid.appendChild(chunk);
+      inChunk = 0;
+    }
+    chunk.appendChild(node);
+    inChunk += 1;
+  }
   function showMore() {
     const end = Math.min(view.length, shown + pageSize);
-    const batch = document.createDocumentFragment();
     const grouped = sort.value === "category";
     for (; shown < end; shown += 1) {
       const r = view[shown];
       if (grouped && (shown === 0 || group(view[shown - 1]) !== group(r))) {
-        batch.appendChild(el("h2", "group", group(r) + " (" + groupSizes.get(group(r)) + ")"));
+        place(el("h2", "group", group(r) + " (" + groupSizes.get(group(r)) + ")"));
       }
       const node = card(r);
       node.dataset.pos = String(shown);
       cards.set(r.order, node);
-      batch.appendChild(node);
+      place(node);
     }
-    grid.appendChild(batch);
     more.hidden = shown >= view.length;
     more.textContent = "show more (" + (view.length - shown) + " left)";
     count.textContent = "showing " + shown + " of " + view.length +
@@ -529,6 +554,7 @@
     groupSizes = new Map();
     view.forEach(function (r) { groupSizes.set(group(r), (groupSizes.get(group(r)) || 0) + 1); });
     grid.replaceChildren();
+    chunk = null;
     grid.dataset.matches = String(view.length);
     grid.dataset.total = String(records.length);
     if (!view.length) grid.appendChild(el("p", "empty", "no image matches"));
