@@ -328,6 +328,12 @@ def test_review_with_the_mouse_and_undo(tab: Tab, tmp_path: Path) -> None:
     tab.page.click("#undo")
     tab.page.click(card.format(1) + "button[data-act=relabel]")
     tab.page.click("#relabel-cancel")
+    tab.page.click(card.format(5) + "button[data-act=relabel]")
+    tab.page.fill("#relabel-input", "CAT")  # tiger cat, Egyptian cat: both suggested
+    tab.page.click("#suggestions li:nth-child(2)")
+    assert states(tab)[4] == ("corrected", "\u2192 Egyptian cat", [5])
+    tab.page.click("#undo")
+    tab.page.click(card.format(1) + ".name")
     assert [s[0] for s in states(tab)] == ["corrected", "skipped", "accepted", "", ""]
     assert [c["current"] for c in tab.cards()] == [True, False, False, False, False]
     _, text = tab.export()
@@ -358,8 +364,9 @@ def test_filters_clear_and_two_reports_never_mix(tab: Tab, tmp_path: Path) -> No
     write_report(second, records[:7])  # the same images bar one: another report
     tab.open(first)
     tab.press("a", "2", "s", "j", "3", "/")
-    tab.page.keyboard.type(top(5)[0].label)  # typed, but the top-1: accepted
-    tab.press("Enter")
+    tab.page.keyboard.type("GON")  # the suggestions: 'gong' (its top-1), then down to it
+    assert tab.text("#suggestions") == "gong"
+    tab.press("ArrowDown", "ArrowDown", "ArrowUp", "ArrowUp", "ArrowDown", "Enter")
     assert tab.text("#progress") == "5 of 8 reviewed, 2 changed"
     tab.page.select_option("#filter", ":unreviewed")
     assert tab.page.get_attribute("main", "data-matches") == "3"
@@ -415,8 +422,11 @@ def test_hostile_names_labels_and_storage_never_run(tab: Tab, tmp_path: Path) ->
         ("corrected", "\u2192 " + NASTY, [2]),
         ("corrected", "\u2192 " + NASTY + "\u2029x", []),
     ]
-    options = tab.page.eval_on_selector_all("#all-labels option", "os => os.map(o => o.value)")
-    assert options[:2] == [HOSTILE, NASTY]
+    tab.press("k", "/")  # the box holds the label chosen before: emptied, it offers all
+    tab.page.fill("#relabel-input", "")
+    offered = tab.page.eval_on_selector_all("#suggestions li", "ls => ls.map(l => l.textContent)")
+    assert offered[:2] == [HOSTILE, NASTY]
+    tab.press("Escape")
     _, text = tab.export()
     lines = text.splitlines()  # U+2028 and U+2029 would split a line here: they are escaped
     assert len(lines) == 3 and "\u2028" not in text and "\u2029" not in text

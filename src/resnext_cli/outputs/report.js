@@ -20,7 +20,7 @@
   const reviewMode = document.getElementById("review-mode");
   const relabelBox = document.getElementById("relabel");
   const relabelInput = document.getElementById("relabel-input");
-  const allLabels = document.getElementById("all-labels");
+  const suggestions = document.getElementById("suggestions");
   const pageSize = meta.pageSize || 200;
 
   function el(tag, cls, text) {
@@ -319,27 +319,53 @@
     if (pos >= 0) move(pos);
   }
 
-  function fillLabels() {
-    if (allLabels.childElementCount) return;
-    const names = new Set(reviewData.labels || []);
-    labels.forEach(function (n, label) { names.add(label); });
-    categories.forEach(function (n, cat) { names.add(cat); });
-    const batch = document.createDocumentFragment();
-    names.forEach(function (label) {
-      const node = el("option");
-      node.value = String(label);
-      batch.appendChild(node);
+  // The names the relabel box suggests: the model's labels and categories (as the writer
+  // embedded them), then any other label or category in the records. Its own list, not a
+  // <datalist>: Chromium restyles the whole page when an input with a list takes focus.
+  let names = null;
+  function allNames() {
+    if (names) return names;
+    const set = new Set((reviewData.labels || []).map(String));
+    labels.forEach(function (n, label) { set.add(label); });
+    categories.forEach(function (n, cat) { set.add(cat); });
+    names = Array.from(set).map(function (name) { return [name, name.toLowerCase()]; });
+    return names;
+  }
+  let suggested = [], selected = -1;
+  function suggest() {
+    const q = relabelInput.value.trim().toLowerCase();
+    const first = [], then = [];
+    allNames().forEach(function (n) {
+      const at = n[1].indexOf(q);
+      if (at === 0) first.push(n[0]);
+      else if (at > 0) then.push(n[0]);
     });
-    allLabels.appendChild(batch);
+    suggested = first.concat(then).slice(0, 8);
+    selected = -1;
+    suggestions.replaceChildren();
+    suggested.forEach(function (name, i) {
+      const item = el("li", "", name);
+      item.dataset.i = String(i);
+      item.setAttribute("role", "option");
+      suggestions.appendChild(item);
+    });
+  }
+  function select(i) {
+    const m = suggested.length + 1;  // the suggestions, and none (-1): round and round
+    selected = (((i + 1) % m) + m) % m - 1;
+    Array.from(suggestions.children).forEach(function (item, j) {
+      item.classList.toggle("selected", j === selected);
+      item.setAttribute("aria-selected", String(j === selected));
+    });
   }
   let relabelling = null;
   function openRelabel(r) {
     if (!r || r.error) return;
-    fillLabels();
     relabelling = r;
     document.getElementById("relabel-name").textContent = r.input;
     const d = decisions.get(r.order);
     relabelInput.value = d && d.l ? d.l : "";
+    suggest();
     relabelBox.hidden = false;
     relabelInput.focus();
   }
@@ -349,7 +375,8 @@
     relabelInput.blur();
   }
   function commitRelabel() {
-    const r = relabelling, label = relabelInput.value.trim();
+    const r = relabelling;
+    const label = selected >= 0 ? suggested[selected] : relabelInput.value.trim();
     if (!r || !label) return;
     closeRelabel();
     decide(r, choice(r, label));
@@ -357,8 +384,21 @@
     if (pos >= 0) move(pos + 1 < view.length ? pos + 1 : pos);
   }
   relabelInput.addEventListener("keydown", function (e) {
-    if (e.key === "Enter") { e.preventDefault(); commitRelabel(); }
-    if (e.key === "Escape") { e.preventDefault(); closeRelabel(); }
+    if (e.key === "Enter") commitRelabel();
+    else if (e.key === "Escape") closeRelabel();
+    else if (e.key === "ArrowDown") select(selected + 1);
+    else if (e.key === "ArrowUp") select(selected - 1);
+    else return;
+    e.preventDefault();
+  });
+  relabelInput.addEventListener("input", suggest);
+  // mousedown would take the focus from the input first: keep it there, then take the click
+  suggestions.addEventListener("mousedown", function (e) { e.preventDefault(); });
+  suggestions.addEventListener("click", function (e) {
+    const item = e.target.closest("li");
+    if (!item) return;
+    select(Number(item.dataset.i));
+    commitRelabel();
   });
   document.getElementById("undo").addEventListener("click", undo);
   document.getElementById("relabel-ok").addEventListener("click", commitRelabel);

@@ -277,10 +277,11 @@ _HEAD = """<!doctype html>
 Or click a label, or a card's buttons.</p>
 <div id="relabel" class="controls" hidden>
 <label>Relabel <span id="relabel-name"></span> as <input id="relabel-input" type="text" \
-list="all-labels" autocomplete="off" spellcheck="false" placeholder="a label, or a new one"></label>
+autocomplete="off" spellcheck="false" aria-autocomplete="list" aria-controls="suggestions" \
+placeholder="a label, or a new one"></label>
 <button id="relabel-ok" type="button">set (Enter)</button>
 <button id="relabel-cancel" type="button">cancel (Esc)</button>
-<datalist id="all-labels"></datalist>
+<ul id="suggestions" role="listbox" aria-label="labels"></ul>
 </div>
 </header>
 <main id="grid"></main>
