@@ -8,18 +8,22 @@ Playwright these tests skip, as the other browser tests do.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import statistics
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image, ImageChops
 
 from resnext_cli.outputs.report import HtmlReportWriter
 from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
 
-from .test_report import CHROMIUM, NASTY, Page, write_report
+from .test_report import CHROMIUM, NASTY, ROOT, Page, write_report
 
 try:
     from playwright.sync_api import Browser, sync_playwright
@@ -459,6 +463,7 @@ def test_hostile_names_labels_and_storage_never_run(tab: Tab, tmp_path: Path) ->
 
 
 @needs_browser
+@pytest.mark.slow
 def test_ten_thousand_cards_answer_a_key_quickly_and_export_all(tab: Tab, tmp_path: Path) -> None:
     records: list[Record] = []
     for i in range(10_000):
@@ -546,3 +551,40 @@ def test_ten_thousand_cards_answer_a_key_quickly_and_export_all(tab: Tab, tmp_pa
     got = [json.loads(line) for line in text.splitlines()]
     assert len(got) == 9_990 and got == expected
     assert tab.problems == []
+
+
+@needs_browser
+@pytest.mark.slow
+def test_screenshot_tool_presses_review_keys(tmp_path: Path) -> None:
+    records: list[Record] = [
+        Classified(f"{i}.jpg", "m", "w", top(i), path=f"/photos/{i}.jpg") for i in range(6)
+    ]
+    write_report(tmp_path / "r.html", records)
+
+    def differ(a: Image.Image, b: Image.Image) -> int:
+        """Pixels that differ by more than antialiasing does between two runs."""
+        diff = ImageChops.difference(a.convert("L"), b.convert("L"))
+        return int(sum(diff.point(lambda v: 255 if v > 16 else 0).histogram()[255:]))
+
+    def shot(keys: str) -> Image.Image:
+        out = tmp_path / f"{len(os.listdir(tmp_path))}.png"
+        run = subprocess.run(
+            [str(ROOT / "tools" / "report_screenshot.sh"), str(tmp_path / "r.html"), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={
+                **os.environ,
+                "WINDOW_SIZE": "900,600",
+                "REVIEW_KEYS": keys,
+                "CHROMIUM": str(CHROMIUM),
+            },
+        )
+        assert run.returncode == 0 and run.stdout == f"{out}\n", run.stderr
+        image = Image.open(io.BytesIO(out.read_bytes()))
+        assert image.size == (900, 600)
+        return image.convert("RGB")
+
+    still = shot("j k")  # moved and back: the page as it opened
+    assert differ(shot("a / type:new%20class Enter"), still) > 1000  # two cards decided
+    assert differ(shot("s u"), still) == 0  # skipped, undone
