@@ -215,6 +215,25 @@ def test_report_embeds_its_identity_labels_and_file_facts(tmp_path: Path) -> Non
     assert same == block["id"] and len(ids) == 4 and len(block["id"]) == 32
 
 
+def test_a_runs_report_offers_the_models_labels_and_categories(
+    checkpoint, make_image, tmp_path: Path, resnext
+) -> None:
+    make_image("a.jpg", seed=1, size=(64, 48), folder=tmp_path / "photos")
+    report = tmp_path / "r.html"
+    run = resnext(
+        "classify", tmp_path / "photos", "--checkpoint", checkpoint, "--report", report,
+        "--categories", "-f", "jsonl",
+    )  # fmt: skip
+    assert run.code == 0, run
+    imagenet = (ROOT / "data" / "imagenet_classes.txt").read_text().splitlines()
+    labels = review_block(report)["labels"]
+    assert labels[:1000] == imagenet and len(labels) == 1000 + 48
+    assert labels[1000:1003] == ["dog", "cat", "wild cat"]
+    [record] = run.records()
+    data = json.loads(Page(report.read_text()).scripts["records"])
+    assert data[0]["file"] == [str(record["size"]), str(record["mtime_ns"])]
+
+
 # -- in Chromium ---------------------------------------------------------------------------
 
 

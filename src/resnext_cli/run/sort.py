@@ -115,8 +115,7 @@ def _records(
 
 
 def _check_review(request: SortRequest, records: list[Record]) -> None:
-    """Refuse a reviewed file's unreviewed images (unless --unreviewed model), and options
-    that do not apply to reviewed labels."""
+    """Refuse unreviewed images (but with --unreviewed model) and options a review overrides."""
     pending = reviewed.unreviewed(records)
     if pending is None:
         return  # a classify run's records: filed by the model's top-1, as ever
