@@ -555,9 +555,9 @@
   };
 
   // Cards go into blocks of CHUNK, each its own grid that the browser lays out and paints
-  // only near the screen: a change to one card never lays out 10,000 of them again. 840 is
-  // a whole number of rows at 1 to 8, 10 or 12 columns.
-  const CHUNK = 840;
+  // only near the screen: a change to one card never lays out 10,000 of them again. 120 is
+  // a whole number of rows at 1 to 6, 8, 10 or 12 columns.
+  const CHUNK = 120;
   let chunk = null, inChunk = 0;
   function place(node) {
     if (!chunk || inChunk >= CHUNK) {
