@@ -7,7 +7,7 @@ export default [
   { ignores: ["**/node_modules/", ".venv*/", "build/", "dist/"] },
   js.configs.recommended,
   {
-    files: ["src/resnext_cli/report.js"],
+    files: ["src/resnext_cli/**/*.js"],
     languageOptions: {
       ecmaVersion: 2020,
       sourceType: "script",

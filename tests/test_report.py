@@ -44,7 +44,7 @@ needs_chromium = pytest.mark.skipif(
     reason="chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it",
 )
 NASTY = "<img src=x onerror=\"alert(1)\"> & 'quotes' </script><!--"
-PACKAGE = ROOT / "src" / "resnext_cli"
+PACKAGE = ROOT / "src" / "resnext_cli" / "outputs"
 EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
 %%BoundingBox: 0 0 16 16
 %%EndComments
@@ -234,7 +234,7 @@ def test_report_is_self_contained_and_escaped(make_image, tmp_path: Path) -> Non
     assert csp == content_security_policy()
     for tag, attrs in page.tags:  # nothing to fetch: no src, href or inline handler at all
         assert not {"src", "href"} & set(attrs) and not any(a.startswith("on") for a in attrs), tag
-    assert [t for t, _ in page.tags if t == "script"] == ["script"] * 3
+    assert [t for t, _ in page.tags if t == "script"] == ["script"] * 4
     assert "<img" not in text.replace("<img src=x", "")  # the only <img is none: JS makes them
     assert NASTY not in text and "report of &lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
     data = json.loads(page.scripts["records"])
@@ -281,7 +281,7 @@ def test_wheel_ships_the_script_and_style(tmp_path: Path) -> None:
     [wheel] = tmp_path.glob("resnext_cli-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         for name in ("report.js", "report.css"):
-            assert zf.read(f"resnext_cli/{name}") == (PACKAGE / name).read_bytes()
+            assert zf.read(f"resnext_cli/outputs/{name}") == (PACKAGE / name).read_bytes()
 
 
 def test_thumbnail_refuses_bombs_and_non_images(make_image, tmp_path: Path) -> None:

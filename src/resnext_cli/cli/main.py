@@ -28,6 +28,7 @@ from resnext_cli.errors import ConfigError, ExitStatus, ReaderGone, ResnextError
 from resnext_cli.model.weights import OFFLINE_ENV
 from resnext_cli.outputs.writers import FORMATS
 from resnext_cli.run.config import Config
+from resnext_cli.sort.reviewed import UNREVIEWED
 
 
 class _Group(click.Group):
@@ -164,6 +165,12 @@ def classify(
     type=click.Path(dir_okay=False),
     help="File the images by the records of an earlier 'classify -o RECORDS' run; no model.",
 )
+@click.option(
+    "--unreviewed",
+    type=click.Choice(UNREVIEWED),
+    help="With a report's reviewed file (--from): refuse images not reviewed yet "
+    "(the default), or file them by the model's top-1.",
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan on stdout; touch nothing.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted sort into DEST.")
 @click.option("--undo", is_flag=True, help="Put back every file sorted into DEST.")
@@ -176,6 +183,7 @@ def sort_command(
     move: bool,
     by: str,
     records: str | None,
+    unreviewed: str | None,
     dry_run: bool,
     resume: bool,
     undo: bool,
@@ -191,7 +199,9 @@ def sort_command(
     DEST/_failed/. Names are made safe for every file system and nothing is overwritten:
     a clash gets a number, 'cat (1).jpg'; a file already filed from the same source with
     the same bytes is skipped. Every step is journaled in DEST first, so an interrupted
-    sort can be finished with --resume DEST or rolled back with --undo DEST. Exit status:
+    sort can be finished with --resume DEST or rolled back with --undo DEST. With --from a
+    report's reviewed file (NAME.reviewed.jsonl), images go by the labels a person chose,
+    skipped ones to DEST/_skipped/. Exit status:
     0 when every image was classified and filed, 1 when some could not be classified
     (they are in _failed/) or some file could not be handled, 2 for usage errors.
     """
@@ -220,6 +230,7 @@ def sort_command(
         mode=modes[0] if modes else "copy",
         by=by,
         records=records,
+        unreviewed=unreviewed,
         dry_run=dry_run,
         resume=resume,
         undo=undo,

@@ -13,6 +13,14 @@ browser test the filter: ``report.html?label=crane``, ``?category=dog``, ``?show
 ``?sort=confidence-asc|confidence-desc|name|input|category``. After the first render
 ``<main id="grid">`` carries ``data-matches`` (cards that pass the filter) and
 ``data-total``, and ``<body>`` gets ``data-ready="1"``.
+
+Review mode (on unless ``?review=0``): each classified card can be accepted, corrected to
+another of its top-k labels or any label, or skipped, by keyboard or mouse. Decisions live
+in the browser's ``localStorage`` under the report's identity (a hash of its records,
+written into the page), and the export button downloads ``NAME.reviewed.jsonl``: for each
+classified image its ``input``, ``path``, ``size``, ``mtime_ns``, the model's top-1
+(``model_label``), the chosen ``label`` and ``reviewed`` (``"accepted"``, ``"corrected"``,
+``"skipped"``, or null when not reviewed yet; ``label`` is null then and when skipped).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import io
 import json
 import os
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -111,6 +119,9 @@ def make_thumbnail(
 def report_entry(record: Record, thumb: Thumbnail | None) -> dict[str, Any]:
     """The page's view of one record."""
     entry: dict[str, Any] = {"input": record.input, "path": record.path}
+    if record.file is not None:
+        # As strings: a nanosecond mtime is past the integers a JavaScript number holds.
+        entry["file"] = [str(record.file.size), str(record.file.mtime_ns)]
     if thumb:
         data = base64.b64encode(thumb[0]).decode("ascii")
         entry["thumb"] = {"src": f"data:image/jpeg;base64,{data}", "w": thumb[1], "h": thumb[2]}
@@ -140,6 +151,8 @@ class HtmlReportWriter:
         *,
         title: str = "resnext report",
         context: Mapping[str, str] | None = None,
+        labels: Sequence[str] = (),
+        categories: Sequence[str] = (),
         thumbnail_size: int = THUMBNAIL_SIZE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         allow_truncated: bool = False,
@@ -151,6 +164,9 @@ class HtmlReportWriter:
         self._max_pixels = max_pixels
         self._allow_truncated = allow_truncated
         self._count = 0
+        # What the review box offers: the model's labels, then the run's categories.
+        self._labels = list(dict.fromkeys([*labels, *categories]))
+        self._identity = hashlib.sha256()
         self._window: deque[tuple[Record, Future[Thumbnail | None]]] = deque()
         self._limit = 4 * max(1, workers)
         try:
@@ -193,6 +209,9 @@ class HtmlReportWriter:
         record, future = self._window.popleft()
         entry = report_entry(record, future.result())
         self._file.write(("\n" if self._count == 0 else ",\n") + script_json(entry))
+        # The report's identity, which keys its review in the browser: its records, in order.
+        entry.pop("thumb", None)
+        self._identity.update(script_json(entry).encode("ascii") + b"\n")
         self._count += 1
 
     def close(self) -> None:
@@ -202,7 +221,8 @@ class HtmlReportWriter:
         try:
             while self._window:
                 self._emit()
-            self._file.write(_TAIL.format(script=asset("report.js")))
+            review = {"id": self._identity.hexdigest()[:32], "labels": self._labels}
+            self._file.write(_TAIL.format(review=script_json(review), script=asset("report.js")))
             self._file.flush()
             os.fsync(self._file.fileno())
         finally:
@@ -244,6 +264,25 @@ _HEAD = """<!doctype html>
 </select></label>
 <span id="count" aria-live="polite"></span>
 </div>
+<div class="controls" id="review-bar">
+<label><input id="review-mode" type="checkbox" checked> review</label>
+<span id="progress" aria-live="polite"></span>
+<button id="undo" type="button">undo (u)</button>
+<button id="export" type="button">export decisions</button>
+<button id="clear" type="button">clear my decisions</button>
+<span id="saved"></span>
+</div>
+<p id="help">Keys: &larr; &rarr; or j k move &middot; a accept &middot; 1&ndash;5 pick a label \
+&middot; / relabel (any label, or type a new one) &middot; s skip &middot; u undo. \
+Or click a label, or a card's buttons.</p>
+<div id="relabel" class="controls" hidden>
+<label>Relabel <span id="relabel-name"></span> as <input id="relabel-input" type="text" \
+autocomplete="off" spellcheck="false" aria-autocomplete="list" aria-controls="suggestions" \
+placeholder="a label, or a new one"></label>
+<button id="relabel-ok" type="button">set (Enter)</button>
+<button id="relabel-cancel" type="button">cancel (Esc)</button>
+<ul id="suggestions" role="listbox" aria-label="labels"></ul>
+</div>
 </header>
 <main id="grid"></main>
 <button id="more" type="button" hidden>show more</button>
@@ -252,6 +291,7 @@ _HEAD = """<!doctype html>
 
 _TAIL = """
 ]</script>
+<script type="application/json" id="review">{review}</script>
 <script>{script}</script>
 </body>
 </html>

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -221,6 +222,7 @@ class Outputs:
         uncertain: bool,
         report_title: str = "",
         report_context: dict[str, str] | None = None,
+        report_labels: Sequence[str] = (),
         max_pixels: int | None = None,
         allow_truncated: bool = False,
         caption: str | None = None,
@@ -253,6 +255,8 @@ class Outputs:
                 Path(req.report),
                 title=report_title,
                 context=report_context or {},
+                # what the review's relabel box offers: the model's labels and categories
+                labels=report_labels,
                 max_pixels=max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS,
                 # Pillow's truncation switch is global: thumbnails follow the run's.
                 allow_truncated=allow_truncated,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from resnext_cli.inputs.sources import Source
     from resnext_cli.outputs.sinks import Outputs
     from resnext_cli.run.engine import Engine
+    from resnext_cli.run.plan import Plan
 
 NO_INPUT = "no input matched (give image files, folders, globs or URLs)"
 
@@ -163,6 +164,11 @@ def refuse(failed: list[Source], console: Console) -> int:
     return ExitStatus.USAGE
 
 
+def review_labels(plan: Plan) -> list[str]:
+    """The names a report's review can relabel to: the model's labels, then its categories."""
+    return [*plan.labels, *(plan.categories.names if plan.categories else ())]
+
+
 def report_title(inputs: tuple[str, ...]) -> str:
     """The report's title: the command line's inputs, shortened."""
     title = "resnext: " + " ".join(inputs)
@@ -212,6 +218,7 @@ def run_classify(
             uncertain=min_probability is not None,
             report_title=report_title(inputs),
             report_context=context,
+            report_labels=review_labels(plan),
             max_pixels=config.max_pixels,
             allow_truncated=config.allow_truncated,
             caption=plan.model_line(),
@@ -290,6 +297,7 @@ def classify_for_sort(
         uncertain=min_probability is not None,
         report_title=report_title(inputs),
         report_context={"device": engine.describe()},
+        report_labels=review_labels(engine.plan),
         max_pixels=config.max_pixels,
         allow_truncated=config.allow_truncated,
         results=False,

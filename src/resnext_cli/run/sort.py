@@ -17,6 +17,7 @@ from resnext_cli.results import Record
 from resnext_cli.run.classify import NO_INPUT, classify_for_sort, print_summary
 from resnext_cli.run.config import Config
 from resnext_cli.sort import filing as sorting
+from resnext_cli.sort import reviewed
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class SortRequest:
     undo: bool = False
     min_probability: float | None = None
     report: str | None = None
+    # With a reviewed file (--from): what to do with images not reviewed yet.
+    unreviewed: str | None = None
 
 
 def _problems(outcome: sorting.Outcome, console: Console) -> int:
@@ -87,9 +90,12 @@ def _records(
         dest = Path(request.paths[0])
         sorting.check_dest(dest)
         records, changed = sorting.records_from_file(Path(request.records))
+        _check_review(request, records)
         for name, reason in changed:
             console.warn(f"not sorted: '{name}': {reason}")
         return records, None, (), dest
+    if request.unreviewed is not None:
+        raise ConfigError("--unreviewed is for a reviewed file: give it with --from RECORDS")
     if len(request.paths) < 2:
         raise ConfigError("give the images to sort and then DEST")
     inputs, dest = request.paths[:-1], Path(request.paths[-1])
@@ -106,6 +112,29 @@ def _records(
         return None
     records, summary = done
     return records, summary, inputs, dest
+
+
+def _check_review(request: SortRequest, records: list[Record]) -> None:
+    """Refuse unreviewed images (but with --unreviewed model) and options a review overrides."""
+    pending = reviewed.unreviewed(records)
+    if pending is None:
+        return  # a classify run's records: filed by the model's top-1, as ever
+    if request.by != "label":
+        raise ConfigError(
+            f"a reviewed file is filed by its labels; --by {request.by} does not apply "
+            "(leave out --by)"
+        )
+    if request.min_probability is not None:
+        raise ConfigError(
+            "a reviewed file is filed by its labels; --min-probability does not apply "
+            "(leave it out)"
+        )
+    if pending and request.unreviewed != "model":
+        raise sorting.SortError(
+            f"'{request.records}' has {len(pending)} images not reviewed yet (the first: "
+            f"'{pending[0].input}'); review them in the report and export again, or give "
+            "--unreviewed model to file them by the model's top-1"
+        )
 
 
 def run_sort(request: SortRequest, options: dict[str, Any], console: Console) -> int:

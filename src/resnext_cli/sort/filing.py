@@ -58,6 +58,7 @@ from typing import Any, BinaryIO, Literal
 
 from resnext_cli.errors import ResnextError
 from resnext_cli.results import Classified, Failed, Record, record_from_dict
+from resnext_cli.sort import reviewed
 
 JOURNAL_NAME = ".resnext-sort-journal.jsonl"
 FAILED_FOLDER = "_failed"
@@ -73,7 +74,7 @@ _RESERVED = frozenset(
     + [f"{stem}{d}" for stem in ("COM", "LPT") for d in "0123456789¹²³"]
 )
 _MAX_NAME_BYTES = 240  # below the 255 of common file systems, leaving room for " (12)"
-_SPECIAL = frozenset({FAILED_FOLDER, UNCERTAIN_FOLDER})
+_SPECIAL = frozenset({FAILED_FOLDER, UNCERTAIN_FOLDER, reviewed.SKIPPED_FOLDER})
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as the journal must not hang us
 
@@ -148,6 +149,8 @@ def folder_for(record: Record, *, by: str = "label", min_probability: float | No
     if isinstance(record, Failed):
         return FAILED_FOLDER
     assert isinstance(record, Classified)
+    if isinstance(record, reviewed.Reviewed) and record.skipped:
+        return reviewed.SKIPPED_FOLDER
     if by == "category":
         if not record.categories:
             raise SortError(
@@ -1148,6 +1151,14 @@ def _not_records(path: Path, line: int, detail: str) -> SortError:
 
 
 def _to_record(data: Any, path: Path, line: int) -> Record:
+    if reviewed.is_reviewed_line(data):
+        problem = reviewed.review_problem(data)
+        if problem is None:
+            return reviewed.reviewed_from_dict(data)
+        raise SortError(
+            f"'{path}' line {line} is not a reviewed record ({problem}); give the file the "
+            "report's 'export decisions' wrote"
+        )
     problem = _record_problem(data)
     if problem is None:
         try:
