@@ -13,10 +13,15 @@ from types import FrameType
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from resnext_cli import __version__
-from resnext_cli.cli.options import MODEL_HELP, debug_option, pass_console, run_options
+from resnext_cli.cli.options import (
+    MODEL_HELP,
+    debug_option,
+    given_options,
+    pass_console,
+    run_options,
+)
 from resnext_cli.console import Console
 from resnext_cli.errors import ConfigError, ExitStatus, ReaderGone, ResnextError, Terminated
 from resnext_cli.model.weights import OFFLINE_ENV
@@ -189,15 +194,7 @@ def sort_command(
     modes = [m for m, on in (("copy", copy_), ("link", link), ("move", move)) if on]
     if len(modes) > 1:
         raise ConfigError(f"give one of --copy, --link, --move, not {' and '.join(modes)}")
-    ctx = click.get_current_context()
-    given = [
-        param.opts[-1]
-        for param in ctx.command.params
-        if isinstance(param, click.Option)
-        and param.name
-        and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
-    ]
-    check_sort(given, records=records, resume=resume, undo=undo)
+    check_sort(given_options(), records=records, resume=resume, undo=undo)
     if by == "category" and options["categories"] is None and records is None:
         options["categories"] = "default"  # filing by category needs them: no need to ask
     if records is None and not (resume or undo):
