@@ -279,9 +279,11 @@ def test_json_is_one_array(checkpoint, make_image, tmp_path, resnext) -> None:
     data = json.loads(mixed.stdout)
     assert [r["input"] for r in data] == [str(images[0]), str(bad)]
     assert "predictions" in data[0] and data[1]["error"]["type"] == "not_an_image"
-    nothing = resnext("classify", tmp_path / "gone.jpg", "--checkpoint", checkpoint, "-f", "json")
-    assert nothing.code == 1, nothing
-    assert [r["error"]["type"] for r in json.loads(nothing.stdout)] == ["not_found"]
+    # Only a missing file: refused before the model, as a glob that matches nothing.
+    gone = tmp_path / "gone.jpg"
+    nothing = resnext("classify", gone, "--checkpoint", checkpoint, "-f", "json")
+    assert (nothing.code, nothing.stdout) == (2, ""), nothing
+    assert nothing.stderr == f"error: no such file: '{gone}'\n"
 
 
 # The writers one by one, with records built by hand: each check takes milliseconds, so a
