@@ -228,10 +228,17 @@ class Console:
         )
 
         bar: dict[str, Any] = {}
-        status = self.err.status(Text(f"loading {what}…")) if self._drawing() else None
+        drawing = self._drawing()
+        status = self.err.status(Text(f"loading {what}…")) if drawing else None
         if status is not None:
             status.start()
-        self._live += 1
+        self._live += drawing
+
+        def stop() -> None:
+            if "progress" in bar:
+                bar.pop("progress").stop()
+            if status is not None:
+                status.stop()
 
         def update(done: int, total: int | None) -> None:
             if not self._drawing():
@@ -254,18 +261,12 @@ class Console:
         try:
             yield update
         except KeyboardInterrupt:
-            self._stop(bar, status)
+            stop()  # the spinner goes first: the message gets a line of its own
             self.say(f"interrupted while loading {what}: nothing was done", style="yellow")
             raise
         finally:
-            self._stop(bar, status)
-
-    def _stop(self, bar: dict[str, Any], status: Any) -> None:
-        if "progress" in bar:
-            bar.pop("progress").stop()
-        if status is not None:
-            status.stop()
-        self._live = max(0, self._live - 1)
+            stop()
+            self._live -= drawing
 
     @contextmanager
     def counting(

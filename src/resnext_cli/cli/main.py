@@ -13,13 +13,16 @@ from types import FrameType
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from resnext_cli import __version__
 from resnext_cli.cli.options import (
     MODEL_HELP,
     debug_option,
+<<<<<<< HEAD
     learn_options,
+=======
+    given_options,
+>>>>>>> i24
     pass_console,
     run_options,
 )
@@ -212,15 +215,7 @@ def sort_command(
     modes = [m for m, on in (("copy", copy_), ("link", link), ("move", move)) if on]
     if len(modes) > 1:
         raise ConfigError(f"give one of --copy, --link, --move, not {' and '.join(modes)}")
-    ctx = click.get_current_context()
-    given = [
-        param.opts[-1]
-        for param in ctx.command.params
-        if isinstance(param, click.Option)
-        and param.name
-        and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
-    ]
-    check_sort(given, records=records, resume=resume, undo=undo)
+    check_sort(given_options(), records=records, resume=resume, undo=undo)
     if by == "category" and options["categories"] is None and records is None:
         options["categories"] = "default"  # filing by category needs them: no need to ask
     if records is None and not (resume or undo):

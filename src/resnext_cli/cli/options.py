@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from resnext_cli.console import Console
 from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
@@ -126,6 +127,19 @@ _RUN_OPTIONS = [
     ),
     click.option("-q", "--quiet", is_flag=True, help="No progress, warnings or summary on stderr."),
 ]
+
+
+def given_options() -> list[str]:
+    """The long names of the options typed on this command's line (not defaults or
+    environment variables), for refusing those a kind of run would ignore."""
+    ctx = click.get_current_context()
+    return [
+        param.opts[-1]
+        for param in ctx.command.params
+        if isinstance(param, click.Option)
+        and param.name
+        and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE
+    ]
 
 
 def run_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -92,15 +92,19 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         f"top-1 (top-5 sets: {agree.top5:.1%}; largest probability change "
         f"{agree.max_abs_dp:.3f})"
     )
+    if agree.top1 < USABLE_AGREEMENT and not request.force:
+        console.error(
+            f"{said}: under {USABLE_AGREEMENT:.0%}, the INT8 model is not usable as it "
+            f"is, and '{out}' was not written"
+        )
+        console.say(WHAT_TO_TRY)
+        return ExitStatus.SOME_FAILED
+    console.note(said)
     if agree.top1 < USABLE_AGREEMENT:
-        if not request.force:
-            console.error(
-                f"{said}: under {USABLE_AGREEMENT:.0%}, the INT8 model is not usable as it "
-                f"is, and '{out}' was not written"
-            )
-            console.say(WHAT_TO_TRY)
-            return ExitStatus.SOME_FAILED
-        console.warn(f"{said}: under {USABLE_AGREEMENT:.0%}; saved anyway (--force)")
+        console.warn(
+            f"under {USABLE_AGREEMENT:.0%}, the INT8 model is not usable as it is; "
+            "saved anyway (--force)"
+        )
     save_quantized(
         out,
         int8,
@@ -110,8 +114,6 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         weights=plan.info.tag,
         names=None if plan.labels == imagenet_labels() else plan.labels,
     )
-    if agree.top1 >= USABLE_AGREEMENT:
-        console.note(said)
     console.note(
         f"use it with: resnext classify --checkpoint {out} --quantized -m {plan.info.model}"
     )
