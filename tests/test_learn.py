@@ -252,6 +252,26 @@ def test_from_list_with_hostile_class_names(learned: Any, tmp_path: Path, checkp
     assert (made / "stripes0.png").is_file()
 
 
+def test_a_class_whose_only_image_does_not_decode(
+    learned: Any, tmp_path: Path, checkpoint: Path
+) -> None:
+    folder, _, _ = learned
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    listing = tmp_path / "list.csv"
+    rows = [f"{folder / k / f'{k}{i}.png'},{k}" for k in KINDS[:2] for i in range(2)]
+    listing.write_text("path,label\n" + "\n".join([*rows, f"{broken},broken"]) + "\n")
+    outcome = run_resnext(
+        "learn", "--from", listing, "-o", tmp_path / "m.pth", "--checkpoint", checkpoint, *FAST
+    )
+    assert outcome.code == 2, str(outcome)
+    assert "features: 0 computed, 4 from the cache" in outcome.stderr
+    assert outcome.stderr.splitlines()[-1] == (
+        "error: class 'broken' has no readable image (add images to it, or remove it)"
+    )
+    assert not (tmp_path / "m.pth").exists()
+
+
 # -- bad input: one line each, exit 2, before any feature --------------------------------
 
 
