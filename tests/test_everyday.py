@@ -163,19 +163,9 @@ def test_conflicting_sort_modes_are_a_usage_error(checkpoint, photos, tmp_path, 
         run = resnext("sort", photos, tmp_path / "dest", first, second, "--checkpoint", checkpoint)
         assert (run.code, run.stdout) == (2, ""), run
         modes = sorted([first, second], key=["--copy", "--link", "--move"].index)
-<<<<<<< HEAD
-        assert (
-            run.stderr
-            == (  # one line, like every other refusal
-                "error: give one of --copy, --link, --move, "
-                f"not {modes[0][2:]} and {modes[1][2:]}\n"
-            )
-        )
-=======
         pair = f"{modes[0][2:]} and {modes[1][2:]}"
         # One line, like every other refusal.
         assert run.stderr == f"error: give one of --copy, --link, --move, not {pair}\n"
->>>>>>> i24
         assert not (tmp_path / "dest").exists()
 
 

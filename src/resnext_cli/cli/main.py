@@ -18,11 +18,8 @@ from resnext_cli import __version__
 from resnext_cli.cli.options import (
     MODEL_HELP,
     debug_option,
-<<<<<<< HEAD
-    learn_options,
-=======
     given_options,
->>>>>>> i24
+    learn_options,
     pass_console,
     run_options,
 )
