@@ -93,10 +93,19 @@ def test_unknown_device_names(spec) -> None:
 def test_batch_size_comes_from_the_device_and_free_memory() -> None:
     assert resolve(Config(), AVX2).batch_size == 8
     assert resolve(Config(batch_size=3), GPU).batch_size == 3
-    # 80 GiB free holds far more than the cap; 8 GiB free holds less than 128 images of
-    # ResNeXt-50 (4.27 GFLOPs, torchvision's metadata) at ~85 MB each, so 64.
+    # 80 GiB free holds far more than the cap; half of 8 GiB holds less than 64 images of
+    # ResNeXt-50 (4.27 GFLOPs, torchvision's metadata) at ~90 MB of activations each, so
+    # the floor of 64 (all 8 GiB hold 64 even when each is also decoded on the GPU).
     assert resolve(Config(), GPU).batch_size == 256
     assert resolve(Config(), OLD_GPU).batch_size == 64
+    # 3 GiB hold 35 images' activations (32), but only 25 once each is also decoded on
+    # the GPU at full size (a 12 MP photo: 36 MB of RGB): 16.
+    small = MachineFacts(cpu_count=4, cuda_count=1, cuda_free_bytes=3 << 30)
+    assert resolve(Config(), small).decode_on == "gpu"
+    assert resolve(Config(), small).batch_size == 16
+    assert resolve(Config(decode="cpu"), small).batch_size == 32
+    tiny = MachineFacts(cpu_count=4, cuda_count=1, cuda_free_bytes=1 << 30)
+    assert resolve(Config(), tiny).batch_size == 8  # 1 GiB / 126 MB = 8: the least
 
 
 def test_workers_default_to_the_cores_up_to_eight() -> None:
