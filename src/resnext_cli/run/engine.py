@@ -222,8 +222,11 @@ class _Stages:
             for q in (self.decoded, self.scored):  # unblock a stage waiting to hand over
                 while not q.empty():
                     q.get_nowait()
-            for thread in threads:
-                thread.join(timeout=2.0)
+            # The model's thread ends with its batch (no GPU work outlives the run); the
+            # decode thread may wait on a stalled download, so it gets a moment only.
+            decode, infer_ = threads
+            infer_.join()
+            decode.join(timeout=2.0)
 
     def _put(self, q: queue.Queue[Any], item: Any) -> bool:
         """Hand *item* to the next stage; False once the run has stopped."""
