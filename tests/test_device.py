@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -184,30 +185,29 @@ def test_decode_auto_keeps_the_cpu_without_a_hardware_jpeg_decoder() -> None:
     )
 
 
-def test_the_decoder_choice_is_named_under_debug(checkpoint, make_image, monkeypatch, resnext):
-    import resnext_cli.run.engine as engine
-    import resnext_cli.run.plan as plan_module
-
+def test_the_decoder_choice_is_named_under_debug(checkpoint, tmp_path, monkeypatch, resnext):
+    """A fake T4: the run plans CUDA without GPU decoding and says why under --debug."""
     t4 = MachineFacts(
         cpu_count=2, cuda_count=1, cuda_free_bytes=14 << 30, cuda_jpeg_hardware=False,
         cuda_name="Tesla T4",
     )  # fmt: skip
-    real = engine.local_engine
-    seen = []
-
-    def on_cpu(config, **options):
-        # The plan is resolved on the fake T4; the model then runs on the CPU.
-        seen.append(plan_module.resolve(config, t4))
-        return real(config.with_(device="cpu"), **options)
-
-    monkeypatch.setattr(engine, "local_engine", on_cpu)
-    image = make_image("a.jpg", seed=1)
-    run = resnext("classify", image, "--checkpoint", checkpoint, "--debug", "-f", "json")
-    assert run.code == 0, run
-    assert seen[0].decode_on == "cpu"
-    # The engine built here runs on the CPU, whose plan makes no CUDA choice: the line
-    # comes from the plan the run used, so check the resolver's text reaches --debug.
-    assert seen[0].choices[0].startswith("decode: cpu (--decode auto: 'Tesla T4'")
+    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls, device="auto": t4))
+    _to_fake_cuda(monkeypatch)
+    log = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _FakeStream(log, "side"))
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(log, "d"))
+    junk = tmp_path / "notes.jpg"  # fails in decoding: the run never needs the fake GPU
+    junk.write_text("not a picture")
+    run = resnext("classify", junk, "--checkpoint", checkpoint, "--debug", "-f", "json")
+    assert run.code == 1, run
+    assert [r["error"]["type"] for r in run.records()] == ["not_an_image"]
+    assert (
+        "debug: decode: cpu (--decode auto: 'Tesla T4' has no hardware JPEG decoder, and "
+        "nvJPEG's hybrid decoder is slower than Pillow threads; --decode gpu forces it)"
+    ) in run.stderr.splitlines()
+    quiet = resnext("classify", junk, "--checkpoint", checkpoint, "-f", "json")
+    assert "debug:" not in quiet.stderr
 
 
 # -- TF32, cuDNN autotuning and torch.compile, with CUDA faked ---------------------------------
