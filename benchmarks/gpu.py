@@ -644,7 +644,8 @@ def measure(rows: list[str], work: Path, scale: Scale, sink: Rows, deadline: flo
         for row in rows:
             sink.add(row, {"na": "not run: the deadline had passed"})
         return
-    limit = min(scale.child_timeout * len(rows), left)
+    own = scale.child_timeout * len(rows)
+    limit = min(own, left)
     argv = [sys.executable, __file__, "--child", ",".join(rows), "--work", str(work)]
     started = time.perf_counter()
     sampler = Utilisation()
@@ -672,7 +673,8 @@ def measure(rows: list[str], work: Path, scale: Scale, sink: Rows, deadline: flo
     print(f"  {', '.join(rows)}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
     for row in rows:
         if row not in done:
-            why = (f"timed out after {limit:.0f}s" if proc.returncode in (-9, 137)
+            stopped = "the run's deadline" if limit < own else "its time limit"
+            why = (f"not finished by {stopped} ({limit:.0f}s)" if proc.returncode in (-9, 137)
                    else f"failed: exit {proc.returncode}")  # fmt: skip
             sink.add(row, {"na": why})
 
