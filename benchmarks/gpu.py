@@ -1,8 +1,14 @@
 """GPU throughput of `resnext classify` against the model alone, the hub loop and a timm loader.
 
-    PYTHONPATH=src python3 benchmarks/gpu.py           # one CUDA GPU, under 6 minutes
+    PYTHONPATH=src python3 benchmarks/gpu.py --out gpu.json   # one CUDA GPU, within 480 s
     PYTHONPATH=src python3 benchmarks/gpu.py --write   # and put the table in BENCHMARKS.md
     python3 benchmarks/gpu.py --smoke                  # the same code on CPU, tiny, < 1 min
+
+No row is ever lost: each is printed, and appended to --out FILE as one JSON line, the
+moment it is measured; one overall deadline (--deadline, 480 s) ends the run cleanly with
+the rows so far. Where nvidia-smi exists, GPU (and JPEG engine) utilisation is sampled in
+the background during each row. The table names the JPEG decoder the device offers
+(hardware or nvJPEG's hybrid mode), as `resnext` itself decides it.
 
 Needs only torch, torchvision, Pillow, numpy, click, rich and requests (timm is used for
 the timm row when it is installed; without it a plain DataLoader stands in). It makes its
@@ -15,14 +21,17 @@ Each row runs in its own child process with a time limit, so one that fails or h
 prints its reason in the table and the others still run:
 
   model     the model alone on uint8 batches already on the device (BatchNorm folded,
-            channels_last, bf16 autocast), at its best batch of 64/128/256
+            channels_last, the precision resnext's plan picks), at its best batch of
+            64/128/256 (one figure: ready batches do not depend on the photos' size)
   hub       the hub page's loop: PIL open, its Compose, batch 1, fp32, on the device
   timm      timm's inference recipe: create_loader with Pillow workers (one per core),
-            its GPU prefetcher, channels_last, bf16 autocast, batch 256
+            its GPU prefetcher, channels_last, bf16 autocast, batch 256; a warm-up pass
+            (cuDNN autotuning, worker start-up) outside the timed ones, best of several
   decode    decoding alone, from bytes in memory to 224x224 uint8 crops: the Pillow path
             in one thread per core, and tensor_decode.decode_batch on the device
-  resnext   resnext's Classifier from file names to records: defaults, --decode cpu,
-            --decode gpu (rows say 'n/a (no --decode)' until the CLI has the option)
+  resnext   the real command, as a user runs it: `python -m resnext_cli classify FOLDER
+            --checkpoint CKPT -o FILE` (defaults, --decode cpu, --decode gpu), timed from
+            start to exit, after one warm-up run (page cache, kernels on disk)
   parity    decode_batch on the device against the Pillow path: top-1 agreement and
             max |dp| with the model in fp32, and how far the crops differ in uint8 levels
 """
@@ -36,6 +45,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -45,7 +55,8 @@ from typing import Any
 
 from common import cpu_model, write_section
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 if str(SRC) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(SRC))
 
@@ -66,8 +77,8 @@ class Scale:
         self.parity = (4, 2) if smoke else (256, 48)  # (ImageNet-sized, phone-sized) images
         self.calibrate = 2 if smoke else 8  # images the checkpoint's fc is centred on
         self.warmup = 1 if smoke else 64  # files classified before timing
-        self.repeats = 1 if smoke else 2  # passes of the quick rows; the best counts
-        self.seconds = 1.0 if smoke else 20.0  # time box of the slow rows, per folder
+        self.repeats = 1 if smoke else 3  # timed passes of each row; the best counts
+        self.seconds = 1.0 if smoke else 20.0  # time box of the hub row, per folder
         self.child_timeout = 120 if smoke else 100
 
 
@@ -117,30 +128,13 @@ def make_images(folder: Path, count: int, sizes: list[tuple[int, int]], *, seed:
         list(pool.map(one, range(count)))
 
 
-def make_checkpoint(path: Path, folder: Path, count: int) -> None:
-    """A seeded resnext50_32x4d whose fc is centred on a few of these images' features."""
-    import torch
-    import torchvision
-    from PIL import Image
+def make_checkpoint(path: Path) -> None:
+    """The tests' seeded resnext50_32x4d, its fc centred so predictions are peaked."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.conftest import make_checkpoint as tests_checkpoint
 
-    torch.manual_seed(0)
-    model = torchvision.models.resnext50_32x4d().eval()
-    transform = torchvision.models.ResNeXt50_32X4D_Weights.DEFAULT.transforms()
-    files = sorted(folder.glob("*.jpg"))[:count]
-    batch = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
-    fc = model.fc
-    model.fc = torch.nn.Identity()
-    with torch.inference_mode():
-        feats = model(batch)
-    mean = feats.mean(0)
-    spread = (feats - mean).norm(dim=1).mean()
-    # Logits that spread over a few units: peaked, image-dependent predictions.
-    weight = torch.randn(fc.out_features, feats.shape[1]) * (4.0 / spread)
-    with torch.no_grad():
-        fc.weight.copy_(weight)
-        fc.bias.copy_(-(weight @ mean))
-    model.fc = fc
-    torch.save(model.state_dict(), path)
+    tests_checkpoint(path)
 
 
 # -- helpers for the children ----------------------------------------------------------------
@@ -168,13 +162,14 @@ def _sync(device: Any) -> None:
 
 
 def _reduced(device: Any) -> Any:
-    """bf16 on CUDA and on CPUs that compute it natively; fp32 elsewhere (emulated is slow)."""
+    """The dtype resnext's own plan picks on this device (--precision auto)."""
     import torch
 
-    if device.type == "cuda":
-        return torch.bfloat16
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if native else torch.float32
+    from resnext_cli.run.config import Config
+    from resnext_cli.run.plan import resolve
+
+    precision = resolve(Config(device=device.type)).precision
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def _autocast(device: Any, dtype: Any) -> Any:
@@ -251,8 +246,8 @@ def row_model(work: Path, scale: Scale) -> dict[str, Any]:
         rate = max(_rate(lambda n=n, steps=steps: steps(n), device) for _ in range(scale.repeats))
         best = max(best, (rate, size))
     rate, size = best
-    note = f"batch {size}, {str(dtype).removeprefix('torch.')}, {_device_name(device)}"
-    return {"imagenet": rate, "phone": rate, "note": note, "device": _device_name(device)}
+    note = f"batch {size}, {str(dtype).removeprefix('torch.')}; one figure for both sizes"
+    return {"imagenet": rate, "note": note, "device": _device_name(device)}
 
 
 def row_hub(work: Path, scale: Scale) -> dict[str, Any]:
@@ -313,7 +308,6 @@ def row_timm(work: Path, scale: Scale) -> dict[str, Any]:
 
     def one_pass(folder: Path) -> int:
         done = 0
-        start = time.perf_counter()
         with torch.inference_mode(), _autocast(device, dtype):
             for batch in make(folder, scale.loader_batch, workers, device):
                 x = batch.to(device, non_blocking=True).contiguous(
@@ -321,8 +315,6 @@ def row_timm(work: Path, scale: Scale) -> dict[str, Any]:
                 )
                 model(x).float().softmax(-1).topk(5).indices.cpu()
                 done += len(batch)
-                if time.perf_counter() - start > scale.seconds:
-                    break
         return done
 
     out: dict[str, Any] = {
@@ -330,7 +322,10 @@ def row_timm(work: Path, scale: Scale) -> dict[str, Any]:
         f"{str(dtype).removeprefix('torch.')}"
     }
     for name in ("imagenet", "phone"):
-        out[name] = _rate(lambda n=name: one_pass(work / n), device)  # time-boxed: one pass
+        one_pass(work / name)  # warm up: cuDNN autotuning, worker start-up, page cache
+        out[name] = max(
+            _rate(lambda n=name: one_pass(work / n), device) for _ in range(scale.repeats)
+        )
     return out
 
 
@@ -430,44 +425,51 @@ def row_decode(work: Path, scale: Scale) -> dict[str, Any]:
     return out
 
 
+def _jpeg_decoder(device: Any) -> str:
+    """The JPEG decoder the device offers, as resnext's plan judges it."""
+    if device.type != "cuda":
+        return "CPU (libjpeg-turbo)"
+    from resnext_cli.run.plan import MachineFacts
+
+    facts = MachineFacts.probe(str(device))
+    kind = "hardware" if facts.cuda_jpeg_hardware else "hybrid (no hardware JPEG engine)"
+    return f"nvJPEG {kind} on {facts.cuda_name}"
+
+
 def row_resnext(work: Path, scale: Scale, decode: str | None) -> dict[str, Any]:
-    from resnext_cli import Classifier
-
+    """The real command, start to exit, as a user runs it, after one warm-up run."""
     device = _device(scale.smoke)
-    options: dict[str, Any] = {"checkpoint": str(work / "ckpt.pth"), "device": device.type}
+    argv = [sys.executable, "-m", "resnext_cli", "classify", "--checkpoint",
+            str(work / "ckpt.pth"), "--device", device.type, "-f", "jsonl", "--quiet"]  # fmt: skip
     if decode is not None:
-        options["decode"] = decode
-    try:
-        clf = Classifier(**options)
-    except Exception as exc:  # an option this version lacks, or refuses on this device
-        return {"na": f"n/a ({exc})"}
-    out: dict[str, Any] = {}
-    describe = getattr(clf, "describe", None)
-    if describe is not None:
-        out["note"] = describe()
+        argv += ["--decode", decode]
+    out: dict[str, Any] = {
+        "note": " ".join(["classify", *(["--decode", decode] if decode else [])])
+    }
     failed = 0
-
-    def run(files: list[str]) -> int:
-        nonlocal failed
-        done = 0
-        start = time.perf_counter()
-        records = clf.classify(files)
-        for record in records:
-            done += 1
-            failed += not record.ok
-            if time.perf_counter() - start > scale.seconds:
-                break
-        close = getattr(records, "close", None)
-        if close is not None:
-            close()
-        return done
-
     for name in ("imagenet", "phone"):
-        files = [str(f) for f in _files(work / name)]
-        run(files[: scale.warmup])  # warm up: CUDA, cuDNN, decoders
-        out[name] = max(_rate(lambda f=files: run(f), device) for _ in range(scale.repeats))
+        folder = work / name
+        records = work / f"records-{name}-{decode}.jsonl"
+
+        def command(folder: Path = folder, records: Path = records) -> float:
+            nonlocal failed
+            records.unlink(missing_ok=True)
+            start = time.perf_counter()
+            run = subprocess.run([*argv, str(folder), "-o", str(records)],
+                                 capture_output=True, text=True, env=_env())  # fmt: skip
+            seconds = time.perf_counter() - start
+            if run.returncode not in (0, 1):
+                last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"exit {run.returncode}: {last}")
+            lines = records.read_text().splitlines()
+            failed = sum('"error"' in line for line in lines)
+            return len(lines) / seconds
+
+        if not scale.smoke:
+            command()  # warm up: page cache, compiled kernels on disk
+        out[name] = max(command() for _ in range(min(2, scale.repeats)))
     if failed:
-        out["note"] = f"{out.get('note', '')}; {failed} records failed".lstrip("; ")
+        out["note"] += f"; {failed} records failed"
     return out
 
 
@@ -529,6 +531,7 @@ def row_parity(work: Path, scale: Scale) -> dict[str, Any]:
 
 
 def _device_name(device: Any) -> str:
+    """The device's name, for the table."""
     import torch
 
     if device.type == "cuda":
@@ -557,51 +560,135 @@ def _env() -> dict[str, str]:
     return env
 
 
-def has_decode_option() -> bool:
-    """Whether this checkout's `resnext classify` has --decode."""
-    out = subprocess.run(
-        [sys.executable, "-m", "resnext_cli", "classify", "--help"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=60,
-    )
-    return "--decode" in out.stdout
+class Utilisation:
+    """nvidia-smi's GPU (and JPEG engine) utilisation, sampled in the background."""
+
+    QUERIES = ("utilization.gpu,utilization.jpeg", "utilization.gpu")
+
+    def __init__(self) -> None:
+        self.samples: list[list[float]] = []
+        self.fields: list[str] = []
+        self._proc: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import shutil
+
+        if shutil.which("nvidia-smi") is None:
+            return
+        for query in self.QUERIES:  # older drivers know no utilization.jpeg
+            check = subprocess.run(["nvidia-smi", f"--query-gpu={query}",
+                                    "--format=csv,noheader,nounits"],
+                                   capture_output=True, text=True, timeout=20)  # fmt: skip
+            if check.returncode == 0:
+                self.fields = query.split(",")
+                break
+        else:
+            return
+        self._proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={','.join(self.fields)}",
+                                       "--format=csv,noheader,nounits", "-lms", "500"],
+                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            try:
+                self.samples.append([float(v) for v in line.split(",")[: len(self.fields)]])
+            except ValueError:
+                continue  # '[N/A]' on a device that has no such engine
+
+    def stop(self) -> dict[str, float]:
+        """Mean and peak of each field over the samples since start()."""
+        if self._proc is None:
+            return {}
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+        out: dict[str, float] = {}
+        for i, name in enumerate(self.fields):
+            values = [s[i] for s in self.samples if len(s) > i]
+            if values:
+                short = name.removeprefix("utilization.")
+                out[f"{short}_util_mean"] = sum(values) / len(values)
+                out[f"{short}_util_max"] = max(values)
+        return out
 
 
-def measure(rows: list[str], work: Path, scale: Scale) -> dict[str, dict[str, Any]]:
-    """Run *rows* in one child process, within its time limit; a failed row says why."""
+class Rows:
+    """Every row the moment it is measured: on stdout, and one JSON line in --out."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def add(self, row: str, result: dict[str, Any]) -> None:
+        self.results[row] = result
+        line = json.dumps({"row": row, **result})
+        print(f"row {line}", flush=True)
+        if self.out is not None:
+            with self.out.open("a") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def measure(rows: list[str], work: Path, scale: Scale, sink: Rows, deadline: float) -> None:
+    """Run *rows* in one child process; each row reaches *sink* as soon as it is done.
+
+    The child's time limit is its own (child_timeout per row) or what is left of the
+    run's deadline, whichever comes first; rows it did not reach say why.
+    """
+    left = deadline - time.monotonic()
+    if left <= 1:
+        for row in rows:
+            sink.add(row, {"na": "not run: the deadline had passed"})
+        return
+    own = scale.child_timeout * len(rows)
+    limit = min(own, left)
     argv = [sys.executable, __file__, "--child", ",".join(rows), "--work", str(work)]
     started = time.perf_counter()
+    sampler = Utilisation()
+    sampler.start()
+    proc = subprocess.Popen(argv + (["--smoke"] if scale.smoke else []),
+                            stdout=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+    timer = threading.Timer(limit, proc.kill)
+    timer.start()
+    done: set[str] = set()
     try:
-        out = subprocess.run(
-            argv + (["--smoke"] if scale.smoke else []),
-            capture_output=True,
-            text=True,
-            env=_env(),
-            timeout=scale.child_timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {row: {"na": f"timed out after {scale.child_timeout}s"} for row in rows}
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue
+            item = json.loads(line)
+            result = {**item["result"], **sampler.stop()}
+            sink.add(item["row"], result)
+            done.add(item["row"])
+            sampler = Utilisation()  # the next row's samples
+            sampler.start()
+        proc.wait()
+    finally:
+        timer.cancel()
+        sampler.stop()
     print(f"  {', '.join(rows)}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-        return {row: {"na": f"failed: {last[:160]}"} for row in rows}
-    results: dict[str, dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1])
-    return results
+    for row in rows:
+        if row not in done:
+            stopped = "the run's deadline" if limit < own else "its time limit"
+            why = (f"not finished by {stopped} ({limit:.0f}s)" if proc.returncode in (-9, 137)
+                   else f"failed: exit {proc.returncode}")  # fmt: skip
+            sink.add(row, {"na": why})
 
 
-def child(rows: list[str], work: Path, scale: Scale) -> dict[str, dict[str, Any]]:
-    """Run rows here, one after another; one that raises gets its error, the rest still run."""
-    results: dict[str, dict[str, Any]] = {}
+def child(rows: list[str], work: Path, scale: Scale) -> None:
+    """Run rows here, one after another, each printed when done; one that raises gets
+    its error, the rest still run."""
     for row in rows:
         try:
-            results[row] = ROWS[row](work, scale)
+            result = ROWS[row](work, scale)
         except Exception as exc:
             traceback.print_exc()
-            results[row] = {"na": f"failed: {exc!r}"[:160]}
-    return results
+            result = {"na": f"failed: {exc!r}"[:160]}
+        print(json.dumps({"row": row, "result": result}), flush=True)
 
 
 def _cell(value: Any, digits: int = 0) -> str:
@@ -695,46 +782,64 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny, on CPU: check the script")
     parser.add_argument("--write", action="store_true", help="put the table in BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, help="append each row to FILE as a JSON line")
+    parser.add_argument(
+        "--deadline", type=float, default=480.0, help="seconds for the whole run (480)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     scale = Scale(args.smoke)
     if args.child:
-        print(json.dumps(child(args.child.split(","), args.work, scale)))
+        child(args.child.split(","), args.work, scale)
         return
 
     began = time.perf_counter()
+    deadline = time.monotonic() + args.deadline
+    sink = Rows(args.out)
     with tempfile.TemporaryDirectory(prefix="resnext-gpu-bench-") as tmp:
         work = Path(tmp)
         small = [(500, 375), (375, 500), (500, 333), (500, 375)]
         make_images(work / "imagenet", scale.imagenet, small, seed=1)
         make_images(work / "phone", scale.phone, [scale.phone_size], seed=2)
-        make_checkpoint(work / "ckpt.pth", work / "imagenet", scale.calibrate)
+        make_checkpoint(work / "ckpt.pth")
         print(f"data and checkpoint: {time.perf_counter() - began:.0f}s", file=sys.stderr)
-        decode_flag = has_decode_option()
-        results: dict[str, dict[str, Any]] = {}
-        rows = [r for r in ROWS if decode_flag or not r.startswith("resnext-")]
-        # Each row in a fresh process on the GPU; in a smoke run, one process for all of
-        # them (the same code, without paying torch's import nine times).
-        for group in [rows] if scale.smoke else [[r] for r in rows]:
-            results.update(measure(group, work, scale))
-    text = table(results, scale, decode_flag)
+        rows = list(ROWS)
+        try:
+            # Each row in a fresh process on the GPU; in a smoke run, one process for all
+            # of them (the same code, without paying torch's import nine times).
+            for group in [rows] if scale.smoke else [[r] for r in rows]:
+                measure(group, work, scale, sink, deadline)
+        except KeyboardInterrupt:
+            print("interrupted: the table has the rows so far", file=sys.stderr)
+    results = sink.results
+    text = table(results, scale, True)
     device = results.get("model", {}).get("device", "unknown device")
     import torch
 
+    decoder = _jpeg_decoder(_device(scale.smoke))
     header = [
         "## GPU throughput (resnext50_32x4d)" + (" — smoke run on CPU" if scale.smoke else ""),
         "",
-        f"Machine: {device}; {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}.",
+        f"Machine: {device}; {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"JPEG decoder: {decoder}.",
         f"Command: `PYTHONPATH=src python3 benchmarks/gpu.py{' --smoke' if scale.smoke else ''}`"
-        f" ({'all rows in one process' if scale.smoke else 'each row in its own process'}"
-        f" after a warm-up; model, decode and resnext rows best "
-        f"of {scale.repeats} passes; hub and timm rows one pass, time-boxed to "
-        f"{scale.seconds:.0f}s per folder; generated JPEGs, quality 90; "
+        f" ({'all rows in one process' if scale.smoke else 'each row in its own process'};"
+        f" every row warmed up, then best of {scale.repeats} passes, but the hub row (one "
+        f"pass, time-boxed to {scale.seconds:.0f}s per folder); resnext rows time the "
+        f"command from start to exit; generated JPEGs, quality 90; "
         f"{time.perf_counter() - began:.0f}s in all).",
         "",
     ]
+    util = [
+        f"{row}: GPU {r['gpu_util_mean']:.0f}% mean / {r['gpu_util_max']:.0f}% peak"
+        + (f", JPEG {r['jpeg_util_max']:.0f}% peak" if "jpeg_util_max" in r else "")
+        for row, r in results.items()
+        if "gpu_util_mean" in r
+    ]
     text = "\n".join(header) + "\n" + text
+    if util:
+        text += "\n\nnvidia-smi utilisation per row: " + "; ".join(util) + "."
     print(text)
     if args.write:
         write_section("gpu-smoke" if scale.smoke else "gpu", text)

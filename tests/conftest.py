@@ -53,7 +53,11 @@ def cpu_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         MachineFacts,
         "probe",
-        classmethod(lambda cls: dataclasses.replace(real(), cpu_native_bf16=kind == "bf16")),
+        classmethod(
+            lambda cls, device="auto": dataclasses.replace(
+                real(device), cpu_native_bf16=kind == "bf16"
+            )
+        ),
     )
 
 

@@ -49,9 +49,9 @@ def test_gpu_branch_matches_the_pillow_path(checkpoint, make_image, tmp_path) ->
     engine = LocalEngine(dataclasses.replace(clf.loaded, plan=plan))
     prepared = [prepare(Source(input=n, path=p), plan, clf.loaded.transform) for n, p in
                 zip(names, [*inputs, broken], strict=True)]  # fmt: skip
-    # Baseline JPEGs go to the batch decoder; the progressive one, the PNG and a JPEG cut
-    # before its first scan (no complete header) take Pillow's path.
-    assert [isinstance(p, Encoded) for p in prepared] == [True, True, False, False, True, False]
+    # Whole baseline JPEGs go to the batch decoder; the progressive one, the PNG, the JPEG
+    # cut in its scan (no EOI) and the one cut before its first scan take Pillow's path.
+    assert [isinstance(p, Encoded) for p in prepared] == [True, True, False, False, False, False]
     got = list(engine.classify_sources(Source(input=n, path=p) for n, p in
                                        zip(names, [*inputs, broken], strict=True)))  # fmt: skip
     for ref, new in zip(reference, got, strict=True):

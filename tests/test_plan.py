@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 
 import pytest
@@ -93,10 +95,19 @@ def test_unknown_device_names(spec) -> None:
 def test_batch_size_comes_from_the_device_and_free_memory() -> None:
     assert resolve(Config(), AVX2).batch_size == 8
     assert resolve(Config(batch_size=3), GPU).batch_size == 3
-    # 80 GiB free holds far more than the cap; 8 GiB free holds less than 128 images of
-    # ResNeXt-50 (4.27 GFLOPs, torchvision's metadata) at ~85 MB each, so 64.
+    # 80 GiB free holds far more than the cap; half of 8 GiB holds less than 64 images of
+    # ResNeXt-50 (4.27 GFLOPs, torchvision's metadata) at ~90 MB of activations each, so
+    # the floor of 64 (all 8 GiB hold 64 even when each is also decoded on the GPU).
     assert resolve(Config(), GPU).batch_size == 256
     assert resolve(Config(), OLD_GPU).batch_size == 64
+    # 3 GiB hold 35 images' activations (32), but only 25 once each is also decoded on
+    # the GPU at full size (a 12 MP photo: 36 MB of RGB): 16.
+    small = MachineFacts(cpu_count=4, cuda_count=1, cuda_free_bytes=3 << 30)
+    assert resolve(Config(), small).decode_on == "gpu"
+    assert resolve(Config(), small).batch_size == 16
+    assert resolve(Config(decode="cpu"), small).batch_size == 32
+    tiny = MachineFacts(cpu_count=4, cuda_count=1, cuda_free_bytes=1 << 30)
+    assert resolve(Config(), tiny).batch_size == 8  # 1 GiB / 126 MB = 8: the least
 
 
 def test_workers_default_to_the_cores_up_to_eight() -> None:
@@ -120,3 +131,351 @@ def test_cuda_matches_cpu(checkpoint, make_image) -> None:
         assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
         for pa, pb in zip(a.predictions, b.predictions, strict=True):
             assert pa.probability == pytest.approx(pb.probability, abs=1e-3)
+
+
+# -- the probe: the run's own device, and no CUDA context for a CPU run ---------------------
+
+
+def test_probe_for_the_cpu_makes_no_cuda_call(monkeypatch) -> None:
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a CUDA call for --device cpu")
+
+    for name in ("is_available", "device_count", "mem_get_info", "get_device_name"):
+        monkeypatch.setattr(torch.cuda, name, forbidden)
+    facts = MachineFacts.probe("cpu")
+    assert facts.cuda_count == 0 and facts.cuda_free_bytes == 0
+
+
+def test_probe_reads_the_named_devices_memory_and_decoder(monkeypatch) -> None:
+    """Two fake GPUs: a T4-like cuda:0 (7.5) and an H100-like cuda:1 (9.0)."""
+    free = {0: 3 << 30, 1: 70 << 30}
+    names = {0: "Tesla T4", 1: "NVIDIA H100 80GB HBM3"}
+    caps = {0: (7, 5), 1: (9, 0)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=None: (free[i or 0], 80 << 30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: names[i or 0])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: caps[i or 0])
+    second = MachineFacts.probe("cuda:1")
+    assert (second.cuda_free_bytes, second.cuda_name) == (70 << 30, "NVIDIA H100 80GB HBM3")
+    assert second.cuda_jpeg_hardware
+    first = MachineFacts.probe("cuda")
+    assert (first.cuda_free_bytes, first.cuda_jpeg_hardware) == (3 << 30, False)
+    assert MachineFacts.probe("auto").cuda_name == "Tesla T4"
+
+
+def test_decode_auto_keeps_the_cpu_without_a_hardware_jpeg_decoder() -> None:
+    t4 = MachineFacts(
+        cpu_count=8, cuda_count=1, cuda_free_bytes=14 << 30, cuda_jpeg_hardware=False,
+        cuda_name="Tesla T4",
+    )  # fmt: skip
+    plan = resolve(Config(), t4)
+    assert plan.decode_on == "cpu"
+    assert plan.choices == (
+        "decode: cpu (--decode auto: 'Tesla T4' has no hardware JPEG decoder, and nvJPEG's "
+        "hybrid decoder is slower than Pillow threads; --decode gpu forces it)",
+    )
+    assert resolve(Config(decode="gpu"), t4).decode_on == "gpu"  # asked for: kept
+    assert resolve(Config(decode="gpu"), t4).choices == ()
+    h100 = dataclasses.replace(t4, cuda_jpeg_hardware=True, cuda_name="NVIDIA H100")
+    assert resolve(Config(), h100).decode_on == "gpu"
+    assert resolve(Config(), h100).choices == (
+        "decode: gpu (--decode auto: 'NVIDIA H100' has a hardware JPEG decoder)",
+    )
+
+
+def test_the_decoder_choice_is_named_under_debug(checkpoint, tmp_path, monkeypatch, resnext):
+    """A fake T4: the run plans CUDA without GPU decoding and says why under --debug."""
+    t4 = MachineFacts(
+        cpu_count=2, cuda_count=1, cuda_free_bytes=14 << 30, cuda_jpeg_hardware=False,
+        cuda_name="Tesla T4",
+    )  # fmt: skip
+    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls, device="auto": t4))
+    _to_fake_cuda(monkeypatch)
+    log = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _FakeStream(log, "side"))
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _FakeStream(log, "d"))
+    junk = tmp_path / "notes.jpg"  # fails in decoding: the run never needs the fake GPU
+    junk.write_text("not a picture")
+    run = resnext("classify", junk, "--checkpoint", checkpoint, "--debug", "-f", "json")
+    assert run.code == 1, run
+    assert [r["error"]["type"] for r in run.records()] == ["not_an_image"]
+    assert (
+        "debug: decode: cpu (--decode auto: 'Tesla T4' has no hardware JPEG decoder, and "
+        "nvJPEG's hybrid decoder is slower than Pillow threads; --decode gpu forces it)"
+    ) in run.stderr.splitlines()
+    quiet = resnext("classify", junk, "--checkpoint", checkpoint, "-f", "json")
+    assert "debug:" not in quiet.stderr
+
+
+# -- TF32, cuDNN autotuning and torch.compile, with CUDA faked ---------------------------------
+
+
+@pytest.fixture
+def cuda_flags_on():
+    """Torch's defaults as a CUDA user meets them (cuDNN TF32 on), restored afterwards."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+    precision = torch.get_float32_matmul_precision()
+    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, True, False
+    torch.set_float32_matmul_precision("high")
+    yield
+    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
+    torch.set_float32_matmul_precision(precision)
+
+
+def _to_fake_cuda(monkeypatch) -> None:
+    """Module.to('cuda') leaves the module where it is (this machine has no GPU)."""
+    real = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if args and str(args[0]).startswith("cuda"):
+            return self
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+
+
+@pytest.mark.parametrize(
+    ("options", "precision"),
+    [({"exact": True}, "fp32"), ({"precision": "fp32"}, "fp32"), ({}, "bf16")],
+)
+def test_a_cuda_run_turns_tf32_off(checkpoint, monkeypatch, cuda_flags_on, options, precision):
+    from resnext_cli.run.pipeline import load_model
+
+    _to_fake_cuda(monkeypatch)
+    plan = resolve(Config(checkpoint=str(checkpoint), device="cuda", **options), GPU)
+    assert (plan.precision, plan.tf32) == (precision, False)
+    load_model(plan)
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.benchmark is True  # one input shape: autotune it
+
+
+def test_a_cpu_run_leaves_cuda_flags_alone(checkpoint, cuda_flags_on) -> None:
+    from resnext_cli.run.pipeline import load_model
+
+    load_model(resolve(Config(checkpoint=str(checkpoint), device="cpu"), AVX2))
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_compile_is_off_by_default_and_reaches_the_plan() -> None:
+    assert resolve(Config(), AVX2).compile is False
+    assert resolve(Config(compile=True), AVX2).compile is True
+    with pytest.raises(ConfigError) as info:
+        Config(compile=True, quantized=True, model="resnext101_32x8d")
+    assert str(info.value) == "--compile is for float models; drop --compile or --quantized"
+
+
+def test_compile_compiles_once_pads_the_last_batch_and_reports_its_time(
+    checkpoint, make_image, monkeypatch, resnext
+) -> None:
+    """torch.compile faked (the real one takes minutes here): what the run does with it."""
+    calls = []
+    shapes = []
+
+    def fake_compile(fn, **kwargs):
+        calls.append(kwargs)
+
+        def compiled(x):
+            shapes.append(tuple(x.shape))
+            return fn(x)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    images = [make_image(f"{i}.jpg", seed=i) for i in range(5)]
+    plain = resnext("classify", *images, "--checkpoint", checkpoint, "-f", "json",
+                    "--batch-size", "2", "--precision", "fp32")  # fmt: skip
+    assert plain.code == 0 and calls == []
+    run = resnext("classify", *images, "--checkpoint", checkpoint, "-f", "json",
+                  "--batch-size", "2", "--precision", "fp32", "--compile")  # fmt: skip
+    assert run.code == 0, run
+    assert calls == [{"dynamic": False}]
+    # Three batches of two: the last image padded to the compiled shape.
+    assert shapes == [(2, 3, 224, 224)] * 3
+    # The same predictions (a padded batch may pick other kernels: rounding apart).
+    _same_predictions(run.records(), plain.records())
+    lines = [line for line in run.stderr.splitlines() if line.startswith("torch.compile")]
+    assert len(lines) == 1
+    assert lines[0].startswith("torch.compile: ") and lines[0].endswith(
+        " s compiling (the first batch's call)"
+    )
+    float(lines[0].split()[1])  # the seconds, a number
+
+
+def _same_predictions(got: list[dict], want: list[dict]) -> None:
+    """Records alike but for the rounding another batch size's kernels bring."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a["input"] == b["input"] and a["precision"] == b["precision"]
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        for pa, pb in zip(a["predictions"], b["predictions"], strict=True):
+            assert pa["probability"] == pytest.approx(pb["probability"], abs=1e-4)
+
+
+# -- out-of-memory in the model: the batch is halved once, for the rest of the run -----------
+
+
+def test_out_of_memory_in_the_model_halves_the_batch_once(
+    checkpoint, make_image, monkeypatch, caplog
+) -> None:
+    import logging
+
+    import resnext_cli.run.pipeline as pipeline
+    from resnext_cli import Classifier
+
+    paths = [str(make_image(f"{i}.png", seed=i)) for i in range(8)]
+    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=0, batch_size=4)
+    reference = list(clf.classify(paths))
+    real = pipeline._softmax
+    sizes = []
+
+    def tight(model, batch, precision):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(model, batch, precision)
+
+    monkeypatch.setattr(pipeline, "_softmax", tight)
+    with caplog.at_level(logging.DEBUG, logger="resnext_cli"):
+        got = list(clf.classify(paths))
+    # Batch one: 4 fails, then two halves; batch two starts at the halved size. Never 1.
+    assert sizes == [4, 2, 2, 2, 2]
+    assert clf.loaded.max_batch == 2
+    _same_predictions([r.to_dict() for r in got], [r.to_dict() for r in reference])
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of GPU memory on a batch of 4: the model takes at most 2 images at a time from now on"
+    ]
+
+
+# -- overlap: decode on its own stream, infer in another thread, records in order ------------
+
+
+class _FakeStream:
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def synchronize(self):
+        self.log.append(("sync", self.name))
+
+    def record_event(self):
+        self.log.append(("record", self.name))
+        return ("event", len(self.log))
+
+    def wait_event(self, event):
+        self.log.append(("wait", self.name, event))
+
+
+def test_overlapped_stages_on_fake_cuda_match_the_serial_run(
+    checkpoint, make_image, monkeypatch, tmp_path
+) -> None:
+    """CUDA faked: the decode thread works on its own stream and synchronises it before
+    each decode; the model waits for each batch's event; records come in input order."""
+    import threading
+
+    import torchvision.io
+
+    import resnext_cli.run.pipeline as pipeline
+    from resnext_cli import Classifier
+    from resnext_cli.inputs.sources import Source
+    from resnext_cli.run.engine import LocalEngine
+
+    images = [make_image(f"{i}.jpg", seed=i, size=(300, 200), quality=90) for i in range(7)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(images[0].read_bytes()[:500])
+    paths = [*images[:3], bad, *images[3:]]
+    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=2, batch_size=3)
+    # The serial run with the same decoder (the CPU's decode_jpeg standing in for nvJPEG).
+    cpu_gpu_plan = dataclasses.replace(clf.plan, decode_on="gpu")
+    serial = LocalEngine(dataclasses.replace(clf.loaded, plan=cpu_gpu_plan), overlap=False)
+    reference = [
+        r.to_dict() for r in serial.classify_sources(Source(str(p), path=p) for p in paths)
+    ]
+
+    log = []
+    local = threading.local()
+    default = _FakeStream(log, "default")
+    made = []
+
+    def new_stream(device=None):
+        made.append(_FakeStream(log, f"side{len(made)}"))
+        return made[-1]
+
+    class on_stream:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            local.stream = self.stream
+
+        def __exit__(self, *exc):
+            local.stream = None
+
+    real_decode = torchvision.io.decode_jpeg
+
+    def fake_decode(datas, mode, device):
+        log.append(("decode", getattr(local, "stream", None) and local.stream.name))
+        return [real_decode(d, mode=mode) for d in datas]
+
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: getattr(local, "stream", None) or default)  # fmt: skip
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    cpu_model = clf.loaded
+    real_softmax = pipeline._softmax
+    scored_threads = set()
+
+    def on_cpu(model, batch, precision):
+        scored_threads.add(threading.current_thread().name)
+        log.append(("infer", len(batch)))
+        return real_softmax(cpu_model, batch, precision)
+
+    monkeypatch.setattr(pipeline, "_softmax", on_cpu)
+    cuda_plan = dataclasses.replace(clf.plan, device="cuda", decode_on="gpu")
+    engine = LocalEngine(dataclasses.replace(clf.loaded, plan=cuda_plan))
+    assert engine.overlap  # on by default on CUDA
+    got = [r.to_dict() for r in engine.classify_sources(Source(str(p), path=p) for p in paths)]
+    assert got == reference
+    assert scored_threads == {"resnext-infer"}
+    assert [s.name for s in made] == ["side0"]
+    # Every decode ran on the side stream right after that stream was synchronised.
+    decodes = [i for i, e in enumerate(log) if e[0] == "decode"]
+    assert len(decodes) == 3  # 7 whole JPEGs in batches of 3: 3, 3, 1
+    for i in decodes:
+        assert log[i] == ("decode", "side0") and log[i - 1] == ("sync", "side0")
+    # Each batch's inference waited, on the default stream, for that batch's event.
+    records = [i for i, e in enumerate(log) if e[0] == "record"]
+    waits = [e for e in log if e[0] == "wait"]
+    assert [w[2] for w in waits] == [("event", i + 1) for i in records]
+    assert all(w[1] == "default" for w in waits)
+    for record_at, wait in zip(records, waits, strict=True):
+        wait_at = log.index(wait)
+        infer_at = next(i for i in range(wait_at, len(log)) if log[i][0] == "infer")
+        assert record_at < wait_at < infer_at
+
+
+def test_overlap_stops_cleanly_when_the_caller_stops(checkpoint, make_image) -> None:
+    import threading
+
+    from resnext_cli import Classifier
+    from resnext_cli.inputs.sources import Source
+    from resnext_cli.run.engine import LocalEngine
+
+    paths = [make_image(f"{i}.png", seed=i) for i in range(9)]
+    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=1, batch_size=2)
+    engine = LocalEngine(clf.loaded, overlap=True)
+    records = engine.classify_sources(Source(str(p), path=p) for p in paths)
+    first = next(records)
+    assert first.input == str(paths[0])
+    records.close()  # the consumer quits after one record
+    alive = {t.name: t for t in threading.enumerate()}
+    assert "resnext-infer" not in alive  # joined: no model work outlives the run
+    if "resnext-gpu-decode" in alive:  # it had a moment; it ends with its current wait
+        alive["resnext-gpu-decode"].join(60)
+        assert not alive["resnext-gpu-decode"].is_alive()

@@ -72,7 +72,9 @@ def test_fp16_on_this_cpu_is_refused_before_any_work(
     import resnext_cli.run.plan
 
     monkeypatch.setattr(
-        resnext_cli.run.plan.MachineFacts, "probe", classmethod(lambda cls: cls(cpu_count=2))
+        resnext_cli.run.plan.MachineFacts,
+        "probe",
+        classmethod(lambda cls, device="auto": cls(cpu_count=2)),
     )
     run = resnext("classify", photos, "--checkpoint", checkpoint, "--precision", "fp16")
     assert run.code == 2 and run.stdout == ""

@@ -338,3 +338,297 @@ def test_a_corrupt_jpeg_does_not_spoil_the_batch() -> None:
     kept = [t for i, t in enumerate(together) if i not in (2, 5)]
     for a, b in zip(kept, alone, strict=True):
         assert a is not None and b is not None and torch.equal(a, b)
+
+
+# -- whole-file structure: a cut or damaged file never reaches the GPU ---------------------
+
+
+def _without_jfif(data: bytes) -> bytes:
+    """Drop the APP0 (JFIF) segment Pillow writes right after SOI."""
+    assert data[2:4] == b"\xff\xe0"
+    length = int.from_bytes(data[4:6], "big")
+    return data[:2] + data[4 + length :]
+
+
+def _component_ids(data: bytes, ids: bytes) -> bytes:
+    """Rewrite the component IDs of the frame header (baseline SOF0) and of its one scan."""
+    frame, scan = data.index(b"\xff\xc0"), data.index(b"\xff\xda")
+    out = bytearray(data)
+    for c, cid in enumerate(ids):
+        out[frame + 10 + 3 * c] = cid
+        out[scan + 5 + 2 * c] = cid
+    return bytes(out)
+
+
+def _scan_start(data: bytes) -> int:
+    """Where the first scan's entropy-coded data begins."""
+    at = data.index(b"\xff\xda")
+    return at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+
+
+def test_whole_files_are_complete_and_cut_ones_are_not() -> None:
+    whole = jpeg(photo(50, (200, 150)))
+    info = jpeg_header(whole)
+    assert info is not None and info.complete and gpu_decodable(info, BIG)
+    # Trailing bytes after EOI are ignored by libjpeg as by us.
+    info = jpeg_header(whole + b"trailing junk")
+    assert info is not None and info.complete
+    body = _scan_start(whole)
+    cuts = {
+        "in the scan": whole[: (body + len(whole)) // 2],
+        "just before EOI": whole[:-2],
+        "half of EOI": whole[:-1],
+        # The scan ends in a marker that cannot follow it (a second SOI).
+        "a second SOI": whole[:-2] + b"\xff\xd8",
+        # A segment after the scan whose length runs past the end.
+        "a cut segment": whole[:-2] + b"\xff\xfe\x01\x00abc",
+    }
+    for what, data in cuts.items():
+        info = jpeg_header(data)
+        assert info is not None, what  # the header is fine
+        assert not info.complete, what
+        assert not gpu_decodable(info, BIG), what
+
+
+def test_restart_markers_stuffed_bytes_and_several_scans_are_whole() -> None:
+    # Restart markers inside the scan (Pillow's restart_marker_blocks) and a grey frame.
+    restarts = jpeg(photo(51, (160, 120)), restart_marker_blocks=1)
+    assert b"\xff\xd0" in restarts[_scan_start(restarts) :]
+    info = jpeg_header(restarts)
+    assert info is not None and info.complete and gpu_decodable(info, BIG)
+    # A sequential JPEG whose scan is followed by a table and an empty-bodied comment
+    # before EOI (libjpeg reads tables between scans).
+    whole = jpeg(photo(52, (160, 120)))
+    tail = whole[:-2] + b"\xff\xfe\x00\x02" + b"\xff\xff\xff\xd9"
+    info = jpeg_header(tail)
+    assert info is not None and info.complete
+    # Progressive files have many scans: the walk reaches their EOI too.
+    progressive = jpeg(photo(53, (160, 120)), progressive=True)
+    info = jpeg_header(progressive)
+    assert info is not None and info.complete and info.progressive
+    assert not jpeg_header(progressive[:-300]).complete  # type: ignore[union-attr]
+
+
+def test_rgb_component_ids_without_adobe_go_to_pillow() -> None:
+    base = _without_jfif(jpeg(photo(54, (64, 48))))
+    rgb = _component_ids(base, b"RGB")
+    info = jpeg_header(rgb)
+    assert info is not None and info.component_ids == (0x52, 0x47, 0x42)
+    assert info.rgb_ids and not gpu_decodable(info, BIG)
+    # libjpeg reads it as RGB: decoding it as YCbCr (nvJPEG) gives other colours.
+    as_rgb = np.asarray(Image.open(io.BytesIO(rgb)).convert("RGB")).astype(int)
+    as_ycc = np.asarray(Image.open(io.BytesIO(base)).convert("RGB")).astype(int)
+    assert np.abs(as_rgb - as_ycc).mean() > 10
+    # With an Adobe marker saying YCbCr (transform 1), the IDs no longer decide.
+    adobe = with_segment(rgb, 0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01")
+    info = jpeg_header(adobe)
+    assert info is not None and info.adobe_transform == 1 and not info.rgb_ids
+    assert gpu_decodable(info, BIG)
+    # The usual IDs 1, 2, 3 are YCbCr everywhere.
+    info = jpeg_header(base)
+    assert info is not None and info.component_ids == (1, 2, 3) and gpu_decodable(info, BIG)
+
+
+# -- batches: one call per image after a failure; out-of-memory backs off once ----------
+
+
+def test_a_failed_batch_is_retried_per_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnext_cli.imaging.tensor_decode as td
+
+    goods = [jpeg(photo(60 + i, (200, 150))) for i in range(5)]
+    real = td._decode_jpeg
+    calls: list[int] = []
+    bad = bytes(goods[3])
+
+    def decode(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        calls.append(len(datas))
+        if any(bytes(d.numpy()) == bad for d in datas):
+            raise RuntimeError("nvjpeg: bad data")  # what decode_jpeg raises on a list
+        return real(datas, device)
+
+    monkeypatch.setattr(td, "_decode_jpeg", decode)
+    out = tensor_crops(goods)
+    # One call for the batch, then one per image: not halves (which would be 1+2+2+2).
+    assert calls == [5, 1, 1, 1, 1, 1]
+    assert [c is None for c in out] == [False, False, False, True, False]
+    monkeypatch.setattr(td, "_decode_jpeg", real)
+    for data, crop in zip(goods, out, strict=True):
+        if crop is not None:
+            alone = tensor_crops([data])[0]
+            assert alone is not None and torch.equal(crop, alone)
+
+
+def test_out_of_memory_in_resizing_backs_off_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import resnext_cli.imaging.tensor_decode as td
+
+    datas = [jpeg(photo(70 + i, (200, 150))) for i in range(6)]
+    reference = tensor_crops(datas)
+    real = td._resize_crop
+    sizes: list[int] = []
+
+    def tight(images: torch.Tensor, *args: object) -> torch.Tensor:
+        sizes.append(len(images))
+        if len(images) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(images, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(td, "_resize_crop", tight)
+    budget = td.Budget(chunk_pixels=6 * 200 * 150)  # all six in one chunk at first
+    pre = Preprocess(WEIGHTS)
+    with caplog.at_level(logging.DEBUG, logger="resnext_cli"):
+        out = decode_batch(
+            datas,
+            device=CPU,
+            resize_size=pre.resize_size[0],
+            crop_size=pre.crop_size[0],
+            max_pixels=BIG,
+            budget=budget,
+        )
+    # Six at once failed; the chunk halved to three, and every picture was cropped.
+    assert sizes == [6, 3, 3]
+    assert budget.chunk_pixels == 3 * 200 * 150 and budget.backed_off
+    for a, b in zip(out, reference, strict=True):
+        assert a is not None and b is not None and torch.equal(a, b)
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of GPU memory while turning, stacking or resizing decoded JPEGs: resizing at "
+        "most 90000 pixels at a time from now on"
+    ]
+    # The next batch starts at the smaller chunk: no new failure, no new message.
+    sizes.clear()
+    decode_batch(
+        datas[:4],
+        device=CPU,
+        resize_size=pre.resize_size[0],
+        crop_size=pre.crop_size[0],
+        max_pixels=BIG,
+        budget=budget,
+    )
+    assert sizes == [3, 1] and len(caplog.records) == 1
+    # A second out-of-memory after the back-off is the batch's failure (Pillow takes it).
+    monkeypatch.setattr(td, "_resize_crop", lambda *a: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory")))  # fmt: skip
+    with pytest.raises(torch.OutOfMemoryError):
+        decode_batch(
+            datas[:1],
+            device=CPU,
+            resize_size=pre.resize_size[0],
+            crop_size=pre.crop_size[0],
+            max_pixels=BIG,
+            budget=budget,
+        )
+
+
+def test_each_cuda_decode_waits_for_the_current_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA faked: the current stream is synchronised right before every decode call."""
+    import torchvision.io
+
+    events: list[str] = []
+
+    class Stream:
+        def synchronize(self) -> None:
+            events.append("sync")
+
+    def fake_decode(datas: list[torch.Tensor], mode: object, device: object) -> list[torch.Tensor]:
+        assert str(device) == "cuda"
+        events.append(f"decode {len(datas)}")
+        return [decode_jpeg(d) for d in datas]  # the CPU decoder stands in for nvJPEG
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    goods = [jpeg(photo(80 + i, (120, 90))) for i in range(3)]
+    cut = goods[0][:-1]  # not whole: never sent
+    pre = Preprocess(WEIGHTS)
+    out = decode_batch(
+        [goods[0], cut, goods[1], goods[2]],
+        device=torch.device("cuda"),
+        resize_size=pre.resize_size[0],
+        crop_size=pre.crop_size[0],
+        max_pixels=BIG,
+    )
+    assert events == ["sync", "decode 3"]
+    assert [c is None for c in out] == [False, True, False, False]
+
+
+# -- the same files get the same records' types with --decode gpu as with --decode cpu ------
+
+
+def _hostile_jpegs(folder: Path) -> list[Path]:
+    """Whole, cut and damaged JPEGs, as files."""
+    whole = jpeg(photo(90, (320, 240)))
+    body = _scan_start(whole)
+    flipped = bytearray(whole)
+    for at in range(body + 40, len(whole) - 40, 97):  # corrupt scan bytes, markers kept
+        if 0xFF not in (flipped[at - 1], flipped[at]):
+            flipped[at] = 0x55 if flipped[at] != 0x55 else 0x56
+    files = {
+        "whole.jpg": whole,
+        "cut_in_scan.jpg": whole[: (body + len(whole)) // 2],
+        "no_eoi.jpg": whole[:-2],
+        "junk_for_eoi.jpg": whole[:-2] + b"\xff\xd8\xff\xd9",
+        "corrupt_scan.jpg": bytes(flipped),
+        "cut_in_header.jpg": whole[: body - 20],
+        "other.jpg": jpeg(photo(91, (240, 320))),
+    }
+    paths = []
+    for name, data in files.items():
+        path = folder / name
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("allow_truncated", [False, True])
+def test_gpu_route_fails_the_same_files_as_the_cpu_route(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, allow_truncated: bool
+) -> None:
+    """A fake GPU decoder that, like nvJPEG's hardware path, returns a picture for any
+    input: the structure check keeps every cut file from it, so error types match."""
+    import dataclasses
+
+    import resnext_cli.imaging.tensor_decode as td
+    from resnext_cli import Classifier
+    from resnext_cli.results import Failed
+    from resnext_cli.run.engine import LocalEngine
+
+    paths = _hostile_jpegs(tmp_path)
+    names = [str(p) for p in paths]
+    clf = Classifier(
+        checkpoint=str(checkpoint), precision="fp32", workers=0, allow_truncated=allow_truncated
+    )
+    cpu = list(clf.classify(names))
+    sent: list[bytes] = []
+
+    def partial(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        out = []
+        for d in datas:
+            sent.append(bytes(d.numpy()))
+            info = jpeg_header(sent[-1])
+            assert info is not None
+            out.append(torch.full((3, info.height, info.width), 128, dtype=torch.uint8))
+        return out
+
+    monkeypatch.setattr(td, "_decode_jpeg", partial)
+    plan = dataclasses.replace(clf.plan, decode_on="gpu")
+    engine = LocalEngine(dataclasses.replace(clf.loaded, plan=plan))
+    gpu = list(engine.classify_sources(clf._sources(names, stdin=None, warn=None)))
+    assert [r.input for r in gpu] == names
+    kinds = [(type(r).__name__, getattr(r, "error_type", None)) for r in gpu]
+    assert kinds == [(type(r).__name__, getattr(r, "error_type", None)) for r in cpu]
+    # Only the whole files reached the (fake) GPU decoder: corrupt scan bytes keep the
+    # markers whole, so that one goes too, as to libjpeg, which decodes it with warnings.
+    whole = {p.name for p in paths if p.name in ("whole.jpg", "corrupt_scan.jpg", "other.jpg")}
+    assert sorted(sent) == sorted(p.read_bytes() for p in paths if p.name in whole)
+    failed = {Path(r.input).name: r.error_type for r in cpu if isinstance(r, Failed)}
+    if allow_truncated:
+        assert failed == {"cut_in_header.jpg": "truncated"}
+    else:
+        assert failed == {
+            "cut_in_scan.jpg": "truncated",
+            "no_eoi.jpg": "truncated",
+            "junk_for_eoi.jpg": "truncated",
+            "cut_in_header.jpg": "truncated",
+        }

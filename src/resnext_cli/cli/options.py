@@ -81,7 +81,14 @@ _RUN_OPTIONS = [
         default="auto",
         show_default=True,
         type=click.Choice(DECODERS),
-        help="auto: baseline JPEGs on the GPU when running on CUDA, else Pillow on the CPU.",
+        help="auto: baseline JPEGs on the GPU when running on a CUDA GPU with a hardware "
+        "JPEG decoder, else Pillow on the CPU.",
+    ),
+    click.option(
+        "--compile",
+        is_flag=True,
+        help="torch.compile the model: faster batches after a first one that compiles "
+        "(its time is reported).",
     ),
     click.option(
         "--categories",

@@ -18,11 +18,21 @@ Where it differs from Pillow, and by how much (measured in tests/test_tensor_dec
 
 Everything the decoder cannot take (progressive, CMYK, 12-bit, arithmetic-coded, RGB-coded
 JPEGs, other formats, more than max_pixels, a file the decoder rejects) comes back as
-None, for the Pillow path to handle with its usual error records.
+None, for the Pillow path to handle with its usual error records. So does every file
+whose structure is not whole: `jpeg_header` walks the markers through EOI, the scans'
+entropy-coded data included, because libjpeg raises on a cut file where nvJPEG's
+hardware decoder can return a silently partial picture (NVIDIA/DALI#3113). Pillow then
+fails it, or keeps what decodes under --allow-truncated, exactly as with --decode cpu.
+
+On CUDA every decode call first waits for the work already queued on the current
+stream: torchvision allocates decode_jpeg's outputs on that stream but writes them from
+nvJPEG's own, ordered only one way, so memory freed by queued kernels could be written
+before they ran (pytorch/vision#9606, meta-pytorch/torchcodec#1634).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import warnings
 from collections.abc import Sequence
@@ -42,9 +52,17 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvis
 _SEQUENTIAL = frozenset({0xC0, 0xC1})
 _PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-_SOS, _APP1, _APP14 = 0xDA, 0xE1, 0xEE
+_SOS, _EOI, _DNL, _APP1, _APP14 = 0xDA, 0xD9, 0xDC, 0xE1, 0xEE
 # Markers without a length field: TEM and the restart markers RST0-7.
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+# A 0xFF in a scan's entropy-coded data that is not a stuffed zero: a restart marker, a
+# fill byte, or the marker that ends the scan. (This pattern is searched 30 times faster
+# by re than one that also excludes restarts and fills: those few are skipped in Python.)
+_SCAN_FF = re.compile(rb"\xff[^\x00]")
+# Component IDs 'R', 'G', 'B': libjpeg reads such a frame as RGB when no JFIF or Adobe
+# marker says otherwise; nvJPEG takes it for YCbCr.
+_RGB_IDS = (0x52, 0x47, 0x42)
 
 _EXIF = b"Exif\x00\x00"
 _XMP = b"http://ns.adobe.com/xap/1.0/\x00"
@@ -61,6 +79,8 @@ _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 
 # tensor inside the resize.
 _CHUNK_PIXELS = 1 << 26
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class JpegInfo:
@@ -73,11 +93,20 @@ class JpegInfo:
     components: int  # 1 grey, 3 YCbCr (or RGB), 4 CMYK or YCCK
     orientation: int = 1  # EXIF orientation as Pillow reads it: 1 (as stored) to 8
     adobe_transform: int | None = None  # APP14 Adobe colour transform, when present
+    # Every scan's data ends in a marker and the file reaches EOI (not cut, not damaged
+    # in its markers; what the entropy-coded bits say is only known by decoding them).
+    complete: bool = True
+    component_ids: tuple[int, ...] = ()
 
     @property
     def progressive(self) -> bool:
         """Whether the frame is progressive (nvjpeg's batched decoder refuses it)."""
         return self.sof in _PROGRESSIVE
+
+    @property
+    def rgb_ids(self) -> bool:
+        """Whether libjpeg may read the samples as RGB by their IDs (no Adobe marker)."""
+        return self.component_ids == _RGB_IDS and self.adobe_transform is None
 
 
 def jpeg_header(data: bytes) -> JpegInfo | None:
@@ -85,6 +114,7 @@ def jpeg_header(data: bytes) -> JpegInfo | None:
     if data[:2] != b"\xff\xd8":
         return None
     frame: tuple[int, int, int, int, int] | None = None
+    ids: tuple[int, ...] = ()
     exif: bytes | None = None
     xmp: bytes | None = None
     adobe: int | None = None
@@ -115,6 +145,7 @@ def jpeg_header(data: bytes) -> JpegInfo | None:
             height = int.from_bytes(body[1:3], "big")
             width = int.from_bytes(body[3:5], "big")
             frame = (marker, body[0], width, height, body[5])
+            ids = tuple(body[6 + 3 * c] for c in range(body[5]))
         elif marker == _APP1 and body.startswith(_EXIF):
             # Pillow keeps the first Exif segment and appends the others' payloads.
             exif = body if exif is None else exif + body[6:]
@@ -133,7 +164,49 @@ def jpeg_header(data: bytes) -> JpegInfo | None:
         components=components,
         orientation=_orientation(exif, xmp),
         adobe_transform=adobe,
+        complete=_reaches_eoi(data, pos),
+        component_ids=ids,
     )
+
+
+def _reaches_eoi(data: bytes, pos: int) -> bool:
+    """Whether the scan starting at *pos*, and any segments and scans after it, end in EOI.
+
+    The entropy-coded data of each scan runs to the first marker that is not a stuffed
+    zero or a restart; what follows must be segments (tables, DNL, further scans of a
+    sequential frame) until EOI. Anything else (the file ends, junk between segments, a
+    second frame or SOI) is a damaged file for Pillow to judge.
+    """
+    end = len(data)
+    while True:
+        while True:
+            match = _SCAN_FF.search(data, pos)
+            if match is None:
+                return False  # cut inside a scan
+            pos = match.start() + 1  # at the byte after 0xFF
+            if data[pos] != 0xFF and not 0xD0 <= data[pos] <= 0xD7:
+                break  # the marker that ends the scan
+        while True:
+            marker = data[pos]
+            pos += 1
+            if marker == _EOI:
+                return True
+            if marker in _FRAMES or marker in _STANDALONE or marker in (0x00, 0xD8):
+                return False
+            if pos + 2 > end:
+                return False
+            length = int.from_bytes(data[pos : pos + 2], "big")
+            if length < 2 or pos + length > end:
+                return False
+            pos += length
+            if marker == _SOS:
+                break  # another scan's data follows
+            if pos >= end or data[pos] != 0xFF:
+                return False
+            while pos < end and data[pos] == 0xFF:
+                pos += 1
+            if pos >= end:
+                return False
 
 
 def _orientation(exif: bytes | None, xmp: bytes | None) -> int:
@@ -184,9 +257,16 @@ def _exif_orientation(exif: bytes) -> int | None:
 
 
 def gpu_decodable(info: JpegInfo, max_pixels: int) -> bool:
-    """Whether the batched tensor decoder takes this JPEG: 8-bit sequential, grey or YCbCr."""
+    """Whether the batched tensor decoder takes this JPEG: whole, 8-bit sequential, grey or YCbCr.
+
+    A file that is not whole always goes to Pillow, which fails it as truncated or, under
+    --allow-truncated, keeps what decodes: the same record as --decode cpu gives.
+    """
     return (
-        info.sof in _SEQUENTIAL
+        info.complete
+        # R, G, B component IDs without an Adobe marker: RGB to libjpeg, YCbCr to nvJPEG.
+        and not (info.components == 3 and info.rgb_ids)
+        and info.sof in _SEQUENTIAL
         and info.precision == 8
         and info.components in (1, 3)
         # An Adobe transform of 0 marks RGB-coded samples that nvjpeg would take for YCbCr.
@@ -231,20 +311,70 @@ def limit_aspect(image: torch.Tensor, max_aspect: int = MAX_ASPECT) -> torch.Ten
     return image[..., top : top + keep, :]
 
 
-def _decode(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode a list of JPEGs in one call; on failure, halve it until the bad ones are alone."""
+def _decode_jpeg(
+    datas: list[torch.Tensor], device: torch.device
+) -> list[torch.Tensor]:  # pragma: no cover - replaced in tests that fake the GPU
+    """torchvision's decode_jpeg on a list, after the current stream's queued work.
+
+    The wait is the one torchvision's maintainers advise (pytorch/vision#9606): the
+    outputs are allocated on the current stream and written from nvJPEG's own.
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=device))
+
+
+def _decode(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode a list of JPEGs in one call; if that fails, each alone (a bad one is None)."""
     if not datas:
         return []
     try:
-        images = decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
+        return list(_decode_jpeg(list(datas), device))
     except RuntimeError:  # torch's errors (bad data, nvjpeg, out of memory) are all this
         if len(datas) == 1:
             return [None]
-        half = len(datas) // 2
-        return _decode(datas[:half], device) + _decode(datas[half:], device)
-    return list(images)
+    # The files were checked whole (jpeg_header), so this is rare: one call per image
+    # costs n calls, where halving cost about 2*log2(n) per bad file and more to explain.
+    out: list[torch.Tensor | None] = []
+    for data in datas:
+        try:
+            out.extend(_decode_jpeg([data], device))
+        except RuntimeError:
+            out.append(None)
+    return out
+
+
+class Budget:
+    """How many decoded pixels are resized in one call; halved once on out-of-memory.
+
+    Kept for a whole run, so one out-of-memory error costs one retry, not every later
+    batch sent to Pillow.
+    """
+
+    def __init__(self, chunk_pixels: int = _CHUNK_PIXELS) -> None:
+        self.chunk_pixels = chunk_pixels
+        self.backed_off = False
+
+    def back_off(self) -> bool:
+        """Halve the chunk once; False when it was halved already (then give up)."""
+        if self.backed_off:
+            return False
+        self.backed_off = True
+        self.chunk_pixels = max(1, self.chunk_pixels // 2)
+        log.debug(
+            "out of GPU memory while turning, stacking or resizing decoded JPEGs: resizing "
+            "at most %d pixels at a time from now on",
+            self.chunk_pixels,
+        )
+        _release_cache()
+        return True
+
+
+def _release_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _resize_crop(
@@ -271,31 +401,66 @@ def decode_batch(
     crop_size: int,
     antialias: bool = True,
     max_pixels: int,
+    infos: Sequence[JpegInfo | None] | None = None,
+    budget: Budget | None = None,
 ) -> list[torch.Tensor | None]:
-    """Decode, orient, resize and crop JPEGs on *device*: uint8 3xHxW, or None for Pillow."""
-    picked: list[tuple[int, JpegInfo]] = []
-    for i, data in enumerate(datas):
-        info = jpeg_header(data)
-        if info is not None and gpu_decodable(info, max_pixels):
-            picked.append((i, info))
+    """Decode, orient, resize and crop JPEGs on *device*: uint8 3xHxW, or None for Pillow.
+
+    *infos* are the headers already read (jpeg_header) for *datas*, so nothing is
+    parsed twice; *budget* the run's resize chunk, halved once on out-of-memory.
+    """
+    budget = budget if budget is not None else Budget()
+    if infos is None:
+        infos = [jpeg_header(data) for data in datas]
+    picked = [
+        (i, info)
+        for i, info in enumerate(infos)
+        if info is not None and gpu_decodable(info, max_pixels)
+    ]
     encoded = [torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i, _ in picked]
-    upright: dict[int, torch.Tensor] = {}
+    decoded: dict[int, tuple[torch.Tensor, JpegInfo]] = {}
     for (i, info), image in zip(picked, _decode(encoded, device), strict=True):
         # A decoder that disagrees with the header has read something else: Pillow decides.
-        if image is None or tuple(image.shape) != (3, info.height, info.width):
-            continue
-        upright[i] = limit_aspect(orient(image, info.orientation))
+        if image is not None and tuple(image.shape) == (3, info.height, info.width):
+            decoded[i] = (image, info)
+    del encoded
 
     out: list[torch.Tensor | None] = [None] * len(datas)
+    while True:
+        try:
+            _crop_all(decoded, out, resize_size, crop_size, antialias, budget.chunk_pixels)
+            return out
+        except torch.OutOfMemoryError:
+            if not budget.back_off():
+                raise
+
+
+def _crop_all(
+    decoded: dict[int, tuple[torch.Tensor, JpegInfo]],
+    out: list[torch.Tensor | None],
+    resize_size: int,
+    crop_size: int,
+    antialias: bool,
+    chunk_pixels: int,
+) -> None:
+    """Turn, stack, resize and crop the decoded images into *out*, same sizes together."""
     groups: dict[tuple[int, int], list[int]] = {}
-    for i, image in upright.items():
-        groups.setdefault((image.shape[-2], image.shape[-1]), []).append(i)
+    for i, (image, info) in decoded.items():
+        height, width = image.shape[-2:]
+        if info.orientation in (5, 6, 7, 8):
+            height, width = width, height
+        short = min(height, width)  # limit_aspect's arithmetic, before any copy is made
+        height, width = min(height, MAX_ASPECT * short), min(width, MAX_ASPECT * short)
+        groups.setdefault((height, width), []).append(i)
     for (height, width), members in groups.items():
-        step = max(1, _CHUNK_PIXELS // (height * width))
+        step = max(1, chunk_pixels // (height * width))
         for start in range(0, len(members), step):
             chunk = members[start : start + step]
-            stack = torch.stack([upright.pop(i) for i in chunk])
+            stack = torch.stack(
+                [limit_aspect(orient(decoded[i][0], decoded[i][1].orientation)) for i in chunk]
+            )
             crops = _resize_crop(stack, resize_size, crop_size, antialias)
+            del stack
             for i, crop in zip(chunk, crops, strict=True):
                 out[i] = crop
-    return out
+                del decoded[i]  # the full-sized picture is freed as soon as it is cropped

@@ -7,6 +7,7 @@ The CLI builds a config, the outputs and a console, and calls `run_classify` or
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -83,8 +84,34 @@ def expand(
     return sources
 
 
+class _ConsoleLog(logging.Handler):
+    """The library's log on the console: what a run reports (compile time) always, and
+    its choices and back-offs (the JPEG decoder, out-of-memory) under --debug."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.DEBUG if console.debug else logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno <= logging.DEBUG:
+            self.console.say(f"debug: {message}")
+        else:
+            self.console.note(message, style="dim")
+
+
+def _log_to(console: Console) -> None:
+    """Send resnext_cli's log records to *console* (replacing an earlier run's)."""
+    logger = logging.getLogger("resnext_cli")
+    for handler in [h for h in logger.handlers if isinstance(h, _ConsoleLog)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleLog(console))
+    logger.setLevel(logging.DEBUG if console.debug else logging.INFO)
+
+
 def build_engine(kind: str, config: Config, console: Console, **options: Any) -> Engine:
     """Build the engine of *kind*, showing what loads (and a bar only while downloading)."""
+    _log_to(console)
     # The config holds canonical names already; the plan resolves the weights once.
     if config.checkpoint:
         what = f"{config.model} from {config.checkpoint}"
@@ -94,6 +121,9 @@ def build_engine(kind: str, config: Config, console: Console, **options: Any) ->
         engine = ENGINES[kind].build(config, download_progress=progress, **options)
     for note in engine.plan.notes:
         console.warn(note)
+    if console.debug:
+        for choice in engine.plan.choices:
+            console.say(f"debug: {choice}")
     if console.debug and engine.plan.precision == "int8":
         from resnext_cli.model.quantized import quantized_engine
 

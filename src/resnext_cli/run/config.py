@@ -40,6 +40,8 @@ class Config:
     categories: str | None = None
     # --embeddings: each record also carries the pooled features (the input of fc).
     embeddings: bool = False
+    # torch.compile the forward pass (the first batch pays for compiling).
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.exact and self.quantized:
@@ -76,6 +78,8 @@ class Config:
             raise ConfigError(
                 f"--quantized runs in int8; drop --precision {self.precision} or --quantized"
             )
+        if self.compile and self.quantized:
+            raise ConfigError("--compile is for float models; drop --compile or --quantized")
         if self.decode not in DECODERS:
             raise ConfigError(
                 f"unknown decoder '{self.decode}' (choose from: {', '.join(DECODERS)})"

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, BinaryIO, Protocol
 
 import torch
@@ -31,10 +32,13 @@ from resnext_cli.run.pipeline import (
     Model,
     Prepared,
     State,
+    decode_ready,
     features,
     infer,
     load_model,
+    make_record,
     prepare,
+    score,
 )
 from resnext_cli.run.plan import MachineFacts, Plan, resolve
 
@@ -109,11 +113,17 @@ def _settled(source: Source, future: Future[Prepared]) -> Prepared:
 
 
 class LocalEngine:
-    """Decode ahead in threads, infer batch by batch in this process."""
+    """Decode ahead in threads, infer batch by batch in this process.
 
-    def __init__(self, model: Model) -> None:
+    On CUDA (or with overlap=True) the batch steps overlap as three stages: a thread
+    decodes batch N+1's JPEGs on its own CUDA stream while another runs the model on
+    batch N, and the caller's thread builds (and writes) batch N-1's records.
+    """
+
+    def __init__(self, model: Model, *, overlap: bool | None = None) -> None:
         self.model = model
         self.plan = model.plan
+        self.overlap = self.plan.device_type == "cuda" if overlap is None else overlap
 
     def describe(self) -> str:
         """Device and precision: 'cpu, bf16'."""
@@ -128,6 +138,9 @@ class LocalEngine:
 
     def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
         """Classify already expanded sources, yielding one record per source, in order."""
+        if self.overlap:
+            yield from _Stages(self.model).run(self._batches(sources))
+            return
         for batch in self._batches(sources):
             yield from infer(self.model, batch)
 
@@ -179,6 +192,108 @@ class LocalEngine:
             # Stopped early (Ctrl-C, SIGTERM, a consumer that quit): give busy threads a
             # moment, then leave them, so a stalled download cannot hold up the exit.
             pool.shutdown(wait=1.0 if stopped else None)
+
+
+_DONE = object()
+
+
+class _Stages:
+    """Decode, infer and record in three threads' turns, batch by batch, in order."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.stop = threading.Event()
+        # One batch waiting between stages: decoding runs one batch ahead of the model.
+        self.decoded: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self.scored: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self.cuda = model.plan.device_type == "cuda"
+        self.device = torch.device(model.plan.device)
+
+    def run(self, batches: Iterator[list[tuple[Source, Prepared]]]) -> Iterator[Record]:
+        """Yield the records of *batches*; stopping early stops the stages."""
+        threads = [
+            threading.Thread(
+                target=self._decode, args=(batches,), name="resnext-gpu-decode", daemon=True
+            ),
+            threading.Thread(target=self._infer, name="resnext-infer", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while (item := self.scored.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                for source, outcome in item:
+                    yield make_record(self.model, source, outcome)
+        finally:
+            self.stop.set()
+            for q in (self.decoded, self.scored):  # unblock a stage waiting to hand over
+                while not q.empty():
+                    q.get_nowait()
+            # The model's thread ends with its batch (no GPU work outlives the run); the
+            # decode thread may wait on a stalled download, so it gets a moment only.
+            decode, infer_ = threads
+            infer_.join()
+            decode.join(timeout=2.0)
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> bool:
+        """Hand *item* to the next stage; False once the run has stopped."""
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _stream(self) -> tuple[Any, AbstractContextManager[Any]]:
+        if not self.cuda:
+            return None, nullcontext()
+        stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        return stream, torch.cuda.stream(stream)
+
+    def _decode(self, batches: Iterator[list[tuple[Source, Prepared]]]) -> None:
+        stream, on_stream = self._stream()
+        try:
+            with on_stream:
+                for batch in batches:
+                    ready = decode_ready(self.model, batch)
+                    event = stream.record_event() if stream is not None else None
+                    if not self._put(self.decoded, (ready, event)):
+                        break
+        except BaseException as exc:  # the run's caller sees it, in order
+            self._put(self.decoded, exc)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # the decode threads stop here, in the thread that iterated them
+        self._put(self.decoded, _DONE)
+
+    def _infer(self) -> None:
+        while not self.stop.is_set():
+            try:
+                item = self.decoded.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE or isinstance(item, BaseException):
+                self._put(self.scored, item)
+                return
+            ready, event = item
+            try:
+                if event is not None:
+                    current = torch.cuda.current_stream(self.device)
+                    current.wait_event(event)
+                    for _, tensor in ready:
+                        # Made on the decode stream, read on this one: the allocator must
+                        # not hand its memory back to the decode stream before that.
+                        if isinstance(tensor, torch.Tensor) and tensor.device.type == "cuda":
+                            tensor.record_stream(current)
+                outcomes = score(self.model, ready)
+            except BaseException as exc:
+                self._put(self.scored, exc)
+                return
+            if not self._put(self.scored, outcomes):
+                return
 
 
 def local_engine(

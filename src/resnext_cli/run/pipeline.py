@@ -2,15 +2,22 @@
 
 Both engines call exactly these: the local engine in its threads, the Ray engine in its
 tasks and actors. None of them reads an option from anywhere but the plan.
+
+On CUDA the hot path keeps per-image Python small: each file is read once and its header
+parsed once (in a decode thread), the batch is normalised with mean and std kept on the
+device, and the top-k of the whole batch is one stable sort on the device.
 """
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,7 +31,12 @@ from resnext_cli.model.weights import discard, fetch
 from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
 from resnext_cli.run.plan import Plan
 
+if TYPE_CHECKING:
+    from resnext_cli.imaging.tensor_decode import Budget, JpegInfo
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class Encoded:
     """A baseline JPEG's bytes, read by a decode thread, for the GPU to decode in a batch."""
 
     data: bytes
+    info: JpegInfo | None = None  # its header, parsed once, in the decode thread
 
 
 # What the per-input step gives the per-batch step: uint8 CHW pixels, a JPEG for the GPU,
@@ -91,6 +104,16 @@ class Model:
     transform: Preprocess
     # The checkpoint (or cached weights file) it came from, for messages.
     name: str
+    # The plan's forward pass (uint8 crops normalised -> float32 logits), compiled under
+    # --compile; None: built on first use.
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    # Seconds the first compiled call took (compiling included), once it has run.
+    compile_seconds: float | None = None
+    # Out-of-memory back-offs, each taken once per run: the GPU decoder's resize chunk,
+    # and the largest batch the model is given at once.
+    budget: Budget | None = field(default=None, repr=False)
+    max_batch: int | None = None
+    _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
 
 def check_classes(
@@ -130,9 +153,68 @@ def load_model(
     net = build_model(plan.info.model, tensors, name=name)
     if plan.fold_batchnorm:
         net = fold_batchnorm(net)
+    configure_backends(plan)
     # channels_last is only a memory layout, which oneDNN and cuDNN run faster.
     net = net.to(memory_format=torch.channels_last).to(plan.device)
-    return Model(plan, net, transform_for(plan), name)
+    model = Model(plan, net, transform_for(plan), name)
+    if plan.compile:
+        model.forward = _compiled(model)
+    return model
+
+
+def configure_backends(plan: Plan) -> None:
+    """Set torch's process-wide numerics for a CUDA plan: TF32 as the plan says, cuDNN autotuning.
+
+    cuDNN's TF32 is on by default, so an fp32 run (--exact, --precision fp32, or the fp32
+    retry of an overflowed bf16 row) would otherwise compute in TF32 while its records say
+    fp32. Every batch has the same 224x224 shape, so cuDNN's autotuner pays off.
+    """
+    if plan.device_type != "cuda":
+        return
+    torch.backends.cudnn.allow_tf32 = plan.tf32
+    torch.backends.cuda.matmul.allow_tf32 = plan.tf32
+    torch.set_float32_matmul_precision("high" if plan.tf32 else "highest")
+    torch.backends.cudnn.benchmark = True
+
+
+def _forward(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The plan's forward pass: float32 logits of a normalised batch."""
+    net, precision, device_type = model.net, model.plan.precision, model.plan.device_type
+    head: Any = net.fc
+    if precision not in _DTYPES:
+        return net
+    dtype = _DTYPES[precision]
+
+    def reduced(x: torch.Tensor) -> torch.Tensor:
+        # The body runs in reduced precision; the head and the softmax in float32, so
+        # logits are not rounded to bf16's 8 bits (equal probabilities, top-k by luck).
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            features = _features(net, x)
+        logits: torch.Tensor = head(features.float())
+        return logits
+
+    return reduced
+
+
+def _compiled(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile of the plan's forward pass; its first call's time is the compile time."""
+    compiled = torch.compile(_forward(model), dynamic=False)
+    first = True
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        nonlocal first
+        if not first:
+            return compiled(x)
+        started = time.perf_counter()
+        out: torch.Tensor = compiled(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        model.compile_seconds = time.perf_counter() - started
+        first = False
+        log.info("torch.compile: %.1f s compiling (the first batch's call)", model.compile_seconds)
+        return out
+
+    return forward
 
 
 def transform_for(plan: Plan) -> Preprocess:
@@ -152,12 +234,12 @@ def prepare(source: Source, plan: Plan, transform: Preprocess) -> Prepared:
     """
     try:
         with open_source(source, timeout=plan.timeout, max_bytes=plan.max_download_bytes) as fp:
-            if plan.decode_on == "gpu":
-                data = fp.read(plan.max_download_bytes + 1)
-                if len(data) <= plan.max_download_bytes and _gpu_takes(data, plan):
-                    return Encoded(data)
-                fp.seek(0)
-            image = decode(fp, source.input, plan.decode)
+            if plan.decode_on == "gpu" and (data := _read_once(fp, plan.max_download_bytes)):
+                if (encoded := _for_gpu(data, plan)) is not None:
+                    return encoded
+                image = decode(io.BytesIO(data), source.input, plan.decode)
+            else:
+                image = decode(fp, source.input, plan.decode)
         return transform(image)
     except InputError as exc:
         return exc
@@ -165,11 +247,34 @@ def prepare(source: Source, plan: Plan, transform: Preprocess) -> Prepared:
         return InputError("unreadable", f"cannot read '{source.input}': {exc!r}")
 
 
-def _gpu_takes(data: bytes, plan: Plan) -> bool:
+def _read_once(fp: Any, limit: int) -> bytes | None:
+    """A file's whole content in one read(), or None past *limit* (Pillow then reads it).
+
+    read(limit + 1) would allocate *limit* bytes for every file; a regular file's size
+    is known from fstat, and other streams (downloads, stdin) are in memory already.
+    """
+    from resnext_cli.inputs.sources import file_facts
+
+    facts = file_facts(fp)
+    if facts is not None:
+        if facts[0] > limit:
+            return None
+        data: bytes = fp.read()
+    else:
+        data = fp.read(limit + 1)
+    if len(data) > limit:
+        fp.seek(0)
+        return None
+    return data
+
+
+def _for_gpu(data: bytes, plan: Plan) -> Encoded | None:
     from resnext_cli.imaging.tensor_decode import gpu_decodable, jpeg_header
 
     info = jpeg_header(data)
-    return info is not None and gpu_decodable(info, plan.decode.max_pixels)
+    if info is None or not gpu_decodable(info, plan.decode.max_pixels):
+        return None
+    return Encoded(data, info)
 
 
 Ready = torch.Tensor | InputError
@@ -184,21 +289,27 @@ def _decoded(model: Model, batch: Sequence[tuple[Source, Prepared]]) -> list[tup
     waiting = [i for i, (_, p) in enumerate(batch) if isinstance(p, Encoded)]
     if not waiting:
         return out
-    from resnext_cli.imaging.tensor_decode import decode_batch
+
+    from resnext_cli.imaging.tensor_decode import Budget, decode_batch
 
     plan, t = model.plan, model.transform
-    datas = [p.data for _, p in batch if isinstance(p, Encoded)]
+    encoded = [p for _, p in batch if isinstance(p, Encoded)]
+    if model.budget is None:
+        model.budget = Budget()
     try:
         crops = decode_batch(
-            datas,
+            [p.data for p in encoded],
             device=torch.device(plan.device),
             resize_size=t.resize_size[0],
             crop_size=t.crop_size[0],
             antialias=bool(t.antialias),
             max_pixels=plan.decode.max_pixels,
+            infos=[p.info for p in encoded],
+            budget=model.budget,
         )
-    except Exception:  # the GPU decoder failed as a whole: Pillow takes every one
-        crops = [None] * len(datas)
+    except Exception as exc:  # failed as a whole, after its one back-off: Pillow, this batch
+        log.debug("the GPU decoder failed on a batch (%r): Pillow decodes its JPEGs", exc)
+        crops = [None] * len(encoded)
     pillow_plan = replace(plan, decode_on="cpu")
     for i, crop in zip(waiting, crops, strict=True):
         source, data = batch[i]
@@ -231,40 +342,56 @@ def _stack(tensors: list[torch.Tensor], device: str) -> torch.Tensor:
     return torch.stack([t.to(device, non_blocking=True) for t in tensors])
 
 
+def _normalize(model: Model, batch: torch.Tensor) -> torch.Tensor:
+    """Preprocess.normalize's arithmetic, with mean and std kept on the batch's device."""
+    if model._norm is None or model._norm[0].device != batch.device:
+        t = model.transform
+        mean = torch.tensor(t.mean, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
+        std = torch.tensor(t.std, dtype=torch.float32, device=batch.device).view(-1, 1, 1)
+        model._norm = (mean, std)
+    mean, std = model._norm
+    x = batch.to(torch.float32) / 255.0
+    return x.sub_(mean).div_(std)
+
+
 def probabilities(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
-    """Softmax probabilities (float32, on the CPU) of a uint8 NCHW batch of crops."""
-    plan, net = model.plan, model.net
-    head: Any = net.fc
+    """Softmax probabilities (float32, on the model's device) of a uint8 NCHW batch of crops."""
+    plan = model.plan
     if plan.device_type == "cuda" and batch.device.type == "cpu":
         batch = batch.pin_memory().to(plan.device, non_blocking=True)
     else:
         batch = batch.to(plan.device)
-    x = model.transform.normalize(batch).contiguous(memory_format=torch.channels_last)
+    n = len(batch)
+    if precision == plan.precision:
+        if model.forward is None:
+            model.forward = _forward(model)
+        forward = model.forward
+        if plan.compile and n < plan.batch_size:
+            # A compiled graph is for one shape: the last, short batch is padded to it
+            # rather than compiled again.
+            pad = batch.new_zeros((plan.batch_size - n, *batch.shape[1:]))
+            batch = torch.cat([batch, pad])
+    else:  # the float32 retry of rows a reduced precision overflowed: the plain network
+        forward = model.net
+    x = _normalize(model, batch).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        if precision in _DTYPES:
-            # The body runs in reduced precision; the head and the softmax in float32, so
-            # logits are not rounded to bf16's 8 bits (equal probabilities, top-k by luck).
-            with torch.autocast(device_type=plan.device_type, dtype=_DTYPES[precision]):
-                features = _features(net, x)
-            logits = head(features.float())
-        else:
-            logits = net(x)
-        return torch.softmax(logits.float(), dim=1).cpu()
+        logits = forward(x)[:n]
+        return torch.softmax(logits.float(), dim=1)
 
 
 def _pooled(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
-    """Pooled features (float32, on the CPU) of a uint8 NCHW batch: the input of fc."""
+    """Pooled features (float32, on the model's device) of a uint8 NCHW batch: fc's input."""
     plan, net = model.plan, model.net
     if plan.device_type == "cuda" and batch.device.type == "cpu":
         batch = batch.pin_memory().to(plan.device, non_blocking=True)
     else:
         batch = batch.to(plan.device)
-    x = model.transform.normalize(batch).contiguous(memory_format=torch.channels_last)
+    x = _normalize(model, batch).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         if precision in _DTYPES:
             with torch.autocast(device_type=plan.device_type, dtype=_DTYPES[precision]):
-                return _features(net, x).float().cpu()
-        return _features(net, x).float().cpu()
+                return _features(net, x).float()
+        return _features(net, x).float()
 
 
 def _softmax_and_pooled(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
@@ -272,39 +399,81 @@ def _softmax_and_pooled(model: Model, batch: torch.Tensor, precision: str) -> to
     features = _pooled(model, batch, precision)
     head: Any = model.net.fc
     with torch.inference_mode():
-        logits = head(features.to(model.plan.device)).float()
-        probs = torch.softmax(logits, dim=1).cpu()
+        probs = torch.softmax(head(features).float(), dim=1)
     return torch.cat([probs, features], dim=1)
 
 
+# One batch step: uint8 NCHW crops to float32 rows (probabilities, or features too).
 Step = Callable[[Model, torch.Tensor, str], torch.Tensor]
 
 
-def _probabilities(
-    model: Model, tensors: list[torch.Tensor], names: list[str], *, step: Step | None = None
-) -> list[tuple[torch.Tensor, str] | InputError]:
-    """Each tensor's probabilities (or the rows *step* gives) with the precision that
-    made them, or its error."""
+def _device_rows(
+    model: Model, tensors: list[torch.Tensor], precision: str, step: Step
+) -> torch.Tensor:
+    """*step*'s rows of *tensors* on the device; out of memory, the batch is halved once."""
+    device = model.plan.device
+    while True:
+        size = model.max_batch or len(tensors)
+        try:
+            parts = [
+                step(model, _stack(tensors[i : i + size], device), precision)
+                for i in range(0, len(tensors), size)
+            ]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        except torch.OutOfMemoryError:
+            if model.max_batch is not None or len(tensors) == 1:
+                raise
+            model.max_batch = max(1, len(tensors) // 2)
+            log.debug(
+                "out of GPU memory on a batch of %d: the model takes at most %d images at "
+                "a time from now on",
+                len(tensors),
+                model.max_batch,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+# One input's probabilities (float32, CPU), the precision that made them, and its top-k.
+Scored = tuple[torch.Tensor, str, list[float], list[int]]
+
+
+def _scored(
+    model: Model,
+    tensors: list[torch.Tensor],
+    names: list[str],
+    *,
+    step: Step | None = None,
+    k: int | None = None,
+) -> list[Scored | InputError]:
+    """Each tensor's rows (probabilities, or what *step* gives), precision and top-k of
+    its first len(labels) values, or its error."""
     run = step or probabilities
     precision = model.plan.precision
+    k = model.plan.topk if k is None else k
+    classes = len(model.plan.labels)
     try:
-        probs = run(model, _stack(tensors, model.plan.device), precision)
+        probs = _device_rows(model, tensors, precision, run)
     except Exception as exc:
         if len(tensors) == 1:
             return [InputError("inference_failed", f"the model failed on '{names[0]}': {exc!r}")]
         # Retry one at a time so only the guilty input gets an error record.
-        out: list[tuple[torch.Tensor, str] | InputError] = []
+        out: list[Scored | InputError] = []
         for tensor, name in zip(tensors, names, strict=True):
-            out.extend(_probabilities(model, [tensor], [name], step=step))
+            out.extend(_scored(model, [tensor], [name], step=step, k=k))
         return out
-    finite = torch.isfinite(probs).all(dim=1).tolist()
-    results: list[tuple[torch.Tensor, str] | InputError] = [(p, precision) for p in probs]
-    bad = [i for i, ok in enumerate(finite) if not ok]
+    values, indices = _batch_topk(probs[:, :classes], k)
+    cpu = probs.cpu()
+    results: list[Scored | InputError] = [
+        (p, precision, v, i) for p, v, i in zip(cpu, values, indices, strict=True)
+    ]
+    bad = [i for i, ok in enumerate(torch.isfinite(cpu).all(dim=1).tolist()) if not ok]
     if bad and precision in _DTYPES:
         # Reduced precision overflowed: once more in float32, for those inputs only.
         again = run(model, _stack([tensors[i] for i in bad], model.plan.device), "fp32")
-        for i, p in zip(bad, again, strict=True):
-            results[i] = (p, "fp32")
+        top = zip(again.cpu(), *_batch_topk(again[:, :classes], k), strict=True)
+        for i, (p, v, j) in zip(bad, top, strict=True):
+            results[i] = (p, "fp32", v, j)
     for i in bad:
         p = results[i]
         if isinstance(p, tuple) and not bool(torch.isfinite(p[0]).all()):
@@ -314,6 +483,25 @@ def _probabilities(
                 "(NaN or infinity; check the checkpoint)",
             )
     return results
+
+
+def _batch_topk(probs: torch.Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
+    """topk() of every row at once, sorted where the probabilities are (one transfer)."""
+    values, indices = torch.sort(probs, dim=1, descending=True, stable=True)
+    # Class indices are exact in float32 (below 2**24): one copy brings both back.
+    top = torch.cat([values[:, :k], indices[:, :k].to(values.dtype)], dim=1).tolist()
+    return [row[:k] for row in top], [[int(i) for i in row[k:]] for row in top]
+
+
+def _probabilities(
+    model: Model, tensors: list[torch.Tensor], names: list[str], *, step: Step | None = None
+) -> list[tuple[torch.Tensor, str] | InputError]:
+    """Each tensor's probabilities (or the rows *step* gives) with the precision that
+    made them, or its error."""
+    return [
+        o if isinstance(o, InputError) else (o[0], o[1])
+        for o in _scored(model, tensors, names, step=step, k=0 if step is _pooled else None)
+    ]
 
 
 def topk(probs: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
@@ -334,18 +522,21 @@ def file_facts(source: Source) -> FileFacts | None:
 
 
 def make_record(
-    model: Model, source: Source, outcome: tuple[torch.Tensor, str] | InputError
+    model: Model, source: Source, outcome: tuple[torch.Tensor, str] | Scored | InputError
 ) -> Record:
-    """The record of one input, from its probabilities or its error."""
+    """The record of one input, from its probabilities (and top-k, when known) or its error."""
     path = str(source.path.absolute()) if source.path is not None else None
     facts = file_facts(source)
     if isinstance(outcome, InputError):
         return Failed(source.input, outcome.error_type, outcome.message, path=path, file=facts)
-    rows, precision = outcome
+    rows, precision = outcome[0], outcome[1]
     plan = model.plan
     # With --embeddings the pooled features follow the probabilities in the row.
     probs, embedding = rows[: len(plan.labels)], rows[len(plan.labels) :]
-    values, indices = topk(probs, plan.topk)
+    if len(outcome) == 4:
+        values, indices = outcome[2], outcome[3]
+    else:
+        values, indices = topk(probs, plan.topk)
     return Classified(
         input=source.input,
         model=plan.info.model,
@@ -362,15 +553,33 @@ def make_record(
     )
 
 
-def infer(model: Model, prepared: Sequence[tuple[Source, Prepared]]) -> Iterable[Record]:
-    """Infer one batch of prepared sources (errors pass through), one record each, in order."""
-    batch = _decoded(model, prepared)
+def score(
+    model: Model, batch: Sequence[tuple[Source, Ready]]
+) -> list[tuple[Source, Scored | InputError]]:
+    """Run the model on a batch's pixels (errors pass through), in order."""
     ready = [(s, p) for s, p in batch if isinstance(p, torch.Tensor)]
     step = _softmax_and_pooled if model.plan.embeddings else None
     tensors, names = [p for _, p in ready], [s.input for s, _ in ready]
-    outcomes = iter(_probabilities(model, tensors, names, step=step) if ready else [])
+    outcomes = iter(_scored(model, tensors, names, step=step) if ready else [])
+    out: list[tuple[Source, Scored | InputError]] = []
     for source, ready_or_error in batch:
-        outcome = next(outcomes) if isinstance(ready_or_error, torch.Tensor) else ready_or_error
+        if isinstance(ready_or_error, torch.Tensor):
+            out.append((source, next(outcomes)))
+        else:
+            out.append((source, ready_or_error))
+    return out
+
+
+def decode_ready(
+    model: Model, prepared: Sequence[tuple[Source, Prepared]]
+) -> list[tuple[Source, Ready]]:
+    """A batch's pixels: its JPEGs decoded on the device, the rest as prepared."""
+    return _decoded(model, prepared)
+
+
+def infer(model: Model, prepared: Sequence[tuple[Source, Prepared]]) -> Iterable[Record]:
+    """Infer one batch of prepared sources (errors pass through), one record each, in order."""
+    for source, outcome in score(model, _decoded(model, prepared)):
         yield make_record(model, source, outcome)
 
 

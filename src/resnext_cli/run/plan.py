@@ -35,6 +35,13 @@ MAX_CUDA_BATCH = 256
 # Activation memory one 224x224 image takes in a forward pass, per billion FLOPs of the
 # model, in reduced precision, with headroom (ResNeXt-50: ~4.3 GFLOPs -> ~80 MB).
 _BYTES_PER_GFLOP = 20 << 20
+# With GPU decoding, each image of a batch is also decoded at full size on the device
+# before it is resized: a 12 MP phone photo is 36 MB of RGB (256 of them, ~9 GB).
+_DECODED_BYTES = 3 * 12_000_000
+# Compute capabilities whose GPUs carry a hardware JPEG decoder (A100 and A30; H100,
+# H200 and GH200; B200): elsewhere nvJPEG decodes in a hybrid mode, per image on the
+# inference thread, slower than Pillow threads, so --decode auto keeps the CPU.
+_HARDWARE_JPEG = frozenset({(8, 0), (9, 0), (10, 0)})
 
 
 @dataclass(frozen=True)
@@ -49,16 +56,29 @@ class MachineFacts:
     cuda_free_bytes: int = 0
     mps: bool = False
     placement: Placement = "local"
+    # Whether the CUDA device has a hardware JPEG decoder (facts handed in assume one).
+    cuda_jpeg_hardware: bool = True
+    cuda_name: str = ""
 
     @classmethod
-    def probe(cls) -> MachineFacts:
-        """Ask torch about this machine (imports torch)."""
+    def probe(cls, device: str = "auto") -> MachineFacts:
+        """Ask torch about this machine (imports torch) for a run on *device*.
+
+        No CUDA call is made for a CPU or MPS run (each would start a CUDA context);
+        memory, name and capability are those of the device the run will use.
+        """
         import torch
 
-        cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        free = 0
-        if cuda:
-            free, _total = torch.cuda.mem_get_info()
+        kind, _, number = device.partition(":")
+        cuda = 0
+        if kind in ("auto", "cuda") and torch.cuda.is_available():
+            cuda = torch.cuda.device_count()
+        free, name, hardware = 0, "", True
+        index = int(number) if number else 0
+        if cuda and index < cuda:
+            free, _total = torch.cuda.mem_get_info(index)
+            name = torch.cuda.get_device_name(index)
+            hardware = tuple(torch.cuda.get_device_capability(index)) in _HARDWARE_JPEG
 
         def cpu(name: str) -> bool:
             check = getattr(torch.cpu, name, None)
@@ -73,7 +93,9 @@ class MachineFacts:
             cuda_count=cuda,
             cuda_bf16=bool(cuda and torch.cuda.is_bf16_supported()),
             cuda_free_bytes=int(free),
-            mps=bool(torch.backends.mps.is_available()),
+            mps=kind in ("auto", "mps") and bool(torch.backends.mps.is_available()),
+            cuda_jpeg_hardware=hardware,
+            cuda_name=name,
         )
 
 
@@ -109,6 +131,13 @@ class Plan:
     # --categories: the grouping whose probabilities every record carries.
     categories: Categories | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # TF32 for float32 convolutions and matmuls on CUDA: never, so that every record that
+    # says fp32 (--exact, --precision fp32, a bf16 row's fp32 retry) was computed in fp32.
+    tf32: bool = False
+    # --compile: torch.compile the forward pass.
+    compile: bool = False
+    # Choices the plan made that --debug names (why the JPEG decoder is what it is).
+    choices: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def device_type(self) -> DeviceType:
@@ -187,21 +216,40 @@ def _precision(cfg: Config, device_type: str, facts: MachineFacts) -> Precision:
     return "fp32"
 
 
-def _cuda_batch(info: WeightsInfo, facts: MachineFacts) -> int:
-    """As many images as half the free GPU memory holds, within 64..256."""
+def _cuda_batch(info: WeightsInfo, facts: MachineFacts, *, decode_on: str) -> int:
+    """As many images as half the free GPU memory holds (activations, and decoded pixels
+    when the GPU decodes), a power of two within 64..256; below 64 (down to 8) only where
+    64 would not fit in all of it."""
     per_image = max(1, int(info.gflops * _BYTES_PER_GFLOP))
+    if decode_on == "gpu":
+        per_image += _DECODED_BYTES
     fits = (facts.cuda_free_bytes // 2) // per_image
     batch = DEFAULT_BATCH["cuda"]
+    while batch > 8 and batch > facts.cuda_free_bytes // per_image:
+        batch //= 2
     while batch * 2 <= min(fits, MAX_CUDA_BATCH):
         batch *= 2
     return batch
 
 
-def _decode_on(cfg: Config, device_type: str, facts: MachineFacts) -> DecodeOn:
-    if cfg.decode == "gpu" and facts.placement == "ray":
-        raise ConfigError("--engine ray decodes in CPU tasks; drop --decode gpu")
+def _decode_on(cfg: Config, device_type: str, facts: MachineFacts) -> tuple[DecodeOn, str | None]:
+    """The JPEG decoder, and why when --decode auto decided it on CUDA."""
     if facts.placement == "ray":
-        return "cpu"
+        if cfg.decode == "gpu":
+            raise ConfigError("--engine ray decodes in CPU tasks; drop --decode gpu")
+        return "cpu", None
+    if cfg.decode == "auto" and device_type == "cuda" and not cfg.exact:
+        name = f"'{facts.cuda_name}'" if facts.cuda_name else "this GPU"
+        if facts.cuda_jpeg_hardware:
+            return "gpu", f"decode: gpu (--decode auto: {name} has a hardware JPEG decoder)"
+        return "cpu", (
+            f"decode: cpu (--decode auto: {name} has no hardware JPEG decoder, and nvJPEG's "
+            "hybrid decoder is slower than Pillow threads; --decode gpu forces it)"
+        )
+    return _decode_choice(cfg, device_type), None
+
+
+def _decode_choice(cfg: Config, device_type: str) -> DecodeOn:
     if cfg.decode == "gpu":
         if cfg.exact:
             raise ConfigError("--exact decodes with Pillow, as the reference; drop --decode gpu")
@@ -209,8 +257,6 @@ def _decode_on(cfg: Config, device_type: str, facts: MachineFacts) -> DecodeOn:
             raise ConfigError(
                 f"--decode gpu needs a CUDA device, not {device_type} (use --decode auto)"
             )
-        return "gpu"
-    if cfg.decode == "auto" and device_type == "cuda" and not cfg.exact:
         return "gpu"
     return "cpu"
 
@@ -234,7 +280,7 @@ def resolve(
     ``purpose="calibrate"`` is quantize's plan: the float network on the CPU, in fp32,
     BatchNorm unfolded (INT8 conversion fuses it itself).
     """
-    facts = facts if facts is not None else MachineFacts.probe()
+    facts = facts if facts is not None else MachineFacts.probe(config.device)
     if purpose == "calibrate":
         config = config.with_(precision="fp32", quantized=False, device="cpu")
     info = resolve_weights(
@@ -251,10 +297,11 @@ def resolve(
     device = _device(config.device, facts)
     device_type = device.partition(":")[0]
     precision = _precision(config, device_type, facts)
+    decode_on, why = _decode_on(config, device_type, facts)
     if config.batch_size is not None:
         batch = config.batch_size
     elif device_type == "cuda":
-        batch = _cuda_batch(info, facts)
+        batch = _cuda_batch(info, facts, decode_on=decode_on)
     else:
         batch = DEFAULT_BATCH[device_type]
     if facts.placement == "ray":
@@ -292,9 +339,12 @@ def resolve(
         offline=config.offline,
         timeout=config.timeout,
         max_download_bytes=config.max_download_bytes,
-        decode_on=_decode_on(config, device_type, facts),
+        decode_on=decode_on,
         categories=(
             Categories.for_labels(config.categories, labels) if config.categories else None
         ),
         notes=tuple(notes),
+        tf32=False,
+        compile=config.compile,
+        choices=(why,) if why else (),
     )
