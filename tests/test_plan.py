@@ -332,7 +332,7 @@ def test_out_of_memory_in_the_model_halves_the_batch_once(
     paths = [str(make_image(f"{i}.png", seed=i)) for i in range(8)]
     clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=0, batch_size=4)
     reference = list(clf.classify(paths))
-    real = pipeline._softmax
+    real = pipeline.probabilities
     sizes = []
 
     def tight(model, batch, precision):
@@ -341,7 +341,7 @@ def test_out_of_memory_in_the_model_halves_the_batch_once(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real(model, batch, precision)
 
-    monkeypatch.setattr(pipeline, "_softmax", tight)
+    monkeypatch.setattr(pipeline, "probabilities", tight)
     with caplog.at_level(logging.DEBUG, logger="resnext_cli"):
         got = list(clf.classify(paths))
     # Batch one: 4 fails, then two halves; batch two starts at the halved size. Never 1.
@@ -428,7 +428,7 @@ def test_overlapped_stages_on_fake_cuda_match_the_serial_run(
                         lambda device=None: getattr(local, "stream", None) or default)  # fmt: skip
     monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
     cpu_model = clf.loaded
-    real_softmax = pipeline._softmax
+    real_softmax = pipeline.probabilities
     scored_threads = set()
 
     def on_cpu(model, batch, precision):
@@ -436,7 +436,7 @@ def test_overlapped_stages_on_fake_cuda_match_the_serial_run(
         log.append(("infer", len(batch)))
         return real_softmax(cpu_model, batch, precision)
 
-    monkeypatch.setattr(pipeline, "_softmax", on_cpu)
+    monkeypatch.setattr(pipeline, "probabilities", on_cpu)
     cuda_plan = dataclasses.replace(clf.plan, device="cuda", decode_on="gpu")
     engine = LocalEngine(dataclasses.replace(clf.loaded, plan=cuda_plan))
     assert engine.overlap  # on by default on CUDA

@@ -87,13 +87,13 @@ def test_fp16_on_this_cpu_is_refused_before_any_work(
 def test_non_finite_batch_is_retried_in_fp32(checkpoint, photos, monkeypatch) -> None:
     import resnext_cli.run.pipeline as pipeline
 
-    real = pipeline._softmax
+    real = pipeline.probabilities
 
     def overflowing(model, batch, precision):
         out = real(model, batch, precision)
         return torch.full_like(out, math.nan) if precision != "fp32" else out
 
-    monkeypatch.setattr(pipeline, "_softmax", overflowing)
+    monkeypatch.setattr(pipeline, "probabilities", overflowing)
     records = list(Classifier(checkpoint=str(checkpoint), precision="bf16").classify([str(photos)]))
     assert [r.precision for r in records if isinstance(r, Classified)] == ["fp32"] * 4
     assert all(math.isfinite(p.probability) for r in records for p in r.predictions)
@@ -104,9 +104,9 @@ def test_non_finite_output_becomes_an_error_record_and_valid_json(
 ) -> None:
     import resnext_cli.run.pipeline as pipeline
 
-    real = pipeline._softmax
+    real = pipeline.probabilities
     monkeypatch.setattr(
-        pipeline, "_softmax", lambda m, b, p: torch.full_like(real(m, b, p), math.nan)
+        pipeline, "probabilities", lambda m, b, p: torch.full_like(real(m, b, p), math.nan)
     )
     report = tmp_path / "r.html"
     run = resnext("classify", photos, "--checkpoint", checkpoint, "--report", report, "-f", "json")

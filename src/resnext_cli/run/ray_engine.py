@@ -300,7 +300,7 @@ class RayEngine:
             # and later); --precision fp16 serves older ones.
             facts = MachineFacts(
                 cpu_count=cpus,
-                cpu_native_bf16=MachineFacts.probe().cpu_native_bf16,
+                cpu_native_bf16=MachineFacts.probe("cpu").cpu_native_bf16,
                 cuda_count=gpus,
                 cuda_bf16=True,
                 placement="ray",
