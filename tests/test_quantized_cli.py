@@ -87,7 +87,7 @@ def test_int8_file_without_quantized_says_what_to_add(int8, resnext) -> None:
 )
 def test_refusals(args, message, make_image, resnext, monkeypatch) -> None:
     gpu = MachineFacts(cpu_count=2, cuda_count=1, cuda_bf16=True, cuda_free_bytes=8 << 30)
-    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls: gpu))
+    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls, device="auto": gpu))
     run = resnext("classify", make_image("a.png"), *args)
     assert (run.code, run.stdout) == (2, ""), run
     assert run.stderr == f"error: {message}\n"
