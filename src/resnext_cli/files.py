@@ -85,7 +85,7 @@ def open_user_file(
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise FileProblem("missing", "no such file") from None
+        raise FileProblem("missing", "no such file or directory") from None
     except IsADirectoryError:
         raise FileProblem("folder", "a folder") from None
     except OSError as exc:
@@ -351,7 +351,7 @@ class OutputTarget:
         so a run with nothing to write leaves an existing file as it was.
         """
         if self.kind == "stream":
-            return open(self.path, "wb", buffering=0)  # noqa: SIM115 - into the device
+            return open(self.path, "wb", buffering=0)
         if self.kind == "absent":
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
         else:
@@ -360,8 +360,7 @@ class OutputTarget:
             fd = os.open(self.path, flags, 0o666)
         except FileExistsError:
             raise OutputError(
-                f"'{self.path}' appeared while this run started (give another name, or run "
-                "again)"
+                f"'{self.path}' appeared while this run started (give another name, or run again)"
             ) from None
         except OSError as exc:
             raise OutputError(f"cannot write '{self.path}': {exc.strerror or exc}") from None
@@ -398,9 +397,7 @@ class OutputTarget:
             if self.kind == "stream":  # the folder of a device is not ours to write in
                 temp = Path(_private_folder()) / name
             try:
-                fd = os.open(
-                    temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o666
-                )
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o666)
             except FileExistsError:
                 continue
             except OSError as exc:

@@ -186,9 +186,7 @@ def _from_lines(fh: BinaryIO, *, torn_tail: bool) -> RecordsRead:
         if text:
             try:
                 data = _loads(text.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise RecordsProblem(number, "not UTF-8") from None
-            except ValueError as exc:
+            except ValueError as exc:  # text that is not UTF-8 included
                 detail = str(exc) if "nested" in str(exc) or "not a number" in str(exc) else ""
                 raise RecordsProblem(number, detail or "not JSON") from None
             entries.append(_entry(data, number))

@@ -119,7 +119,7 @@ def classify(
 
 
 @cli.command(name="sort")
-@click.argument("paths", nargs=-1, required=True, metavar="SRC... DEST")
+@click.argument("paths", nargs=-1, metavar="SRC... DEST")
 @click.option("--copy", "copy_", is_flag=True, help="Copy files (the default).")
 @click.option("--link", is_flag=True, help="Hard-link files (else symlink them).")
 @click.option("--move", is_flag=True, help="Move files, journaled and undoable.")
@@ -137,6 +137,15 @@ def classify(
     type=click.Path(dir_okay=False),
     help="File the images by the records of an earlier 'classify -o RECORDS' run; no model.",
 )
+@click.option(
+    "--root",
+    "roots",
+    metavar="FOLDER",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="With --from: take files only from inside FOLDER (repeatable; default: the folder "
+    "holding RECORDS).",
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan on stdout; touch nothing.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted sort into DEST.")
 @click.option("--undo", is_flag=True, help="Put back every file sorted into DEST.")
@@ -149,6 +158,7 @@ def sort_command(
     move: bool,
     by: str,
     records: str | None,
+    roots: tuple[str, ...],
     dry_run: bool,
     resume: bool,
     undo: bool,
@@ -160,7 +170,10 @@ def sort_command(
     """Classify images and file each one into DEST/<top-1 label>/.
 
     SRC takes what classify takes (files, folders, globs, -); with --from RECORDS, give
-    only DEST. Images under --min-probability go to DEST/_uncertain/, unreadable ones to
+    only DEST: a record is filed only when its file lies inside a --root FOLDER (by default
+    the folder holding RECORDS), carries the size and mtime_ns classify wrote, and still
+    has them (a file swapped for a link is not filed). --dry-run with --undo or --resume
+    prints the steps they would take. Images under --min-probability go to DEST/_uncertain/, unreadable ones to
     DEST/_failed/. Names are made safe for every file system and nothing is overwritten:
     a clash gets a number, 'cat (1).jpg'; a file already filed from the same source with
     the same bytes is skipped. Every step is journaled in DEST first, so an interrupted
@@ -184,6 +197,7 @@ def sort_command(
         undo=undo,
         min_probability=min_probability,
         report=report,
+        roots=roots,
     )
     return run_sort(request, options, console)
 

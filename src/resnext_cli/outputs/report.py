@@ -211,8 +211,8 @@ class HtmlReportWriter:
         workers: int = 4,
     ) -> None:
         self.path = path
-        self._target = target if target is not None else OutputTarget.claim(
-            path, force=True, what="report"
+        self._target = (
+            target if target is not None else OutputTarget.claim(path, force=True, what="report")
         )
         self._size = thumbnail_size
         self._max_pixels = max_pixels

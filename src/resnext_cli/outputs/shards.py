@@ -125,9 +125,7 @@ class ShardWriter:
         while True:
             temp = self._folder / f"{TEMP_PREFIX}{self._name()}-{secrets.token_hex(4)}"
             try:
-                fd = os.open(
-                    temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o666
-                )
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, 0o666)
             except FileExistsError:
                 continue
             return temp, os.fdopen(fd, "wb")

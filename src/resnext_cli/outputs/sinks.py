@@ -11,11 +11,8 @@ the empty file it created.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
-import json
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -202,9 +199,7 @@ class Outputs:
                 self.writers.append(_Published(self.target, self.fmt, kw))
             else:
                 self.writers.append(
-                    make_writer(
-                        self.fmt, stream, console=console, path=path, caption=caption, **kw
-                    )
+                    make_writer(self.fmt, stream, console=console, path=path, caption=caption, **kw)
                 )
         if req.report is not None:
             from resnext_cli.outputs.report import HtmlReportWriter

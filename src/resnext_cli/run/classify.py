@@ -7,6 +7,7 @@ The CLI builds a config, the outputs and a console, and calls `run_classify` or
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -254,11 +255,19 @@ def classify_for_sort(
     *,
     min_probability: float | None,
     report: str | None,
+    skip: Path | None = None,
 ) -> tuple[list[Record], RunSummary] | None:
-    """Classify what sort will file; None when no input matched."""
+    """Classify what sort will file; None when no input matched.
+
+    Files inside *skip* (DEST, when it lies inside a SRC folder) are passed over: they
+    are an earlier sort's copies, not photos to sort again.
+    """
     from resnext_cli.outputs.sinks import OutputRequest, Outputs
 
-    found = peek(iter(expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)))
+    sources = expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)
+    if skip is not None and skip.is_dir():
+        sources = _outside(sources, Path(os.path.realpath(skip)))
+    found = peek(iter(sources))
     if found is None:
         return None
     outputs = Outputs.open(OutputRequest(report=report), stdout_is_terminal=False)
@@ -289,6 +298,16 @@ def classify_for_sort(
         outputs.close()
     summary.finished = time.perf_counter()
     return collect.records, summary
+
+
+def _outside(sources: Iterable[Source], folder: Path) -> Iterator[Source]:
+    """The sources that are not files inside *folder*."""
+    for source in sources:
+        if source.path is not None:
+            real = Path(os.path.realpath(source.path))
+            if real == folder or folder in real.parents:
+                continue
+        yield source
 
 
 def folder_count(dest: Path) -> int:
