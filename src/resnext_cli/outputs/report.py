@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from resnext_cli.errors import InputError
 from resnext_cli.files import OutputTarget
@@ -119,7 +119,7 @@ def decode_cost(path: str, *, size: int = THUMBNAIL_SIZE) -> int:
     from PIL import Image
 
     with Image.open(path) as img:
-        width, height = img.size
+        width, height = (int(side) for side in img.size)
         deep = img.mode in ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "RGBa", "CMYK")
         if img.format == "JPEG":
             scale = 1
@@ -222,7 +222,7 @@ class HtmlReportWriter:
         self._limit = 4 * max(1, workers)
         self._closed = False
         self._temp = self._target.temporary()
-        self._file: IO[str] = io.TextIOWrapper(
+        self._file = io.TextIOWrapper(
             self._temp, encoding="ascii", errors="xmlcharrefreplace", newline="\n"
         )
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="resnext-thumb")

@@ -154,7 +154,7 @@ class Outputs:
         # Cut (a torn last line, or --force) only when the first record is written.
         raw = claimed.stream(cut_at=cut)
         self.stream = io.TextIOWrapper(
-            io.BufferedWriter(raw),  # type: ignore[arg-type]
+            io.BufferedWriter(raw),
             encoding="utf-8",
             errors="backslashreplace",
             newline="",
