@@ -169,17 +169,17 @@ def sort_command(
 ) -> int:
     """Classify images and file each one into DEST/<top-1 label>/.
 
-    SRC takes what classify takes (files, folders, globs, -); with --from RECORDS, give
-    only DEST: a record is filed only when its file lies inside a --root FOLDER (by default
-    the folder holding RECORDS), carries the size and mtime_ns classify wrote, and still
-    has them (a file swapped for a link is not filed). --dry-run with --undo or --resume
-    prints the steps they would take. Images under --min-probability go to
-    DEST/_uncertain/, unreadable ones to DEST/_failed/. Names are made safe for every file
-    system and nothing is overwritten: a clash gets a number, 'cat (1).jpg'; a file already
-    filed from the same source with the same bytes is skipped. Every step is journaled in DEST first, so an interrupted
-    sort can be finished with --resume DEST or rolled back with --undo DEST. Exit status:
-    0 when every image was classified and filed, 1 when some could not be classified
-    (they are in _failed/) or some file could not be handled, 2 for usage errors.
+    SRC takes what classify takes (files, folders, globs, -); with --from RECORDS, give only
+    DEST: a record is filed only when its file lies inside a --root FOLDER (by default the
+    folder holding RECORDS), carries the size and mtime_ns classify wrote, and still has
+    them (a file swapped for a link is not filed). --dry-run with --undo or --resume prints
+    the steps they would take. Images under --min-probability go to DEST/_uncertain/,
+    unreadable ones to DEST/_failed/. Names are made safe for every file system and nothing
+    is overwritten: a clash gets a number, 'cat (1).jpg'; a file already filed from the same
+    source with the same bytes is skipped. Every step is journaled in DEST first, so an
+    interrupted sort can be finished with --resume DEST or rolled back with --undo DEST.
+    Exit status: 0 when every image was classified and filed, 1 when some could not be
+    classified (they are in _failed/) or some file could not be handled, 2 for usage errors.
     """
     from resnext_cli.run.sort import SortRequest, run_sort
 
