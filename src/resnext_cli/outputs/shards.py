@@ -90,9 +90,7 @@ def check_folder(folder: Path, *, force: bool, resume: bool) -> set[str]:
             f"folder '{folder}' has {len(existing)} shards (use --force to replace them, "
             "or --resume to continue)"
         )
-    for path in [*existing, *_temporaries(folder)]:
-        path.unlink()
-    return set()
+    return set()  # with --force, ShardWriter removes the old shards at its first record
 
 
 class ShardWriter:
@@ -106,13 +104,16 @@ class ShardWriter:
         topk: int = 5,
         long: bool = False,
         uncertain: bool = False,
+        replace: bool = False,
     ) -> None:
         require_pyarrow()
         folder.mkdir(parents=True, exist_ok=True)
         self._folder = folder
         self._records = records or SHARD_RECORDS
         self._topk, self._long, self._uncertain = topk, long, uncertain
-        taken = [int(p.name[5:].split(".")[0]) for p in shards(folder)]
+        # --force: the old shards go when the first new record exists, not before.
+        self._replace = replace
+        taken = [] if replace else [int(p.name[5:].split(".")[0]) for p in shards(folder)]
         self._next = max(taken, default=-1) + 1
         self._current: ParquetWriter | None = None
         self._temp: tuple[Path, BinaryIO] | None = None
@@ -131,6 +132,10 @@ class ShardWriter:
             return temp, os.fdopen(fd, "wb")
 
     def write(self, record: Record) -> None:
+        if self._replace:
+            for path in [*shards(self._folder), *_temporaries(self._folder)]:
+                path.unlink()
+            self._replace = False
         if self._current is None:
             self._temp = self._open_temp()
             self._current = ParquetWriter(

@@ -186,7 +186,8 @@ class Outputs:
         if not results:
             pass
         elif self.folder is not None:
-            self.writers.append(ShardWriter(self.folder, **kw))
+            replace = req.force and not req.resume
+            self.writers.append(ShardWriter(self.folder, replace=replace, **kw))
         else:
             stream = self.stream or stdout
             if stream is stdout and isinstance(stdout, io.TextIOWrapper):
