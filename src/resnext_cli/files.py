@@ -63,10 +63,11 @@ class FileProblem(Exception):
     """Why a user's file cannot be read: ``kind`` is one of 'missing', 'folder', 'link',
     'not_regular', 'too_large', 'os'; ``reason`` is the system's words, lower case."""
 
-    def __init__(self, kind: str, reason: str) -> None:
+    def __init__(self, kind: str, reason: str, cause: str = "") -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+        self.cause = cause  # the OSError's class name, where there was one
 
 
 def _reason(exc: OSError) -> str:
@@ -85,13 +86,13 @@ def open_user_file(
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise FileProblem("missing", "no such file or directory") from None
+        raise FileProblem("missing", "no such file or directory", "FileNotFoundError") from None
     except IsADirectoryError:
-        raise FileProblem("folder", "a folder") from None
+        raise FileProblem("folder", "a folder", "IsADirectoryError") from None
     except OSError as exc:
         if exc.errno == errno.ELOOP and not follow_links:
-            raise FileProblem("link", "a symbolic link") from None
-        raise FileProblem("os", _reason(exc)) from None
+            raise FileProblem("link", "a symbolic link", exc.__class__.__name__) from None
+        raise FileProblem("os", _reason(exc), exc.__class__.__name__) from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -117,7 +118,7 @@ def read_user_file(
         try:
             data = fh.read(max_bytes + 1)
         except OSError as exc:
-            raise FileProblem("os", _reason(exc)) from None
+            raise FileProblem("os", _reason(exc), exc.__class__.__name__) from None
     if len(data) > max_bytes:  # it grew since fstat
         raise FileProblem("too_large", f"over the {max_bytes}-byte limit")
     return data
