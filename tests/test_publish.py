@@ -405,3 +405,27 @@ def test_quantize_output_refusals_come_before_any_work(tmp_path: Path, resnext) 
     )
     assert not (tmp_path / "nowhere").exists()
     _ = json, time  # used by helpers above
+
+
+@pytest.mark.parametrize("flag", ["-o", "--report"])
+def test_classify_never_writes_through_a_dangling_link(tmp_path: Path, resnext, flag) -> None:
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "created-elsewhere")
+    run = resnext("classify", tmp_path / "x.jpg", flag, link, "--force")
+    assert (run.code, run.stdout) == (2, ""), run
+    what = "output" if flag == "-o" else "report"
+    assert run.stderr == (
+        f"error: {what} '{link}' is a symbolic link to nothing (give another name; a write "
+        "never creates a link's target)\n"
+    )
+    assert not (tmp_path / "created-elsewhere").exists()
+
+
+@needs_root
+def test_classify_report_onto_a_device_is_refused_or_written_never_replaced(
+    tmp_path: Path, resnext
+) -> None:
+    device = char_device(tmp_path / "full")
+    run = resnext("classify", tmp_path / "none-*.jpg", "--report", device, "--force")
+    assert run.code == 2  # no input: nothing written, and the node is still a device
+    assert stat.S_ISCHR(os.lstat(device).st_mode)
