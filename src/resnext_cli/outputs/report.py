@@ -211,6 +211,7 @@ class HtmlReportWriter:
         workers: int = 4,
     ) -> None:
         self.path = path
+        self._own = target is None  # claimed here: released here when closed
         self._target = (
             target if target is not None else OutputTarget.claim(path, force=True, what="report")
         )
@@ -277,6 +278,8 @@ class HtmlReportWriter:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._temp.close()
             self._target.discard()
+            if self._own:
+                self._target.release()
 
     @property
     def count(self) -> int:

@@ -271,7 +271,11 @@ def classify_for_sort(
     if found is None:
         return None
     outputs = Outputs.open(OutputRequest(report=report), stdout_is_terminal=False)
-    engine = build_engine("local", config, console)
+    try:
+        engine = build_engine("local", config, console)
+    except BaseException:
+        outputs.close(nothing_written=True)  # unlocked, and no temporary file left
+        raise
     summary = RunSummary(where=engine.describe(), min_probability=min_probability)
     collect = Collect()
     outputs.start(
