@@ -179,8 +179,10 @@ def test_a_journal_not_written_by_this_tool_is_refused_with_one_line(world, resn
 def test_a_journal_signed_for_another_folder_or_with_another_key(world, monkeypatch) -> None:
     photos, tmp = world["photos"], world["tmp"]
     first = tmp / "first"
-    execute(make_plan([Classified(str(photos / "a.jpg"), "m", "w", (Prediction("t", 1, 0.9),),
-                                  path=str(photos / "a.jpg"))], first, sources=[photos]))  # fmt: skip
+    one = Classified(
+        str(photos / "a.jpg"), "m", "w", (Prediction("t", 1, 0.9),), path=str(photos / "a.jpg")
+    )
+    execute(make_plan([one], first, sources=[photos]))
     second = tmp / "second"
     second.mkdir()
     (second / JOURNAL_NAME).write_bytes((first / JOURNAL_NAME).read_bytes())  # a copy
@@ -297,7 +299,7 @@ def test_filing_many_files_of_one_name_is_linear(tmp_path: Path, monkeypatch) ->
                 "w",
                 (Prediction("cat", 1, 0.9),),
                 path=str(folder / "IMG_0001.jpg"),
-            )  # fmt: skip
+            )
         )
     plan = make_plan(records, tmp_path / "sorted", sources=[tmp_path / "src"])
     names = [s.target for s in plan.steps]
