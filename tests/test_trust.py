@@ -437,3 +437,35 @@ def test_dest_inside_src_is_skipped_when_src_is_walked(make_image, checkpoint, t
     assert "3 files already in" in again.stderr
     copies = [p for p in dest.rglob("*.jpg")]
     assert len(copies) == 3
+
+
+def test_a_full_dest_ends_with_one_line_and_undo_still_works(world, resnext, monkeypatch) -> None:
+    import errno
+
+    photos, project = world["photos"], world["project"]
+    records = write_records(project / "r.jsonl", record(photos / "a.jpg"), record(photos / "b.jpg"))
+    dest = project / "sorted"
+    before = everything(photos)
+
+    def full(self, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:  # no room even for the journal's plan
+        patched.setattr(sorting.Journal, "_append", full)
+        run = resnext("sort", "--move", "--from", records, dest)
+    assert (run.code, run.stdout) == (2, ""), run
+    assert run.stderr.splitlines() == [
+        f"error: cannot write the journal in '{dest}': no space left on device (nothing more "
+        f"was done; free space, then 'resnext sort --resume {dest}' or 'resnext sort --undo "
+        f"{dest}')"
+    ]
+    assert everything(photos) == before
+    assert resnext("sort", "--move", "--from", records, dest).code == 0
+    assert everything(photos) == {}
+    with monkeypatch.context() as patched:  # DEST full again: undo frees before it writes
+        patched.setattr(sorting.Journal, "_append", full)
+        undone = resnext("sort", "--undo", dest)
+        assert undone.code == 0, undone
+        resumed = resnext("sort", "--resume", dest)
+        assert resumed.code == 2 and "has no sort journal" in resumed.stderr
+    assert everything(photos) == before
