@@ -2,10 +2,12 @@
 
 Every rule about output files lives here. Before the model loads, `Outputs.open` refuses
 what cannot work (a clobber, a file that is not this tool's results, two runs on one
-file, the results and the report on one path, a missing or unwritable folder) and takes
-an exclusive lock on the -o file; nothing is written to a file until it is known to be
-this tool's output. Then `start` makes the writers. A run that found no input removes
-the empty file it created.
+file, the results and the report on one path, a missing or unwritable folder) and claims
+and locks the -o file or folder and the report through files.OutputTarget, the one way
+of writing; nothing is written to a file until it is known to be this tool's output, and
+an old file is cut only when the first record is written. Then `start` makes the
+writers. A run that found no input removes the empty file it created and publishes
+nothing.
 """
 
 from __future__ import annotations
