@@ -66,8 +66,11 @@ def _undone(outcome: sorting.Outcome, dest: Path, console: Console) -> int:
 def _resume_or_undo(request: SortRequest, console: Console) -> int:
     if request.resume and request.undo:
         raise ConfigError("give --resume or --undo, not both")
+    flag = "--undo" if request.undo else "--resume"
     if len(request.paths) != 1:
-        raise ConfigError(f"--{'undo' if request.undo else 'resume'} takes only DEST")
+        raise ConfigError(f"{flag} takes only DEST")
+    if request.records is not None or request.roots:
+        raise ConfigError(f"{flag} takes only DEST (the journal says where the files came from)")
     dest = Path(request.paths[0])
     if request.dry_run:  # the steps it would take; nothing is touched, not even the journal
         if request.undo:
