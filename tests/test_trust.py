@@ -469,3 +469,12 @@ def test_a_full_dest_ends_with_one_line_and_undo_still_works(world, resnext, mon
         resumed = resnext("sort", "--resume", dest)
         assert resumed.code == 2 and "has no sort journal" in resumed.stderr
     assert everything(photos) == before
+
+
+@pytest.mark.parametrize("flag", ["--undo", "--resume"])
+def test_undo_and_resume_refuse_from_and_root(tmp_path: Path, resnext, flag) -> None:
+    run = resnext("sort", flag, tmp_path / "sorted", "--root", tmp_path)
+    assert (run.code, run.stdout) == (2, "")
+    assert run.stderr == (
+        f"error: {flag} takes only DEST (the journal says where the files came from)\n"
+    )
