@@ -30,14 +30,20 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point TORCH_HOME and friends at a fresh temp dir so no test sees the user's cache."""
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point TORCH_HOME and friends at a fresh temp dir so no test sees the user's cache.
+
+    Its own MonkeyPatch: a test's ``monkeypatch.undo()`` must not point them back at the
+    real home (the sort journal's key would be made in the user's config folder).
+    """
     home = tmp_path_factory.mktemp("torch_home")
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "xdg"))
-    for name in ("RESNEXT_OFFLINE", "RESNEXT_WEIGHTS_MIRROR", "RESNEXT_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-    return home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home))
+        mp.setenv("XDG_CACHE_HOME", str(home / "xdg"))
+        mp.setenv("XDG_CONFIG_HOME", str(home / "config"))  # the sort journal's key
+        for name in ("RESNEXT_OFFLINE", "RESNEXT_WEIGHTS_MIRROR", "RESNEXT_DEBUG"):
+            mp.delenv(name, raising=False)
+        yield home
 
 
 @pytest.fixture(autouse=True)

@@ -79,10 +79,17 @@ def test_resume_redoes_only_the_inputs_not_in_a_complete_shard(
     # As a killed run leaves it: the last shard never completed, a partial one remains.
     lost = {r["input"] for r in pq.read_table(out / "part-00002.parquet").to_pylist()}
     (out / "part-00002.parquet").unlink()
-    (out / "part-00003.parquet.partial").write_bytes(b"PAR1 cut off")
+    (out / ".resnext-tmp-part-00003.parquet-0badf00d").write_bytes(b"PAR1 cut off")
+    (out / "notes.parquet.partial").write_bytes(b"someone else's")  # not this tool's name
     run = run_resnext(*args, "--resume")
     assert run.code == 0, run
-    assert sorted(p.name for p in out.iterdir())[-1] == "part-00002.parquet"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "notes.parquet.partial",
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    assert (out / "notes.parquet.partial").read_bytes() == b"someone else's"
     redone = {r["input"] for r in pq.read_table(out / "part-00002.parquet").to_pylist()}
     assert redone == lost
     inputs = [r["input"] for r in rows(out)]

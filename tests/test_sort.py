@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -27,9 +28,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from resnext_cli import sort as sorting
 from resnext_cli.results import CategoryScore, Classified, Failed, FileFacts, Prediction, Record
-from resnext_cli.sort import filing as sorting
-from resnext_cli.sort.filing import (
+from resnext_cli.sort import (
     JOURNAL_NAME,
     SortError,
     execute,
@@ -335,7 +336,7 @@ def test_copy_keeps_sources_and_never_overwrites(photos: Path, tmp_path: Path) -
     execute(make_plan(threshold(labelled(photos)), dest))
     edited = hashlib.sha256(b"b.jpg, edited").hexdigest()
     assert tree(dest) == placed(photos, before) | {("Crane/b (1).jpg", edited)}
-    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    lines = journal_lines(dest)
     assert Counter(line["op"] for line in lines) == {"begin": 2, "step": 7, "done": 7, "end": 2}
 
 
@@ -470,7 +471,7 @@ def test_crash_in_a_cross_device_copy_leaves_no_half_file(
     dest = tmp_path / "sorted"
     before = tree(photos)
     refuse_links(monkeypatch)
-    crash_on(monkeypatch, sorting.shutil, "copyfileobj", 2)
+    crash_on(monkeypatch, shutil, "copyfileobj", 2)
     with pytest.raises(Crash):
         execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
     # A kill -9 would leave the temporary file behind: put one there as it would be.
@@ -497,7 +498,7 @@ def test_journal_survives_a_torn_last_line_and_locks(photos: Path, tmp_path: Pat
             undo(dest)
     finally:
         journal.close()
-    (dest / JOURNAL_NAME).write_text('{"op": "step"}\n{"op": "end"}\n')
+    plant(dest, {"op": "step"}, {"op": "end"})
     with pytest.raises(SortError, match="line 1 is damaged"):
         unfinished(dest)
 
@@ -505,12 +506,23 @@ def test_journal_survives_a_torn_last_line_and_locks(photos: Path, tmp_path: Pat
 # -- the journal is checked before it is trusted ---------------------------------------------
 
 
-def plant(dest: Path, *lines: dict[str, object]) -> bytes:
-    """Write a journal by hand into *dest*, as someone sharing the folder could."""
+def plant(dest: Path, *lines: dict[str, object], sign: bool = True) -> bytes:
+    """Write a journal by hand into *dest*, signed with this user's key (as if this tool had
+    been fooled into writing it), so that the checks after the MAC's are tried too."""
     dest.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    data = "".join(
+        (sorting.sign_line(dest, line) if sign else json.dumps(line)) + "\n" for line in lines
+    ).encode()
     (dest / JOURNAL_NAME).write_bytes(data)
     return data
+
+
+def journal_lines(dest: Path) -> list[dict[str, object]]:
+    """The journal's lines as written, each without its MAC (checked to be there)."""
+    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    for line in lines:
+        assert re.fullmatch(r"[0-9a-f]{64}", line.pop("mac")), line
+    return lines
 
 
 def refused(dest: Path, line: int, why: str) -> str:
@@ -803,7 +815,7 @@ def test_a_torn_last_line_is_cut_before_the_next_one(photos: Path, tmp_path: Pat
     assert unfinished(dest) == []
     execute(make_plan(threshold(labelled(photos))[3:], dest, mode="move"))
     text = (dest / JOURNAL_NAME).read_text()
-    assert text.endswith("\n") and (tail in text) == (tail == '{"op": "end"}')
+    assert text.endswith("\n") and tail not in text  # unsigned, or torn: cut either way
     assert all(json.loads(line) for line in text.splitlines())
     assert tree(photos) == set() and undo(dest).problems == []
     assert tree(photos) == before and found(dest) == set()
@@ -820,18 +832,40 @@ def test_a_full_disk_cutting_a_journal_line_does_not_block_undo(
     def full_disk(self: sorting.Journal, data: bytes) -> None:
         nonlocal calls
         calls += 1
-        if calls == 4:  # the plan, done 0, done 1, then half of done 2
+        if calls >= 4:  # the plan, done 0, done 1, then half of done 2, and nothing after
             real(self, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         real(self, data)
 
+    with monkeypatch.context() as patched:
+        patched.setattr(sorting.Journal, "_append", full_disk)
+        outcome = execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+        assert len(outcome.done) == 6  # the files were moved; only 'done' lines were lost
+        # While the disk is full, undo appends nothing before it frees: it puts back anyway.
+        text = (dest / JOURNAL_NAME).read_text()
+        assert text.endswith("\n")  # a torn line is cut back, never left in the middle
+        assert len(unfinished(dest)) == 4  # steps 2..5: done, their lines lost
+        assert undo(dest).problems == []
+    assert tree(photos) == before and found(dest) == set()
+
+
+def test_a_full_disk_before_the_plan_is_written_touches_nothing(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    before = tree(photos)
+
+    def full_disk(self: sorting.Journal, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(sorting.Journal, "_append", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(SortError) as caught:
         execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
-    monkeypatch.undo()
-    assert not (dest / JOURNAL_NAME).read_text().endswith("\n")
-    assert len(unfinished(dest)) == 4  # steps 2..5: step 2 was done, its line was cut
-    assert undo(dest).problems == []
+    assert str(caught.value) == (
+        f"cannot write the journal in '{dest}': no space left on device (nothing more was "
+        f"done; free space, then 'resnext sort --resume {dest}' or 'resnext sort --undo "
+        f"{dest}')"
+    )
     assert tree(photos) == before and found(dest) == set()
 
 
@@ -1002,7 +1036,7 @@ def test_a_source_gone_before_its_step_is_a_problem_and_undo_skips_it(
         ("Crane/b.jpg", f"source is gone: '{photos.resolve() / 'b.jpg'}'")
     ]
     assert len(outcome.done) == 5 and unfinished(dest) == []  # skipped is not unfinished
-    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    lines = journal_lines(dest)
     assert {"op": "skip", "n": 1, "reason": outcome.problems[0][1]} in lines
     outcome = undo(dest)  # the skipped step is not looked for
     assert (outcome.problems, len(outcome.done)) == ([], 5)
@@ -1010,12 +1044,12 @@ def test_a_source_gone_before_its_step_is_a_problem_and_undo_skips_it(
     assert found(dest) == set()
 
 
-def test_a_full_disk_while_copying_is_a_problem_of_that_file(
+def test_a_full_destination_stops_the_sort_with_one_line_and_resume_finishes(
     photos: Path, tmp_path: Path, monkeypatch
 ) -> None:
     dest = tmp_path / "sorted"
     before = tree(photos)
-    real = sorting.shutil.copyfileobj
+    real = shutil.copyfileobj
     calls = 0
 
     def full_disk(*args: object, **kwargs: object) -> None:
@@ -1025,13 +1059,18 @@ def test_a_full_disk_while_copying_is_a_problem_of_that_file(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(sorting.shutil, "copyfileobj", full_disk)
-    outcome = execute(make_plan(threshold(labelled(photos)), dest))
-    assert [(s.target, r) for s, r in outcome.problems] == [
-        ("Crane/b.jpg", "[Errno 28] No space left on device")
-    ]
-    assert len(outcome.done) == 5 and tree(photos) == before
-    assert tree(dest) == {(t, d) for t, d in placed(photos, before) if t != "Crane/b.jpg"}
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "copyfileobj", full_disk)
+        with pytest.raises(SortError) as caught:
+            execute(make_plan(threshold(labelled(photos)), dest))
+    assert str(caught.value) == sorting.dest_full_message(dest, "no space left on device")
+    assert tree(photos) == before
+    assert tree(dest) == {
+        (t, d) for t, d in placed(photos, before) if t == "tabby, tabby cat/a.jpg"
+    }
+    assert len(unfinished(dest)) == 5  # the one that met the full disk and those after it
+    assert resume(dest).problems == []  # space freed: the rest is filed
+    assert tree(dest) == placed(photos, before) and tree(photos) == before
 
 
 def test_undo_goes_on_past_a_file_it_cannot_put_back(photos: Path, tmp_path: Path) -> None:
@@ -1218,7 +1257,7 @@ def test_a_file_system_that_refuses_every_name_is_given_up(
     monkeypatch.setattr(os, "fsync", lambda _fd: None)  # a thousand journal lines: no waiting
     with pytest.raises(SortError, match=r"^no free name for 'Crane/b \(1\)"):
         execute(make_plan([seen(photos / "b.jpg", "Crane")], dest))
-    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    lines = journal_lines(dest)
     assert Counter(line["op"] for line in lines) == {"begin": 1, "step": 1, "retarget": 1000}
     assert tree(dest) == set() and (dest / "Crane").is_dir()
 
@@ -1229,7 +1268,7 @@ def test_the_journal_says_what_was_done(photos: Path, tmp_path: Path) -> None:
     placed_steps: list[int] = []
     execute(plan, on_step=lambda step: placed_steps.append(step.n))
     assert placed_steps == [0, 1, 2]
-    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    lines = journal_lines(dest)
     begin = lines[0]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", begin.pop("time"))
     assert begin == {
@@ -1262,13 +1301,13 @@ def test_a_plan_made_by_hand(photos: Path, tmp_path: Path) -> None:
     dest = tmp_path / "sorted"
     source = (photos / "sub" / "d.jpg").resolve()
     step = sorting.Step(0, "copy", source, "x/d.jpg")  # no root: its own folder
-    assert execute(sorting.Plan(dest, "copy", [step])).problems == []
-    begin = json.loads((dest / JOURNAL_NAME).read_text().splitlines()[0])
+    assert execute(sorting.FilingPlan(dest, "copy", [step])).problems == []
+    begin = journal_lines(dest)[0]
     assert begin["src"] == [str(source.parent)]
     assert (dest / "x" / "d.jpg").read_bytes() == source.read_bytes()
     stray = replace(step, home=photos.resolve() / "elsewhere")
     with pytest.raises(ValueError) as caught:
-        execute(sorting.Plan(tmp_path / "other", "copy", [stray]))
+        execute(sorting.FilingPlan(tmp_path / "other", "copy", [stray]))
     assert str(caught.value) == f"step source '{source}' is outside its root"
 
 
@@ -1554,8 +1593,10 @@ def test_records_files_in_every_layout_are_read(tmp_path: Path, monkeypatch) -> 
         f"'{tmp_path / 'long.jsonl'}' line 1 is not a record of 'resnext classify' (the line "
         "is too long); give the JSON Lines or JSON file that 'resnext classify -o' wrote"
     )
-    # A JSON array is read whole, so it has a size limit (1 GiB; 40 bytes here).
-    monkeypatch.setattr(sorting, "_MAX_ARRAY", 40)
+    # A JSON array is read whole, so it has a size limit (256 MiB; 40 bytes here).
+    import resnext_cli.records
+
+    monkeypatch.setattr(resnext_cli.records, "MAX_ARRAY", 40)
     (tmp_path / "array.json").write_bytes(b"[" + json.dumps({"input": "x" * 25}).encode() + b"]")
     with pytest.raises(SortError, match=r"line 1 .*\(no 'predictions' and no 'error'\)"):
         sorting.records_from_file(tmp_path / "array.json")  # 40 bytes: read
@@ -1661,10 +1702,10 @@ def test_check_dest_finds_a_read_only_destination(tmp_path: Path) -> None:
 
 def test_check_dest_finds_an_unfinished_or_running_sort(photos, tmp_path, monkeypatch) -> None:
     dest = tmp_path / "sorted"
-    crash_on(monkeypatch, os, "link", 2)
-    with pytest.raises(Crash):
-        execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:  # undone alone: the isolated config folder stays
+        crash_on(patched, os, "link", 2)
+        with pytest.raises(Crash):
+            execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
     with pytest.raises(SortError) as caught:
         sorting.check_dest(dest)
     assert str(caught.value) == sorting.unfinished_message(dest)
@@ -1771,7 +1812,7 @@ def test_sort_command_dry_run_then_copy(unsafe_run, tmp_path, resnext) -> None:
 # The real command, with a pause after each file placed, so the test can kill it midway.
 SLOW_SORT = """
 import sys, time
-import resnext_cli.sort.filing as sort
+import resnext_cli.sort as sort
 real = sort.execute
 sort.execute = lambda plan, on_step=None: real(plan, on_step=lambda _step: time.sleep(2))
 from resnext_cli.cli.main import main

@@ -9,9 +9,15 @@ from typing import Any
 
 import pytest
 
+from resnext_cli import sort as sorting
 from resnext_cli.results import Classified, Failed
-from resnext_cli.sort import filing as sorting
-from resnext_cli.sort.reviewed import SKIPPED_FOLDER, Reviewed, review_problem, unreviewed
+from resnext_cli.reviewed import (
+    SKIPPED_FOLDER,
+    Reviewed,
+    review_problem,
+    reviewed_from_dict,
+    unreviewed,
+)
 
 
 def reviewed_line(path: Path, review: str | None, label: str | None, **more: Any) -> str:
@@ -183,7 +189,7 @@ def test_unreviewed_and_the_skipped_folder(photos) -> None:
     def line(review: str | None, label: str | None) -> dict[str, Any]:
         return json.loads(reviewed_line(photos[0], review, label))
 
-    rows = [sorting._to_record(line(r, lab), Path("x"), 1) for r, lab in
+    rows = [reviewed_from_dict(line(r, lab)) for r, lab in
             (("accepted", "tabby"), ("skipped", None), (None, None))]  # fmt: skip
     assert all(isinstance(r, Reviewed) for r in rows)
     failed = Failed("bad.jpg", "truncated", "'bad.jpg' is truncated")

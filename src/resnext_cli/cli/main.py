@@ -27,8 +27,8 @@ from resnext_cli.console import Console
 from resnext_cli.errors import ConfigError, ExitStatus, ReaderGone, ResnextError, Terminated
 from resnext_cli.model.weights import OFFLINE_ENV
 from resnext_cli.outputs.writers import FORMATS
+from resnext_cli.reviewed import UNREVIEWED
 from resnext_cli.run.config import Config
-from resnext_cli.sort.reviewed import UNREVIEWED
 
 
 class _Group(click.Group):
@@ -146,7 +146,7 @@ def classify(
 
 
 @cli.command(name="sort")
-@click.argument("paths", nargs=-1, required=True, metavar="SRC... DEST")
+@click.argument("paths", nargs=-1, metavar="SRC... DEST")
 @click.option("--copy", "copy_", is_flag=True, help="Copy files (the default).")
 @click.option("--link", is_flag=True, help="Hard-link files (else symlink them).")
 @click.option("--move", is_flag=True, help="Move files, journaled and undoable.")
@@ -170,6 +170,16 @@ def classify(
     type=click.Choice(UNREVIEWED),
     help="With a report's reviewed file (--from): refuse images not reviewed yet "
     "(the default), or file them by the model's top-1.",
+    default=None,
+)
+@click.option(
+    "--root",
+    "roots",
+    metavar="FOLDER",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="With --from: take files only from inside FOLDER (repeatable; default: the folder "
+    "holding RECORDS).",
 )
 @click.option("-n", "--dry-run", is_flag=True, help="Print the plan on stdout; touch nothing.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted sort into DEST.")
@@ -184,6 +194,7 @@ def sort_command(
     by: str,
     records: str | None,
     unreviewed: str | None,
+    roots: tuple[str, ...],
     dry_run: bool,
     resume: bool,
     undo: bool,
@@ -194,16 +205,19 @@ def sort_command(
 ) -> int:
     """Classify images and file each one into DEST/<top-1 label>/.
 
-    SRC takes what classify takes (files, folders, globs, -); with --from RECORDS, give
-    only DEST. Images under --min-probability go to DEST/_uncertain/, unreadable ones to
-    DEST/_failed/. Names are made safe for every file system and nothing is overwritten:
-    a clash gets a number, 'cat (1).jpg'; a file already filed from the same source with
-    the same bytes is skipped. Every step is journaled in DEST first, so an interrupted
-    sort can be finished with --resume DEST or rolled back with --undo DEST. With --from a
-    report's reviewed file (NAME.reviewed.jsonl), images go by the labels a person chose,
-    skipped ones to DEST/_skipped/. Exit status:
-    0 when every image was classified and filed, 1 when some could not be classified
-    (they are in _failed/) or some file could not be handled, 2 for usage errors.
+    SRC takes what classify takes (files, folders, globs, -); with --from RECORDS, give only
+    DEST: a record is filed only when its file lies inside a --root FOLDER (by default the
+    folder holding RECORDS), carries the size and mtime_ns classify wrote, and still has
+    them (a file swapped for a link is not filed). With --from a report's reviewed file
+    (NAME.reviewed.jsonl), images go by the labels a person chose, skipped ones to
+    DEST/_skipped/. --dry-run with --undo or --resume prints the steps they would take.
+    Images under --min-probability go to DEST/_uncertain/, unreadable ones to
+    DEST/_failed/. Names are made safe for every file system and nothing is overwritten: a
+    clash gets a number, 'cat (1).jpg'; a file already filed from the same source with the
+    same bytes is skipped. Every step is journaled in DEST first, so an interrupted sort can
+    be finished with --resume DEST or rolled back with --undo DEST.
+    Exit status: 0 when every image was classified and filed, 1 when some could not be
+    classified (they are in _failed/) or some file could not be handled, 2 for usage errors.
     """
     from resnext_cli.cli.checks import check_model_options, check_sort
     from resnext_cli.run.sort import SortRequest, run_sort
@@ -228,6 +242,7 @@ def sort_command(
         undo=undo,
         min_probability=min_probability,
         report=report,
+        roots=roots,
     )
     return run_sort(request, options, console)
 

@@ -194,7 +194,15 @@ def _walk(root: Path, warn: Warn, seen: _Seen) -> Generator[Source, None, bool]:
         folder = pending.pop()
         try:
             st = _stat(folder)
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # deeper than PATH_MAX: said, not skipped
+                found = True
+                error = InputError(
+                    "unreadable",
+                    f"folder '{folder}' is deeper than the system's path limit: its photos "
+                    "cannot be opened (move them to a shallower folder)",
+                )
+                yield Source(input=str(folder), path=folder, error=error)
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen.folders:  # a symlink loop, or a folder reached twice

@@ -12,8 +12,6 @@ A user's mapping (``--categories FILE``) is a TSV of ``class label or index <TAB
 from __future__ import annotations
 
 import functools
-import os
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 from resnext_cli.console import printable
 from resnext_cli.errors import ConfigError
+from resnext_cli.files import FileProblem, read_user_file
 from resnext_cli.model.labels import bundled_text, imagenet_labels
 from resnext_cli.results import CategoryScore
 
@@ -248,28 +247,22 @@ def _show(text: str, limit: int = 80) -> str:
 
 
 def _read_mapping(path: Path) -> str:
-    # Open without blocking (a FIFO would wait for a writer), then refuse what is not a file.
+    # The one safe opener: never blocks on a FIFO, refuses what is not a regular file.
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read categories file '{path}': {exc.__class__.__name__} ({_FORMAT})"
-        ) from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"categories file '{path}' is not a regular file ({_FORMAT})")
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            data = fh.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
+        data = read_user_file(path, max_bytes=MAX_FILE_BYTES)
+    except FileProblem as exc:
+        if exc.kind in ("folder", "not_regular"):
             raise ConfigError(
-                f"cannot read categories file '{path}': {exc.__class__.__name__} ({_FORMAT})"
-            ) from exc
-    if len(data) > MAX_FILE_BYTES:
+                f"categories file '{path}' is not a regular file ({_FORMAT})"
+            ) from None
+        if exc.kind == "too_large":
+            raise ConfigError(
+                f"categories file '{path}' is over the {MAX_FILE_BYTES // (1024 * 1024)} MB "
+                "limit (give a smaller mapping)"
+            ) from None
         raise ConfigError(
-            f"categories file '{path}' is over the {MAX_FILE_BYTES // (1024 * 1024)} MB limit "
-            "(give a smaller mapping)"
-        )
+            f"cannot read categories file '{path}': {exc.cause} ({_FORMAT})"
+        ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import stat
 from importlib import resources
 from pathlib import Path
 
 from resnext_cli.errors import ConfigError
+from resnext_cli.files import FileProblem, read_user_file
 
 _BUNDLED = "imagenet_classes.txt"
 # Far more than any label list needs (ImageNet-21k's names take about 300 KB); a cap
@@ -43,30 +43,20 @@ def imagenet_labels() -> tuple[str, ...]:
 def _read(path: str | Path) -> bytes:
     """The bytes of a regular labels file of at most MAX_LABELS_BYTES, or a ConfigError."""
     try:
-        st = os.stat(path)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"labels file '{path}' is a folder ({_GIVE})")
-        if not stat.S_ISREG(st.st_mode):
+        return read_user_file(path, max_bytes=MAX_LABELS_BYTES)  # the one safe opener
+    except FileProblem as exc:
+        if exc.kind == "folder":
+            raise ConfigError(f"labels file '{path}' is a folder ({_GIVE})") from None
+        if exc.kind == "not_regular":
             raise ConfigError(
                 f"labels file '{path}' is not a regular file (a pipe, socket or device); {_GIVE}"
-            )
-        with os.fdopen(os.open(path, _OPEN_FLAGS), "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ConfigError(
-                    f"labels file '{path}' is not a regular file (a pipe, socket or device); "
-                    f"{_GIVE}"
-                )
-            data = fh.read(MAX_LABELS_BYTES + 1)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot read labels file '{path}': {exc.__class__.__name__} ({_GIVE})"
-        ) from exc
-    if len(data) > MAX_LABELS_BYTES:
-        raise ConfigError(
-            f"labels file '{path}' is over the {MAX_LABELS_BYTES}-byte limit "
-            "(give one class name per line)"
-        )
-    return data
+            ) from None
+        if exc.kind == "too_large":
+            raise ConfigError(
+                f"labels file '{path}' is over the {MAX_LABELS_BYTES}-byte limit "
+                "(give one class name per line)"
+            ) from None
+        raise ConfigError(f"cannot read labels file '{path}': {exc.cause} ({_GIVE})") from None
 
 
 def load_labels(path: str | Path | None = None) -> tuple[str, ...]:

@@ -7,8 +7,6 @@ on CPU alone, with the x86 quantized engine where torch has it.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ import torch.ao.quantization as tq
 from torch import nn
 
 from resnext_cli.errors import CheckpointError, ConfigError, OutputError
+from resnext_cli.files import OutputTarget
 from resnext_cli.model.checkpoint import (
     CLASSES_KEY,
     INT8_MARKER,
@@ -253,6 +252,7 @@ def save_quantized(
     source: str,
     weights: str | None = None,
     names: tuple[str, ...] | None = None,
+    target: OutputTarget | None = None,
 ) -> Path:
     """Write *model*'s INT8 state dict, marked as such, atomically to *path*.
 
@@ -280,22 +280,24 @@ def save_quantized(
     if names is not None:  # a learned model's class names travel on to its INT8 copy
         payload[CLASSES_KEY] = list(names)
     path = Path(path)
+    # One way of writing (files.py): a temporary file of this tool's, then published onto
+    # nothing or the file there (target: claimed by the caller before the work began).
+    out = target if target is not None else OutputTarget.claim(path, force=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".partial", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write '{path}': {exc.strerror or exc} (choose a writable folder)"
-        ) from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            torch.save(payload, out)
-        os.replace(tmp, path)
+        temp = out.temporary()
+        try:
+            torch.save(payload, temp)
+        except BaseException:
+            temp.close()
+            raise
+        out.publish(temp)
     except OSError as exc:
         raise OutputError(
             f"cannot write '{path}': {exc.strerror or exc} (choose a writable folder)"
         ) from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if target is None:
+            out.release()
     return path
 
 

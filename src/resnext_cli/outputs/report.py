@@ -26,25 +26,31 @@ classified image its ``input``, ``path``, ``size``, ``mtime_ns``, the model's to
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import html
 import io
 import json
-import os
+import threading
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from resnext_cli.errors import InputError, OutputError
+from resnext_cli.errors import InputError
+from resnext_cli.files import OutputTarget
 from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
 from resnext_cli.results import Classified, Failed, Record
 
 THUMBNAIL_SIZE = 112
 PAGE_SIZE = 200
+# Bytes that thumbnail decoding may hold at once, all threads together: an image that
+# alone would need more (a huge PNG or TIFF; JPEGs decode reduced) gets a placeholder, so
+# the report never lifts the run's peak memory by more than this.
+THUMBNAIL_MEMORY = 512 << 20
 
 # A thumbnail: JPEG bytes, width, height.
 Thumbnail = tuple[bytes, int, int]
@@ -83,18 +89,70 @@ def script_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+class MemoryBudget:
+    """Bytes shared by threads: each decode waits until its estimate fits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        """Hold *cost* bytes (wait for them); ValueError when it can never fit."""
+        if cost > self.limit:
+            raise ValueError("over the memory budget")
+        with self._cond:
+            self._cond.wait_for(lambda: self.used + cost <= self.limit)
+            self.used += cost
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= cost
+                self._cond.notify_all()
+
+
+_BUDGET = MemoryBudget(THUMBNAIL_MEMORY)
+
+
+def decode_cost(path: str, *, size: int = THUMBNAIL_SIZE) -> int:
+    """Bytes decoding *path* for a thumbnail takes at its peak (original and RGB copy).
+
+    Read from the header only. A JPEG is decoded reduced (up to 1/8 a side) to no less
+    than twice *size*; other formats in full, at 4 bytes a pixel (8 for deep modes).
+    """
+    from PIL import Image
+
+    with Image.open(path) as img:
+        width, height = (int(side) for side in img.size)
+        deep = img.mode in ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "RGBa", "CMYK")
+        if img.format == "JPEG":
+            scale = 1
+            while scale < 8 and min(width, height) // (scale * 2) >= 2 * size:
+                scale *= 2
+            width, height = -(-width // scale), -(-height // scale)
+    per_pixel = 4 + (8 if deep else 4)  # the decoded original, then its RGB copy
+    return width * height * per_pixel
+
+
 def make_thumbnail(
     path: str,
     *,
     size: int = THUMBNAIL_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allow_truncated: bool = False,
+    budget: MemoryBudget | None = None,
 ) -> Thumbnail | None:
     """Return a small upright JPEG of the image at *path* and its size, or None.
 
     The file is decoded by the same rules as for classification (``preprocess.decode``:
     refused formats, the pixel limit, EXIF orientation, transparency on white), so a file
-    the run would not read is not read here either.
+    the run would not read is not read here either. Decoding holds its share of the
+    thumbnails' memory budget (:data:`THUMBNAIL_MEMORY`): threads wait their turn, and an
+    image too large for the budget alone gets no thumbnail.
     """
     from PIL import Image
 
@@ -105,13 +163,15 @@ def make_thumbnail(
     options = DecodeOptions(
         max_pixels=max_pixels, allow_truncated=allow_truncated, draft_min_side=2 * size
     )
+    budget = _BUDGET if budget is None else budget
     try:
-        with open(path, "rb") as fp:
-            img = decode(fp, path, options)
-        img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        with budget.hold(decode_cost(path, size=size)):
+            with open(path, "rb") as fp:
+                img = decode(fp, path, options)
+            img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
         buffer = io.BytesIO()
         img.save(buffer, "JPEG", quality=72, optimize=True)
-    except (InputError, OSError, ValueError, MemoryError):
+    except (InputError, OSError, ValueError, MemoryError, Image.DecompressionBombError):
         return None  # the card shows a placeholder; the record already says what failed
     return buffer.getvalue(), img.width, img.height
 
@@ -140,15 +200,20 @@ def report_entry(record: Record, thumb: Thumbnail | None) -> dict[str, Any]:
 class HtmlReportWriter:
     """Stream records into a self-contained HTML report, in input order.
 
-    Thumbnails are made from each record's file in worker threads; the page goes to a
-    hidden temporary file beside *path* and replaces *path* when closed, so a reader never
-    sees half a report.
+    Thumbnails are made from each record's file in worker threads, within a memory
+    budget; the page goes to this tool's own temporary file beside *path* and is published
+    when closed (files.OutputTarget: onto nothing, onto the file that was there, or into a
+    device), so a reader never sees half a report. *target* is *path* claimed and locked
+    by the caller; without it the writer claims *path* itself, replacing a file there.
+    The page is ASCII: text beyond it (a title of 'café.jpg') goes in as character
+    references.
     """
 
     def __init__(
         self,
         path: Path,
         *,
+        target: OutputTarget | None = None,
         title: str = "resnext report",
         context: Mapping[str, str] | None = None,
         labels: Sequence[str] = (),
@@ -159,7 +224,10 @@ class HtmlReportWriter:
         workers: int = 4,
     ) -> None:
         self.path = path
-        self._partial = path.with_name(f".{path.name}.part")
+        self._own = target is None  # claimed here: released here when closed
+        self._target = (
+            target if target is not None else OutputTarget.claim(path, force=True, what="report")
+        )
         self._size = thumbnail_size
         self._max_pixels = max_pixels
         self._allow_truncated = allow_truncated
@@ -169,12 +237,11 @@ class HtmlReportWriter:
         self._identity = hashlib.sha256()
         self._window: deque[tuple[Record, Future[Thumbnail | None]]] = deque()
         self._limit = 4 * max(1, workers)
-        try:
-            self._file: IO[str] = self._partial.open("w", encoding="ascii", newline="\n")
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write report '{path}': {exc.strerror or exc} (check the folder exists)"
-            ) from None
+        self._closed = False
+        self._temp = self._target.temporary()
+        self._file = io.TextIOWrapper(
+            self._temp, encoding="ascii", errors="xmlcharrefreplace", newline="\n"
+        )
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="resnext-thumb")
         self._file.write(
             _HEAD.format(
@@ -216,19 +283,23 @@ class HtmlReportWriter:
 
     def close(self) -> None:
         """Write the rest of the page and put it in place."""
-        if self._file.closed:
+        if self._closed:
             return
+        self._closed = True
         try:
             while self._window:
                 self._emit()
             review = {"id": self._identity.hexdigest()[:32], "labels": self._labels}
             self._file.write(_TAIL.format(review=script_json(review), script=asset("report.js")))
             self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.detach()  # the binary temporary file stays open for publishing
+            self._target.publish(self._temp)
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._file.close()
-        os.replace(self._partial, self.path)
+            self._temp.close()
+            self._target.discard()
+            if self._own:
+                self._target.release()
 
     @property
     def count(self) -> int:

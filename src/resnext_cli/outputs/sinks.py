@@ -2,20 +2,19 @@
 
 Every rule about output files lives here. Before the model loads, `Outputs.open` refuses
 what cannot work (a clobber, a file that is not this tool's results, two runs on one
-file, the results and the report on one path, a missing or unwritable folder) and takes
-an exclusive lock on the -o file; nothing is written to a file until it is known to be
-this tool's output. Then `start` makes the writers. A run that found no input removes
-the empty file it created.
+file, the results and the report on one path, a missing or unwritable folder) and claims
+and locks the -o file or folder and the report through files.OutputTarget, the one way
+of writing; nothing is written to a file until it is known to be this tool's output, and
+an old file is cut only when the first record is written. Then `start` makes the
+writers. A run that found no input removes the empty file it created and publishes
+nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
-import json
 import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,13 @@ from typing import IO, Any
 
 from rich.console import Console
 
+from resnext_cli import records
 from resnext_cli.errors import OutputError
+from resnext_cli.files import FileProblem, OutputTarget
 from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
 from resnext_cli.outputs.shards import ShardWriter, check_folder, is_folder_output
 from resnext_cli.outputs.writers import Writer, make_writer, require_pyarrow, resolve_format
-from resnext_cli.results import Record, record_from_dict
+from resnext_cli.results import Record
 
 
 @dataclass(frozen=True)
@@ -48,15 +49,6 @@ class OutputRequest:
 EMBEDDING_FORMATS = ("json", "jsonl", "parquet")
 
 
-def _is_stream(path: Path) -> bool:
-    """A character device or a FIFO (/dev/null, a named pipe): written to, never protected."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
-
-
 def _same(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return a.samefile(b)
@@ -70,34 +62,24 @@ def _os_reason(exc: OSError) -> str:
 def read_records(path: Path) -> tuple[list[Record], int]:
     """Read a JSON Lines results file without changing it; return the records and the
     length of its complete lines (a half-written last line, a crash's trace, is left out).
+
+    The one records reader (records.py) checks every line as `sort --from` does.
     """
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise OutputError(f"cannot read '{path}': {_os_reason(exc)} (check the file)") from None
-    end = data.rfind(b"\n") + 1
-    records = []
-    for number, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(record_from_dict(json.loads(line)))
-        except ValueError:
-            raise OutputError(
-                f"'{path}' line {number} is not a result record (cannot --resume it; "
-                "give the -o file of an earlier run)"
-            ) from None
-    if end < len(data):
-        try:  # the torn line must at least look like the start of a record
-            tail = data[end:].decode("utf-8")
-        except UnicodeDecodeError:
-            tail = ""
-        if not tail.startswith('{"input"'):
+        found = records.read_records(path, torn_tail=True, arrays=False)
+    except FileProblem as exc:
+        raise OutputError(f"cannot read '{path}': {exc.reason} (check the file)") from None
+    except records.RecordsProblem as exc:
+        if exc.detail == "does not end in result records":
             raise OutputError(
                 f"'{path}' does not end in result records (cannot --resume it; "
                 "give the -o file of an earlier run)"
-            )
-    return records, end
+            ) from None
+        raise OutputError(
+            f"'{path}' line {exc.line} is not a result record ({exc.detail}) (cannot --resume "
+            "it; give the -o file of an earlier run)"
+        ) from None
+    return [entry.record for entry in found.entries], found.end
 
 
 @dataclass
@@ -111,9 +93,8 @@ class Outputs:
     done: set[str] = field(default_factory=set)
     previous: list[Record] = field(default_factory=list)
     writers: list[Writer] = field(default_factory=list)
-    created: bool = False
-    report_existed: bool = False
-    lock_fd: int | None = None  # parquet: pyarrow writes by name, this only holds the lock
+    target: OutputTarget | None = None  # the -o file or folder, claimed and locked
+    report: OutputTarget | None = None  # the --report file, claimed and locked
 
     @classmethod
     def open(cls, request: OutputRequest, *, stdout_is_terminal: bool) -> Outputs:
@@ -140,15 +121,16 @@ class Outputs:
             return out
         assert req.output is not None
         target = Path(req.output)
-        if fmt == "parquet" and is_folder_output(req.output):
-            out.folder = target
-            out.done = check_folder(target, force=req.force, resume=req.resume)
-        elif _is_stream(target):
-            if req.resume:
-                raise OutputError(f"cannot --resume '{target}': it is not a regular file")
-            out.stream = target.open("w", encoding="utf-8", errors="backslashreplace")
-        else:
-            out._open_file(target, fmt)
+        try:
+            if fmt == "parquet" and is_folder_output(req.output):
+                out.folder = target
+                out.target = OutputTarget.claim(target, force=req.force, folder=True)
+                out.done = check_folder(target, force=req.force, resume=req.resume)
+            else:
+                out._open_file(target, fmt)
+        except BaseException:
+            out.release()
+            raise
         return out
 
     def _check_report(self) -> None:
@@ -156,63 +138,48 @@ class Outputs:
         if req.report is None:
             return
         report = Path(req.report)
-        self.report_existed = report.exists()
         if req.output not in (None, "-") and _same(report, Path(str(req.output))):
             raise OutputError(
                 f"the report and the results would both be '{req.report}' "
                 "(give --report another file)"
             )
-        if report.is_dir():
-            raise OutputError(f"report '{report}' is a folder (give a file name)")
-        if not report.parent.is_dir():
-            raise OutputError(
-                f"cannot write report '{report}': folder '{report.parent}' does not exist"
-            )
         # With --resume the report is made anew from every record, the old ones included.
-        if report.exists() and not (req.force or req.resume):
-            raise OutputError(f"report file '{report}' exists (use --force to overwrite it)")
+        self.report = OutputTarget.claim(report, force=req.force, what="report", keep=req.resume)
 
     def _open_file(self, target: Path, fmt: str) -> None:
         req = self.request
-        if target.is_dir():
-            raise OutputError(f"output '{target}' is a folder (give a file name)")
-        if not target.parent.is_dir():
-            raise OutputError(f"cannot write '{target}': folder '{target.parent}' does not exist")
-        exists = target.exists()
-        if req.resume:
-            if fmt != "jsonl":
-                raise OutputError(f"--resume works with jsonl output, not {fmt} (use -f jsonl)")
-        elif exists and not req.force:
-            raise OutputError(
-                f"output file '{target}' exists (use --force to overwrite it, "
-                "or --resume to continue it)"
-            )
-        end = 0
-        if req.resume and exists:
-            self.previous, end = read_records(target)  # refuses before anything is written
-            self.done = {r.input for r in self.previous}
-        try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise OutputError(f"cannot write '{target}': {_os_reason(exc)}") from None
-        self.created = not exists
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise OutputError(
-                f"'{target}' is being written by another resnext run "
-                "(wait for it to finish, or give another -o)"
-            ) from None
-        # Locked and known to be ours: now cut it (a torn last line, or --force).
-        os.ftruncate(fd, end if req.resume else 0)
-        os.lseek(fd, 0, os.SEEK_END)
-        if fmt == "parquet":
-            self.lock_fd = fd
-            return
-        self.stream = open(  # noqa: SIM115 - held open for the run, closed in close()
-            fd, "w", encoding="utf-8", errors="backslashreplace", newline=""
+        if req.resume and fmt != "jsonl":
+            raise OutputError(f"--resume works with jsonl output, not {fmt} (use -f jsonl)")
+        self.target = claimed = OutputTarget.claim(
+            target,
+            force=req.force,
+            keep=req.resume,
+            exists_hint="use --force to overwrite it, or --resume to continue it",
         )
+        if claimed.kind == "stream":
+            if req.resume:
+                raise OutputError(f"cannot --resume '{target}': it is not a regular file")
+        elif fmt == "parquet":
+            return  # written whole under a temporary name, published at the end
+        cut: int | None = 0
+        if req.resume and claimed.kind == "file":
+            self.previous, cut = read_records(target)  # refuses before anything is written
+            self.done = {r.input for r in self.previous}
+        # Cut (a torn last line, or --force) only when the first record is written.
+        raw = claimed.stream(cut_at=cut)
+        self.stream = io.TextIOWrapper(
+            io.BufferedWriter(raw),
+            encoding="utf-8",
+            errors="backslashreplace",
+            newline="",
+            write_through=True,
+        )
+
+    def release(self) -> None:
+        """Unlock the outputs and remove this run's temporary files (nothing is published)."""
+        for target in (self.target, self.report):
+            if target is not None:
+                target.release()
 
     def start(
         self,
@@ -236,7 +203,8 @@ class Outputs:
         if not results:
             pass
         elif self.folder is not None:
-            self.writers.append(ShardWriter(self.folder, **kw))
+            replace = req.force and not req.resume
+            self.writers.append(ShardWriter(self.folder, replace=replace, **kw))
         else:
             stream = self.stream or stdout
             if stream is stdout and isinstance(stdout, io.TextIOWrapper):
@@ -245,14 +213,18 @@ class Outputs:
                 stdout.reconfigure(errors="backslashreplace")
             path = Path(req.output) if req.output not in (None, "-") else None
             console = Console(file=stream, highlight=False)
-            self.writers.append(
-                make_writer(self.fmt, stream, console=console, path=path, caption=caption, **kw)
-            )
+            if self.fmt == "parquet" and self.target is not None:
+                self.writers.append(_Published(self.target, self.fmt, kw))
+            else:
+                self.writers.append(
+                    make_writer(self.fmt, stream, console=console, path=path, caption=caption, **kw)
+                )
         if req.report is not None:
             from resnext_cli.outputs.report import HtmlReportWriter
 
             report = HtmlReportWriter(
                 Path(req.report),
+                target=self.report,
                 title=report_title,
                 context=report_context or {},
                 # what the review's relabel box offers: the model's labels and categories
@@ -285,8 +257,9 @@ class Outputs:
     def close(self, *, nothing_written: bool = False) -> None:
         """Finish every writer and close the file; remove a file this run made for nothing."""
         try:
-            for writer in self.writers:
-                writer.close()
+            if not nothing_written:
+                for writer in self.writers:
+                    writer.close()
             if self.stream is not None:
                 self.stream.close()
         except BrokenPipeError:
@@ -297,12 +270,22 @@ class Outputs:
             if self.stream is not None:
                 with contextlib.suppress(OSError):
                     self.stream.close()
-            if self.lock_fd is not None:
-                os.close(self.lock_fd)
-            if nothing_written:
-                made = [self.request.output] if self.created else []
-                if self.request.report is not None and not self.report_existed:
-                    made.append(self.request.report)
-                for name in made:
-                    with contextlib.suppress(OSError, TypeError):
-                        Path(str(name)).unlink()
+            if nothing_written and self.target is not None:
+                self.target.remove_if_created()
+            self.release()
+
+
+class _Published:
+    """A whole-file writer (parquet -o FILE) written under a temporary name, then published."""
+
+    def __init__(self, target: OutputTarget, fmt: str, kw: dict[str, Any]) -> None:
+        self._target = target
+        self._temp = target.temporary()
+        self._writer = make_writer(fmt, io.StringIO(), path=self._temp, **kw)
+
+    def write(self, record: Record) -> None:
+        self._writer.write(record)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._target.publish(self._temp)

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from rich.cells import cell_len
 from rich.console import Console, JustifyMethod
@@ -199,7 +199,7 @@ class ParquetWriter:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | BinaryIO,
         *,
         topk: int = 5,
         long: bool = False,
@@ -226,7 +226,9 @@ class ParquetWriter:
         )
         self._rows: list[list[Any]] = []
         self._group_rows = group_rows
-        self._file = pq.ParquetWriter(str(path), self._schema)
+        # A file object (this tool's own temporary file) is written as it is, never reopened.
+        where = str(path) if isinstance(path, Path) else path
+        self._file = pq.ParquetWriter(where, self._schema)
 
     def write(self, record: Record) -> None:
         self._rows.extend(self._shape.rows(record))
@@ -408,7 +410,7 @@ def make_writer(
     topk: int = 5,
     long: bool = False,
     uncertain: bool = False,
-    path: Path | None = None,
+    path: Path | BinaryIO | None = None,
     caption: str | None = None,
     embeddings: bool = False,
 ) -> Writer:

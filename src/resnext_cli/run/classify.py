@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from resnext_cli.console import Console
@@ -305,11 +307,18 @@ def classify_for_sort(
     *,
     min_probability: float | None,
     report: str | None,
+    skip: Path | None = None,
 ) -> tuple[list[Record], RunSummary] | None:
-    """Classify what sort will file; None when no input matched."""
+    """Classify what sort will file; None when no input matched.
+
+    Files inside *skip* (DEST, when it lies inside a SRC folder) are passed over: they
+    are an earlier sort's copies, not photos to sort again.
+    """
     from resnext_cli.outputs.sinks import OutputRequest, Outputs
 
     sources = expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)
+    if skip is not None and skip.is_dir():
+        sources = _outside(sources, Path(os.path.realpath(skip)))
     found, failed = peek(sources)
     if found is None:
         if failed:  # each said once, the last as the error that ends the run
@@ -318,7 +327,11 @@ def classify_for_sort(
             raise ConfigError(failed[-1].error.message)
         return None
     outputs = Outputs.open(OutputRequest(report=report), stdout_is_terminal=False)
-    engine = build_engine("local", config, console)
+    try:
+        engine = build_engine("local", config, console)
+    except BaseException:
+        outputs.close(nothing_written=True)  # unlocked, and no temporary file left
+        raise
     summary = RunSummary(where=engine.describe(), min_probability=min_probability)
     collect = Collect()
     outputs.start(
@@ -346,3 +359,13 @@ def classify_for_sort(
         outputs.close()
     summary.finished = time.perf_counter()
     return collect.records, summary
+
+
+def _outside(sources: Iterable[Source], folder: Path) -> Iterator[Source]:
+    """The sources that are not files inside *folder*."""
+    for source in sources:
+        if source.path is not None:
+            real = Path(os.path.realpath(source.path))
+            if real == folder or folder in real.parents:
+                continue
+        yield source

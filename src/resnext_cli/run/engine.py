@@ -159,7 +159,10 @@ class LocalEngine:
             batch.append((source, prepared))
             if isinstance(prepared, (torch.Tensor, Encoded)):
                 ready += 1
-            if ready == self.plan.batch_size:
+            # A failed input's record goes out as soon as every earlier input has its own
+            # (the decoded ones before it inferred now, as a smaller batch): nothing waits
+            # for later images to fill a batch, and failures never pile up in memory.
+            if ready == self.plan.batch_size or not isinstance(prepared, (torch.Tensor, Encoded)):
                 yield batch
                 batch, ready = [], 0
         if batch:

@@ -35,7 +35,7 @@ from resnext_cli.run.config import Config
 from resnext_cli.run.engine import LocalEngine
 from resnext_cli.run.pipeline import load_model, load_state, transform_for
 from resnext_cli.run.plan import Plan, resolve
-from resnext_cli.sort.filing import FAILED_FOLDER, UNCERTAIN_FOLDER
+from resnext_cli.sort.names import FAILED_FOLDER, UNCERTAIN_FOLDER
 
 # Folders sort makes that hold no class.
 SKIPPED_FOLDERS = (UNCERTAIN_FOLDER, FAILED_FOLDER)

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from resnext_cli.console import Console
-from resnext_cli.errors import ConfigError, ExitStatus, OutputError
+from resnext_cli.errors import ConfigError, ExitStatus
+from resnext_cli.files import OutputTarget
 from resnext_cli.inputs.sources import iter_sources
 from resnext_cli.model.labels import imagenet_labels
 from resnext_cli.run.config import Config
@@ -46,10 +47,18 @@ class QuantizeRequest:
 def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> int:
     """Calibrate, check agreement with the float model, save; return the exit status."""
     out = Path(request.output)
-    if out.exists() and not request.force:
-        raise OutputError(f"output file '{out}' exists (use --force to overwrite it)")
-    if not out.parent.is_dir():
-        raise OutputError(f"cannot write '{out}': folder '{out.parent}' does not exist")
+    # Checked and locked before any work; published at the end onto nothing or the file
+    # seen now (never onto a file that appeared meanwhile without --force, never a device).
+    target = OutputTarget.claim(out, force=request.force)
+    try:
+        return _quantize(request, config, console, out, target)
+    finally:
+        target.release()
+
+
+def _quantize(
+    request: QuantizeRequest, config: Config, console: Console, out: Path, target: OutputTarget
+) -> int:
     plan = resolve(config, purpose="calibrate")
     with console.loading(config.checkpoint or f"{plan.info.model} ({plan.info.tag})") as bar:
         state = load_state(plan, progress=bar)
@@ -113,6 +122,7 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
         source=state[1],
         weights=plan.info.tag,
         names=None if plan.labels == imagenet_labels() else plan.labels,
+        target=target,
     )
     console.note(
         f"use it with: resnext classify --checkpoint {out} --quantized -m {plan.info.model}"

@@ -1,7 +1,7 @@
 """One `resnext sort`: check DEST, get records (classify, or --from a results file), file them.
 
-The filing itself (names, journal, resume, undo) is sort.py's; this module decides what a
-run does and says it on the console.
+The filing itself (names, journal, resume, undo) is the sort package's; this module decides
+what a run does and says it on the console.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resnext_cli import reviewed
+from resnext_cli import sort as sorting
 from resnext_cli.console import Console, printable
 from resnext_cli.errors import ConfigError, ExitStatus, Terminated
 from resnext_cli.outputs.summary import RunSummary
-from resnext_cli.results import Record
+from resnext_cli.results import Classified, Record
 from resnext_cli.run.classify import NO_INPUT, classify_for_sort, print_summary
 from resnext_cli.run.config import Config
-from resnext_cli.sort import filing as sorting
-from resnext_cli.sort import reviewed
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class SortRequest:
     report: str | None = None
     # With a reviewed file (--from): what to do with images not reviewed yet.
     unreviewed: str | None = None
+    roots: tuple[str, ...] = ()  # --root: where files named by --from may be taken from
 
 
 def _problems(outcome: sorting.Outcome, console: Console) -> int:
@@ -68,12 +69,36 @@ def _undone(outcome: sorting.Outcome, dest: Path, console: Console) -> int:
 def _resume_or_undo(request: SortRequest, console: Console) -> int:
     if request.resume and request.undo:
         raise ConfigError("give --resume or --undo, not both")
+    flag = "--undo" if request.undo else "--resume"
     if len(request.paths) != 1:
-        raise ConfigError(f"--{'undo' if request.undo else 'resume'} takes only DEST")
+        raise ConfigError(f"{flag} takes only DEST")
+    if request.records is not None or request.roots:
+        raise ConfigError(f"{flag} takes only DEST (the journal says where the files came from)")
     dest = Path(request.paths[0])
+    if request.dry_run:  # the steps it would take; nothing is touched, not even the journal
+        if request.undo:
+            for action, there, back in sorting.preview_undo(dest):
+                where = f" -> {printable(str(back))}" if action == "put back" else ""
+                console.stdout.write(f"{action} {printable(str(there))}{where}\n")
+        else:
+            for mode, source, target in sorting.preview_resume(dest):
+                console.stdout.write(
+                    f"{mode} {printable(str(source))} -> {printable(str(target))}\n"
+                )
+        return ExitStatus.OK
     if request.undo:
         return _undone(sorting.undo(dest), dest, console)
     return _finish(sorting.resume(dest), dest, console, verb="finished")
+
+
+def _check_categories(records: list[Record], path: str) -> None:
+    """--by category with --from: every classified record must carry its categories."""
+    for record in records:
+        if isinstance(record, Classified) and not record.categories:
+            raise ConfigError(
+                f"--by category needs records with categories, and '{printable(record.input)}' "
+                f"in '{path}' has none (classify with --categories, or sort with --by label)"
+            )
 
 
 def _records(
@@ -81,6 +106,11 @@ def _records(
 ) -> tuple[list[Record], RunSummary | None, tuple[str, ...], Path] | None:
     """The records to file, the summary of classifying them (None with --from), SRC, DEST."""
     if request.records is not None:
+        if not request.paths:
+            raise ConfigError(
+                "--from RECORDS needs DEST, the folder to sort into "
+                f"(resnext sort --from {request.records} DEST)"
+            )
         if len(request.paths) != 1:
             raise ConfigError("with --from RECORDS, give only DEST")
         if request.report is not None:
@@ -91,11 +121,18 @@ def _records(
         sorting.check_dest(dest)
         records, changed = sorting.records_from_file(Path(request.records))
         _check_review(request, records)
+        if request.by == "category":
+            _check_categories(records, request.records)
         for name, reason in changed:
             console.warn(f"not sorted: '{name}': {reason}")
-        return records, None, (), dest
+        # Files a records file names are taken only from the --root folders (by default the
+        # folder that holds the records file).
+        roots = request.roots or (str(Path(request.records).absolute().parent),)
+        return records, None, roots, dest
     if request.unreviewed is not None:
         raise ConfigError("--unreviewed is for a reviewed file: give it with --from RECORDS")
+    if request.roots:
+        raise ConfigError("--root goes with --from RECORDS (SRC names the folders otherwise)")
     if len(request.paths) < 2:
         raise ConfigError("give the images to sort and then DEST")
     inputs, dest = request.paths[:-1], Path(request.paths[-1])
@@ -107,6 +144,7 @@ def _records(
         console,
         min_probability=request.min_probability,
         report=request.report,
+        skip=dest,
     )
     if done is None:
         return None
@@ -146,6 +184,7 @@ def run_sort(request: SortRequest, options: dict[str, Any], console: Console) ->
         console.error(NO_INPUT)
         return ExitStatus.USAGE
     records, summary, inputs, dest = got
+    from_file = request.records is not None
     plan = sorting.make_plan(
         records,
         dest,
@@ -153,10 +192,16 @@ def run_sort(request: SortRequest, options: dict[str, Any], console: Console) ->
         by=request.by,
         sources=list(inputs) or None,
         min_probability=request.min_probability,
+        strict=from_file,
     )
     for name, reason in plan.skipped:
-        console.warn(f"not sorted: '{name}': {reason}")
+        console.warn(f"not sorted: '{name}': {printable(reason)}")
     status = summary.exit_status if summary is not None else ExitStatus.OK
+    if from_file and not plan.steps and not plan.already:
+        console.error(
+            f"nothing could be filed from '{request.records}' (every record was skipped; see above)"
+        )
+        return ExitStatus.SOME_FAILED
     if plan.already:
         console.note(f"{len(plan.already)} files already in '{dest}' (skipped)")
     if request.dry_run or not plan.steps:
