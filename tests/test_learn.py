@@ -245,7 +245,7 @@ def test_from_list_with_hostile_class_names(learned: Any, tmp_path: Path, checkp
     (record,) = [json.loads(line) for line in records.read_text().splitlines()]
     assert {p["label"] for p in record["predictions"]} == set(hostile.values())
     dest = tmp_path / "sorted"
-    ok(run_resnext("sort", "--from", records, dest))
+    ok(run_resnext("sort", "--from", records, dest, "--root", Path(image).parent))
     (made,) = [p for p in dest.iterdir() if not p.name.startswith(".")]
     assert made.parent == dest and made.is_dir()
     assert all(ch.isprintable() and ch != "/" for ch in made.name)

@@ -282,7 +282,9 @@ def test_draft_decoding_only_without_exact() -> None:
     data = encode(natural_image(8, (1000, 800)), "JPEG", quality=90)
     # JPEG scales by 1/2, 1/4 or 1/8; 1/4 is the smallest that keeps both sides >= 200.
     assert decode_bytes(data, draft_min_side=200).size == (250, 200)
-    assert decode_bytes(data, draft_min_side=200, upright=False, plain_rgb=True).size == (1000, 800)
+    # --exact is drafting's 0 in the plan (see test_plan): the full picture, as the reference.
+    assert decode_bytes(data, draft_min_side=0, upright=False, plain_rgb=True).size == (1000, 800)
+    assert decode_bytes(data).size == (1000, 800)  # nothing asked, nothing drafted
     assert decode_bytes(data).size == (1000, 800)
     png = encode(natural_image(8, (1000, 800)))
     assert decode_bytes(png, draft_min_side=200).size == (1000, 800)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from resnext_cli.errors import OutputError
 from resnext_cli.files import (
@@ -397,7 +398,10 @@ def test_results_file_written_and_report_left_when_nothing_matched(tmp_path: Pat
 def test_quantize_output_refusals_come_before_any_work(tmp_path: Path, resnext) -> None:
     link = tmp_path / "int8.pth"
     link.symlink_to(tmp_path / "nowhere")
-    run = resnext("quantize", "--calibrate", tmp_path, "-o", link, "--force")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (32, 32), "orange").save(photos / "a.jpg")  # the calibration is fine
+    run = resnext("quantize", "--calibrate", photos, "-o", link, "--force")
     assert run.code == 2, run
     assert run.stderr == (
         f"error: output '{link}' is a symbolic link to nothing (give another name; a write "
@@ -409,7 +413,7 @@ def test_quantize_output_refusals_come_before_any_work(tmp_path: Path, resnext) 
 
 @pytest.mark.parametrize("flag", ["-o", "--report"])
 def test_classify_never_writes_through_a_dangling_link(tmp_path: Path, resnext, flag) -> None:
-    link = tmp_path / "out"
+    link = tmp_path / ("out.jsonl" if flag == "-o" else "out.html")
     link.symlink_to(tmp_path / "created-elsewhere")
     run = resnext("classify", tmp_path / "x.jpg", flag, link, "--force")
     assert (run.code, run.stdout) == (2, ""), run

@@ -113,6 +113,9 @@ class FakeEngine:
         self.plan = SimpleNamespace(
             notes=(),
             precision="fp32",
+            topk=5,
+            labels=(),
+            categories=None,
             source_line=lambda: source,
             model_line=lambda: f"{source} on cpu, fp32",
         )

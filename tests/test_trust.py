@@ -341,6 +341,7 @@ def test_failed_records_go_out_before_later_inputs_are_read() -> None:
 
     engine.plan = Plan()  # type: ignore[assignment]
     engine.model = None  # type: ignore[assignment]
+    engine.overlap = False  # the serial path (the CPU's)
     engine.prepare = lambda source: source.error  # type: ignore[method-assign]
     read = []
 
@@ -475,6 +476,4 @@ def test_a_full_dest_ends_with_one_line_and_undo_still_works(world, resnext, mon
 def test_undo_and_resume_refuse_from_and_root(tmp_path: Path, resnext, flag) -> None:
     run = resnext("sort", flag, tmp_path / "sorted", "--root", tmp_path)
     assert (run.code, run.stdout) == (2, "")
-    assert run.stderr == (
-        f"error: {flag} takes only DEST (the journal says where the files came from)\n"
-    )
+    assert run.stderr == f"error: {flag} follows DEST's journal and takes only DEST; drop --root\n"

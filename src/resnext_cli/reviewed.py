@@ -40,8 +40,14 @@ class Reviewed(Classified):
 
 
 def is_reviewed_line(data: Any) -> bool:
-    """Whether a line of a records file is a reviewed record (it has a ``reviewed`` key)."""
-    return isinstance(data, dict) and "reviewed" in data
+    """Whether a line of a records file is a reviewed record: a ``reviewed`` key, and no
+    ``predictions`` or ``error`` (those are a classify run's records, extra keys kept)."""
+    return (
+        isinstance(data, dict)
+        and "reviewed" in data
+        and "predictions" not in data
+        and "error" not in data
+    )
 
 
 def review_problem(data: dict[str, Any]) -> str | None:
