@@ -54,6 +54,8 @@ class Classified:
     precision: str | None = None
     file: FileFacts | None = None
     categories: tuple[CategoryScore, ...] | None = None
+    # What ran the network: 'torch' or 'openvino'.
+    runtime: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,8 @@ class Classified:
             out["checkpoint"] = self.checkpoint
         if self.precision is not None:
             out["precision"] = self.precision
+        if self.runtime is not None:
+            out["runtime"] = self.runtime
         if self.categories is not None:
             out["categories"] = [c.to_dict() for c in self.categories]
         out["predictions"] = [p.to_dict() for p in self.predictions]
@@ -140,6 +144,7 @@ def record_from_dict(data: Any) -> Record:
             uncertain=data.get("uncertain"),
             precision=data.get("precision"),
             file=file,
+            runtime=None if data.get("runtime") is None else str(data["runtime"]),
             categories=None
             if categories is None
             else tuple(CategoryScore(str(c["name"]), float(c["probability"])) for c in categories),

@@ -12,6 +12,7 @@ from resnext_cli.model.registry import resolve_weights
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODERS = ("auto", "cpu", "gpu")
+RUNTIMES = ("auto", "torch", "openvino")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -38,6 +39,8 @@ class Config:
     decode: str = "auto"
     # None: no categories; "default": the bundled ImageNet grouping; else a mapping file.
     categories: str | None = None
+    # auto: OpenVINO on the CPU when its extra is installed, else torch (see plan.py).
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.exact and self.quantized:
@@ -75,6 +78,14 @@ class Config:
         if self.decode not in DECODERS:
             raise ConfigError(
                 f"unknown decoder '{self.decode}' (choose from: {', '.join(DECODERS)})"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(
+                f"unknown runtime '{self.runtime}' (choose from: {', '.join(RUNTIMES)})"
+            )
+        if self.exact and self.runtime == "openvino":
+            raise ConfigError(
+                "--exact is the torch fp32 reference; drop --runtime openvino or --exact"
             )
         if not _DEVICE.match(self.device):
             raise ConfigError(
