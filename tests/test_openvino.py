@@ -447,3 +447,64 @@ def test_exact_never_runs_openvino(with_extra, resnext, checkpoint, photos, conv
         2,
         "error: --exact is the torch fp32 reference; drop --runtime openvino or --exact\n",
     )
+
+
+# -- INT8 through OpenVINO --------------------------------------------------------------------
+
+
+@needs_openvino
+def test_int8_calibration_round_trip(with_extra, resnext, checkpoint, photos, conversions) -> None:
+    import re
+
+    out = photos[0].parent / "int8" / "model.ov"
+    out.parent.mkdir()
+    args = ["quantize", "--checkpoint", checkpoint, "--runtime", "openvino", "-o", out]
+    run = resnext(*args, "--calibrate", photos[0].parent, "--force")
+    assert run.code == 0, run
+    assert run.stdout == f"{out}\n"  # NNCF's own progress bar kept off stdout
+    said = re.search(r"INT8 agrees with the float model on ([\d.]+)% of the 5 photos", run.stderr)
+    assert said, run
+    bundle = ovr.read_bundle(out, name="int8")
+    assert (bundle.manifest["kind"], bundle.manifest["model"]) == ("int8", "resnext50_32x4d")
+    assert any(op.get_type_name() == "FakeQuantize" for op in bundle.model.get_ops())
+    classified = resnext("classify", *photos, "--checkpoint", out, "--quantized", "-f", "jsonl")
+    assert classified.code == 0, classified
+    records = classified.records()
+    assert {(r["precision"], r["runtime"]) for r in records} == {("int8", "openvino")}
+    # The agreement it reported is the agreement classify shows against torch in fp32.
+    reference = Classifier(checkpoint=str(checkpoint), runtime="torch", facts=AVX2_OV)
+    want = [r.top1.index for r in reference.classify(map(str, photos))]  # type: ignore[union-attr]
+    got = [r["predictions"][0]["index"] for r in records]
+    same = sum(a == b for a, b in zip(got, want, strict=True)) / len(photos)
+    assert float(said.group(1)) == pytest.approx(100 * same, abs=0.05)
+    # An OpenVINO INT8 file is not a torch checkpoint, and says what to do.
+    run = resnext("classify", photos[0], "--checkpoint", out)
+    assert (run.code, run.stderr) == (
+        2,
+        f"error: checkpoint '{out}' holds OpenVINO INT8 weights (add --quantized)\n",
+    )
+
+
+@needs_openvino
+def test_int8_that_disagrees_is_not_saved_without_force(
+    with_extra, resnext, checkpoint, photos, conversions, monkeypatch
+) -> None:
+    from resnext_cli.run import quantize
+
+    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # nothing can agree enough
+    monkeypatch.setattr(
+        ovr,
+        "quantize_int8",
+        lambda bundle, batches, manifest: dataclasses.replace(bundle, manifest=manifest),
+    )
+    out = photos[0].parent / "int8.ov"
+    args = ["quantize", "--checkpoint", checkpoint, "--runtime", "openvino", "-o", out]
+    run = resnext(*args, "--calibrate", photos[0].parent)
+    assert (run.code, run.stdout) == (1, ""), run
+    assert run.stderr.splitlines()[-1] == (
+        "error: INT8 agrees with the float model on 100.0% of the 5 photos' top-1 (top-5 "
+        "sets: 100.0%; largest probability change 0.000): below 101%, so "
+        f"'{out}' was not saved (calibrate with more photos like the ones you will "
+        "classify, or save it anyway with --force)"
+    )
+    assert not out.exists()

@@ -203,6 +203,37 @@ def convert(net: torch.nn.Module, *, crop: int, manifest: dict[str, Any]) -> Bun
     return Bundle(model, weight, bias, {"format": FORMAT, **manifest})
 
 
+def quantize_int8(
+    bundle: Bundle, batches: list[np.ndarray[Any, Any]], *, manifest: dict[str, Any]
+) -> Bundle:
+    """Post-training INT8 with NNCF: the body calibrated on normalised NCHW *batches*.
+
+    The head stays float32, as in every bundle; the manifest says what it was made from.
+    """
+    import logging
+
+    # NNCF imports torch's extension builder, which logs a CUDA note on machines without.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    try:
+        import nncf
+    except ImportError:
+        raise ConfigError(
+            f"calibrating for OpenVINO needs NNCF ({EXTRA_HINT}, or use --runtime torch)"
+        ) from None
+    images = [image[None] for batch in batches for image in batch]
+    # NNCF draws its own progress bar on stdout, where only the payload belongs.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize(
+            bundle.model,
+            nncf.Dataset(images),
+            subset_size=len(images),
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            model_type=None,
+        )
+    return Bundle(quantized, bundle.weight, bundle.bias, {"format": FORMAT, **manifest})
+
+
 # -- the cache ------------------------------------------------------------------------------
 
 
