@@ -508,3 +508,13 @@ def test_int8_that_disagrees_is_not_saved_without_force(
         "classify, or save it anyway with --force)"
     )
     assert not out.exists()
+
+
+def test_sniffing_a_checkpoint_never_blocks_on_a_fifo(tmp_path) -> None:
+    fifo = tmp_path / "ck.pth"
+    os.mkfifo(fifo)
+    assert not ovr.is_bundle(fifo)  # returns at once: nothing writes into the FIFO
+    plain = tmp_path / "plain.zip"
+    plain.write_bytes(b"PK\x03\x04" + b"\0" * 26 + ovr.MANIFEST.encode())
+    assert ovr.is_bundle(plain)
+    assert not ovr.is_bundle(tmp_path)

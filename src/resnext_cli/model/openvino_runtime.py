@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -71,12 +72,23 @@ def version() -> str:
 
 
 def is_bundle(path: str | os.PathLike[str]) -> bool:
-    """Whether *path* is a bundle this module wrote (read from its first bytes only)."""
+    """Whether *path* is a bundle this module wrote (read from its first bytes only).
+
+    Only a regular file is read, opened without blocking: a FIFO or a device named as a
+    checkpoint is left for the loader to refuse.
+    """
     try:
-        with open(path, "rb") as fp:
-            head = fp.read(_ZIP_NAME_AT + len(MANIFEST))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (OSError, ValueError):
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, _ZIP_NAME_AT + len(MANIFEST))
     except OSError:
         return False
+    finally:
+        os.close(fd)
     return head.startswith(_ZIP_MAGIC) and head[_ZIP_NAME_AT:] == MANIFEST.encode()
 
 
