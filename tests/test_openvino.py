@@ -518,3 +518,15 @@ def test_sniffing_a_checkpoint_never_blocks_on_a_fifo(tmp_path) -> None:
     plain.write_bytes(b"PK\x03\x04" + b"\0" * 26 + ovr.MANIFEST.encode())
     assert ovr.is_bundle(plain)
     assert not ovr.is_bundle(tmp_path)
+
+
+@needs_openvino
+def test_the_python_api_still_hands_out_the_torch_network(warm, checkpoint) -> None:
+    clf = _ov_classifier(checkpoint)
+    assert clf.loaded._net is None  # not built to run OpenVINO
+    network = clf.loaded.openvino
+    assert network is not None
+    fc = clf.model.fc  # built on demand from the same weights
+    assert isinstance(fc, torch.nn.Linear)
+    assert torch.equal(fc.weight.detach(), torch.from_numpy(network.bundle.weight))
+    assert torch.equal(torch.load(checkpoint)["fc.bias"], torch.from_numpy(network.bundle.bias))
