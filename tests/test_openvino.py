@@ -125,6 +125,19 @@ def test_missing_extra_is_a_one_line_hint_exit_2(resnext, checkpoint, make_image
     assert (run.code, run.stdout, run.stderr) == (2, "", f"error: {HINT}\n"), run
 
 
+def test_runtime_env_is_the_default_and_the_option_wins(
+    resnext, checkpoint, make_image, monkeypatch
+) -> None:
+    monkeypatch.setenv("RESNEXT_RUNTIME", "openvino")
+    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls: AVX2))  # no extra
+    photo = make_image("a.jpg")
+    run = resnext("classify", photo, "--checkpoint", checkpoint)
+    assert (run.code, run.stderr) == (2, f"error: {HINT}\n"), run
+    run = resnext("classify", photo, "--checkpoint", checkpoint, "--runtime", "torch")
+    assert run.code == 0, run
+    assert [r["runtime"] for r in run.records()] == ["torch"]
+
+
 def test_the_module_says_the_same_when_openvino_cannot_be_imported(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(ConfigError) as info:
@@ -417,6 +430,7 @@ def test_non_finite_bf16_is_retried_in_fp32_then_fails(
 @pytest.fixture
 def with_extra(monkeypatch) -> None:
     monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls: AVX2_OV))
+    monkeypatch.delenv("RESNEXT_RUNTIME", raising=False)  # conftest's torch default
 
 
 @needs_openvino

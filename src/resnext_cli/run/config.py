@@ -13,6 +13,8 @@ from resnext_cli.model.registry import resolve_weights
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODERS = ("auto", "cpu", "gpu")
 RUNTIMES = ("auto", "torch", "openvino")
+# The command line's --runtime when it is not given.
+RUNTIME_ENV = "RESNEXT_RUNTIME"
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
