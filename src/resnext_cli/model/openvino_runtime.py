@@ -386,6 +386,8 @@ class Network:
         self.int8 = int8
         self._core = ov.Core()
         self._compiled: dict[tuple[str, str], Any] = {}
+        # One queue of infer requests per compiled model, made with it and kept.
+        self._queues: dict[int, Any] = {}
         self._lock = threading.Lock()
 
     def config(self, precision: str, mode: str) -> dict[str, Any]:
@@ -423,18 +425,22 @@ class Network:
 
     def _in_parallel(self, compiled: Any, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Split a batch over the recommended number of asynchronous requests."""
-        ov = _ov()
-        jobs = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        parts = [p for p in np.array_split(x, min(jobs, len(x))) if len(p)]
+        queue = self._queues.get(id(compiled))
+        if queue is None:
+            ov = _ov()
+            jobs = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            queue = ov.AsyncInferQueue(compiled, jobs)
+
+            def done(request: Any, userdata: tuple[list[Any], int]) -> None:
+                results, index = userdata
+                results[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+            queue.set_callback(done)
+            self._queues[id(compiled)] = queue
+        parts = [p for p in np.array_split(x, min(len(queue), len(x))) if len(p)]
         results: list[np.ndarray[Any, Any] | None] = [None] * len(parts)
-
-        def done(request: Any, index: int) -> None:
-            results[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-
-        queue = ov.AsyncInferQueue(compiled, len(parts))
-        queue.set_callback(done)
         for i, part in enumerate(parts):
-            queue.start_async(np.ascontiguousarray(part), i)
+            queue.start_async(np.ascontiguousarray(part), (results, i))
         queue.wait_all()
         return np.concatenate([r for r in results if r is not None])
 
