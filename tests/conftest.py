@@ -83,9 +83,7 @@ def runtime_kind(cpu_kind: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         MachineFacts,
         "probe",
-        classmethod(
-            lambda cls, device="auto": dataclasses.replace(probe(device), openvino=False)
-        ),
+        classmethod(lambda cls, device="auto": dataclasses.replace(probe(device), openvino=False)),
     )
 
 

@@ -129,7 +129,9 @@ def test_runtime_env_is_the_default_and_the_option_wins(
     resnext, checkpoint, make_image, monkeypatch
 ) -> None:
     monkeypatch.setenv("RESNEXT_RUNTIME", "openvino")
-    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls: AVX2))  # no extra
+    monkeypatch.setattr(
+        MachineFacts, "probe", classmethod(lambda cls, device="auto": AVX2)
+    )  # no extra
     photo = make_image("a.jpg")
     run = resnext("classify", photo, "--checkpoint", checkpoint)
     assert (run.code, run.stderr) == (2, f"error: {HINT}\n"), run
@@ -429,7 +431,7 @@ def test_non_finite_bf16_is_retried_in_fp32_then_fails(
 
 @pytest.fixture
 def with_extra(monkeypatch) -> None:
-    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls: AVX2_OV))
+    monkeypatch.setattr(MachineFacts, "probe", classmethod(lambda cls, device="auto": AVX2_OV))
     monkeypatch.delenv("RESNEXT_RUNTIME", raising=False)  # conftest's torch default
 
 
