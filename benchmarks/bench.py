@@ -23,6 +23,19 @@ several times, and takes the median:
   q  resnext50_32x4d --quantized, from a checkpoint calibrated on the benchmark's photos
   r  resnext101_64x4d --quantized, INT8 weights calibrated from random float ones
 
+and the runtimes side by side (the OpenVINO rows where the extra is installed; bf16 only
+on a CPU with native bf16):
+
+  t, t1, te   torch: end to end at batch 8 and 1, and the model alone at batch 8
+  o, o1, oe   OpenVINO fp32: the same three
+  ob          OpenVINO bf16, end to end at batch 8
+  oq          resnext50 INT8 through OpenVINO, calibrated with NNCF on the same photos
+
+with the start-up of one photo in a fresh process (`resnext classify photo.jpg`): torch,
+OpenVINO with an empty cache (the conversion) and with a warm one.
+
+    python benchmarks/bench.py --smoke --only t,o,oe,oq   # 8 photos, prints only
+
 With --learn it measures `resnext learn` instead, into its own bench:learn section: the
 feature step (variant l, Classifier.iter_features) against classify (c) on the same
 photos, the head's fit for 1,000 and 10,000 images x 10 and 100 classes, and a re-learn
@@ -63,11 +76,20 @@ VARIANTS = {
     "e": "model only, ready tensors",
     "q": "resnext50 --quantized (INT8)",
     "r": "resnext101_64x4d --quantized (INT8)",
+    "t": "resnext --runtime torch",
+    "o": "resnext --runtime openvino (fp32)",
+    "ob": "resnext --runtime openvino --precision bf16",
+    "t1": "resnext --runtime torch, batch 1",
+    "o1": "resnext --runtime openvino, batch 1",
+    "te": "model only, torch",
+    "oe": "model only, openvino",
+    "oq": "resnext50 --quantized through OpenVINO (INT8)",
 }
+OPENVINO = ("o", "ob", "o1", "oe", "oq")
 # Compared with --exact's predictions, photo by photo.
-AGREEMENT = ("c", "f", "g", "q")
+AGREEMENT = ("c", "f", "g", "q", "t", "o", "ob", "oq")
 # Too slow to be worth it on 24 phone photos beyond the main comparison.
-IMAGENET_ONLY = ("g", "q", "r")
+IMAGENET_ONLY = ("g", "q", "r", "ob", "t1", "o1", "te", "oe", "oq")
 
 
 # -- data ------------------------------------------------------------------------------
@@ -147,6 +169,44 @@ def make_int8(float_ckpt: Path, photos: Path, out: Path, arch: str) -> None:
          str(float_ckpt), "--calibrate", str(photos), "-o", str(out), "-q", "--force"],
         check=True,
     )  # fmt: skip
+
+
+def make_openvino_int8(float_ckpt: Path, photos: Path, out: Path) -> None:
+    """An OpenVINO INT8 file calibrated on *photos* with NNCF (`quantize --runtime openvino`)."""
+    subprocess.run(
+        [sys.executable, "-m", "resnext_cli", "quantize", "--runtime", "openvino",
+         "--checkpoint", str(float_ckpt), "--calibrate", str(photos), "-o", str(out), "-q",
+         "--force"],
+        check=True,
+    )  # fmt: skip
+
+
+def startup(ckpt: Path, photo: Path, work: Path) -> dict[str, float]:
+    """Wall seconds of `resnext classify photo.jpg` in a fresh process: torch, OpenVINO
+    with an empty conversion cache, OpenVINO with a warm one."""
+    home = work / "startup-home"
+    env = {**os.environ, "TORCH_HOME": str(home)}
+
+    def wall(*options: str) -> float:
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "resnext_cli", "classify", str(photo), "--checkpoint",
+             str(ckpt), "-f", "jsonl", "-q", *options],
+            check=True, env=env, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        return time.perf_counter() - start
+
+    out = {"torch": wall("--runtime", "torch")}
+    if _has_openvino():
+        out["openvino, cold cache"] = wall("--runtime", "openvino")
+        out["openvino, warm cache"] = wall("--runtime", "openvino")
+    return out
+
+
+def _has_openvino() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("openvino") is not None
 
 
 # -- variants, each run in a child process -----------------------------------------------
@@ -250,12 +310,12 @@ def run_resnext(folder: Path, ckpt: Path, repeats: int, **options: object) -> li
     return _timed(one_pass, files, repeats)
 
 
-def run_model_only(folder: Path, ckpt: Path, repeats: int) -> list[float]:
+def run_model_only(folder: Path, ckpt: Path, repeats: int, **options: object) -> list[float]:
     import torch
 
     from resnext_cli.run.pipeline import probabilities
 
-    clf = _classifier(ckpt)
+    clf = _classifier(ckpt, **options)
     files = _files(folder)
     size = clf.plan.batch_size  # type: ignore[attr-defined]
     batch = [torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8) for _ in range(size)]
@@ -293,6 +353,7 @@ def run_features(folder: Path, ckpt: Path, repeats: int, **options: object) -> l
 def child(variant: str, folder: Path, ckpt: Path, repeats: int) -> None:
     int8 = ckpt.with_name("int8-50.pth")
     int8_101 = ckpt.with_name("int8-101-64.pth")
+    ov_int8 = ckpt.with_name("int8-50.ov")
     runners: dict[str, Callable[[], list[float]]] = {
         "a": lambda: run_hub(folder, ckpt, repeats),
         "b": lambda: run_timm(folder, ckpt, repeats),
@@ -306,6 +367,14 @@ def child(variant: str, folder: Path, ckpt: Path, repeats: int) -> None:
         "r": lambda: run_resnext(
             folder, int8_101, repeats, quantized=True, model="resnext101_64x4d"
         ),
+        "t": lambda: run_resnext(folder, ckpt, repeats, runtime="torch"),
+        "o": lambda: run_resnext(folder, ckpt, repeats, runtime="openvino", precision="fp32"),
+        "ob": lambda: run_resnext(folder, ckpt, repeats, runtime="openvino", precision="bf16"),
+        "t1": lambda: run_resnext(folder, ckpt, repeats, runtime="torch", batch_size=1),
+        "o1": lambda: run_resnext(folder, ckpt, repeats, runtime="openvino", batch_size=1),
+        "te": lambda: run_model_only(folder, ckpt, repeats, runtime="torch"),
+        "oe": lambda: run_model_only(folder, ckpt, repeats, runtime="openvino"),
+        "oq": lambda: run_resnext(folder, ov_int8, repeats, quantized=True),
     }
     rates = runners[variant]()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -360,6 +429,12 @@ def measure(variant: str, folder: Path, ckpt: Path, repeats: int) -> dict[str, A
         "rss_mb": result["rss_mb"],
         "predictions": result["predictions"],
     }
+
+
+def _native_bf16() -> bool:
+    from resnext_cli.run.plan import MachineFacts
+
+    return MachineFacts.probe().cpu_native_bf16
 
 
 def machine() -> str:
@@ -485,6 +560,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images, one repeat")
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--learn", action="store_true", help="only the resnext learn rows")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="8 small photos, one repeat, no phone photos, print only: checks the code runs",
+    )
+    parser.add_argument("--only", help="comma-separated variants to run (default: all)")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.folder, args.checkpoint, args.repeats)
@@ -496,8 +577,15 @@ def main() -> None:
             write_section("learn", text)
         return
 
+    chosen = [v for v in VARIANTS if args.only is None or v in args.only.split(",")]
+    if not _has_openvino():
+        chosen = [v for v in chosen if v not in OPENVINO]
+    if "ob" in chosen and not _native_bf16():
+        chosen.remove("ob")  # OpenVINO runs bf16 only where the CPU has it
+    if args.smoke:
+        args.quick = args.no_write = True
     repeats = 1 if args.quick else args.repeats
-    counts = (40, 6, 400) if args.quick else (200, 24, 2000)
+    counts = (8, 0, 8) if args.smoke else (40, 6, 400) if args.quick else (200, 24, 2000)
     with tempfile.TemporaryDirectory(prefix="resnext-bench-") as tmp:
         work = Path(tmp)
         ckpt = work / "resnext50_random.pth"
@@ -505,9 +593,13 @@ def main() -> None:
         make_images(small, counts[0], (500, 375), seed=1)
         make_images(phone, counts[1], (4032, 3024), seed=2)
         make_checkpoint(ckpt, small)
-        make_int8(ckpt, small, work / "int8-50.pth", "resnext50_32x4d")
-        make_checkpoint(work / "r101-64.pth", small, "resnext101_64x4d")
-        make_int8(work / "r101-64.pth", small, work / "int8-101-64.pth", "resnext101_64x4d")
+        if "q" in chosen:
+            make_int8(ckpt, small, work / "int8-50.pth", "resnext50_32x4d")
+        if "oq" in chosen:
+            make_openvino_int8(ckpt, small, work / "int8-50.ov")
+        if "r" in chosen:
+            make_checkpoint(work / "r101-64.pth", small, "resnext101_64x4d")
+            make_int8(work / "r101-64.pth", small, work / "int8-101-64.pth", "resnext101_64x4d")
         many.mkdir()
         for i in range(counts[2]):  # the same files again, by link: memory, not decoding
             target = small / f"img_{i % counts[0]:05d}.jpg"
@@ -516,8 +608,8 @@ def main() -> None:
         results: dict[str, dict[str, dict[str, Any]]] = {}
         for label, folder in (("imagenet", small), ("phone", phone)):
             results[label] = {}
-            for variant in VARIANTS:
-                if label == "phone" and variant in IMAGENET_ONLY:
+            for variant in chosen:
+                if label == "phone" and (variant in IMAGENET_ONLY or args.smoke):
                     continue
                 results[label][variant] = measure(variant, folder, ckpt, repeats)
                 r = results[label][variant]
@@ -526,7 +618,8 @@ def main() -> None:
                     f"rss {r['rss_mb']:6.0f} MB",
                     file=sys.stderr,
                 )
-        rss_many = measure("c", many, ckpt, 1)["rss_mb"]
+        rss_many = measure("c", many, ckpt, 1)["rss_mb"] if "c" in chosen else 0.0
+        starts = startup(ckpt, _files(small)[0], work)
 
     lines = [
         "## Local CPU throughput (resnext50_32x4d)",
@@ -540,7 +633,8 @@ def main() -> None:
         f"({counts[1]} x 4032x3024) img/s | peak RSS (ImageNet-sized) |",
         "| --- | ---: | ---: | ---: |",
     ]
-    for v, name in VARIANTS.items():
+    for v in chosen:
+        name = VARIANTS[v]
         a, b = results["imagenet"][v], results["phone"].get(v)
         phone_ips = f"{b['ips']:.2f}" if b else "-"
         lines.append(f"| {v}: {name} | {a['ips']:.1f} | {phone_ips} | {a['rss_mb']:.0f} MB |")
@@ -556,6 +650,11 @@ def main() -> None:
         "c/e": "≥ 0.85",
         "q/a": "≥ 4.5 (native bf16 CPU)",
         "r/g": "≥ 0.75 (native bf16 CPU)",
+        "c/t": "≥ 1.2 (native bf16 CPU): the default against torch's",
+        "o/t": "",
+        "oe/te": "",
+        "o1/t1": "",
+        "oq/q": "≥ 1.5",
     }
     for ratio, target in targets.items():
         x, y = ratio.split("/")
@@ -575,16 +674,22 @@ def main() -> None:
         "| variant | top-1 agreement | top-5 set agreement | largest \\|Δp\\| |",
         "| --- | ---: | ---: | ---: |",
     ]
-    reference = results["imagenet"]["d"]["predictions"]
-    for v in AGREEMENT:
+    reference = results["imagenet"].get("d", {}).get("predictions")
+    for v in AGREEMENT if reference is not None else ():
+        if v not in results["imagenet"]:
+            continue
         top1, top5, worst = agreement(results["imagenet"][v]["predictions"], reference)
         lines.append(f"| {v}: {VARIANTS[v]} | {top1:.1%} | {top5:.1%} | {worst:.3g} |")
-    rss_small = results["imagenet"]["c"]["rss_mb"]
-    lines += [
-        "",
-        f"Peak RSS of `resnext classify` (c): {rss_small:.0f} MB for {counts[0]} images, "
-        f"{rss_many:.0f} MB for {counts[2]} images ({(rss_many / rss_small - 1) * 100:+.1f}%).",
-    ]
+    if "c" in results["imagenet"]:
+        rss_small = results["imagenet"]["c"]["rss_mb"]
+        lines += [
+            "",
+            f"Peak RSS of `resnext classify` (c): {rss_small:.0f} MB for {counts[0]} images, "
+            f"{rss_many:.0f} MB for {counts[2]} images "
+            f"({(rss_many / rss_small - 1) * 100:+.1f}%).",
+        ]
+    lines += ["", "Start-up: one photo, `resnext classify photo.jpg`, a fresh process:", ""]
+    lines += [f"- {what}: {seconds:.1f} s" for what, seconds in starts.items()]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -67,6 +67,26 @@ def cpu_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def runtime_kind(cpu_kind: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite runs torch, as it was written for, even where the OpenVINO extra is
+    installed: the probe says it is not, and RESNEXT_RUNTIME=torch tells the commands the
+    tests start as processes. RESNEXT_TEST_RUNTIME=openvino keeps the real answer, so
+    the same tests run through OpenVINO (tests/test_openvino.py asks for it itself)."""
+    monkeypatch.delenv("RESNEXT_RUNTIME", raising=False)
+    if os.environ.get("RESNEXT_TEST_RUNTIME", "") == "openvino":
+        return
+    monkeypatch.setenv("RESNEXT_RUNTIME", "torch")
+    from resnext_cli.run.plan import MachineFacts
+
+    probe = MachineFacts.probe
+    monkeypatch.setattr(
+        MachineFacts,
+        "probe",
+        classmethod(lambda cls, device="auto": dataclasses.replace(probe(device), openvino=False)),
+    )
+
+
 def natural_image(seed: int, size: tuple[int, int] = (320, 240), mode: str = "RGB") -> Image.Image:
     """A smooth, seed-dependent picture (blobs and gradients), so images differ."""
     g = torch.Generator().manual_seed(seed)

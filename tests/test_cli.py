@@ -32,8 +32,9 @@ def test_folder_is_walked_sorted(checkpoint, folder, resnext) -> None:
     for r in records:
         assert set(r) == {
             "input", "path", "size", "mtime_ns", "model", "weights", "checkpoint", "precision",
-            "predictions",
+            "runtime", "predictions",
         }  # fmt: skip
+        assert r["runtime"] in ("torch", "openvino")
         assert len(r["predictions"]) == 5
         assert set(r["predictions"][0]) == {"label", "index", "probability"}
 

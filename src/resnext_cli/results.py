@@ -56,6 +56,8 @@ class Classified:
     categories: tuple[CategoryScore, ...] | None = None
     # --embeddings: the pooled features the predictions came from (2,048 for ResNeXt).
     embedding: tuple[float, ...] | None = None
+    # What ran the network: 'torch' or 'openvino'.
+    runtime: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,6 +78,8 @@ class Classified:
             out["checkpoint"] = self.checkpoint
         if self.precision is not None:
             out["precision"] = self.precision
+        if self.runtime is not None:
+            out["runtime"] = self.runtime
         if self.categories is not None:
             out["categories"] = [c.to_dict() for c in self.categories]
         out["predictions"] = [p.to_dict() for p in self.predictions]
@@ -145,6 +149,7 @@ def record_from_dict(data: Any) -> Record:
             uncertain=data.get("uncertain"),
             precision=data.get("precision"),
             file=file,
+            runtime=None if data.get("runtime") is None else str(data["runtime"]),
             categories=None
             if categories is None
             else tuple(CategoryScore(str(c["name"]), float(c["probability"])) for c in categories),

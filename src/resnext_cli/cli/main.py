@@ -324,6 +324,14 @@ def download(
     "model on under 90% of the photos' top-1 (else nothing is written and the exit status is 1).",
 )
 @click.option(
+    "--runtime",
+    type=click.Choice(["torch", "openvino"]),
+    default="torch",
+    show_default=True,
+    help="torch: torch.ao INT8 weights. openvino: an OpenVINO INT8 model calibrated with "
+    "NNCF (pip install 'resnext-cli[openvino]').",
+)
+@click.option(
     "--offline", is_flag=True, envvar=OFFLINE_ENV, help="Never use the network for weights."
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
@@ -334,6 +342,7 @@ def quantize(
     photos: tuple[str, ...],
     output: str,
     force: bool,
+    runtime: str,
     quiet: bool,
     **options: Any,
 ) -> int:
@@ -342,7 +351,8 @@ def quantize(
     Post-training quantization: the float model observes PHOTOS, is converted to INT8,
     and is checked against the float model on them (top-1 agreement is printed); under
     90% agreement nothing is saved (exit status 1) unless --force. Use the result with:
-    resnext classify --checkpoint FILE --quantized.
+    resnext classify --checkpoint FILE --quantized. With --runtime openvino the result is
+    an OpenVINO INT8 model calibrated with NNCF.
     """
     from resnext_cli.cli.checks import check_model_options, check_quantize
 
@@ -352,7 +362,8 @@ def quantize(
     check_quantize(output=output, force=force, photos=photos)
     from resnext_cli.run.quantize import QuantizeRequest, run_quantize  # imports torch
 
-    return run_quantize(QuantizeRequest(photos, output, force), config, console)
+    request = QuantizeRequest(photos, output, force, runtime=runtime)
+    return run_quantize(request, config, console)
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from resnext_cli.console import Console
 from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
 from resnext_cli.model.registry import MODELS
 from resnext_cli.model.weights import OFFLINE_ENV
-from resnext_cli.run.config import DECODERS, PRECISIONS
+from resnext_cli.run.config import DECODERS, PRECISIONS, RUNTIME_ENV, RUNTIMES
 
 MODEL_HELP = f"ResNeXt variant: {', '.join(MODELS)} (or 50, 101, 101-64)."
 pass_console = click.make_pass_decorator(Console)
@@ -75,6 +75,16 @@ _RUN_OPTIONS = [
         is_flag=True,
         help="INT8 on the CPU: torchvision's quantized weights for the 101 variants, or a "
         "checkpoint made by 'resnext quantize'.",
+    ),
+    click.option(
+        "--runtime",
+        default="auto",
+        show_default=True,
+        type=click.Choice(RUNTIMES),
+        envvar=RUNTIME_ENV,
+        help="auto: OpenVINO on the CPU when installed (pip install 'resnext-cli[openvino]'), "
+        f"else torch; --exact always runs torch. Every record names the runtime used (also "
+        f"{RUNTIME_ENV}=torch).",
     ),
     click.option(
         "--decode",

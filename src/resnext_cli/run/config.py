@@ -12,6 +12,9 @@ from resnext_cli.model.registry import resolve_weights
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODERS = ("auto", "cpu", "gpu")
+RUNTIMES = ("auto", "torch", "openvino")
+# The command line's --runtime when it is not given.
+RUNTIME_ENV = "RESNEXT_RUNTIME"
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -42,6 +45,8 @@ class Config:
     embeddings: bool = False
     # torch.compile the forward pass (the first batch pays for compiling).
     compile: bool = False
+    # auto: OpenVINO on the CPU when its extra is installed, else torch (see plan.py).
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         if self.exact and self.quantized:
@@ -83,6 +88,14 @@ class Config:
         if self.decode not in DECODERS:
             raise ConfigError(
                 f"unknown decoder '{self.decode}' (choose from: {', '.join(DECODERS)})"
+            )
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(
+                f"unknown runtime '{self.runtime}' (choose from: {', '.join(RUNTIMES)})"
+            )
+        if self.exact and self.runtime == "openvino":
+            raise ConfigError(
+                "--exact is the torch fp32 reference; drop --runtime openvino or --exact"
             )
         if not _DEVICE.match(self.device):
             raise ConfigError(

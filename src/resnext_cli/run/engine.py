@@ -381,6 +381,11 @@ class Classifier:
         return self.plan.precision
 
     @property
+    def runtime(self) -> str:
+        """What runs the network: 'torch' or 'openvino'."""
+        return self.plan.runtime
+
+    @property
     def labels(self) -> tuple[str, ...]:
         """The class names."""
         return self.plan.labels

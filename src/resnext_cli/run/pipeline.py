@@ -27,12 +27,13 @@ from resnext_cli.inputs.http import Progress
 from resnext_cli.inputs.sources import Source, open_source
 from resnext_cli.model.checkpoint import build_model, fold_batchnorm, read_state_dict
 from resnext_cli.model.registry import torchvision_weights
-from resnext_cli.model.weights import discard, fetch
+from resnext_cli.model.weights import checkpoints_dir, discard, fetch
 from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
 from resnext_cli.run.plan import Plan
 
 if TYPE_CHECKING:
     from resnext_cli.imaging.tensor_decode import Budget, JpegInfo
+    from resnext_cli.model.openvino_runtime import Network as OpenVinoNetwork
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -56,6 +57,22 @@ State = tuple[dict[str, torch.Tensor], str]
 # -- the model -----------------------------------------------------------------------------
 
 
+def weights_file(plan: Plan, *, progress: Progress | None = None) -> tuple[Path, str]:
+    """The local file of the weights or checkpoint the plan names (fetched if need be),
+    with its name for messages."""
+    info = plan.info
+    if plan.checkpoint is None:
+        path = fetch(info.url, offline=plan.offline, progress=progress, timeout=plan.timeout)
+        return path, str(path)
+    name = plan.checkpoint
+    if name.startswith(("http://", "https://")):
+        return fetch(name, offline=plan.offline, progress=progress, timeout=plan.timeout), name
+    path = Path(name)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{name}' does not exist (give a file)")
+    return path, name
+
+
 def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
     """Fetch or read the state dict the plan names; return it with its name for messages.
 
@@ -64,29 +81,20 @@ def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
     """
     info = plan.info
     read = _read_int8 if plan.precision == "int8" else read_state_dict
-    if plan.checkpoint is None:
-        path = fetch(info.url, offline=plan.offline, progress=progress, timeout=plan.timeout)
-        try:
-            return read(path, name=str(path)), str(path)
-        except CheckpointError:
+    path, name = weights_file(plan, progress=progress)
+    try:
+        return read(path, name=name), name
+    except CheckpointError:
+        if plan.checkpoint is None:
             discard(path)
             quantized = " --quantized" if plan.precision == "int8" else ""
             raise WeightsError(
                 f"cached weights file '{path}' was corrupt and has been removed (run again "
                 f"to download it, or 'resnext download -m {info.model} -w {info.tag}{quantized}')"
             ) from None
-    name = plan.checkpoint
-    if name.startswith(("http://", "https://")):
-        path = fetch(name, offline=plan.offline, progress=progress, timeout=plan.timeout)
-        try:
-            return read(path, name=name), name
-        except CheckpointError:
+        if name.startswith(("http://", "https://")):
             discard(path)  # never reuse a cached file that does not load
-            raise
-    path = Path(name)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{name}' does not exist (give a file)")
-    return read(path, name=name), name
+        raise
 
 
 def _read_int8(path: Path, *, name: str) -> dict[str, torch.Tensor]:
@@ -100,10 +108,13 @@ class Model:
     """The network of a plan, on its device, with the weights' own preprocessing."""
 
     plan: Plan
-    net: torch.nn.Module
+    # None when OpenVINO runs it: the torch network is then built only if asked for.
+    _net: torch.nn.Module | None
     transform: Preprocess
     # The checkpoint (or cached weights file) it came from, for messages.
     name: str
+    # The compiled OpenVINO network, when the plan's runtime is 'openvino'.
+    openvino: OpenVinoNetwork | None = None
     # The plan's forward pass (uint8 crops normalised -> float32 logits), compiled under
     # --compile; None: built on first use.
     forward: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
@@ -114,6 +125,18 @@ class Model:
     budget: Budget | None = field(default=None, repr=False)
     max_batch: int | None = None
     _norm: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The torch network (under OpenVINO, built from the same weights on first use)."""
+        if self._net is None:
+            if self.plan.precision == "int8":
+                raise ConfigError(
+                    f"'{self.name}' is an OpenVINO INT8 model: it has no torch network "
+                    "(use a checkpoint made by 'resnext quantize')"
+                )
+            self._net = load_model(replace(self.plan, runtime="torch")).net
+        return self._net
 
 
 def check_classes(
@@ -140,6 +163,8 @@ def load_model(
     plan: Plan, *, progress: Progress | None = None, state: State | None = None
 ) -> Model:
     """Fetch or take the state dict, check it, build the network the plan describes."""
+    if plan.runtime == "openvino":
+        return _load_openvino(plan, progress=progress, state=state)
     tensors, name = state if state is not None else load_state(plan, progress=progress)
     if plan.precision == "int8":
         from resnext_cli.model.quantized import build_quantized, num_classes, quantized_engine
@@ -215,6 +240,39 @@ def _compiled(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
         return out
 
     return forward
+
+
+def _load_openvino(plan: Plan, *, progress: Progress | None, state: State | None) -> Model:
+    """The plan's network through OpenVINO: converted once and cached beside the weights,
+    or an INT8 file made by 'resnext quantize --runtime openvino'."""
+    from resnext_cli.model import openvino_runtime as ovr
+
+    info = plan.info
+    transform = transform_for(plan)
+    if plan.precision == "int8":
+        path, name = weights_file(plan, progress=progress)
+        bundle = ovr.read_bundle(path, name=name)
+        made_for = bundle.manifest.get("model")
+        if made_for != info.model:
+            raise CheckpointError(
+                f"checkpoint '{name}' was made for {made_for}, not {info.model} (use -m {made_for})"
+            )
+        check_classes(plan, {}, name, classes=bundle.classes)
+        return Model(plan, None, transform, name, ovr.Network(bundle, int8=True))
+    if state is not None:
+        source, name = ovr.state_identity(state[0]), state[1]
+    else:
+        path, name = weights_file(plan, progress=progress)
+        source = ovr.file_identity(path)
+
+    def build() -> torch.nn.Module:
+        torch_plan = replace(plan, runtime="torch", device="cpu")
+        return load_model(torch_plan, progress=progress, state=state).net
+
+    key = ovr.CacheKey(info.model, source, plan.fold_batchnorm, transform.crop_size[0])
+    bundle, _cached = ovr.cached_bundle(key, ovr.cache_dir(checkpoints_dir()), build, name=name)
+    check_classes(plan, {}, name, classes=bundle.classes)
+    return Model(plan, None, transform, name, ovr.Network(bundle))
 
 
 def transform_for(plan: Plan) -> Preprocess:
@@ -356,6 +414,12 @@ def _normalize(model: Model, batch: torch.Tensor) -> torch.Tensor:
 
 def probabilities(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
     """Softmax probabilities (float32, on the model's device) of a uint8 NCHW batch of crops."""
+    if model.openvino is not None:
+        from resnext_cli.model.openvino_runtime import normalize
+
+        t = model.transform
+        pixels = normalize(batch.cpu().numpy(), t.mean, t.std)
+        return torch.from_numpy(model.openvino.probabilities(pixels, precision))
     plan = model.plan
     if plan.device_type == "cuda" and batch.device.type == "cpu":
         batch = batch.pin_memory().to(plan.device, non_blocking=True)
@@ -547,6 +611,7 @@ def make_record(
         path=path,
         checkpoint=plan.checkpoint,
         precision=precision,
+        runtime=plan.runtime,
         file=facts,
         categories=(plan.categories.scores(probs.tolist(), plan.topk) if plan.categories else None),
         embedding=tuple(embedding.tolist()) if plan.embeddings else None,

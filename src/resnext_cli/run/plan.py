@@ -1,7 +1,7 @@
 """The plan of a run: every option interpreted once, against the facts of the machine.
 
 `resolve(config, facts)` is the only place where `--exact`, `auto` (device, precision,
-batch size, workers, decoding) and `--quantized` are given their meaning. Everything
+runtime, batch size, workers, decoding) and `--quantized` are given their meaning. Everything
 downstream (the pipeline, both engines, the summary, the report, the records) reads the
 frozen `Plan` and never re-derives a value.
 """
@@ -15,6 +15,7 @@ from typing import Literal
 
 from resnext_cli.errors import ConfigError
 from resnext_cli.imaging.preprocess import DecodeOptions
+from resnext_cli.model import openvino_runtime
 from resnext_cli.model.categories import Categories
 from resnext_cli.model.labels import load_labels
 from resnext_cli.model.registry import WeightsInfo, resolve_weights
@@ -59,6 +60,8 @@ class MachineFacts:
     # Whether the CUDA device has a hardware JPEG decoder (facts handed in assume one).
     cuda_jpeg_hardware: bool = True
     cuda_name: str = ""
+    # The optional OpenVINO extra is installed (pip install 'resnext-cli[openvino]').
+    openvino: bool = False
 
     @classmethod
     def probe(cls, device: str = "auto") -> MachineFacts:
@@ -96,6 +99,7 @@ class MachineFacts:
             mps=kind in ("auto", "mps") and bool(torch.backends.mps.is_available()),
             cuda_jpeg_hardware=hardware,
             cuda_name=name,
+            openvino=openvino_runtime.available(),
         )
 
 
@@ -130,6 +134,8 @@ class Plan:
     decode_on: DecodeOn = "cpu"
     # --categories: the grouping whose probabilities every record carries.
     categories: Categories | None = None
+    # What runs the network: 'torch' or 'openvino' (CPU only).
+    runtime: str = "torch"
     notes: tuple[str, ...] = field(default=(), compare=False)
     # TF32 for float32 convolutions and matmuls on CUDA: never, so that every record that
     # says fp32 (--exact, --precision fp32, a bf16 row's fp32 retry) was computed in fp32.
@@ -146,8 +152,10 @@ class Plan:
         return "cuda" if kind == "cuda" else "mps" if kind == "mps" else "cpu"
 
     def describe(self) -> str:
-        """Where and how the model runs, as the summary and the report say it: 'cpu, bf16'."""
-        return f"{self.device}, {self.precision}"
+        """Where and how the model runs, as the summary and the report say it: 'cpu, bf16'
+        ('cpu, bf16, openvino' through OpenVINO)."""
+        where = f"{self.device}, {self.precision}"
+        return where if self.runtime == "torch" else f"{where}, {self.runtime}"
 
     def source_line(self) -> str:
         """Model and weights (or checkpoint): 'resnext50_32x4d (IMAGENET1K_V2)'."""
@@ -214,6 +222,53 @@ def _precision(cfg: Config, device_type: str, facts: MachineFacts) -> Precision:
     if device_type == "cpu" and facts.cpu_native_bf16:
         return "bf16"
     return "fp32"
+
+
+def _runtime(cfg: Config, device_type: str, precision: str, facts: MachineFacts) -> str:
+    """torch or openvino: auto takes OpenVINO on the CPU where its extra is installed and
+    it runs the precision natively; --exact is always torch, the reference."""
+    asked = cfg.runtime
+    bundle = cfg.checkpoint is not None and openvino_runtime.is_bundle(cfg.checkpoint)
+    if bundle and not cfg.quantized:
+        raise ConfigError(
+            f"checkpoint '{cfg.checkpoint}' holds OpenVINO INT8 weights (add --quantized)"
+        )
+    if bundle and asked == "torch":
+        raise ConfigError(
+            f"checkpoint '{cfg.checkpoint}' is an OpenVINO INT8 model "
+            "(use --runtime openvino or auto, or a checkpoint made by 'resnext quantize')"
+        )
+    if asked == "openvino" or bundle:
+        if not facts.openvino:
+            raise ConfigError(
+                "the openvino runtime is not installed "
+                f"({openvino_runtime.EXTRA_HINT}, or use --runtime torch)"
+            )
+        if device_type != "cpu":
+            raise ConfigError(
+                f"--runtime openvino runs on the CPU, not on {device_type} "
+                "(use --device cpu, or --runtime auto)"
+            )
+    if bundle:
+        return "openvino"
+    if cfg.exact or asked == "torch" or device_type != "cpu" or not facts.openvino:
+        return "torch"
+    native = precision == "fp32" or (precision == "bf16" and facts.cpu_native_bf16)
+    if asked == "auto":
+        return "openvino" if native else "torch"
+    if precision == "int8":
+        raise ConfigError(
+            "--runtime openvino runs INT8 from a file made by 'resnext quantize --runtime "
+            "openvino' (give it with --checkpoint FILE --quantized, or use --runtime torch)"
+        )
+    if precision == "fp16":
+        raise ConfigError("--runtime openvino runs fp32 and bf16 (use --runtime torch for fp16)")
+    if not native:
+        raise ConfigError(
+            f"--runtime openvino runs {precision} only on a CPU with native {precision}; "
+            "this CPU has none (use --precision fp32, or --runtime torch)"
+        )
+    return "openvino"
 
 
 def _cuda_batch(info: WeightsInfo, facts: MachineFacts, *, decode_on: str) -> int:
@@ -298,6 +353,7 @@ def resolve(
     device_type = device.partition(":")[0]
     precision = _precision(config, device_type, facts)
     decode_on, why = _decode_on(config, device_type, facts)
+    runtime = _runtime(config, device_type, precision, facts)
     if config.batch_size is not None:
         batch = config.batch_size
     elif device_type == "cuda":
@@ -343,6 +399,7 @@ def resolve(
         categories=(
             Categories.for_labels(config.categories, labels) if config.categories else None
         ),
+        runtime=runtime,
         notes=tuple(notes),
         tf32=False,
         compile=config.compile,

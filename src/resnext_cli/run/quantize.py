@@ -7,7 +7,7 @@ model on the same photos before it is saved.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,8 +18,8 @@ from resnext_cli.files import OutputTarget
 from resnext_cli.inputs.sources import iter_sources
 from resnext_cli.model.labels import imagenet_labels
 from resnext_cli.run.config import Config
-from resnext_cli.run.pipeline import load_model, load_state, prepare, probabilities
-from resnext_cli.run.plan import resolve
+from resnext_cli.run.pipeline import Model, State, load_model, load_state, prepare, probabilities
+from resnext_cli.run.plan import Plan, resolve
 
 # Calibration needs enough photos to see the activations' range, not thousands.
 ENOUGH = 100
@@ -32,6 +32,9 @@ WHAT_TO_TRY = (
     "layers kept in float (fc first), which this command does not do: classify with the "
     "float model instead, or save this one anyway with --force"
 )
+# An OpenVINO INT8 model whose top-1 agrees less with the float model is not saved
+# without --force.
+MIN_AGREEMENT = 0.9
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class QuantizeRequest:
     output: str
     force: bool = False
     batch_size: int = 16
+    # 'torch' (torch.ao, for --runtime torch) or 'openvino' (NNCF, an OpenVINO file).
+    runtime: str = "torch"
 
 
 def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> int:
@@ -59,7 +64,7 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
 def _quantize(
     request: QuantizeRequest, config: Config, console: Console, out: Path, target: OutputTarget
 ) -> int:
-    plan = resolve(config, purpose="calibrate")
+    plan = resolve(config.with_(runtime="torch"), purpose="calibrate")
     with console.loading(config.checkpoint or f"{plan.info.model} ({plan.info.tag})") as bar:
         state = load_state(plan, progress=bar)
     model = load_model(plan, state=state)
@@ -84,6 +89,8 @@ def _quantize(
             f"only {len(crops)} photos: calibration is steadier with a few hundred like "
             "the ones you will classify"
         )
+    if request.runtime == "openvino":
+        return _quantize_openvino(request, plan, model, state, crops, console, failed=failed)
     from resnext_cli.model.quantized import agreement, calibrate, quantized_engine, save_quantized
 
     engine = quantized_engine()
@@ -124,6 +131,67 @@ def _quantize(
         names=None if plan.labels == imagenet_labels() else plan.labels,
         target=target,
     )
+    console.note(
+        f"use it with: resnext classify --checkpoint {out} --quantized -m {plan.info.model}"
+    )
+    console.stdout.write(f"{out}\n")
+    return ExitStatus.SOME_FAILED if failed else ExitStatus.OK
+
+
+def _quantize_openvino(
+    request: QuantizeRequest,
+    plan: Plan,
+    model: Model,
+    state: State,
+    crops: list[torch.Tensor],
+    console: Console,
+    *,
+    failed: int,
+) -> int:
+    """Calibrate the OpenVINO body with NNCF; save it only if it agrees (or --force)."""
+    from resnext_cli.model import openvino_runtime as ovr
+    from resnext_cli.model.quantized import agreement
+
+    out = Path(request.output)
+    folded = replace(plan, runtime="openvino", fold_batchnorm=True)
+    float_model = load_model(folded, state=state)
+    assert float_model.openvino is not None
+    t = model.transform
+    step = request.batch_size
+    batches = [torch.stack(crops[i : i + step]) for i in range(0, len(crops), step)]
+    normalized = [ovr.normalize(b.numpy(), t.mean, t.std) for b in batches]
+    console.note(f"calibrating {plan.info.model} on {len(crops)} photos (OpenVINO, NNCF)…")
+    bundle = ovr.quantize_int8(
+        float_model.openvino.bundle,
+        normalized,
+        manifest={
+            "kind": "int8",
+            "model": plan.info.model,
+            "weights": plan.info.tag,
+            "source": state[1],
+            "openvino": ovr.version(),
+        },
+    )
+    int8 = ovr.Network(bundle, int8=True)
+    with torch.inference_mode():
+        float_probs = torch.cat([probabilities(model, b, "fp32") for b in batches])
+    int8_probs = torch.cat([torch.from_numpy(int8.probabilities(x, "int8")) for x in normalized])
+    agree = agreement(float_probs, int8_probs)
+    said = (
+        f"INT8 agrees with the float model on {agree.top1:.1%} of the {len(crops)} photos' "
+        f"top-1 (top-5 sets: {agree.top5:.1%}; largest probability change "
+        f"{agree.max_abs_dp:.3f})"
+    )
+    if agree.top1 < MIN_AGREEMENT and not request.force:
+        console.error(
+            f"{said}: below {MIN_AGREEMENT:.0%}, so '{out}' was not saved (calibrate with "
+            "more photos like the ones you will classify, or save it anyway with --force)"
+        )
+        return ExitStatus.SOME_FAILED
+    ovr.write_bundle(out, bundle)
+    console.note(said)
+    if agree.top1 < MIN_AGREEMENT:
+        console.warn(f"saved with --force although below {MIN_AGREEMENT:.0%} agreement")
     console.note(
         f"use it with: resnext classify --checkpoint {out} --quantized -m {plan.info.model}"
     )

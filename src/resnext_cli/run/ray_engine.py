@@ -298,15 +298,22 @@ class RayEngine:
             # The cluster's facts, not this machine's: the plan is resolved once, here,
             # and every task and actor reads it. Ray GPUs are taken to have bf16 (Ampere
             # and later); --precision fp16 serves older ones.
+            here = MachineFacts.probe("cpu")
             facts = MachineFacts(
                 cpu_count=cpus,
-                cpu_native_bf16=MachineFacts.probe("cpu").cpu_native_bf16,
+                cpu_native_bf16=here.cpu_native_bf16,
+                # The extra is installed on every node, as [ray] is: the driver's says.
+                openvino=here.openvino,
                 cuda_count=gpus,
                 cuda_bf16=True,
                 placement="ray",
             )
             self.plan = resolve(cfg, facts)
             self.gpu = self.plan.device_type == "cuda"
+            if self.plan.runtime == "openvino" and self.plan.precision == "int8":
+                raise ConfigError(
+                    "--engine ray does not run OpenVINO INT8 files yet (use --engine local)"
+                )
             # The driver fetches and checks the weights once, with the local engine's
             # cache and checks; the actors get the state dict through the object store.
             state = load_state(self.plan, progress=download_progress)
@@ -324,7 +331,8 @@ class RayEngine:
         low, high = self.actors
         size = str(low) if low == high else f"{low}-{high}"
         plural = "s" if high > 1 else ""
-        return f"ray ({size} {'GPU' if self.gpu else 'CPU'} actor{plural}), {self.plan.precision}"
+        where = f"ray ({size} {'GPU' if self.gpu else 'CPU'} actor{plural}), {self.plan.precision}"
+        return where if self.plan.runtime == "torch" else f"{where}, {self.plan.runtime}"
 
     def close(self) -> None:
         """Shut down the Ray this runner started or joined (not one already running)."""
