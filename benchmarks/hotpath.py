@@ -11,7 +11,7 @@ instant fakes of the right shapes, so what is timed is the package's own Python,
 files on disk to records, through the same functions as `resnext classify --decode gpu`
 (one thread, no overlap, so the figure is the sum of every stage's Python).
 
-Runs against any checkout that has pipeline._softmax and tensor_decode (so the figure
+Runs against any checkout that has pipeline.probabilities and tensor_decode (so the figure
 before a change can be taken from the older tree with PYTHONPATH pointing at it).
 """
 
@@ -87,7 +87,7 @@ def fake_everything_heavy() -> None:
         return images
 
     probs = torch.softmax(torch.randn(1024, 1000, generator=torch.Generator().manual_seed(0)), 1)
-    real = pipeline._softmax
+    real = pipeline.probabilities
 
     def softmax(model: object, batch: torch.Tensor, precision: str) -> torch.Tensor:
         return probs[: len(batch)].clone()
@@ -95,7 +95,7 @@ def fake_everything_heavy() -> None:
     torchvision.io.decode_jpeg = decode_jpeg
     F.resize = resize
     F.center_crop = center_crop
-    pipeline._softmax = softmax
+    pipeline.probabilities = softmax
     del real
 
 

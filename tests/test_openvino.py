@@ -342,7 +342,7 @@ def photos(make_image) -> list[Path]:
 def _all_probabilities(clf: Classifier, paths: list[Path]) -> torch.Tensor:
     crops = [pipeline.prepare(s, clf.plan, clf.loaded.transform) for s in _sources(paths)]
     assert all(isinstance(c, torch.Tensor) for c in crops)
-    return pipeline._softmax(clf.loaded, torch.stack(crops), "fp32")  # type: ignore[arg-type]
+    return pipeline.probabilities(clf.loaded, torch.stack(crops), "fp32")  # type: ignore[arg-type]
 
 
 def _sources(paths: list[Path]):
