@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from resnext_cli.model.labels import imagenet_labels
 from resnext_cli.run.config import Config
 from resnext_cli.run.pipeline import Model, State, load_model, load_state, prepare, probabilities
 from resnext_cli.run.plan import Plan, resolve
+
+if TYPE_CHECKING:
+    from resnext_cli.model.quantized import Agreement
 
 # Calibration needs enough photos to see the activations' range, not thousands.
 ENOUGH = 100
@@ -47,6 +51,15 @@ class QuantizeRequest:
     batch_size: int = 16
     # 'torch' (torch.ao, for --runtime torch) or 'openvino' (NNCF, an OpenVINO file).
     runtime: str = "torch"
+
+
+def _agreement_line(agree: Agreement) -> str:
+    """What the INT8 model's answers on the calibration photos share with the float model's."""
+    return (
+        f"INT8 agrees with the float model on {agree.top1:.1%} of the {agree.images} photos' "
+        f"top-1 (top-5 sets: {agree.top5:.1%}; largest probability change "
+        f"{agree.max_abs_dp:.3f})"
+    )
 
 
 def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> int:
@@ -103,11 +116,7 @@ def _quantize(
         float_probs = torch.cat([probabilities(model, b, "fp32") for b in batches])
         int8_probs = torch.cat([torch.softmax(int8(x).float(), dim=1) for x in normalized])
     agree = agreement(float_probs, int8_probs)
-    said = (
-        f"INT8 agrees with the float model on {agree.top1:.1%} of the {len(crops)} photos' "
-        f"top-1 (top-5 sets: {agree.top5:.1%}; largest probability change "
-        f"{agree.max_abs_dp:.3f})"
-    )
+    said = _agreement_line(agree)
     if agree.top1 < USABLE_AGREEMENT and not request.force:
         console.error(
             f"{said}: under {USABLE_AGREEMENT:.0%}, the INT8 model is not usable as it "
@@ -177,11 +186,7 @@ def _quantize_openvino(
         float_probs = torch.cat([probabilities(model, b, "fp32") for b in batches])
     int8_probs = torch.cat([torch.from_numpy(int8.probabilities(x, "int8")) for x in normalized])
     agree = agreement(float_probs, int8_probs)
-    said = (
-        f"INT8 agrees with the float model on {agree.top1:.1%} of the {len(crops)} photos' "
-        f"top-1 (top-5 sets: {agree.top5:.1%}; largest probability change "
-        f"{agree.max_abs_dp:.3f})"
-    )
+    said = _agreement_line(agree)
     if agree.top1 < MIN_AGREEMENT and not request.force:
         console.error(
             f"{said}: below {MIN_AGREEMENT:.0%}, so '{out}' was not saved (calibrate with "
