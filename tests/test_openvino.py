@@ -507,7 +507,7 @@ def test_int8_that_disagrees_is_not_saved_without_force(
 ) -> None:
     from resnext_cli.run import quantize
 
-    monkeypatch.setattr(quantize, "MIN_AGREEMENT", 1.01)  # nothing can agree enough
+    monkeypatch.setattr(quantize, "USABLE_AGREEMENT", 1.01)  # nothing can agree enough
     monkeypatch.setattr(
         ovr,
         "quantize_int8",

@@ -36,9 +36,6 @@ WHAT_TO_TRY = (
     "layers kept in float (fc first), which this command does not do: classify with the "
     "float model instead, or save this one anyway with --force"
 )
-# An OpenVINO INT8 model whose top-1 agrees less with the float model is not saved
-# without --force.
-MIN_AGREEMENT = 0.9
 
 
 @dataclass(frozen=True)
@@ -187,16 +184,16 @@ def _quantize_openvino(
     int8_probs = torch.cat([torch.from_numpy(int8.probabilities(x, "int8")) for x in normalized])
     agree = agreement(float_probs, int8_probs)
     said = _agreement_line(agree)
-    if agree.top1 < MIN_AGREEMENT and not request.force:
+    if agree.top1 < USABLE_AGREEMENT and not request.force:
         console.error(
-            f"{said}: below {MIN_AGREEMENT:.0%}, so '{out}' was not saved (calibrate with "
+            f"{said}: below {USABLE_AGREEMENT:.0%}, so '{out}' was not saved (calibrate with "
             "more photos like the ones you will classify, or save it anyway with --force)"
         )
         return ExitStatus.SOME_FAILED
     ovr.write_bundle(out, bundle)
     console.note(said)
-    if agree.top1 < MIN_AGREEMENT:
-        console.warn(f"saved with --force although below {MIN_AGREEMENT:.0%} agreement")
+    if agree.top1 < USABLE_AGREEMENT:
+        console.warn(f"saved with --force although below {USABLE_AGREEMENT:.0%} agreement")
     console.note(
         f"use it with: resnext classify --checkpoint {out} --quantized -m {plan.info.model}"
     )
