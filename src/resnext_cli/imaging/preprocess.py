@@ -309,18 +309,26 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
         ) from None
 
 
-def limit_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
-    """Crop the middle of an image whose long side exceeds *max_aspect* times its short one."""
-    width, height = img.size
+def middle_box(
+    width: int, height: int, max_aspect: int = MAX_ASPECT
+) -> tuple[int, int, int, int] | None:
+    """The (left, top, right, bottom) middle of an image whose long side exceeds
+    *max_aspect* times its short one, or None when it does not."""
     short = min(width, height)
     if max(width, height) <= max_aspect * short:
-        return img
+        return None
     keep = max_aspect * short
     if width > height:
         left = (width - keep) // 2
-        return img.crop((left, 0, left + keep, height))
+        return left, 0, left + keep, height
     top = (height - keep) // 2
-    return img.crop((0, top, width, top + keep))
+    return 0, top, width, top + keep
+
+
+def limit_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
+    """Crop the middle of an image whose long side exceeds *max_aspect* times its short one."""
+    box = middle_box(*img.size, max_aspect)
+    return img if box is None else img.crop(box)
 
 
 class Preprocess:

@@ -41,7 +41,7 @@ from typing import Literal
 
 import torch
 
-from resnext_cli.imaging.preprocess import MAX_ASPECT
+from resnext_cli.imaging.preprocess import MAX_ASPECT, middle_box
 
 # decode_jpeg warns on every call that torchvision's image decoding moves to TorchCodec.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
@@ -298,17 +298,13 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def limit_aspect(image: torch.Tensor, max_aspect: int = MAX_ASPECT) -> torch.Tensor:
-    """Keep the middle of an over-long CHW image, with preprocess.limit_aspect's arithmetic."""
+    """Keep the middle of an over-long CHW image, the box preprocess.limit_aspect crops."""
     height, width = image.shape[-2:]
-    short = min(width, height)
-    if max(width, height) <= max_aspect * short:
+    box = middle_box(int(width), int(height), max_aspect)
+    if box is None:
         return image
-    keep = max_aspect * short
-    if width > height:
-        left = (width - keep) // 2
-        return image[..., :, left : left + keep]
-    top = (height - keep) // 2
-    return image[..., top : top + keep, :]
+    left, top, right, bottom = box
+    return image[..., top:bottom, left:right]
 
 
 def _decode_jpeg(
