@@ -21,6 +21,17 @@ from PIL import Image
 
 SEED = 1234
 
+# Headless Chromium as root on a closed network: no sandbox, no GPU, no background calls.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+)
+
 # Property and fuzz tests draw the same inputs on every run (a failure reproduces as it
 # is); HYPOTHESIS_PROFILE=long draws new ones on each run (tests that set no count of
 # their own draw 2000), as an opt-in longer run.

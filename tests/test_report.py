@@ -33,7 +33,7 @@ from resnext_cli.outputs.report import (
 )
 from resnext_cli.results import Classified, Failed, Prediction, Record
 
-from .conftest import natural_image
+from .conftest import CHROMIUM_ARGS, natural_image
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = (
@@ -160,13 +160,7 @@ def browse(page: Path, tmp_path: Path, query: str = "") -> tuple[Page, list[str]
         [
             CHROMIUM,
             "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-dev-shm-usage",
+            *CHROMIUM_ARGS,
             f"--user-data-dir={profile}",
             "--enable-logging=stderr",
             "--v=0",

@@ -23,6 +23,7 @@ from PIL import Image, ImageChops
 from resnext_cli.outputs.report import HtmlReportWriter
 from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
 
+from .conftest import CHROMIUM_ARGS
 from .test_report import CHROMIUM, NASTY, ROOT, Page, write_report
 
 try:
@@ -86,15 +87,7 @@ def browser() -> Iterator[Browser]:
     with sync_playwright() as pw:
         launched = pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-            ],
+            args=list(CHROMIUM_ARGS),
         )
         yield launched
         launched.close()
