@@ -104,7 +104,7 @@ def engine(batch: int) -> object:
 
     from resnext_cli.run.config import Config
     from resnext_cli.run.engine import LocalEngine
-    from resnext_cli.run.pipeline import Model, transform_for
+    from resnext_cli.run.network import Model, transform_for
     from resnext_cli.run.plan import MachineFacts, resolve
 
     plan = resolve(Config(batch_size=batch, workers=0, precision="fp32"), MachineFacts(cpu_count=2))

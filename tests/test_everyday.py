@@ -59,12 +59,12 @@ def test_stdin_on_a_terminal_says_what_it_reads(checkpoint, photos) -> None:
 def test_nothing_matched_is_found_before_the_model_loads(
     checkpoint, tmp_path, resnext, monkeypatch
 ) -> None:
-    import resnext_cli.run.pipeline
+    import resnext_cli.run.engine
 
     def no_model(*_a, **_k):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(resnext_cli.run.pipeline, "load_model", no_model)
+    monkeypatch.setattr(resnext_cli.run.engine, "load_model", no_model)
     out = tmp_path / "r.jsonl"
     run = resnext("classify", str(tmp_path / "*.jpg"), "--checkpoint", checkpoint, "-o", out)
     assert run.code == 2

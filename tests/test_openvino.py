@@ -23,7 +23,7 @@ from resnext_cli.errors import ConfigError
 from resnext_cli.model import openvino_runtime as ovr
 from resnext_cli.model.weights import checkpoints_dir
 from resnext_cli.results import Classified
-from resnext_cli.run import pipeline
+from resnext_cli.run import network, pipeline
 from resnext_cli.run.config import Config
 from resnext_cli.run.engine import Classifier
 from resnext_cli.run.plan import MachineFacts, resolve
@@ -156,7 +156,7 @@ def _key(checkpoint: Path) -> ovr.CacheKey:
 
 def _torch_net(checkpoint: Path) -> torch.nn.Module:
     plan = resolve(Config(checkpoint=str(checkpoint), runtime="torch"), AVX2)
-    return pipeline.load_model(plan).net
+    return network.load_model(plan).net
 
 
 @pytest.fixture(scope="session")

@@ -243,7 +243,7 @@ def _to_fake_cuda(monkeypatch) -> None:
     [({"exact": True}, "fp32"), ({"precision": "fp32"}, "fp32"), ({}, "bf16")],
 )
 def test_a_cuda_run_turns_tf32_off(checkpoint, monkeypatch, cuda_flags_on, options, precision):
-    from resnext_cli.run.pipeline import load_model
+    from resnext_cli.run.network import load_model
 
     _to_fake_cuda(monkeypatch)
     plan = resolve(Config(checkpoint=str(checkpoint), device="cuda", **options), GPU)
@@ -256,7 +256,7 @@ def test_a_cuda_run_turns_tf32_off(checkpoint, monkeypatch, cuda_flags_on, optio
 
 
 def test_a_cpu_run_leaves_cuda_flags_alone(checkpoint, cuda_flags_on) -> None:
-    from resnext_cli.run.pipeline import load_model
+    from resnext_cli.run.network import load_model
 
     load_model(resolve(Config(checkpoint=str(checkpoint), device="cpu"), AVX2))
     assert torch.backends.cudnn.allow_tf32 is True

@@ -69,10 +69,10 @@ def test_resume_with_report_covers_the_whole_run(checkpoint, photos, tmp_path, r
 def test_unusable_output_places_fail_before_the_model_loads(
     checkpoint, photos, tmp_path, resnext, monkeypatch, where
 ) -> None:
-    import resnext_cli.run.pipeline
+    import resnext_cli.run.engine
 
     monkeypatch.setattr(
-        resnext_cli.run.pipeline, "load_model", lambda *a, **k: pytest.fail("the model loaded")
+        resnext_cli.run.engine, "load_model", lambda *a, **k: pytest.fail("the model loaded")
     )
     (tmp_path / "file").write_text("x")
     (tmp_path / "dir").mkdir()

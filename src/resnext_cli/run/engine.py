@@ -27,15 +27,13 @@ from resnext_cli.inputs.http import Progress
 from resnext_cli.inputs.sources import Source, Warn, iter_sources
 from resnext_cli.results import Record
 from resnext_cli.run.config import Config
+from resnext_cli.run.network import Model, State, load_model
 from resnext_cli.run.pipeline import (
     Encoded,
-    Model,
     Prepared,
-    State,
     decode_ready,
     features,
     infer,
-    load_model,
     make_record,
     prepare,
     score,

@@ -33,7 +33,7 @@ from resnext_cli.model.feature_cache import Entry, FeatureCache, Identity, setup
 from resnext_cli.model.head import Head, Score, fit_head, score, stratified_split
 from resnext_cli.run.config import Config
 from resnext_cli.run.engine import LocalEngine
-from resnext_cli.run.pipeline import load_model, load_state, transform_for
+from resnext_cli.run.network import load_model, load_state, transform_for
 from resnext_cli.run.plan import Plan, resolve
 from resnext_cli.sort.names import FAILED_FOLDER, UNCERTAIN_FOLDER
 

@@ -19,7 +19,8 @@ from resnext_cli.files import OutputTarget
 from resnext_cli.inputs.sources import iter_sources
 from resnext_cli.model.labels import imagenet_labels
 from resnext_cli.run.config import Config
-from resnext_cli.run.pipeline import Model, State, load_model, load_state, prepare, probabilities
+from resnext_cli.run.network import Model, State, load_model, load_state
+from resnext_cli.run.pipeline import prepare, probabilities
 from resnext_cli.run.plan import Plan, resolve
 
 if TYPE_CHECKING:

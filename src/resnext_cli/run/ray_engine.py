@@ -30,15 +30,8 @@ from resnext_cli.inputs.sources import Source, Warn
 from resnext_cli.model.checkpoint import build_model
 from resnext_cli.results import Record
 from resnext_cli.run.config import Config
-from resnext_cli.run.pipeline import (
-    Prepared,
-    check_classes,
-    infer,
-    load_model,
-    load_state,
-    prepare,
-    transform_for,
-)
+from resnext_cli.run.network import check_classes, load_model, load_state, transform_for
+from resnext_cli.run.pipeline import Prepared, infer, prepare
 from resnext_cli.run.plan import MachineFacts, Plan, resolve
 
 RAY_HINT = "pip install 'resnext-cli[ray]'"
