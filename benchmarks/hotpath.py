@@ -104,8 +104,12 @@ def engine(batch: int) -> object:
 
     from resnext_cli.run.config import Config
     from resnext_cli.run.engine import LocalEngine
-    from resnext_cli.run.network import Model, transform_for
     from resnext_cli.run.plan import MachineFacts, resolve
+
+    try:
+        from resnext_cli.run.network import Model, transform_for
+    except ImportError:  # a checkout from before run/network.py
+        from resnext_cli.run.pipeline import Model, transform_for  # type: ignore[attr-defined,no-redef]
 
     plan = resolve(Config(batch_size=batch, workers=0, precision="fp32"), MachineFacts(cpu_count=2))
     plan = dataclasses.replace(plan, decode_on="gpu")

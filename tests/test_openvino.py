@@ -546,3 +546,31 @@ def test_the_python_api_still_hands_out_the_torch_network(warm, checkpoint) -> N
     assert isinstance(fc, torch.nn.Linear)
     assert torch.equal(fc.weight.detach(), torch.from_numpy(network.bundle.weight))
     assert torch.equal(torch.load(checkpoint)["fc.bias"], torch.from_numpy(network.bundle.bias))
+
+
+@needs_openvino
+def test_features_and_embeddings_run_through_openvino_not_a_torch_network(
+    warm, checkpoint, photos
+) -> None:
+    ov = _ov_classifier(checkpoint)
+    got = ov.features([str(p) for p in photos])
+    records = list(_ov_classifier(checkpoint, embeddings=True).classify(map(str, photos)))
+    assert ov.loaded._net is None  # OpenVINO computed them: no torch network was built
+    # The reference: torchvision's network up to the pooled output, on the same crops.
+    net = _torch_net(checkpoint)
+    crops = torch.stack(
+        [pipeline.prepare(s, ov.plan, ov.loaded.transform) for s in _sources(photos)]
+    )  # type: ignore[misc]
+    mean = torch.tensor(ov.loaded.transform.mean).view(-1, 1, 1)
+    std = torch.tensor(ov.loaded.transform.std).view(-1, 1, 1)
+    with torch.inference_mode():
+        body = torch.nn.Sequential(*list(net.children())[:-1])
+        want = torch.flatten(body((crops.float() / 255 - mean) / std), 1)
+    assert got.shape == (len(photos), 2048)
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+    for r, w in zip(records, want, strict=True):
+        assert isinstance(r, Classified) and r.embedding is not None
+        assert float((torch.tensor(r.embedding) - w).abs().max()) < 1e-4 * float(w.abs().max())
+        with torch.inference_mode():
+            logits = net.fc(w)
+        assert [p.index for p in r.predictions] == pipeline.topk(torch.softmax(logits, 0), 5)[1]

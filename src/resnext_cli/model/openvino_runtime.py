@@ -448,7 +448,10 @@ class Network:
         self, x: np.ndarray[Any, Any], precision: str
     ) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Softmax probabilities: the body through OpenVINO, the head and softmax in fp32."""
-        feats = self.features(x, precision)
+        return self.head(self.features(x, precision))
+
+    def head(self, feats: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """Softmax probabilities of pooled features: the float32 head, then the softmax."""
         logits = feats @ self.bundle.weight.T + self.bundle.bias
         return softmax(logits)
 

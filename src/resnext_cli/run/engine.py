@@ -439,8 +439,12 @@ class Classifier:
             if isinstance(outcome, InputError):
                 raise outcome
             rows.append(outcome)
-        head: Any = self.model.fc
-        return torch.stack(rows) if rows else torch.empty(0, int(head.in_features))
+        if rows:
+            return torch.stack(rows)
+        openvino = self.loaded.openvino
+        head: Any = None if openvino else self.model.fc
+        width = openvino.bundle.weight.shape[1] if openvino else head.in_features
+        return torch.empty(0, int(width))
 
 
 def classify(inputs: Any, *, stdin: BinaryIO | None = None, **options: Any) -> list[Record]:

@@ -202,6 +202,12 @@ def probabilities(model: Model, batch: torch.Tensor, precision: str) -> torch.Te
 
 def _pooled(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
     """Pooled features (float32, on the model's device) of a uint8 NCHW batch: fc's input."""
+    if model.openvino is not None:  # the same compiled network as the probabilities
+        from resnext_cli.model.openvino_runtime import normalize
+
+        t = model.transform
+        pixels = normalize(batch.cpu().numpy(), t.mean, t.std)
+        return torch.from_numpy(model.openvino.features(pixels, precision))
     plan, net = model.plan, model.net
     if plan.device_type == "cuda" and batch.device.type == "cpu":
         batch = batch.pin_memory().to(plan.device, non_blocking=True)
@@ -218,6 +224,9 @@ def _pooled(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
 def _softmax_and_pooled(model: Model, batch: torch.Tensor, precision: str) -> torch.Tensor:
     """Probabilities and pooled features of one pass, side by side in each row."""
     features = _pooled(model, batch, precision)
+    if model.openvino is not None:
+        probs = torch.from_numpy(model.openvino.head(features.numpy()))
+        return torch.cat([probs, features], dim=1)
     head: Any = model.net.fc
     with torch.inference_mode():
         probs = torch.softmax(head(features).float(), dim=1)
