@@ -389,6 +389,18 @@ def test_fp32_sets_openvinos_inference_precision_explicitly(warm, checkpoint) ->
 
 
 @needs_openvino
+def test_int8s_unquantized_layers_run_in_float32_on_every_cpu(warm, checkpoint) -> None:
+    import openvino as ov
+
+    network = _ov_classifier(checkpoint).loaded.openvino
+    assert network is not None
+    int8 = ovr.Network(network.bundle, int8=True)
+    for precision in ("int8", "bf16", "fp32"):  # whatever it is asked, INT8 is INT8 + f32
+        compiled = int8.compiled(precision, "LATENCY")
+        assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+
+
+@needs_openvino
 def test_the_head_and_softmax_are_float32_and_ties_go_by_class_index(warm, checkpoint) -> None:
     network = _ov_classifier(checkpoint).loaded.openvino
     assert network is not None

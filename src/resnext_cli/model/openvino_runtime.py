@@ -46,7 +46,10 @@ FORMAT = 1
 CACHE_FOLDER = "openvino"
 # Temporary bundles older than this are what a killed conversion left behind.
 STALE_PARTIAL_SECONDS = 3600
-_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# Every precision is said explicitly: on a CPU with bf16 OpenVINO would choose bf16 by
+# itself. INT8's layers that are not quantized (the head among them) run in float32, as
+# torch's INT8 runs them, so its answers do not depend on which CPU runs them.
+_PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 _ZIP_MAGIC = b"PK\x03\x04"
 _ZIP_NAME_AT = 30  # a zip's local file header: the first member's name starts here
 
@@ -398,9 +401,9 @@ class Network:
             # threads would keep them off the core they hold.
             "ENABLE_CPU_PINNING": False,
         }
-        if precision in _PRECISION_HINTS and not self.int8:
-            # Said explicitly: on a CPU with bf16 OpenVINO would choose bf16 by itself.
-            config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS[precision]
+        hint = _PRECISION_HINTS.get("int8" if self.int8 else precision)
+        if hint is not None:
+            config["INFERENCE_PRECISION_HINT"] = hint
         return config
 
     def compiled(self, precision: str, mode: str) -> Any:
