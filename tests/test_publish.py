@@ -365,19 +365,23 @@ def test_a_report_with_non_ascii_paths_and_a_long_title(
 def test_thumbnails_hold_a_share_of_one_memory_budget(make_image, tmp_path: Path) -> None:
     import threading
 
-    from resnext_cli.outputs.report import MemoryBudget, decode_cost, make_thumbnail
+    from resnext_cli.imaging.budget import MemoryBudget
+    from resnext_cli.outputs.report import make_thumbnail
 
     big = make_image("big.png", seed=3, size=(1200, 1000))
     jpeg = make_image("big.jpg", seed=3, size=(1600, 1200))
-    assert decode_cost(str(big)) == 1200 * 1000 * 8  # decoded whole, then an RGB copy
-    assert decode_cost(str(jpeg)) == 400 * 300 * 8  # decoded at 1/4: still 2 x 112 a side
-    budget = MemoryBudget(1200 * 1000 * 8)
+    whole = 1200 * 1000 * 8  # decoded whole (Pillow keeps RGB at 4 bytes), then a copy
+    budget = MemoryBudget(whole)
     assert make_thumbnail(str(big), budget=budget) is not None
-    assert budget.used == 0 and budget.peak == 1200 * 1000 * 8
-    small = MemoryBudget(1200 * 1000 * 8 - 1)  # the image alone needs more: a placeholder
-    assert make_thumbnail(str(big), budget=small) is None and small.peak == 0
+    assert budget.used == 0 and budget.peak == whole
+    reduced = MemoryBudget(whole)
+    assert make_thumbnail(str(jpeg), budget=reduced) is not None
+    assert reduced.peak == 400 * 300 * 8  # decoded at 1/4: still 2 x 112 a side
+    small = MemoryBudget(whole - 1)  # the image alone needs more: it waits, then runs alone
+    assert make_thumbnail(str(big), budget=small) is not None
+    assert small.peak == whole - 1 and small.used == 0
     # Threads wait their turn: never more held than the budget.
-    shared = MemoryBudget(1200 * 1000 * 8 + 10)
+    shared = MemoryBudget(whole + 10)
     threads = [
         threading.Thread(target=make_thumbnail, args=(str(big),), kwargs={"budget": shared})
         for _ in range(4)
@@ -386,7 +390,7 @@ def test_thumbnails_hold_a_share_of_one_memory_budget(make_image, tmp_path: Path
         thread.start()
     for thread in threads:
         thread.join()
-    assert shared.peak == 1200 * 1000 * 8 and shared.used == 0
+    assert shared.peak == whole and shared.used == 0
 
 
 def test_results_file_written_and_report_left_when_nothing_matched(tmp_path: Path, resnext) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from PIL import Image, ImageFile, ImageMode, UnidentifiedImageError
 
 from resnext_cli.errors import InputError
+from resnext_cli.imaging.budget import Reservation, decode_cost
 from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -269,8 +270,14 @@ def _too_deep(name: str, img: Image.Image, max_pixels: int) -> InputError | None
     )
 
 
-def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
-    """Open and fully decode one image (its first frame) into RGB, or raise an InputError."""
+def decode(
+    fp: BinaryIO, name: str, options: DecodeOptions, reservation: Reservation | None = None
+) -> Image.Image:
+    """Open and fully decode one image (its first frame) into RGB, or raise an InputError.
+
+    With a *reservation*, the pixels are decoded only once its budget holds their cost
+    (read from the header); the caller gives it back when the picture is gone.
+    """
     # Pillow reads this globally; every thread of a run sets the same value.
     ImageFile.LOAD_TRUNCATED_IMAGES = options.allow_truncated
     try:
@@ -291,6 +298,8 @@ def decode(fp: BinaryIO, name: str, options: DecodeOptions) -> Image.Image:
         img.draft(None, (side, side))  # scale only; the mode stays
     if (too_deep := _too_deep(name, img, options.max_pixels)) is not None:
         raise too_deep
+    if reservation is not None:
+        reservation.need(decode_cost(*img.size, img.mode))
     try:
         img.load()
     except Image.DecompressionBombError as exc:

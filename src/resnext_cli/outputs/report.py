@@ -26,15 +26,13 @@ classified image its ``input``, ``path``, ``size``, ``mtime_ns``, the model's to
 from __future__ import annotations
 
 import base64
-import contextlib
 import functools
 import hashlib
 import html
 import io
 import json
-import threading
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -42,15 +40,12 @@ from typing import Any
 
 from resnext_cli.errors import InputError
 from resnext_cli.files import OutputTarget
+from resnext_cli.imaging.budget import DECODING, MemoryBudget
 from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
 from resnext_cli.results import Classified, Failed, Record
 
 THUMBNAIL_SIZE = 112
 PAGE_SIZE = 200
-# Bytes that thumbnail decoding may hold at once, all threads together: an image that
-# alone would need more (a huge PNG or TIFF; JPEGs decode reduced) gets a placeholder, so
-# the report never lifts the run's peak memory by more than this.
-THUMBNAIL_MEMORY = 512 << 20
 
 # A thumbnail: JPEG bytes, width, height.
 Thumbnail = tuple[bytes, int, int]
@@ -89,70 +84,21 @@ def script_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-class MemoryBudget:
-    """Bytes shared by threads: each decode waits until its estimate fits."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self._cond = threading.Condition()
-
-    @contextlib.contextmanager
-    def hold(self, cost: int) -> Iterator[None]:
-        """Hold *cost* bytes (wait for them); ValueError when it can never fit."""
-        if cost > self.limit:
-            raise ValueError("over the memory budget")
-        with self._cond:
-            self._cond.wait_for(lambda: self.used + cost <= self.limit)
-            self.used += cost
-            self.peak = max(self.peak, self.used)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.used -= cost
-                self._cond.notify_all()
-
-
-_BUDGET = MemoryBudget(THUMBNAIL_MEMORY)
-
-
-def decode_cost(path: str, *, size: int = THUMBNAIL_SIZE) -> int:
-    """Bytes decoding *path* for a thumbnail takes at its peak (original and RGB copy).
-
-    Read from the header only. A JPEG is decoded reduced (up to 1/8 a side) to no less
-    than twice *size*; other formats in full, at 4 bytes a pixel (8 for deep modes).
-    """
-    from PIL import Image
-
-    with Image.open(path) as img:
-        width, height = (int(side) for side in img.size)
-        deep = img.mode in ("I", "F", "I;16", "I;16B", "I;16L", "I;16N", "RGBa", "CMYK")
-        if img.format == "JPEG":
-            scale = 1
-            while scale < 8 and min(width, height) // (scale * 2) >= 2 * size:
-                scale *= 2
-            width, height = -(-width // scale), -(-height // scale)
-    per_pixel = 4 + (8 if deep else 4)  # the decoded original, then its RGB copy
-    return width * height * per_pixel
-
-
 def make_thumbnail(
     path: str,
     *,
     size: int = THUMBNAIL_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allow_truncated: bool = False,
-    budget: MemoryBudget | None = None,
+    budget: MemoryBudget = DECODING,
 ) -> Thumbnail | None:
     """Return a small upright JPEG of the image at *path* and its size, or None.
 
     The file is decoded by the same rules as for classification (``preprocess.decode``:
     refused formats, the pixel limit, EXIF orientation, transparency on white), so a file
     the run would not read is not read here either. Decoding holds its share of the
-    thumbnails' memory budget (:data:`THUMBNAIL_MEMORY`): threads wait their turn, and an
-    image too large for the budget alone gets no thumbnail.
+    process's one decoding budget (``imaging.budget``), as classification's decoding does:
+    thumbnails and decoding threads wait their turn.
     """
     from PIL import Image
 
@@ -163,11 +109,10 @@ def make_thumbnail(
     options = DecodeOptions(
         max_pixels=max_pixels, allow_truncated=allow_truncated, draft_min_side=2 * size
     )
-    budget = _BUDGET if budget is None else budget
     try:
-        with budget.hold(decode_cost(path, size=size)):
+        with budget.reserve() as share:
             with open(path, "rb") as fp:
-                img = decode(fp, path, options)
+                img = decode(fp, path, options, share)
             img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
         buffer = io.BytesIO()
         img.save(buffer, "JPEG", quality=72, optimize=True)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from resnext_cli.errors import InputError
+from resnext_cli.imaging.budget import DECODING
 from resnext_cli.imaging.preprocess import Preprocess, decode
 from resnext_cli.inputs.sources import Source, open_source
 from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
@@ -55,14 +56,19 @@ def prepare(source: Source, plan: Plan, transform: Preprocess) -> Prepared:
     batch step); everything else takes Pillow's path, as without it.
     """
     try:
-        with open_source(source, timeout=plan.timeout, max_bytes=plan.max_download_bytes) as fp:
-            if plan.decode_on == "gpu" and (data := _read_once(fp, plan.max_download_bytes)):
-                if (encoded := _for_gpu(data, plan)) is not None:
-                    return encoded
-                image = decode(io.BytesIO(data), source.input, plan.decode)
-            else:
-                image = decode(fp, source.input, plan.decode)
-        return transform(image)
+        # The full-size picture holds its share of the process's decoding budget until
+        # it is gone (after the crop), so large images wait for each other.
+        with DECODING.reserve() as share:
+            with open_source(source, timeout=plan.timeout, max_bytes=plan.max_download_bytes) as fp:
+                if plan.decode_on == "gpu" and (data := _read_once(fp, plan.max_download_bytes)):
+                    if (encoded := _for_gpu(data, plan)) is not None:
+                        return encoded
+                    image = decode(io.BytesIO(data), source.input, plan.decode, share)
+                else:
+                    image = decode(fp, source.input, plan.decode, share)
+            crop = transform(image)
+            del image
+        return crop
     except InputError as exc:
         return exc
     except Exception as exc:  # a decoder bug must not end the run
