@@ -2,6 +2,8 @@
 
     PYTHONPATH=src python3 benchmarks/hotpath.py            # ~20 s
     PYTHONPATH=src python3 benchmarks/hotpath.py --profile  # and the top functions
+    python3 benchmarks/hotpath.py --compare OLD/src         # this tree against another,
+                                                            # rounds alternated
 
 The GPU does the decoding, resizing and the model; what stays on the host per image is
 Python: read the file, parse its header, check it whole, stack, top-k, build the record.
@@ -87,7 +89,8 @@ def fake_everything_heavy() -> None:
         return images
 
     probs = torch.softmax(torch.randn(1024, 1000, generator=torch.Generator().manual_seed(0)), 1)
-    real = pipeline.probabilities
+    # The softmax step's name: public now, private in trees from before run/network.py.
+    step = "probabilities" if hasattr(pipeline, "probabilities") else "_softmax"
 
     def softmax(model: object, batch: torch.Tensor, precision: str) -> torch.Tensor:
         return probs[: len(batch)].clone()
@@ -95,8 +98,7 @@ def fake_everything_heavy() -> None:
     torchvision.io.decode_jpeg = decode_jpeg
     F.resize = resize
     F.center_crop = center_crop
-    pipeline.probabilities = softmax
-    del real
+    setattr(pipeline, step, softmax)
 
 
 def engine(batch: int) -> object:
@@ -140,7 +142,17 @@ def main() -> None:
         "host still stacks the batch, which the GPU does on the device)",
     )
     parser.add_argument("--profile", action="store_true", help="print the top functions")
+    parser.add_argument(
+        "--compare",
+        metavar="SRC",
+        help="another checkout's src/ folder: both trees measured in fresh processes, "
+        "rounds alternated, on the same files (one torch thread each)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare")
     args = parser.parse_args()
+    if args.compare:
+        compare(Path(args.compare), args)
+        return
     import resnext_cli
 
     fake_everything_heavy()
@@ -175,6 +187,39 @@ def main() -> None:
                 "(device work on a GPU)"
             )
             stats.sort_stats("tottime").print_stats(15)
+
+
+def compare(other: Path, args: argparse.Namespace) -> None:
+    """This tree and *other* side by side: a fresh process per tree per round, alternated,
+    so a busy machine slows both alike; the best round of each and their ratio."""
+    import os
+    import re
+    import statistics
+    import subprocess
+
+    trees = {"this tree": SRC, "other": other.resolve()}
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    for i in range(args.rounds):
+        for name, src in trees.items() if i % 2 == 0 else reversed(trees.items()):
+            env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+            out = subprocess.run(
+                [sys.executable, __file__, "--images", str(args.images), "--batch",
+                 str(args.batch), "--size", args.size, "--profile"],
+                env=env, capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            assert str(src) in out.splitlines()[0], out.splitlines()[0]  # the tree we meant
+            plain = float(re.search(r"(\d+) µs of Python per image", out)[1])  # type: ignore[index]
+            host = float(re.search(r"(\d+) µs without tensor", out)[1])  # type: ignore[index]
+            figures[name].append((plain, host))
+            print(f"round {i + 1} {name}: {plain:.0f} µs per image, {host:.0f} without tensor ops")
+    print(f"\n{args.images} images of {args.size}, batch {args.batch}, {args.rounds} rounds:")
+    for name, src in trees.items():
+        plain, host = (min(f[k] for f in figures[name]) for k in (0, 1))
+        median = statistics.median(f[1] for f in figures[name])
+        print(f"  {name} ({src}): best {plain:.0f} µs per image; without tensor operations "
+              f"best {host:.0f}, median {median:.0f}")  # fmt: skip
+    this, that = (min(f[1] for f in figures[n]) for n in trees)
+    print(f"  host Python per image, this tree / other: {this / that:.2f}")
 
 
 if __name__ == "__main__":
