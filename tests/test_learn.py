@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -362,6 +363,32 @@ def test_bad_lists(tmp_path: Path, checkpoint: Path) -> None:
         f"error: learning needs at least two classes; '{listing}' has only 'x' (give at "
         "least two labels)"
     )
+
+
+def test_the_model_is_written_the_one_way_every_output_is(
+    tmp_path: Path, checkpoint: Path, device_node
+) -> None:
+    """-o is an output like any other (files.py): a link there is refused before any
+    work, even with --force, and a device is written into, never replaced by a file."""
+    root = tmp_path / "classes"
+    for kind in ("solid", "stripes"):
+        for i in range(3):
+            save_photo(root / kind / f"{i}.png", kind, kind_seed(kind, i))
+    ckpt = ("--checkpoint", checkpoint, "--holdout", "0")
+    victim = tmp_path / "victim.pth"
+    victim.write_bytes(b"keep")
+    link = tmp_path / "link.pth"
+    link.symlink_to(victim)
+    assert refusal(root, "-o", link, "--force", *ckpt) == (
+        f"error: output '{link}' is a symbolic link (give the file itself, not a link)"
+    )
+    assert link.is_symlink() and victim.read_bytes() == b"keep"
+    zero = device_node("zero", "model.pth")
+    outcome = ok(run_resnext("learn", root, "-o", zero, "--force", *ckpt))
+    assert outcome.stdout == f"{zero}\n"
+    assert stat.S_ISCHR(os.lstat(zero).st_mode)  # still the device: written into
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes", "link.pth", "model.pth",
+                                                          "victim.pth"]  # fmt: skip
 
 
 def test_clear_cache_removes_the_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,14 +10,12 @@ saved as an ordinary torchvision state dict with the class names beside it.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 
 from resnext_cli.console import Console, printable
 from resnext_cli.errors import ConfigError, ExitStatus, InputError, OutputError, Terminated
+from resnext_cli.files import OutputTarget
 from resnext_cli.inputs.sources import Source, iter_sources, open_source
 from resnext_cli.model.checkpoint import CLASSES_KEY
 from resnext_cli.model.feature_cache import Entry, FeatureCache, Identity, setup_key
@@ -104,16 +103,6 @@ def shown(label: str) -> str:
 
 
 # -- finding the examples --------------------------------------------------------------------
-
-
-def check_output(out: Path, *, force: bool) -> None:
-    """Refuse an -o that cannot or must not be written, before any work."""
-    if out.is_dir():
-        raise OutputError(f"output '{out}' is a folder (give a file name, such as my-model.pth)")
-    if not out.parent.is_dir():
-        raise OutputError(f"cannot write '{out}': folder '{out.parent}' does not exist")
-    if (out.exists() or out.is_symlink()) and not force:
-        raise OutputError(f"output file '{out}' exists (use --force to overwrite it)")
 
 
 def examples_from_folder(root: str, console: Console, tally: Tally) -> list[Example]:
@@ -451,40 +440,39 @@ def learned_state(state: dict[str, torch.Tensor], head: Head) -> dict[str, torch
     return out
 
 
-def publish_checkpoint(payload: dict[str, Any], out: Path, *, force: bool) -> None:
-    """Write *payload* with torch.save to *out* as run/quantize.py writes its -o: a temp
-    file in the same folder, fsynced and renamed into place, so an interrupted learn
-    leaves no partial file; an -o that appeared meanwhile is refused without --force.
-
-    The one place learn writes a file, for the shared output module to take over.
-    """
+def publish_checkpoint(payload: dict[str, Any], target: OutputTarget) -> None:
+    """Write *payload* with torch.save the one way outputs are written (files.py): a
+    temporary file of this tool's beside -o, published onto nothing or the file seen when
+    the run began (a file that appeared meanwhile only with --force; a link or a device
+    never replaced), so an interrupted learn leaves no partial file."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+        temp = target.temporary()
+        try:
+            torch.save(payload, temp)
+        except BaseException:
+            temp.close()
+            raise
+        target.publish(temp)
     except OSError as exc:
         raise OutputError(
-            f"cannot write '{out}': {exc.strerror or exc} (choose a writable folder)"
+            f"cannot write '{target.path}': {exc.strerror or exc} (choose a writable folder)"
         ) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if (out.exists() or out.is_symlink()) and not force:
-            raise OutputError(f"output file '{out}' exists (use --force to overwrite it)")
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write '{out}': {exc.strerror or exc} (choose a writable folder)"
-        ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def run_learn(request: LearnRequest, config: Config, console: Console) -> int:
     """Find, check, compute (or reuse) features, fit, score, refit, save; exit status."""
     out = Path(request.output)
-    check_output(out, force=request.force)
+    # Checked and locked before any work, as every output is (files.py).
+    target = OutputTarget.claim(out, force=request.force)
+    try:
+        return _learn(request, config, console, out, target)
+    finally:
+        target.release()
+
+
+def _learn(
+    request: LearnRequest, config: Config, console: Console, out: Path, target: OutputTarget
+) -> int:
     tally = Tally()
     if request.records is not None:
         examples = examples_from_list(request.records)
@@ -553,7 +541,7 @@ def run_learn(request: LearnRequest, config: Config, console: Console) -> int:
             "precision": plan.precision,
         },
     }
-    publish_checkpoint(payload, out, force=request.force)
+    publish_checkpoint(payload, target)
     if tally.total:
         console.warn(tally.line())
     console.note(f"saved '{out}': {len(labels)} classes, fitted on all {len(examples)} images")
