@@ -193,8 +193,10 @@ def sort_command(
     check_sort(given_options(), records=records, resume=resume, undo=undo)
     if by == "category" and options["categories"] is None and records is None:
         options["categories"] = "default"  # filing by category needs them: no need to ask
+    config = None
     if records is None and not (resume or undo):
-        check_model_options(Config(**options))
+        config = Config(**options)
+        check_model_options(config)
     request = SortRequest(
         paths=paths,
         mode=modes[0] if modes else "copy",
@@ -208,4 +210,4 @@ def sort_command(
         report=report,
         roots=roots,
     )
-    return run_sort(request, options, console)
+    return run_sort(request, config, console)

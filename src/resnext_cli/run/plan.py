@@ -18,7 +18,7 @@ from resnext_cli.imaging.preprocess import DecodeOptions
 from resnext_cli.model import openvino_runtime
 from resnext_cli.model.categories import Categories
 from resnext_cli.model.labels import load_labels
-from resnext_cli.model.registry import WeightsInfo, resolve_weights
+from resnext_cli.model.registry import WeightsInfo, preprocessing_weights
 from resnext_cli.run.config import Config
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
@@ -338,12 +338,9 @@ def resolve(
     facts = facts if facts is not None else MachineFacts.probe(config.device)
     if purpose == "calibrate":
         config = config.with_(precision="fp32", quantized=False, device="cpu")
-    info = resolve_weights(
-        config.model, config.weights, quantized=config.quantized and config.checkpoint is None
-    )
-    preprocess = info
-    if info.quantized and info.unquantized:
-        preprocess = resolve_weights(info.model, info.unquantized)
+    # Looked up once, when the config was made; the plan passes these facts down.
+    info = config.weights_info()
+    preprocess = preprocessing_weights(info)
     stored = _labels(config)
     if stored is not None and config.topk > len(stored):
         # A learned model's few classes: the default top-5 means all of them.
