@@ -513,3 +513,13 @@ def test_a_run_looks_its_weights_up_once(monkeypatch, resnext, checkpoint, photo
     assert run.code == 0, run.stderr
     assert [r["model"] for r in run.records()] == ["resnext50_32x4d"] * 3
     assert len(calls) == 1
+
+
+def test_a_calibration_plan_is_the_float_network_on_the_cpu_through_torch() -> None:
+    # quantize asks resolve for it; the config says what classify would have run.
+    openvino_gpu = dataclasses.replace(GPU, cpu_native_bf16=True, openvino=True)
+    config = Config(device="cuda", precision="bf16", runtime="openvino")
+    plan = resolve(config, openvino_gpu, purpose="calibrate")
+    assert (plan.device, plan.precision, plan.runtime) == ("cpu", "fp32", "torch")
+    assert plan.fold_batchnorm is False
+    assert resolve(Config(), openvino_gpu).fold_batchnorm is True

@@ -332,12 +332,12 @@ def resolve(
 ) -> Plan:
     """Interpret *config* on this machine (or on *facts*), once, into a frozen Plan.
 
-    ``purpose="calibrate"`` is quantize's plan: the float network on the CPU, in fp32,
-    BatchNorm unfolded (INT8 conversion fuses it itself).
+    ``purpose="calibrate"`` is quantize's plan: the float network on the CPU through torch,
+    in fp32, BatchNorm unfolded (INT8 conversion fuses it itself).
     """
-    facts = facts if facts is not None else MachineFacts.probe(config.device)
     if purpose == "calibrate":
-        config = config.with_(precision="fp32", quantized=False, device="cpu")
+        config = config.with_(precision="fp32", quantized=False, device="cpu", runtime="torch")
+    facts = facts if facts is not None else MachineFacts.probe(config.device)
     # Looked up once, when the config was made; the plan passes these facts down.
     info = config.weights_info()
     preprocess = preprocessing_weights(info)
