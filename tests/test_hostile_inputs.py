@@ -38,7 +38,7 @@ from resnext_cli.errors import ConfigError, InputError
 from resnext_cli.imaging import preprocess
 from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode, limit_aspect, to_rgb
 from resnext_cli.inputs import sources as sources_module
-from resnext_cli.inputs.sources import Source, file_facts, iter_sources, open_source
+from resnext_cli.inputs.sources import Source, iter_sources, open_source
 from resnext_cli.model.labels import MAX_LABELS_BYTES, load_labels
 from resnext_cli.results import Classified, Failed
 from tests.conftest import natural_image
@@ -978,16 +978,6 @@ def test_a_pipe_swapped_in_after_the_check_does_not_hang(swapped_for_a_pipe: Pat
 
     got = run_within(10, error)
     assert got == f"'{path}' is not a regular file (a pipe, socket or device)"
-
-
-def test_file_facts_come_from_the_open_file(tmp_path: Path) -> None:
-    path = tmp_path / "a.png"
-    path.write_bytes(b"\x89PNG" * 10)
-    st = os.stat(path)
-    with open_source(Source(input=str(path), path=path)) as fp:
-        assert file_facts(fp) == (40, st.st_mtime_ns)
-    with open_source(Source(input="-", data=b"abc")) as fp:
-        assert file_facts(fp) is None
 
 
 # -- any tree: loops end, deep trees walk, each file once -------------------------------

@@ -28,6 +28,7 @@ import pytest
 
 from resnext_cli.errors import InputError
 from resnext_cli.inputs.sources import Source, file_facts, iter_sources, open_source
+from resnext_cli.results import FileFacts
 from tests.conftest import natural_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -390,7 +391,7 @@ def test_an_opened_file_gives_its_bytes_and_facts(tmp_path: Path) -> None:
     path.write_bytes(PNG_SIGNATURE * 3)
     st = os.stat(path)
     with open_source(Source(input="a.png", path=path)) as fp:
-        assert file_facts(fp) == (24, st.st_mtime_ns)
+        assert file_facts(fp) == FileFacts(24, st.st_mtime_ns)
         assert fp.read() == PNG_SIGNATURE * 3
     read, write = os.pipe()
     with os.fdopen(read, "rb") as pipe, os.fdopen(write, "wb"):
@@ -398,6 +399,18 @@ def test_an_opened_file_gives_its_bytes_and_facts(tmp_path: Path) -> None:
     assert file_facts(fp) is None  # closed
     with open_source(Source(input="-", data=b"abc")) as fp:
         assert file_facts(fp) is None and fp.read() == b"abc"
+
+
+def test_a_records_file_facts_are_those_of_the_file_by_path(tmp_path: Path) -> None:
+    # The same facts by path, as a record takes them once the input was read.
+    path = tmp_path / "a.png"
+    path.write_bytes(PNG_SIGNATURE * 5)
+    st = os.stat(path)
+    assert file_facts(path) == FileFacts(40, st.st_mtime_ns)
+    assert file_facts(tmp_path / "gone.png") is None
+    assert file_facts(tmp_path) is None  # a folder is no regular file
+    os.mkfifo(tmp_path / "fifo")
+    assert file_facts(tmp_path / "fifo") is None  # stat only: never opened, never blocks
 
 
 def test_a_source_that_failed_to_expand_raises_its_error() -> None:
