@@ -836,35 +836,6 @@ def test_a_link_loop_is_a_record_everywhere(tmp_path: Path) -> None:
     ]
 
 
-def test_a_name_holding_nul_on_stdin_is_a_record(make_image: Callable[..., Path]) -> None:
-    # A first name longer than the 64 bytes sniffed to tell a list from image bytes, so
-    # the NUL is met while reading the list, whatever the temporary folder's length.
-    good = str(make_image("g" * 70 + ".png", size=(32, 32)))
-    listing = f"{good}\nbad\0name.jpg\n{good}\n".encode()
-    got = outcome(list(iter_sources(["-"], stdin=io.BytesIO(listing))))
-    assert got == [
-        (good, None),
-        (
-            "bad\0name.jpg",
-            "cannot read 'bad\0name.jpg': invalid argument: the name holds a NUL byte",
-        ),
-        (good, None),
-    ]
-
-
-def test_listed_names_are_not_patterns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "shot1.jpg").write_bytes(b"\x89PNG\r\n\x1a\n")
-    listing = b"shot[1].jpg\nshot?.jpg\n"
-    got = outcome(list(iter_sources(["-"], stdin=io.BytesIO(listing))))
-    assert got == [
-        ("shot[1].jpg", "no such file: 'shot[1].jpg'"),
-        ("shot?.jpg", "no such file: 'shot?.jpg'"),
-    ]
-    # On the command line the same strings are globs.
-    assert outcome(list(iter_sources(["shot[1].jpg"]))) == [("shot1.jpg", None)]
-
-
 def latin1_file(folder: Path) -> bytes:
     raw = os.path.join(os.fsencode(folder), b"caf\xe9 \xe0 la cr\xe8me.png")
     try:
@@ -886,19 +857,6 @@ def test_a_stdin_list_starting_with_a_latin1_name(
     assert all(s.error is None and s.data is None for s in sources)
     with open_source(sources[0]) as fp:
         assert decode(fp, sources[0].input, DecodeOptions()).size == (48, 48)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"P6\n48 48\n255\n" + b"\xc8" * 100,  # PPM: a text header, then bright pixels
-        bytes(range(1, 256)) * 2,  # unknown data without NUL: control bytes
-        b"\x80\x81\x82hello" + bytes(range(32)) * 3,
-    ],
-)
-def test_stdin_data_without_magic_is_still_data(data: bytes) -> None:
-    [source] = iter_sources(["-"], stdin=io.BytesIO(data))
-    assert (source.input, source.data, source.error) == ("-", data, None)
 
 
 def test_names_on_the_command_line_and_stdin_through_the_cli(
@@ -1099,52 +1057,6 @@ def test_a_list_on_standard_input(
     ]
 
 
-class EndlessStdin(io.RawIOBase):
-    """A PNG signature, then zeros for ever; counts the bytes handed out."""
-
-    def __init__(self) -> None:
-        self.given = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        head = b"\x89PNG\r\n\x1a\n"[self.given :]
-        count = len(view)
-        view[:count] = bytes(count)
-        view[: len(head)] = head[:count]
-        self.given += count
-        return count
-
-
-@pytest.mark.parametrize("cap", [1000, 1 << 20, None])
-def test_image_bytes_on_stdin_are_capped(cap: int | None) -> None:
-    stream = EndlessStdin()
-    if cap is None:  # the default: 100 MiB, as for a URL
-        sources = list(iter_sources(["-"], stdin=stream))  # type: ignore[arg-type]
-    else:
-        sources = list(iter_sources(["-"], stdin=stream, max_stdin_bytes=cap))  # type: ignore[arg-type]
-    limit = 100 << 20 if cap is None else cap
-    assert [(s.input, s.data, s.error.error_type if s.error else None) for s in sources] == [
-        ("-", None, "too_large")
-    ]
-    assert sources[0].error is not None
-    assert sources[0].error.message == (
-        f"standard input is over the {limit}-byte limit for image bytes "
-        "(save it to a file and give the file's name)"
-    )
-    assert stream.given == limit + 1  # read in chunks, never past the cap
-
-
-def test_image_bytes_on_stdin_up_to_the_cap() -> None:
-    data = encode(natural_image(2, (40, 30)), "PNG")
-    [source] = iter_sources(["-"], stdin=io.BytesIO(data), max_stdin_bytes=len(data))
-    assert (source.data, source.error) == (data, None)
-    [source] = iter_sources(["-"], stdin=io.BytesIO(data), max_stdin_bytes=len(data) - 1)
-    assert source.error is not None and source.error.error_type == "too_large"
-
-
 # -- URLs ----------------------------------------------------------------------------
 
 
@@ -1328,16 +1240,6 @@ def test_the_timeout_bounds_the_whole_exchange(web: _Server, route: str) -> None
         f"timed out after 1s fetching '{source.url}' (raise --timeout to wait longer)",
     )
     assert elapsed < 8, f"gave up after {elapsed:.1f}s, not about 1s"
-
-
-def test_a_redirect_loop(web: _Server) -> None:
-    source = Source(input=url(web, "/loop"), url=url(web, "/loop"))
-    with pytest.raises(InputError) as info:
-        open_source(source, timeout=10)
-    assert (info.value.error_type, info.value.message) == (
-        "download_failed",
-        f"too many redirects fetching '{source.url}'",
-    )
 
 
 def test_a_body_over_the_cap_stops_the_download(web: _Server) -> None:
