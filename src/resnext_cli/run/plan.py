@@ -26,6 +26,8 @@ DeviceType = Literal["cpu", "cuda", "mps"]
 DecodeOn = Literal["cpu", "gpu"]
 # 'local': models run on this machine. 'ray': a cluster's actors, which Ray places.
 Placement = Literal["local", "ray"]
+# What runs the network: torch, or OpenVINO on the CPU.
+Runtime = Literal["torch", "openvino"]
 # 'classify' (classify, sort) or 'calibrate' (quantize: the float network, unfolded, fp32).
 Purpose = Literal["classify", "calibrate"]
 
@@ -135,7 +137,7 @@ class Plan:
     # --categories: the grouping whose probabilities every record carries.
     categories: Categories | None = None
     # What runs the network: 'torch' or 'openvino' (CPU only).
-    runtime: str = "torch"
+    runtime: Runtime = "torch"
     notes: tuple[str, ...] = field(default=(), compare=False)
     # TF32 for float32 convolutions and matmuls on CUDA: never, so that every record that
     # says fp32 (--exact, --precision fp32, a bf16 row's fp32 retry) was computed in fp32.
@@ -224,7 +226,7 @@ def _precision(cfg: Config, device_type: str, facts: MachineFacts) -> Precision:
     return "fp32"
 
 
-def _runtime(cfg: Config, device_type: str, precision: str, facts: MachineFacts) -> str:
+def _runtime(cfg: Config, device_type: str, precision: str, facts: MachineFacts) -> Runtime:
     """torch or openvino: auto takes OpenVINO on the CPU where its extra is installed and
     it runs the precision natively; --exact is always torch, the reference."""
     asked = cfg.runtime
