@@ -6,10 +6,13 @@ import contextlib
 import dataclasses
 import functools
 import http.server
+import io
 import json
 import os
 import stat
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -317,3 +320,34 @@ def run_resnext(*args: str | Path, input: bytes | str | None = None) -> Outcome:
 def resnext() -> Callable[..., Outcome]:
     """The run_resnext helper as a fixture: resnext('classify', path, '-f', 'json')."""
     return run_resnext
+
+
+# -- encoded test inputs shared by the pixel and the hostile-input tests ----------------
+
+
+def png_with_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def oriented_png(stored: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # EXIF Orientation
+    buf = io.BytesIO()
+    stored.save(buf, "PNG", exif=exif)
+    return buf.getvalue()
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="30"><rect width="40"/></svg>\n'
+PDF = b"%PDF-1.4\n1 0 obj <</Type /Catalog>> endobj\ntrailer <</Root 1 0 R>>\n%%EOF\n"
+EPS = (
+    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n"
+    b"newpath 0 0 moveto 40 30 lineto stroke showpage\n%%EOF\n"
+)

@@ -75,3 +75,17 @@ def test_with_checks_again() -> None:
     assert Config().with_(topk=3).topk == 3
     with pytest.raises(ConfigError):
         Config().with_(topk=0)
+
+
+def test_a_copy_keeps_the_weights_looked_up_unless_it_names_others() -> None:
+    config = Config(model="50", weights="imagenet1k_v1")
+    info = config.weights_info()
+    assert (info.model, info.tag, info.quantized) == ("resnext50_32x4d", "IMAGENET1K_V1", False)
+    assert config.with_(topk=3).weights_info() is info
+    other = config.with_(model="101").weights_info()
+    assert (other.model, other.tag) == ("resnext101_32x8d", "IMAGENET1K_V1")
+    assert config.with_(weights="DEFAULT").weights_info().tag == "IMAGENET1K_V2"
+    int8 = Config(model="101", quantized=True).weights_info()
+    assert (int8.tag, int8.quantized) == ("IMAGENET1K_FBGEMM_V2", True)
+    assert Config(model="101", quantized=True, checkpoint="x.pth").weights_info().quantized is False
+    assert config == Config(model="resnext50_32x4d", weights="IMAGENET1K_V1")

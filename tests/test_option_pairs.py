@@ -18,6 +18,7 @@ quantize  -o/--force (and the agreement check, test_quantize_agreement.py),
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -177,12 +178,8 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for seed in range(4):
-        natural_image(seed, (96, 80)).save(folder / f"{seed}.jpg")
-    return folder
+def photos(make_photos: Callable[..., Path]) -> Path:
+    return make_photos(4)  # conftest's photos, one more
 
 
 def listing(t: Path) -> dict[str, bytes]:

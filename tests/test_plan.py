@@ -479,3 +479,47 @@ def test_overlap_stops_cleanly_when_the_caller_stops(checkpoint, make_image) -> 
     if "resnext-gpu-decode" in alive:  # it had a moment; it ends with its current wait
         alive["resnext-gpu-decode"].join(60)
         assert not alive["resnext-gpu-decode"].is_alive()
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> list[object]:
+    """Wrap *module*.*name* everywhere the package holds it; the list grows by one per call."""
+    import importlib
+    import sys
+
+    original = getattr(importlib.import_module(module), name)
+    calls: list[object] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    for loaded in list(sys.modules.values()):
+        if getattr(loaded, "__name__", "").startswith("resnext_cli") and (
+            getattr(loaded, name, None) is original
+        ):
+            monkeypatch.setattr(loaded, name, counting)
+    return calls
+
+
+def test_a_run_looks_its_weights_up_once(monkeypatch, resnext, checkpoint, photos) -> None:
+    # Loaded first, so that a name any of them imported is wrapped too.
+    import resnext_cli.run.classify
+    import resnext_cli.run.engine
+    import resnext_cli.run.network
+    import resnext_cli.run.plan  # noqa: F401
+
+    calls = _count_calls(monkeypatch, "resnext_cli.model.registry", "resolve_weights")
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-m", "50", "--runtime", "torch")
+    assert run.code == 0, run.stderr
+    assert [r["model"] for r in run.records()] == ["resnext50_32x4d"] * 3
+    assert len(calls) == 1
+
+
+def test_a_calibration_plan_is_the_float_network_on_the_cpu_through_torch() -> None:
+    # quantize asks resolve for it; the config says what classify would have run.
+    openvino_gpu = dataclasses.replace(GPU, cpu_native_bf16=True, openvino=True)
+    config = Config(device="cuda", precision="bf16", runtime="openvino")
+    plan = resolve(config, openvino_gpu, purpose="calibrate")
+    assert (plan.device, plan.precision, plan.runtime) == ("cpu", "fp32", "torch")
+    assert plan.fold_batchnorm is False
+    assert resolve(Config(), openvino_gpu).fold_batchnorm is True

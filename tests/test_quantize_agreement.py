@@ -7,16 +7,6 @@ from pathlib import Path
 import pytest
 
 from resnext_cli.model import quantized
-from tests.conftest import natural_image
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for seed in range(3):
-        natural_image(seed, (96, 80)).save(folder / f"{seed}.jpg")
-    return folder
 
 
 def test_low_agreement_saves_nothing_unless_forced(

@@ -199,3 +199,10 @@ def test_wheel_ships_labels_and_metadata(tmp_path) -> None:
     ).stdout.split()
     assert out[0].startswith(str(target))
     assert out[1:] == ["1000", "5", "48"]  # 48 categories, as the README lists them
+
+
+def test_int8_weights_are_preprocessed_as_the_float_weights_they_came_from() -> None:
+    v1 = registry.resolve_weights("resnext101_32x8d", "IMAGENET1K_FBGEMM_V1", quantized=True)
+    assert registry.preprocessing_weights(v1) == registry.resolve_weights("101", "IMAGENET1K_V1")
+    v2 = registry.resolve_weights("101")
+    assert registry.preprocessing_weights(v2) is v2

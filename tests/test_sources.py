@@ -20,7 +20,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import pytest
 
 from resnext_cli.errors import InputError
 from resnext_cli.inputs.sources import Source, file_facts, iter_sources, open_source
+from resnext_cli.results import FileFacts
 from tests.conftest import natural_image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -390,7 +391,7 @@ def test_an_opened_file_gives_its_bytes_and_facts(tmp_path: Path) -> None:
     path.write_bytes(PNG_SIGNATURE * 3)
     st = os.stat(path)
     with open_source(Source(input="a.png", path=path)) as fp:
-        assert file_facts(fp) == (24, st.st_mtime_ns)
+        assert file_facts(fp) == FileFacts(24, st.st_mtime_ns)
         assert fp.read() == PNG_SIGNATURE * 3
     read, write = os.pipe()
     with os.fdopen(read, "rb") as pipe, os.fdopen(write, "wb"):
@@ -398,6 +399,18 @@ def test_an_opened_file_gives_its_bytes_and_facts(tmp_path: Path) -> None:
     assert file_facts(fp) is None  # closed
     with open_source(Source(input="-", data=b"abc")) as fp:
         assert file_facts(fp) is None and fp.read() == b"abc"
+
+
+def test_a_records_file_facts_are_those_of_the_file_by_path(tmp_path: Path) -> None:
+    # The same facts by path, as a record takes them once the input was read.
+    path = tmp_path / "a.png"
+    path.write_bytes(PNG_SIGNATURE * 5)
+    st = os.stat(path)
+    assert file_facts(path) == FileFacts(40, st.st_mtime_ns)
+    assert file_facts(tmp_path / "gone.png") is None
+    assert file_facts(tmp_path) is None  # a folder is no regular file
+    os.mkfifo(tmp_path / "fifo")
+    assert file_facts(tmp_path / "fifo") is None  # stat only: never opened, never blocks
 
 
 def test_a_source_that_failed_to_expand_raises_its_error() -> None:
@@ -736,6 +749,96 @@ def test_specs_are_expanded_lazily_and_in_order(tmp_path: Path) -> None:
     assert next(lazy).input == f"{tmp_path}/a.png"
     assert stream.tell() == 0  # stdin not read until its turn
     assert [s.input for s in lazy] == [f"{tmp_path}/a.png", f"{tmp_path}/f/b.png"]
+
+
+def test_a_name_holding_nul_on_stdin_is_a_record(make_image: Callable[..., Path]) -> None:
+    # A first name longer than the 64 bytes sniffed to tell a list from image bytes, so
+    # the NUL is met while reading the list, whatever the temporary folder's length.
+    good = str(make_image("g" * 70 + ".png", size=(32, 32)))
+    listing = f"{good}\nbad\0name.jpg\n{good}\n".encode()
+    got, _ = expand("-", stdin=listing)
+    assert got == [
+        (good, None),
+        (
+            "bad\0name.jpg",
+            "cannot read 'bad\0name.jpg': invalid argument: the name holds a NUL byte",
+        ),
+        (good, None),
+    ]
+
+
+def test_listed_names_are_not_patterns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shot1.jpg").write_bytes(b"\x89PNG\r\n\x1a\n")
+    listing = b"shot[1].jpg\nshot?.jpg\n"
+    got, _ = expand("-", stdin=listing)
+    assert got == [
+        ("shot[1].jpg", "no such file: 'shot[1].jpg'"),
+        ("shot?.jpg", "no such file: 'shot?.jpg'"),
+    ]
+    # On the command line the same strings are globs.
+    assert expand("shot[1].jpg")[0] == [("shot1.jpg", None)]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"P6\n48 48\n255\n" + b"\xc8" * 100,  # PPM: a text header, then bright pixels
+        bytes(range(1, 256)) * 2,  # unknown data without NUL: control bytes
+        b"\x80\x81\x82hello" + bytes(range(32)) * 3,
+    ],
+)
+def test_stdin_data_without_magic_is_still_data(data: bytes) -> None:
+    [source] = iter_sources(["-"], stdin=io.BytesIO(data))
+    assert (source.input, source.data, source.error) == ("-", data, None)
+
+
+class EndlessStdin(io.RawIOBase):
+    """A PNG signature, then zeros for ever; counts the bytes handed out."""
+
+    def __init__(self) -> None:
+        self.given = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        head = b"\x89PNG\r\n\x1a\n"[self.given :]
+        count = len(view)
+        view[:count] = bytes(count)
+        view[: len(head)] = head[:count]
+        self.given += count
+        return count
+
+
+@pytest.mark.parametrize("cap", [1000, 1 << 20, None])
+def test_image_bytes_on_stdin_are_capped(cap: int | None) -> None:
+    stream = EndlessStdin()
+    if cap is None:  # the default: 100 MiB, as for a URL
+        sources = list(iter_sources(["-"], stdin=stream))  # type: ignore[arg-type]
+    else:
+        sources = list(iter_sources(["-"], stdin=stream, max_stdin_bytes=cap))  # type: ignore[arg-type]
+    limit = 100 << 20 if cap is None else cap
+    assert [(s.input, s.data, s.error.error_type if s.error else None) for s in sources] == [
+        ("-", None, "too_large")
+    ]
+    assert sources[0].error is not None
+    assert sources[0].error.message == (
+        f"standard input is over the {limit}-byte limit for image bytes "
+        "(save it to a file and give the file's name)"
+    )
+    assert stream.given == limit + 1  # read in chunks, never past the cap
+
+
+def test_image_bytes_on_stdin_up_to_the_cap() -> None:
+    buf = io.BytesIO()
+    natural_image(2, (40, 30)).save(buf, "PNG")
+    data = buf.getvalue()
+    [source] = iter_sources(["-"], stdin=io.BytesIO(data), max_stdin_bytes=len(data))
+    assert (source.data, source.error) == (data, None)
+    [source] = iter_sources(["-"], stdin=io.BytesIO(data), max_stdin_bytes=len(data) - 1)
+    assert source.error is not None and source.error.error_type == "too_large"
 
 
 # -- URLs: reading them ------------------------------------------------------------------

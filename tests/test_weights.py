@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -410,11 +411,16 @@ def test_a_checkpoint_url_that_stalls_ends_the_run_with_one_line(
     try:
         with serve(Stalls) as base:
             url = f"{base}/mine.pth"
-            out = resnext("classify", "--checkpoint", url, "--timeout", "1", make_image("a.jpg"))
+            image = make_image("a.jpg")
+            started = time.monotonic()
+            out = resnext("classify", "--checkpoint", url, "--timeout", "1", image)
+            elapsed = time.monotonic() - started
     finally:
         release.set()
     assert out.code == 2, out
+    assert elapsed < 8, f"gave up after {elapsed:.1f}s, not about the 1s of --timeout"
     lines = out.stderr.strip().splitlines()
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], out
     assert lines[-1] == (
         f"error: cannot download '{url}': timed out after 1s without a byte (check the "
         f"network, use RESNEXT_WEIGHTS_MIRROR, or put the file at '{weights.cached_path(url)}')"

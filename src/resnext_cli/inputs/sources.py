@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from resnext_cli.errors import InputError
 from resnext_cli.inputs.http import read_url
+from resnext_cli.results import FileFacts
 
 # Extensions taken when walking a folder or expanding a glob; explicit files are
 # taken whatever their name, and extension-less files are sniffed.
@@ -453,10 +454,11 @@ def open_source(source: Source, *, timeout: float = 10.0, max_bytes: int = 100 <
     return _open_file(source.path, source.input)
 
 
-def file_facts(fp: BinaryIO) -> tuple[int, int] | None:
-    """Size and mtime (ns) of the local file *fp* was opened on, by fstat; None for others."""
+def file_facts(of: BinaryIO | Path) -> FileFacts | None:
+    """Size and mtime (ns) of a local regular file, open (by fstat) or by path, that a
+    record carries to tell later whether it is still the same file; None for others."""
     try:
-        st = os.fstat(fp.fileno())
+        st = os.stat(of) if isinstance(of, Path) else os.fstat(of.fileno())
     except (OSError, ValueError, AttributeError):
         return None
-    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+    return FileFacts(st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None

@@ -7,9 +7,11 @@ builds its own network from the same checks).
 from __future__ import annotations
 
 import argparse
+import os
+import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torchvision
@@ -32,14 +34,47 @@ def unwrap(obj: Any) -> Any:
     return obj
 
 
+# What the plan's peek at a checkpoint read (the file's identity and the object), kept
+# for the load that follows, so a run reads its checkpoint once. One entry, taken by
+# that load: the weights are not held past it.
+_peeked: tuple[tuple[int, ...], Any] | None = None
+_peeked_lock = threading.Lock()
+
+
+def _identity(fp: BinaryIO) -> tuple[int, ...]:
+    """Which file, and which version of it: a file replaced or rewritten since differs."""
+    st = os.fstat(fp.fileno())
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read(path: Path, *, keep: bool) -> Any:
+    """torch.load *path* (weights only), or take what a peek at the same file read.
+
+    With *keep* (a peek) the object stays for the load that follows; without, it is taken.
+    """
+    global _peeked
+    with open(path, "rb") as fp:
+        key = _identity(fp)
+        with _peeked_lock:
+            held, _peeked = _peeked, None
+        if held is not None and held[0] == key:
+            obj = held[1]
+        else:
+            # An INT8 file read as float (it is refused after) makes torch warn of
+            # quantized storage: the refusal says what to do.
+            with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(fp, map_location="cpu", weights_only=True)
+    if keep:
+        with _peeked_lock:
+            _peeked = (key, obj)
+    return obj
+
+
 def load_object(path: Path, *, name: str) -> Any:
     """torch.load a checkpoint file safely (weights only), or raise one CheckpointError."""
     try:
-        # An INT8 file read as float (it is refused after) makes torch warn of quantized
-        # storage: the refusal says what to do.
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _read(path, keep=False)
     except Exception as exc:
         raise CheckpointError(
             f"cannot load checkpoint '{name}': {exc.__class__.__name__} "
@@ -50,13 +85,12 @@ def load_object(path: Path, *, name: str) -> Any:
 def stored_classes(path: Path) -> tuple[str, ...] | None:
     """The class names a checkpoint file keeps under CLASSES_KEY, or None.
 
-    Memory-mapped, so peeking at the names does not read the weights; a file this cannot
-    read is left to the real load, which says what is wrong with it.
+    What this reads is kept for the load that follows (load_object), so a run reads its
+    checkpoint once; a file this cannot read is left to that load, which says what is
+    wrong with it.
     """
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        obj = _read(path, keep=True)
     except Exception:
         return None
     names = obj.get(CLASSES_KEY) if isinstance(obj, dict) else None

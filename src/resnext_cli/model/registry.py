@@ -128,6 +128,15 @@ def resolve_weights(model: str, tag: str = "DEFAULT", *, quantized: bool = False
     return _info(model, wanted, section["weights"][wanted], quantized=quantized)
 
 
+def preprocessing_weights(info: WeightsInfo) -> WeightsInfo:
+    """The float weights whose transforms *info*'s inputs get: for torchvision's INT8
+    weights, the float weights they were made from; else *info* itself."""
+    if not (info.quantized and info.unquantized):
+        return info
+    section = _section(info.model, quantized=False)
+    return _info(info.model, info.unquantized, section["weights"][info.unquantized])
+
+
 def has_quantized_weights(model: str) -> bool:
     """Whether torchvision publishes INT8 weights for *model*."""
     return "quantized" in _snapshot()[resolve_model(model)]

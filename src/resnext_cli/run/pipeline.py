@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -22,8 +21,8 @@ import torch
 from resnext_cli.errors import InputError
 from resnext_cli.imaging.budget import DECODING
 from resnext_cli.imaging.preprocess import Preprocess, decode
-from resnext_cli.inputs.sources import Source, open_source
-from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
+from resnext_cli.inputs.sources import Source, file_facts, open_source
+from resnext_cli.results import Classified, Failed, Prediction, Record
 from resnext_cli.run.network import REDUCED_DTYPES, Model, forward_pass, pooled_features
 from resnext_cli.run.plan import Plan
 
@@ -81,11 +80,9 @@ def _read_once(fp: Any, limit: int) -> bytes | None:
     read(limit + 1) would allocate *limit* bytes for every file; a regular file's size
     is known from fstat, and other streams (downloads, stdin) are in memory already.
     """
-    from resnext_cli.inputs.sources import file_facts
-
     facts = file_facts(fp)
     if facts is not None:
-        if facts[0] > limit:
+        if facts.size > limit:
             return None
         data: bytes = fp.read()
     else:
@@ -346,23 +343,12 @@ def topk(probs: torch.Tensor, k: int) -> tuple[list[float], list[int]]:
     return values[:k].tolist(), indices[:k].tolist()
 
 
-def file_facts(source: Source) -> FileFacts | None:
-    """Size and mtime of a local input, to tell later whether it is still the same file."""
-    if source.path is None:
-        return None
-    try:
-        st = os.stat(source.path)
-    except (OSError, ValueError):
-        return None
-    return FileFacts(st.st_size, st.st_mtime_ns)
-
-
 def make_record(
     model: Model, source: Source, outcome: tuple[torch.Tensor, str] | Scored | InputError
 ) -> Record:
     """The record of one input, from its probabilities (and top-k, when known) or its error."""
     path = str(source.path.absolute()) if source.path is not None else None
-    facts = file_facts(source)
+    facts = file_facts(source.path) if source.path is not None else None
     if isinstance(outcome, InputError):
         return Failed(source.input, outcome.error_type, outcome.message, path=path, file=facts)
     rows, precision = outcome[0], outcome[1]

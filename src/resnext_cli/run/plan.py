@@ -18,7 +18,7 @@ from resnext_cli.imaging.preprocess import DecodeOptions
 from resnext_cli.model import openvino_runtime
 from resnext_cli.model.categories import Categories
 from resnext_cli.model.labels import load_labels
-from resnext_cli.model.registry import WeightsInfo, resolve_weights
+from resnext_cli.model.registry import WeightsInfo, preprocessing_weights
 from resnext_cli.run.config import Config
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
@@ -26,6 +26,8 @@ DeviceType = Literal["cpu", "cuda", "mps"]
 DecodeOn = Literal["cpu", "gpu"]
 # 'local': models run on this machine. 'ray': a cluster's actors, which Ray places.
 Placement = Literal["local", "ray"]
+# What runs the network: torch, or OpenVINO on the CPU.
+Runtime = Literal["torch", "openvino"]
 # 'classify' (classify, sort) or 'calibrate' (quantize: the float network, unfolded, fp32).
 Purpose = Literal["classify", "calibrate"]
 
@@ -135,7 +137,7 @@ class Plan:
     # --categories: the grouping whose probabilities every record carries.
     categories: Categories | None = None
     # What runs the network: 'torch' or 'openvino' (CPU only).
-    runtime: str = "torch"
+    runtime: Runtime = "torch"
     notes: tuple[str, ...] = field(default=(), compare=False)
     # TF32 for float32 convolutions and matmuls on CUDA: never, so that every record that
     # says fp32 (--exact, --precision fp32, a bf16 row's fp32 retry) was computed in fp32.
@@ -224,7 +226,7 @@ def _precision(cfg: Config, device_type: str, facts: MachineFacts) -> Precision:
     return "fp32"
 
 
-def _runtime(cfg: Config, device_type: str, precision: str, facts: MachineFacts) -> str:
+def _runtime(cfg: Config, device_type: str, precision: str, facts: MachineFacts) -> Runtime:
     """torch or openvino: auto takes OpenVINO on the CPU where its extra is installed and
     it runs the precision natively; --exact is always torch, the reference."""
     asked = cfg.runtime
@@ -332,18 +334,15 @@ def resolve(
 ) -> Plan:
     """Interpret *config* on this machine (or on *facts*), once, into a frozen Plan.
 
-    ``purpose="calibrate"`` is quantize's plan: the float network on the CPU, in fp32,
-    BatchNorm unfolded (INT8 conversion fuses it itself).
+    ``purpose="calibrate"`` is quantize's plan: the float network on the CPU through torch,
+    in fp32, BatchNorm unfolded (INT8 conversion fuses it itself).
     """
-    facts = facts if facts is not None else MachineFacts.probe(config.device)
     if purpose == "calibrate":
-        config = config.with_(precision="fp32", quantized=False, device="cpu")
-    info = resolve_weights(
-        config.model, config.weights, quantized=config.quantized and config.checkpoint is None
-    )
-    preprocess = info
-    if info.quantized and info.unquantized:
-        preprocess = resolve_weights(info.model, info.unquantized)
+        config = config.with_(precision="fp32", quantized=False, device="cpu", runtime="torch")
+    facts = facts if facts is not None else MachineFacts.probe(config.device)
+    # Looked up once, when the config was made; the plan passes these facts down.
+    info = config.weights_info()
+    preprocess = preprocessing_weights(info)
     stored = _labels(config)
     if stored is not None and config.topk > len(stored):
         # A learned model's few classes: the default top-5 means all of them.

@@ -75,7 +75,7 @@ def run_quantize(request: QuantizeRequest, config: Config, console: Console) -> 
 def _quantize(
     request: QuantizeRequest, config: Config, console: Console, out: Path, target: OutputTarget
 ) -> int:
-    plan = resolve(config.with_(runtime="torch"), purpose="calibrate")
+    plan = resolve(config, purpose="calibrate")
     with console.loading(config.checkpoint or f"{plan.info.model} ({plan.info.tag})") as bar:
         state = load_state(plan, progress=bar)
     model = load_model(plan, state=state)

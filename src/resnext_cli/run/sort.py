@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from resnext_cli import reviewed
 from resnext_cli import sort as sorting
@@ -102,7 +101,7 @@ def _check_categories(records: list[Record], path: str) -> None:
 
 
 def _records(
-    request: SortRequest, options: dict[str, Any], console: Console
+    request: SortRequest, config: Config | None, console: Console
 ) -> tuple[list[Record], RunSummary | None, tuple[str, ...], Path] | None:
     """The records to file, the summary of classifying them (None with --from), SRC, DEST."""
     if request.records is not None:
@@ -137,7 +136,8 @@ def _records(
         raise ConfigError("give the images to sort and then DEST")
     inputs, dest = request.paths[:-1], Path(request.paths[-1])
     sorting.check_dest(dest)
-    config = Config(**options)
+    if config is None:
+        raise ConfigError("sorting SRC classifies it: give the model's options")
     done = classify_for_sort(
         config,
         inputs,
@@ -175,11 +175,14 @@ def _check_review(request: SortRequest, records: list[Record]) -> None:
         )
 
 
-def run_sort(request: SortRequest, options: dict[str, Any], console: Console) -> int:
-    """Run one sort as *request* says; return the exit status."""
+def run_sort(request: SortRequest, config: Config | None, console: Console) -> int:
+    """Run one sort as *request* says; return the exit status.
+
+    *config* is the model's, for classifying SRC; None with --from, --resume or --undo.
+    """
     if request.resume or request.undo:
         return _resume_or_undo(request, console)
-    got = _records(request, options, console)
+    got = _records(request, config, console)
     if got is None:
         console.error(NO_INPUT)
         return ExitStatus.USAGE
