@@ -1,4 +1,5 @@
-"""Regenerate src/resnext_cli/weights_meta.json and data/imagenet_classes.txt from torchvision.
+"""Regenerate src/resnext_cli/model/weights_meta.json and data/imagenet_classes.txt
+from torchvision.
 
 The CLI lists models without importing torch, so it reads this snapshot (float weights,
 and the INT8 weights of torchvision.models.quantization); a test checks that the snapshot
@@ -19,7 +20,7 @@ def main() -> None:
     from resnext_cli.model.registry import live_metadata
 
     meta = live_metadata()
-    out = ROOT / "src" / "resnext_cli" / "weights_meta.json"
+    out = ROOT / "src" / "resnext_cli" / "model" / "weights_meta.json"
     out.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     from torchvision.models import ResNeXt50_32X4D_Weights
 

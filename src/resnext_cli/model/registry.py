@@ -1,10 +1,11 @@
 """The ResNeXt variants and their weights tags, as torchvision describes them.
 
-Listing and validation read a snapshot of torchvision's metadata (weights_meta.json,
-written by tools/snapshot_weights.py and checked against torchvision by the tests), so
-that `resnext --help` and `resnext models` need not import torch. Building a model and
-its preprocessing use torchvision's own Weights enum. A model's INT8 weights (those in
-torchvision.models.quantization) sit in the snapshot under its "quantized" key.
+Listing, validation and preprocessing read a snapshot of torchvision's metadata
+(weights_meta.json, written by tools/snapshot_weights.py and checked against torchvision
+by the tests), so that `resnext --help`, `resnext models` and a run through OpenVINO need
+not import torch. Building a model uses torchvision's own Weights enum. A model's INT8
+weights (those in torchvision.models.quantization) sit in the snapshot under its
+"quantized" key.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class WeightsInfo:
     crop_size: int
     num_classes: int
     quantized: bool = False
+    # The rest of the weights' transforms(): Resize's interpolation ('bilinear') and
+    # antialias, Normalize's mean and std.
+    interpolation: str = "bilinear"
+    antialias: bool | None = True
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     backend: str | None = None  # the quantized engine the INT8 weights were made for
     unquantized: str | None = None  # the float tag the INT8 weights were made from
 
@@ -98,6 +105,10 @@ def _info(model: str, tag: str, entry: dict[str, Any], *, quantized: bool = Fals
         quantized=quantized,
         backend=entry.get("backend"),
         unquantized=entry.get("unquantized"),
+        interpolation=entry["interpolation"],
+        antialias=entry["antialias"],
+        mean=tuple(entry["mean"]),
+        std=tuple(entry["std"]),
     )
 
 
@@ -176,6 +187,10 @@ def _live_entry(member: Any) -> dict[str, Any]:
         "file_size_mb": meta["_file_size"],
         "resize_size": transform.resize_size[0],
         "crop_size": transform.crop_size[0],
+        "interpolation": transform.interpolation.value,
+        "antialias": transform.antialias,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
         "num_classes": len(meta["categories"]),
     }
     if "backend" in meta:
