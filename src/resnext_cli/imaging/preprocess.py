@@ -1,4 +1,4 @@
-"""Bytes to an upright RGB image to a tensor, with the weights' own transforms."""
+"""Bytes to an upright RGB image to uint8 pixels, with the weights' own transforms."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
 from PIL import Image, ImageFile, ImageMode, UnidentifiedImageError
 
 from resnext_cli.errors import InputError
@@ -126,7 +127,6 @@ def _scale_to_8bit(img: Image.Image) -> Image.Image:
     a transparent value (a 16-bit grey PNG's tRNS) becomes white.
     Works in strips: the result is RGB, and memory never holds a float64 copy of it all.
     """
-    import numpy as np
 
     def scaled(data: Any) -> Any:
         return data / 257
@@ -208,7 +208,6 @@ def _orientation(img: Image.Image) -> Image.Transpose | None:
 
 def bytes_per_pixel(mode: str) -> int:
     """Bytes a decoded pixel of *mode* holds: bands times bytes per band (RGB: 3)."""
-    import numpy as np
 
     info = ImageMode.getmode(mode)  # every mode a Pillow image can have
     return len(info.bands) * np.dtype(info.typestr).itemsize
@@ -340,38 +339,131 @@ def limit_aspect(img: Image.Image, max_aspect: int = MAX_ASPECT) -> Image.Image:
     return img if box is None else img.crop(box)
 
 
+# torchvision's InterpolationMode values as Pillow's resampling filters (its
+# pil_modes_mapping), so that cropping needs no torchvision.
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def _resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """torchvision's Resize(int) output (width, height): the short side to *short_side*,
+    the long one scaled and truncated."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(short_side * long / short)
+    return (short_side, new_long) if width <= height else (new_long, short_side)
+
+
+def _center_crop(img: Image.Image, width: int, height: int) -> Image.Image:
+    """torchvision's CenterCrop on a Pillow image: padded with black first where smaller."""
+    w, h = img.size
+    if width > w or height > h:
+        left = (width - w) // 2 if width > w else 0
+        top = (height - h) // 2 if height > h else 0
+        right = (width - w + 1) // 2 if width > w else 0
+        bottom = (height - h + 1) // 2 if height > h else 0
+        padded = Image.new(img.mode, (w + left + right, h + top + bottom))
+        padded.paste(img, (left, top))
+        img, (w, h) = padded, padded.size
+        if (w, h) == (width, height):
+            return img
+    top = round((h - height) / 2.0)
+    left = round((w - width) / 2.0)
+    return img.crop((left, top, left + width, top + height))
+
+
 class Preprocess:
     """The weights' own transforms(), split where a batch pipeline wants it.
 
     Per image, in a decoding thread: Resize and CenterCrop on the PIL image, then the
-    uint8 pixels (a quarter of the float size to queue, pin and copy). Per batch, on
-    the model's device: scale to [0, 1] and Normalize. The arithmetic is torchvision's
-    ImageClassification step for step (``to(float) / 255``, ``sub_(mean)``,
-    ``div_(std)``), so the result is bit for bit the same.
+    uint8 pixels (a quarter of the float size to queue, pin and copy), in Pillow and
+    numpy alone (`pixels`), for both runtimes. Per batch, on the model's device: scale
+    to [0, 1] and Normalize. The arithmetic is torchvision's ImageClassification step for
+    step (``to(float) / 255``, ``sub_(mean)``, ``div_(std)``), so the result is bit for bit
+    the same.
     """
 
-    def __init__(self, weights: object) -> None:
-        factory: Callable[[], Any] = weights.transforms  # type: ignore[attr-defined]
-        reference = factory()
-        self.resize_size: list[int] = list(reference.resize_size)
-        self.crop_size: list[int] = list(reference.crop_size)
-        self.interpolation = reference.interpolation
-        self.antialias: bool | None = reference.antialias
-        self.mean: list[float] = list(reference.mean)
-        self.std: list[float] = list(reference.std)
+    def __init__(self, weights: object | None = None, **settings: Any) -> None:
+        """Take the settings of torchvision *weights* (their transforms()), or the
+        settings themselves as keywords (see `from_settings`)."""
+        if weights is not None:
+            factory: Callable[[], Any] = weights.transforms  # type: ignore[attr-defined]
+            reference = factory()
+            settings = {
+                "resize_size": reference.resize_size[0],
+                "crop_size": reference.crop_size[0],
+                "interpolation": reference.interpolation.value,
+                "antialias": reference.antialias,
+                "mean": reference.mean,
+                "std": reference.std,
+            }
+        self.resize_size: list[int] = [int(settings["resize_size"])]
+        self.crop_size: list[int] = [int(settings["crop_size"])]
+        # InterpolationMode's value: 'bilinear'.
+        self.interpolation_name: str = str(settings["interpolation"])
+        self.antialias: bool | None = settings["antialias"]
+        self.mean: list[float] = [float(m) for m in settings["mean"]]
+        self.std: list[float] = [float(s) for s in settings["std"]]
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        """Resize and centre-crop one image; return its uint8 CHW pixels."""
-        from torchvision.transforms import functional as F
+    @classmethod
+    def from_settings(
+        cls,
+        *,
+        resize_size: int,
+        crop_size: int,
+        interpolation: str,
+        antialias: bool | None,
+        mean: tuple[float, ...] | list[float],
+        std: tuple[float, ...] | list[float],
+    ) -> Preprocess:
+        """The transforms from their settings (the registry's snapshot): no torchvision."""
+        return cls(
+            resize_size=resize_size,
+            crop_size=crop_size,
+            interpolation=interpolation,
+            antialias=antialias,
+            mean=mean,
+            std=std,
+        )
 
+    @property
+    def interpolation(self) -> Any:
+        """Resize's torchvision InterpolationMode (imports torchvision)."""
+        from torchvision.transforms import InterpolationMode
+
+        return InterpolationMode(self.interpolation_name)
+
+    def pixels(self, img: Image.Image) -> np.ndarray[Any, np.dtype[np.uint8]]:
+        """Resize and centre-crop one image; return its uint8 CHW pixels as numpy.
+
+        The same pixels as torchvision's resize, center_crop and pil_to_tensor: Pillow
+        does the work in both.
+        """
         # Images longer than MAX_ASPECT to one are first cropped to their middle, which
         # is all the centre crop keeps anyway.
         img = limit_aspect(img)
-        # Pillow always antialiases (self.antialias is for the tensor decoder's resize).
-        img = F.resize(img, self.resize_size, interpolation=self.interpolation)
-        img = F.center_crop(img, self.crop_size)
-        pixels: torch.Tensor = F.pil_to_tensor(img)
-        return pixels
+        size = _resized_size(*img.size, self.resize_size[0])
+        if size != img.size:
+            # Pillow always antialiases (self.antialias is for the tensor decoder's resize).
+            img = img.resize(size, _PIL_FILTERS[self.interpolation_name])
+        crop = self.crop_size[0]
+        img = _center_crop(img, crop, crop)
+        hwc: np.ndarray[Any, np.dtype[np.uint8]] = np.asarray(img)
+        if hwc.ndim == 2:
+            hwc = hwc[:, :, None]
+        return np.ascontiguousarray(hwc.transpose(2, 0, 1))
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """Resize and centre-crop one image; return its uint8 CHW pixels as a tensor."""
+        import torch
+
+        return torch.from_numpy(self.pixels(img))
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """Turn a uint8 NCHW batch into the normalised float batch the model takes."""
