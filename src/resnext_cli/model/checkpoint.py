@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-import torchvision
 
 from resnext_cli.errors import CheckpointError
 
@@ -202,6 +201,8 @@ def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> tor
             f"checkpoint '{name}' does not fit {model}: it has no 'fc.weight' "
             "(give a state dict in torchvision's ResNeXt layout)"
         )
+    import torchvision  # only where a network is built: reading a file needs none
+
     builder = getattr(torchvision.models, model)
     with torch.device("meta"):
         net: torch.nn.Module = builder(weights=None, num_classes=int(fc.shape[0]))
@@ -213,6 +214,7 @@ def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> tor
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """Fold each eval-mode BatchNorm into the convolution before it (fewer passes)."""
+    import torchvision
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     def fold(parent: torch.nn.Module, conv: str, bn: str) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -39,6 +40,8 @@ from resnext_cli.errors import CheckpointError, ConfigError
 if TYPE_CHECKING:
     import torch
 
+log = logging.getLogger(__name__)
+
 EXTRA_HINT = "pip install 'resnext-cli[openvino]'"
 # The first member of every bundle: what sniffing a checkpoint file looks for.
 MANIFEST = "resnext-openvino.json"
@@ -52,6 +55,9 @@ STALE_PARTIAL_SECONDS = 3600
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 _ZIP_MAGIC = b"PK\x03\x04"
 _ZIP_NAME_AT = 30  # a zip's local file header: the first member's name starts here
+# The manifest key of a converted checkpoint's own class names (a list, or null when it
+# keeps none), so that a warm run reads them without loading the checkpoint with torch.
+CLASSES_KEY = "checkpoint_classes"
 
 
 def available() -> bool:
@@ -295,11 +301,51 @@ class CacheKey:
 
     def file_name(self) -> str:
         """'<model>-<source hash>-<key hash>.zip': entries of one source share a prefix."""
-        source = hashlib.sha256(self.source.rsplit(":", 2)[0].encode()).hexdigest()[:12]
-        if self.source.startswith("state:"):
-            source = self.source.removeprefix("state:")[:12]
         digest = hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()
-        return f"{self.model}-{source}-{digest[:16]}.zip"
+        return f"{_source_prefix(self.model, self.source)}{digest[:16]}.zip"
+
+
+def _source_prefix(model: str, source: str) -> str:
+    """'<model>-<source hash>-': the start of the names of every entry of one source."""
+    if source.startswith("state:"):
+        return f"{model}-{source.removeprefix('state:')[:12]}-"
+    return f"{model}-{hashlib.sha256(source.rsplit(':', 2)[0].encode()).hexdigest()[:12]}-"
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """A bundle's manifest alone (no model is read, openvino is not imported), or None."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read(MANIFEST))
+    except Exception:
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def cached_classes(
+    folder: Path, model: str, checkpoint: Path
+) -> tuple[bool, tuple[str, ...] | None]:
+    """The class names a local *checkpoint* keeps, as a cached conversion of it recorded
+    them: (True, names or None), or (False, None) when no entry of this very file says.
+
+    The entries of a file are those of its path, size and modification time, so a
+    checkpoint rewritten since is never answered for.
+    """
+    try:
+        source = file_identity(checkpoint)
+        entries = sorted(folder.glob(f"{_source_prefix(model, source)}*.zip"))
+    except OSError:
+        return False, None
+    for entry in entries:
+        manifest = read_manifest(entry)
+        if manifest is None or manifest.get("source") != source or CLASSES_KEY not in manifest:
+            continue
+        names = manifest[CLASSES_KEY]
+        if names is None:
+            return True, None
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            return True, tuple(names)
+    return False, None
 
 
 def cache_dir(weights_dir: Path) -> Path:
@@ -334,12 +380,18 @@ _CONVERTING = threading.Lock()
 
 
 def cached_bundle(
-    key: CacheKey, folder: Path, build: Callable[[], torch.nn.Module], *, name: str
+    key: CacheKey,
+    folder: Path,
+    build: Callable[[], torch.nn.Module],
+    *,
+    name: str,
+    extra: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[Bundle, bool]:
     """The bundle for *key* from *folder*, converting with *build*() on a miss.
 
     Returns it and whether it came from the cache. A damaged or mismatched entry is
-    removed and converted again.
+    removed (the log says so) and converted again. *extra*() adds to a new entry's
+    manifest (asked only when converting).
     """
     entry = folder / key.file_name()
     expected = key.fields()
@@ -350,12 +402,14 @@ def cached_bundle(
                 return bundle, True
         except CheckpointError:
             pass
+        log.warning("the converted model '%s' was damaged or stale: converting it again", entry)
         entry.unlink(missing_ok=True)
     with _CONVERTING:  # threads of one process convert once; processes race harmlessly
         if entry.is_file() and not entry.is_symlink():
             with contextlib.suppress(CheckpointError):
                 return read_bundle(entry, name=str(entry)), True
-        bundle = convert(build(), crop=key.crop, manifest={**expected, "name": name})
+        more = extra() if extra is not None else {}
+        bundle = convert(build(), crop=key.crop, manifest={**more, **expected, "name": name})
         try:
             write_bundle(entry, bundle)
             _clear_leftovers(folder, entry)

@@ -18,9 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, BinaryIO, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from resnext_cli.errors import ConfigError, InputError
 from resnext_cli.inputs.http import Progress
@@ -29,7 +27,6 @@ from resnext_cli.results import Record
 from resnext_cli.run.config import Config
 from resnext_cli.run.network import Model, State, load_model
 from resnext_cli.run.pipeline import (
-    Encoded,
     Prepared,
     decode_ready,
     features,
@@ -39,6 +36,9 @@ from resnext_cli.run.pipeline import (
     score,
 )
 from resnext_cli.run.plan import MachineFacts, Plan, resolve
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Engine(Protocol):
@@ -131,8 +131,11 @@ class LocalEngine:
         """Nothing to release: the threads end with each run."""
 
     def prepare(self, source: Source) -> Prepared:
-        """The per-input step (a method, so one engine's can be replaced in a test)."""
-        return prepare(source, self.plan, self.model.transform)
+        """The per-input step (a method, so one engine's can be replaced in a test).
+
+        Through OpenVINO the crops are numpy: the batch stays numpy to the records."""
+        numpy = self.model.openvino is not None
+        return prepare(source, self.plan, self.model.transform, as_numpy=numpy)
 
     def classify_sources(self, sources: Iterable[Source]) -> Iterator[Record]:
         """Classify already expanded sources, yielding one record per source, in order."""
@@ -155,12 +158,12 @@ class LocalEngine:
         ready = 0
         for source, prepared in self._prepared(sources):
             batch.append((source, prepared))
-            if isinstance(prepared, (torch.Tensor, Encoded)):
+            if not isinstance(prepared, InputError):
                 ready += 1
             # A failed input's record goes out as soon as every earlier input has its own
             # (the decoded ones before it inferred now, as a smaller batch): nothing waits
             # for later images to fill a batch, and failures never pile up in memory.
-            if ready == self.plan.batch_size or not isinstance(prepared, (torch.Tensor, Encoded)):
+            if ready == self.plan.batch_size or isinstance(prepared, InputError):
                 yield batch
                 batch, ready = [], 0
         if batch:
@@ -207,6 +210,8 @@ class _Stages:
         # One batch waiting between stages: decoding runs one batch ahead of the model.
         self.decoded: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.scored: queue.Queue[Any] = queue.Queue(maxsize=1)
+        import torch
+
         self.cuda = model.plan.device_type == "cuda"
         self.device = torch.device(model.plan.device)
 
@@ -250,6 +255,8 @@ class _Stages:
     def _stream(self) -> tuple[Any, AbstractContextManager[Any]]:
         if not self.cuda:
             return None, nullcontext()
+        import torch
+
         stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         return stream, torch.cuda.stream(stream)
 
@@ -282,6 +289,8 @@ class _Stages:
             ready, event = item
             try:
                 if event is not None:
+                    import torch
+
                     current = torch.cuda.current_stream(self.device)
                     current.wait_event(event)
                     for _, tensor in ready:
@@ -439,6 +448,8 @@ class Classifier:
             if isinstance(outcome, InputError):
                 raise outcome
             rows.append(outcome)
+        import torch
+
         if rows:
             return torch.stack(rows)
         openvino = self.loaded.openvino

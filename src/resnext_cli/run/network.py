@@ -3,6 +3,9 @@ their classes, build the torch network (float or INT8) on its device or convert 
 OpenVINO, and the plan's forward pass (reduced precision for the body, float32 for the head,
 torch.compile under --compile).
 
+torch is imported only where a torch network is read, built or run: a run through
+OpenVINO with its converted model in the cache never imports it.
+
 The steps of a run (pipeline.py) take the Model this module loads.
 """
 
@@ -15,26 +18,31 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from resnext_cli.errors import CheckpointError, ConfigError, WeightsError
 from resnext_cli.imaging.preprocess import Preprocess
 from resnext_cli.inputs.http import Progress
-from resnext_cli.model.checkpoint import build_model, fold_batchnorm, read_state_dict
-from resnext_cli.model.registry import torchvision_weights
 from resnext_cli.model.weights import checkpoints_dir, discard, fetch
 from resnext_cli.run.plan import Plan
 
 if TYPE_CHECKING:
+    import torch
+
     from resnext_cli.imaging.tensor_decode import Budget
     from resnext_cli.model.openvino_runtime import Network as OpenVinoNetwork
 
-# The reduced precisions the body of the network may run in (autocast's dtype).
-REDUCED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The reduced precisions the body of the network may run in (see reduced_dtype).
+REDUCED = frozenset({"bf16", "fp16"})
 
 log = logging.getLogger(__name__)
 
-State = tuple[dict[str, torch.Tensor], str]
+State = tuple[dict[str, "torch.Tensor"], str]
+
+
+def reduced_dtype(precision: str) -> torch.dtype:
+    """autocast's dtype for a reduced *precision* ('bf16', 'fp16')."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def weights_file(plan: Plan, *, progress: Progress | None = None) -> tuple[Path, str]:
@@ -59,6 +67,8 @@ def load_state(plan: Plan, *, progress: Progress | None = None) -> State:
     An INT8 plan's state is torchvision's quantized layout (packed parameters), read by
     quantized.py; a float plan's is plain tensors.
     """
+    from resnext_cli.model.checkpoint import read_state_dict
+
     info = plan.info
     read = _read_int8 if plan.precision == "int8" else read_state_dict
     path, name = weights_file(plan, progress=progress)
@@ -154,6 +164,10 @@ def load_model(
         check_classes(plan, tensors, name, classes=classes)
         net = build_quantized(plan.info.model, tensors, name=name)
         return Model(plan, net, transform_for(plan), name)
+    import torch
+
+    from resnext_cli.model.checkpoint import build_model, fold_batchnorm
+
     check_classes(plan, tensors, name)
     net = build_model(plan.info.model, tensors, name=name)
     if plan.fold_batchnorm:
@@ -176,6 +190,8 @@ def configure_backends(plan: Plan) -> None:
     """
     if plan.device_type != "cuda":
         return
+    import torch
+
     torch.backends.cudnn.allow_tf32 = plan.tf32
     torch.backends.cuda.matmul.allow_tf32 = plan.tf32
     torch.set_float32_matmul_precision("high" if plan.tf32 else "highest")
@@ -186,9 +202,11 @@ def forward_pass(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
     """The plan's forward pass: float32 logits of a normalised batch."""
     net, precision, device_type = model.net, model.plan.precision, model.plan.device_type
     head: Any = net.fc
-    if precision not in REDUCED_DTYPES:
+    if precision not in REDUCED:
         return net
-    dtype = REDUCED_DTYPES[precision]
+    import torch
+
+    dtype = reduced_dtype(precision)
 
     def reduced(x: torch.Tensor) -> torch.Tensor:
         # The body runs in reduced precision; the head and the softmax in float32, so
@@ -203,6 +221,8 @@ def forward_pass(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _compiled(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile of the plan's forward pass; its first call's time is the compile time."""
+    import torch
+
     compiled = torch.compile(forward_pass(model), dynamic=False)
     first = True
 
@@ -249,20 +269,41 @@ def _load_openvino(plan: Plan, *, progress: Progress | None, state: State | None
         torch_plan = replace(plan, runtime="torch", device="cpu")
         return load_model(torch_plan, progress=progress, state=state).net
 
+    def classes() -> dict[str, Any]:
+        # A local checkpoint's own class names, kept in the manifest: a warm run's plan
+        # reads them there instead of loading the checkpoint with torch.
+        from resnext_cli.model.checkpoint import stored_classes
+
+        names = stored_classes(Path(name))
+        return {ovr.CLASSES_KEY: list(names) if names else None}
+
+    local = state is None and plan.checkpoint is not None and "://" not in plan.checkpoint
     key = ovr.CacheKey(info.model, source, plan.fold_batchnorm, transform.crop_size[0])
-    bundle, _cached = ovr.cached_bundle(key, ovr.cache_dir(checkpoints_dir()), build, name=name)
+    bundle, _cached = ovr.cached_bundle(
+        key, ovr.cache_dir(checkpoints_dir()), build, name=name, extra=classes if local else None
+    )
     check_classes(plan, {}, name, classes=bundle.classes)
     return Model(plan, None, transform, name, ovr.Network(bundle))
 
 
 def transform_for(plan: Plan) -> Preprocess:
     """The weights' own Resize, CenterCrop and Normalize, split for batching (INT8 weights
-    use those of the float weights they were made from)."""
-    return Preprocess(torchvision_weights(plan.preprocess))
+    use those of the float weights they were made from), from the registry's snapshot."""
+    info = plan.preprocess
+    return Preprocess.from_settings(
+        resize_size=info.resize_size,
+        crop_size=info.crop_size,
+        interpolation=info.interpolation,
+        antialias=info.antialias,
+        mean=info.mean,
+        std=info.std,
+    )
 
 
 def pooled_features(net: Any, x: torch.Tensor) -> torch.Tensor:
     """torchvision's ResNet forward up to the pooled features (everything but fc)."""
+    import torch
+
     x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
     x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
     return torch.flatten(net.avgpool(x), 1)

@@ -9,6 +9,7 @@ frozen `Plan` and never re-derives a value.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,7 @@ from resnext_cli.model import openvino_runtime
 from resnext_cli.model.categories import Categories
 from resnext_cli.model.labels import load_labels
 from resnext_cli.model.registry import WeightsInfo, preprocessing_weights
+from resnext_cli.model.weights import checkpoints_dir
 from resnext_cli.run.config import Config
 
 Precision = Literal["fp32", "bf16", "fp16", "int8"]
@@ -67,11 +69,18 @@ class MachineFacts:
 
     @classmethod
     def probe(cls, device: str = "auto") -> MachineFacts:
-        """Ask torch about this machine (imports torch) for a run on *device*.
+        """What this machine offers a run on *device*.
 
-        No CUDA call is made for a CPU or MPS run (each would start a CUDA context);
-        memory, name and capability are those of the device the run will use.
+        On Linux with no GPU driver loaded, a CPU (or auto) run reads the CPU's flags from
+        /proc/cpuinfo, so planning a run through OpenVINO does not import torch; elsewhere,
+        or once torch is imported anyway, torch is asked. No CUDA call is made for a CPU or
+        MPS run (each would start a CUDA context); memory, name and capability are those
+        of the device the run will use.
         """
+        if device.partition(":")[0] in ("auto", "cpu") and "torch" not in sys.modules:
+            flags = _cpu_flags_without_a_gpu()
+            if flags is not None:
+                return cls.from_cpu_flags(flags)
         import torch
 
         kind, _, number = device.partition(":")
@@ -103,6 +112,43 @@ class MachineFacts:
             cuda_name=name,
             openvino=openvino_runtime.available(),
         )
+
+    @classmethod
+    def from_cpu_flags(cls, flags: frozenset[str]) -> MachineFacts:
+        """The facts of a machine without GPUs whose CPU has /proc/cpuinfo's *flags*: the
+        same flags torch's checks read (AVX512-BF16 or AMX tiles; AMX-FP16 or AVX512-FP16)."""
+        return cls(
+            cpu_count=os.cpu_count() or 1,
+            cpu_native_bf16=bool(flags & {"avx512_bf16", "amx_tile"}),
+            cpu_native_fp16=bool(flags & {"amx_fp16", "avx512_fp16"}),
+            openvino=openvino_runtime.available(),
+        )
+
+
+# Present when a GPU driver is loaded: NVIDIA's, and AMD's compute (ROCm) device.
+_GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/kfd")
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
+    """The feature flags of /proc/cpuinfo's first processor, or None where it lists none."""
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return frozenset(value.split())
+    return None
+
+
+def _cpu_flags_without_a_gpu() -> frozenset[str] | None:
+    """The CPU's flags on Linux with no GPU driver loaded, else None (torch is asked)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if any(os.path.exists(path) for path in _GPU_DRIVER_PATHS):
+        return None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return cpu_flags(f.read())
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -318,14 +364,21 @@ def _decode_choice(cfg: Config, device_type: str) -> DecodeOn:
     return "cpu"
 
 
-def _labels(config: Config) -> tuple[str, ...] | None:
+def _labels(config: Config, model: str) -> tuple[str, ...] | None:
     """The class names a local checkpoint keeps ('resnext learn' writes them) when no
     --labels is given, else None."""
     if config.labels is None and config.checkpoint and "://" not in config.checkpoint:
+        path = Path(config.checkpoint)
+        if not path.is_file():
+            return None
+        # A converted copy in the cache recorded them: no torch to read them again.
+        folder = openvino_runtime.cache_dir(checkpoints_dir())
+        known, names = openvino_runtime.cached_classes(folder, model, path)
+        if known:
+            return names
         from resnext_cli.model.checkpoint import stored_classes  # imports torch
 
-        path = Path(config.checkpoint)
-        return stored_classes(path) if path.is_file() else None
+        return stored_classes(path)
     return None
 
 
@@ -343,7 +396,7 @@ def resolve(
     # Looked up once, when the config was made; the plan passes these facts down.
     info = config.weights_info()
     preprocess = preprocessing_weights(info)
-    stored = _labels(config)
+    stored = _labels(config, info.model)
     if stored is not None and config.topk > len(stored):
         # A learned model's few classes: the default top-5 means all of them.
         config = config.with_(topk=len(stored))
