@@ -369,8 +369,8 @@ def _labels(config: Config, model: str) -> tuple[str, ...] | None:
     --labels is given, else None."""
     if config.labels is None and config.checkpoint and "://" not in config.checkpoint:
         path = Path(config.checkpoint)
-        if not path.is_file():
-            return None
+        if not path.is_file() or openvino_runtime.is_bundle(path):
+            return None  # an OpenVINO INT8 file keeps no names (and torch cannot read it)
         # A converted copy in the cache recorded them: no torch to read them again.
         folder = openvino_runtime.cache_dir(checkpoints_dir())
         known, names = openvino_runtime.cached_classes(folder, model, path)
