@@ -293,7 +293,9 @@ def cache_setup(plan: Plan) -> str:
             "base": base,
             "resize": t.resize_size,
             "crop": t.crop_size,
-            "interpolation": str(t.interpolation),
+            # As str(InterpolationMode.BILINEAR) says it (older keys stay valid), without
+            # importing torchvision.
+            "interpolation": "InterpolationMode." + t.interpolation_name.upper().replace("-", "_"),
             "mean": t.mean,
             "std": t.std,
             "upright": plan.decode.upright,
