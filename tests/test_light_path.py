@@ -373,3 +373,24 @@ def test_a_damaged_cache_entry_is_said_once_and_converted_again(
     )
     assert (code, err, imported) == (0, "", [])
     assert _top5(again[0]) == _top5(records[0])
+
+
+def test_an_openvino_int8_file_is_planned_without_torch(tmp_path) -> None:
+    """Its names are the bundled ones (it keeps none): nothing asks torch.load to read it."""
+    import zipfile
+
+    bundle = tmp_path / "my50.ov"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.writestr(ovr.MANIFEST, "{}")
+    code = (
+        "import sys\n"
+        "from resnext_cli.run.config import Config\n"
+        "from resnext_cli.run.plan import MachineFacts, resolve\n"
+        f"config = Config(checkpoint={str(bundle)!r}, quantized=True)\n"
+        "plan = resolve(config, MachineFacts(cpu_count=2, openvino=True))\n"
+        "print(plan.runtime, plan.precision, len(plan.labels), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env(tmp_path)
+    ).stdout.split()
+    assert out == ["openvino", "int8", "1000", "False"]
