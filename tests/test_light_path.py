@@ -394,3 +394,24 @@ def test_an_openvino_int8_file_is_planned_without_torch(tmp_path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env(tmp_path)
     ).stdout.split()
     assert out == ["openvino", "int8", "1000", "False"]
+
+
+@needs_openvino
+def test_an_entry_converted_before_the_names_were_kept_gets_them(
+    warm, checkpoint, photos, tmp_path
+) -> None:
+    """An older entry's manifest has no names: that run reads them with torch and keeps
+    them in the entry, and the next run is light."""
+    home = tmp_path / "home"
+    shutil.copytree(warm, home)
+    (entry,) = ovr.cache_dir(home / "hub" / "checkpoints").glob("*.zip")
+    old = ovr.read_bundle(entry, name=str(entry))
+    manifest = {k: v for k, v in old.manifest.items() if k != ovr.CLASSES_KEY}
+    ovr.write_bundle(entry, ovr.Bundle(old.model, old.weight, old.bias, manifest))
+    args = ("classify", photos[0], "--checkpoint", checkpoint, "--runtime", "openvino")
+    code, first, err, imported = _run(home, *args)
+    assert code == 0 and "torch" in imported, err
+    assert ovr.CLASSES_KEY in ovr.read_bundle(entry, name=str(entry)).manifest
+    code, again, err, imported = _run(home, *args)
+    assert (code, imported) == (0, []), err
+    assert again == first

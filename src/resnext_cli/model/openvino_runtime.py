@@ -418,6 +418,15 @@ def cached_bundle(
     return bundle, False
 
 
+def add_to_manifest(entry: Path, bundle: Bundle, more: dict[str, Any]) -> Bundle:
+    """*bundle* with *more* in its manifest, written again onto its cache *entry* (by
+    rename; a read-only cache keeps the old one)."""
+    updated = Bundle(bundle.model, bundle.weight, bundle.bias, {**bundle.manifest, **more})
+    with contextlib.suppress(OSError):
+        write_bundle(entry, updated)
+    return updated
+
+
 # -- running --------------------------------------------------------------------------------
 
 

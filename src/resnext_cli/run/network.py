@@ -279,9 +279,13 @@ def _load_openvino(plan: Plan, *, progress: Progress | None, state: State | None
 
     local = state is None and plan.checkpoint is not None and "://" not in plan.checkpoint
     key = ovr.CacheKey(info.model, source, plan.fold_batchnorm, transform.crop_size[0])
-    bundle, _cached = ovr.cached_bundle(
-        key, ovr.cache_dir(checkpoints_dir()), build, name=name, extra=classes if local else None
+    folder = ovr.cache_dir(checkpoints_dir())
+    bundle, cached = ovr.cached_bundle(
+        key, folder, build, name=name, extra=classes if local else None
     )
+    if cached and local and ovr.CLASSES_KEY not in bundle.manifest:
+        # Converted before the names were kept: kept now, so later runs need no torch.
+        bundle = ovr.add_to_manifest(folder / key.file_name(), bundle, classes())
     check_classes(plan, {}, name, classes=bundle.classes)
     return Model(plan, None, transform, name, ovr.Network(bundle))
 
