@@ -11,10 +11,12 @@ import dataclasses
 import math
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -511,6 +513,45 @@ def test_int8_calibration_round_trip(with_extra, resnext, checkpoint, photos, co
         2,
         f"error: checkpoint '{out}' holds OpenVINO INT8 weights (add --quantized)\n",
     )
+
+
+@needs_openvino
+def test_int8_is_published_the_one_way_onto_what_was_claimed(
+    with_extra, resnext, checkpoint, photos, conversions, monkeypatch, device_node
+) -> None:
+    """quantize --runtime openvino -o writes as every output does (files.py): a device is
+    written into, never replaced by a file, and a file that appeared at -o while
+    calibrating is not replaced without --force."""
+    appear: list[Path] = []
+
+    def calibrated(bundle: Any, batches: Any, manifest: Any) -> Any:
+        for path in appear:  # another program creates -o meanwhile
+            path.write_bytes(b"theirs")
+        return dataclasses.replace(bundle, manifest=manifest)  # the float body, as INT8
+
+    monkeypatch.setattr(ovr, "quantize_int8", calibrated)
+    calibrate = (
+        "--calibrate",
+        photos[0].parent,
+        "--checkpoint",
+        checkpoint,
+        "--runtime",
+        "openvino",
+    )
+    zero = device_node("zero", "int8.ov")
+    run = resnext("quantize", *calibrate, "-o", zero, "--force")
+    assert (run.code, run.stdout) == (0, f"{zero}\n"), run
+    assert stat.S_ISCHR(os.lstat(zero).st_mode)  # written into: still the device
+    late = photos[0].parent / "late.ov"
+    appear.append(late)
+    run = resnext("quantize", *calibrate, "-o", late)
+    assert (run.code, run.stdout) == (2, ""), run
+    assert run.stderr.splitlines()[-1] == (
+        f"error: '{late}' appeared while this run was writing it: not replaced (use --force "
+        "to replace it, or give another name)"
+    )
+    assert late.read_bytes() == b"theirs"
+    assert not [p.name for p in late.parent.iterdir() if p.name.startswith(".resnext")]
 
 
 @needs_openvino

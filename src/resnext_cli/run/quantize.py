@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from resnext_cli.console import Console
-from resnext_cli.errors import ConfigError, ExitStatus
+from resnext_cli.errors import ConfigError, ExitStatus, OutputError
 from resnext_cli.files import OutputTarget
 from resnext_cli.inputs.sources import iter_sources
 from resnext_cli.model.labels import imagenet_labels
@@ -101,7 +101,9 @@ def _quantize(
             "the ones you will classify"
         )
     if request.runtime == "openvino":
-        return _quantize_openvino(request, plan, model, state, crops, console, failed=failed)
+        return _quantize_openvino(
+            request, plan, model, state, crops, console, target, failed=failed
+        )
     from resnext_cli.model.quantized import agreement, calibrate, quantized_engine, save_quantized
 
     engine = quantized_engine()
@@ -152,6 +154,7 @@ def _quantize_openvino(
     state: State,
     crops: list[torch.Tensor],
     console: Console,
+    target: OutputTarget,
     *,
     failed: int,
 ) -> int:
@@ -191,7 +194,19 @@ def _quantize_openvino(
             "more photos like the ones you will classify, or save it anyway with --force)"
         )
         return ExitStatus.SOME_FAILED
-    ovr.write_bundle(out, bundle)
+    # The one way of writing (files.py), onto what was claimed before the work began.
+    try:
+        temp = target.temporary()
+        try:
+            ovr.write_bundle_into(temp, bundle)
+        except BaseException:
+            temp.close()
+            raise
+        target.publish(temp)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write '{out}': {exc.strerror or exc} (choose a writable folder)"
+        ) from None
     console.note(said)
     if agree.top1 < USABLE_AGREEMENT:
         console.warn(f"saved with --force although below {USABLE_AGREEMENT:.0%} agreement")
