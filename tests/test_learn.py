@@ -351,6 +351,14 @@ def test_bad_lists(tmp_path: Path, checkpoint: Path) -> None:
         f"error: --from file '{unknown}' line 3: no such file 'missing.png' (fix the path, "
         "or remove the line)"
     )
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    piped = tmp_path / "piped.csv"
+    piped.write_text(f"path,label\n{image},x\npipe,y\n")
+    assert refusal("--from", piped, "-o", out, *ckpt) == (
+        f"error: --from file '{piped}' line 3: 'pipe' is not a regular file (a folder, pipe "
+        "or device; fix the path, or remove the line)"
+    )
     exists = tmp_path / "exists.pth"
     exists.write_bytes(b"keep")
     listing = tmp_path / "ok.csv"

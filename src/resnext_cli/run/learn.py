@@ -241,9 +241,14 @@ def examples_from_list(name: str) -> list[Example]:
         if not path.is_absolute():
             path = base / path
         try:
-            ok = path.is_file()
+            ok, there = path.is_file(), path.exists()
         except (OSError, ValueError):
-            ok = False
+            ok = there = False
+        if there and not ok:
+            raise ConfigError(
+                f"{where}: '{printable(raw_path)}' is not a regular file (a folder, pipe or "
+                "device; fix the path, or remove the line)"
+            )
         if not ok:
             raise ConfigError(
                 f"{where}: no such file '{printable(raw_path)}' (fix the path, or remove the line)"
