@@ -769,3 +769,66 @@ def test_five_predictions_unless_told_otherwise() -> None:
     stream = io.StringIO()
     make_writer("csv", stream).close()
     assert stream.getvalue().splitlines() == [",".join(header)]
+
+
+# -- strangers' text on a terminal ---------------------------------------------------------
+
+HOSTILE_NAMES = [
+    "\x1b]0;pwned\x07\x1b[31mred\x1b[0m",  # a title change and a colour
+    "evil\u202egpj.exe",  # a right-to-left override
+    "del\x7f and c1 \x9b31m",  # DEL and a C1 control sequence introducer
+    "astral \U000e0001 tag",  # an invisible astral format character
+    "lone \udcff surrogate",  # a file name that was not UTF-8
+    "café ok, 名前 ok",  # printable text stays as it is
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_json_for_a_terminal_escapes_what_a_terminal_would_obey(name: str) -> None:
+    from resnext_cli.outputs.writers import terminal_json
+
+    text = terminal_json(json.dumps({"label": name}, ensure_ascii=False))
+    assert text.isprintable()  # nothing left that a terminal acts on or hides
+    assert json.loads(text) == {"label": name}  # and the same data reads back
+    if name.isprintable():
+        assert text == json.dumps({"label": name}, ensure_ascii=False)
+
+
+def test_records_on_a_terminal_show_labels_and_names_escaped(tmp_path: Path, checkpoint) -> None:
+    """A labels file (a stranger's) on a real pty: jsonl, json and csv all escaped there,
+    while the same run into a pipe keeps the labels exactly as given."""
+    import pty
+    import subprocess
+
+    from PIL import Image
+
+    names = [n for n in HOSTILE_NAMES if "\udcff" not in n]  # a labels file is UTF-8
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(names[i % len(names)] for i in range(1000)) + "\n")
+    photo = tmp_path / "evil\u202egpj.png"
+    Image.new("RGB", (64, 48), "orange").save(photo)
+    base = [sys.executable, "-m", "resnext_cli", "classify", str(photo), "--checkpoint",
+            str(checkpoint), "--labels", str(labels), "-q"]  # fmt: skip
+    for fmt in ("jsonl", "json", "csv"):
+        main, secondary = pty.openpty()
+        with subprocess.Popen([*base, "-f", fmt], stdout=secondary, stderr=subprocess.PIPE) as run:
+            os.close(secondary)
+            shown = b""
+            while True:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # the pty's other end closed
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            assert run.wait() == 0, run.stderr.read() if run.stderr else ""
+        os.close(main)
+        text = shown.decode("utf-8", "replace")
+        assert "\x1b" not in text and "\u202e" not in text and "\x7f" not in text, (fmt, text)
+        assert "\x9b" not in text and "\U000e0001" not in text, (fmt, text)
+        assert "\\u202e" in text  # said, not obeyed (printable() and JSON spell it alike)
+    piped = subprocess.run([*base, "-f", "jsonl"], capture_output=True, check=True)
+    record = json.loads(piped.stdout)
+    assert {p["label"] for p in record["predictions"]} <= set(names)
+    assert record["input"] == str(photo)

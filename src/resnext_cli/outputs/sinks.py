@@ -217,7 +217,15 @@ class Outputs:
                 self.writers.append(_Published(self.target, self.fmt, kw))
             else:
                 self.writers.append(
-                    make_writer(self.fmt, stream, console=console, path=path, caption=caption, **kw)
+                    make_writer(
+                        self.fmt,
+                        stream,
+                        console=console,
+                        path=path,
+                        caption=caption,
+                        terminal=_is_terminal(stream),
+                        **kw,
+                    )
                 )
         if req.report is not None:
             from resnext_cli.outputs.report import HtmlReportWriter
@@ -289,3 +297,11 @@ class _Published:
     def close(self) -> None:
         self._writer.close()
         self._target.publish(self._temp)
+
+
+def _is_terminal(stream: IO[str]) -> bool:
+    """Whether *stream* is a terminal (stdout, or -o naming one)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False

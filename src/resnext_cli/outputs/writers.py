@@ -64,19 +64,39 @@ def resolve_format(fmt: str, *, is_terminal: bool, output_name: str | None) -> s
     return "table" if is_terminal else "jsonl"
 
 
-def _dumps(record: Record) -> str:
+def _dumps(record: Record, *, terminal: bool = False) -> str:
     # NaN is refused: a non-finite number is a bug to see, never invalid JSON to ship.
-    return json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(record.to_dict(), ensure_ascii=False, allow_nan=False)
+    return terminal_json(text) if terminal else text
+
+
+def terminal_json(text: str) -> str:
+    """JSON text safe to show on a terminal: every unprintable character left in a string
+    (DEL, C1 controls, bidirectional overrides; JSON escapes the C0 controls itself) as a
+    \\u escape, which reads back as the same string."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif ord(ch) > 0xFFFF:  # a surrogate pair, as JSON spells one
+            high, low = divmod(ord(ch) - 0x10000, 0x400)
+            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
 
 
 class JsonLinesWriter:
     """One JSON object per line, flushed as each record completes."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], *, terminal: bool = False) -> None:
         self._stream = stream
+        self._terminal = terminal
 
     def write(self, record: Record) -> None:
-        self._stream.write(_dumps(record) + "\n")
+        self._stream.write(_dumps(record, terminal=self._terminal) + "\n")
         self._stream.flush()
 
     def close(self) -> None:
@@ -86,12 +106,14 @@ class JsonLinesWriter:
 class JsonArrayWriter:
     """One JSON array, streamed element by element."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], *, terminal: bool = False) -> None:
         self._stream = stream
         self._opened = False
+        self._terminal = terminal
 
     def write(self, record: Record) -> None:
-        self._stream.write((",\n  " if self._opened else "[\n  ") + _dumps(record))
+        text = _dumps(record, terminal=self._terminal)
+        self._stream.write((",\n  " if self._opened else "[\n  ") + text)
         self._stream.flush()
         self._opened = True
 
@@ -169,16 +191,27 @@ class CsvWriter:
     """One row per input (wide, the default) or per prediction (long)."""
 
     def __init__(
-        self, stream: IO[str], *, topk: int = 5, long: bool = False, uncertain: bool = False
+        self,
+        stream: IO[str],
+        *,
+        topk: int = 5,
+        long: bool = False,
+        uncertain: bool = False,
+        terminal: bool = False,
     ) -> None:
         self._stream = stream
         self._shape = TableShape(topk, long, uncertain)
         self._csv = csv.writer(stream, lineterminator="\n")
         self._csv.writerow(self._shape.columns())
+        # On a terminal, names and labels (strangers' text) are shown escaped.
+        self._cell = (lambda v: printable(v) if isinstance(v, str) else v) if terminal else None
 
     def write(self, record: Record) -> None:
         for row in self._shape.rows(record):
-            self._csv.writerow([_csv_cell(v) for v in row])
+            cells = [_csv_cell(v) for v in row]
+            if self._cell is not None:
+                cells = [self._cell(v) for v in cells]
+            self._csv.writerow(cells)
         self._stream.flush()
 
     def close(self) -> None:
@@ -413,14 +446,19 @@ def make_writer(
     path: Path | BinaryIO | None = None,
     caption: str | None = None,
     embeddings: bool = False,
+    terminal: bool = False,
 ) -> Writer:
-    """Return the writer for a concrete format (parquet writes to *path*, not *stream*)."""
+    """Return the writer for a concrete format (parquet writes to *path*, not *stream*).
+
+    *terminal*: the stream is a terminal, where strangers' text is shown escaped (JSON
+    with \\u escapes that read back as the same strings; CSV cells as printable() shows).
+    """
     if fmt == "jsonl":
-        return JsonLinesWriter(stream)
+        return JsonLinesWriter(stream, terminal=terminal)
     if fmt == "json":
-        return JsonArrayWriter(stream)
+        return JsonArrayWriter(stream, terminal=terminal)
     if fmt == "csv":
-        return CsvWriter(stream, topk=topk, long=long, uncertain=uncertain)
+        return CsvWriter(stream, topk=topk, long=long, uncertain=uncertain, terminal=terminal)
     if fmt == "parquet":
         if path is None:
             raise OutputError("parquet output needs a file (give -o FILE.parquet)")
