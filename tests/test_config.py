@@ -17,7 +17,7 @@ def test_defaults_are_the_documented_ones() -> None:
     # 100 MiB download cap of the error table.
     assert config.max_pixels == 178_956_970 == 2 * 89_478_485
     assert (config.topk, config.timeout, config.max_download_bytes) == (5, 10.0, 100 * 2**20)
-    assert (config.model, config.weights) == ("resnext50_32x4d", "IMAGENET1K_V2")
+    assert (config.model, config.weights) == ("resnext50_32x4d", "DEFAULT")
     assert (config.device, config.precision, config.decode) == ("auto", "auto", "auto")
 
 
@@ -46,24 +46,32 @@ def test_short_model_names(model: str, canonical: str) -> None:
             {"device": "tpu"},
             "unknown device 'tpu' (choose from: auto, cpu, cuda, cuda:N, mps)",
         ),
-        (
-            {"exact": True, "quantized": True},
-            "--exact is the fp32 reference and --quantized is INT8; give one",
-        ),
-        (
-            {"exact": True, "precision": "bf16"},
-            "--exact runs in fp32; drop --precision bf16 or --exact",
-        ),
-        (
-            {"model": "101", "quantized": True, "precision": "fp16"},
-            "--quantized runs in int8; drop --precision fp16 or --quantized",
-        ),
     ],
 )
 def test_each_bad_value_is_one_line(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Config(**options)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"exact": True, "quantized": True},
+        {"exact": True, "precision": "bf16"},
+        {"exact": True, "runtime": "openvino"},
+        {"exact": True, "decode": "gpu"},
+        {"model": "101", "quantized": True, "precision": "fp16"},
+        {"model": "101", "quantized": True, "embeddings": True},
+        {"model": "101", "quantized": True, "compile": True},
+    ],
+)
+def test_a_config_checks_single_values_not_pairs(options: dict[str, object]) -> None:
+    # Which options contradict each other is the plan's to say (test_plan.py).
+    config = Config(**options)  # type: ignore[arg-type]
+    assert {name: getattr(config, name) for name in options if name != "model"} == {
+        name: value for name, value in options.items() if name != "model"
+    }
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12", "mps", "auto"])
@@ -75,17 +83,3 @@ def test_with_checks_again() -> None:
     assert Config().with_(topk=3).topk == 3
     with pytest.raises(ConfigError):
         Config().with_(topk=0)
-
-
-def test_a_copy_keeps_the_weights_looked_up_unless_it_names_others() -> None:
-    config = Config(model="50", weights="imagenet1k_v1")
-    info = config.weights_info()
-    assert (info.model, info.tag, info.quantized) == ("resnext50_32x4d", "IMAGENET1K_V1", False)
-    assert config.with_(topk=3).weights_info() is info
-    other = config.with_(model="101").weights_info()
-    assert (other.model, other.tag) == ("resnext101_32x8d", "IMAGENET1K_V1")
-    assert config.with_(weights="DEFAULT").weights_info().tag == "IMAGENET1K_V2"
-    int8 = Config(model="101", quantized=True).weights_info()
-    assert (int8.tag, int8.quantized) == ("IMAGENET1K_FBGEMM_V2", True)
-    assert Config(model="101", quantized=True, checkpoint="x.pth").weights_info().quantized is False
-    assert config == Config(model="resnext50_32x4d", weights="IMAGENET1K_V1")

@@ -116,6 +116,24 @@ def cases(t: Path) -> dict[str, tuple[list[str], str]]:
             ],
             f"error: checkpoint '{t / 'mine.pth'}' does not exist (give a file)",
         ),
+        "--exact with --quantized": (
+            ["classify", cat, "-m", "101", "--exact", "--quantized"],
+            "error: --exact is the fp32 reference and --quantized is INT8; give one",
+        ),
+        "--exact with --decode gpu": (
+            ["classify", cat, "--exact", "--decode", "gpu"],
+            "error: --exact decodes with Pillow, as the reference; drop --decode gpu",
+        ),
+        "weights the model does not have": (
+            ["classify", cat, "--weights", "V9"],
+            "error: unknown weights 'V9' for resnext50_32x4d (choose from: DEFAULT, "
+            "IMAGENET1K_V1, IMAGENET1K_V2)",
+        ),
+        "learn with weights the model does not have": (
+            ["learn", photos, "-o", str(t / "new.pth"), "-m", "101", "--weights", "V9"],
+            "error: unknown weights 'V9' for resnext101_32x8d (choose from: DEFAULT, "
+            "IMAGENET1K_V1, IMAGENET1K_V2)",
+        ),
         "sort with a missing file": (
             ["sort", str(t / "cta.jpg"), str(t / "dest")],
             f"error: no such file: '{t / 'cta.jpg'}'",

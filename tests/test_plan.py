@@ -11,7 +11,7 @@ import torch
 
 from resnext_cli.errors import ConfigError
 from resnext_cli.run.config import Config
-from resnext_cli.run.plan import MachineFacts, resolve
+from resnext_cli.run.plan import MachineFacts, refuse_pairs, resolve, weights_for
 
 AVX2 = MachineFacts(cpu_count=2)  # no native bf16: AVX2-only
 BF16_CPU = MachineFacts(cpu_count=2, cpu_native_bf16=True)  # AVX512-BF16 or AMX
@@ -59,8 +59,59 @@ def test_explicit_precision_is_kept_where_it_runs() -> None:
     assert resolve(Config(precision="bf16"), AVX2).precision == "bf16"  # emulated, allowed
     assert resolve(Config(precision="fp16", device="cuda"), GPU).precision == "fp16"
     with pytest.raises(ConfigError) as info:
-        Config(exact=True, precision="bf16")
+        resolve(Config(exact=True, precision="bf16"), BF16_CPU)
     assert str(info.value) == "--exact runs in fp32; drop --precision bf16 or --exact"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"exact": True, "quantized": True},
+            "--exact is the fp32 reference and --quantized is INT8; give one",
+        ),
+        (
+            {"exact": True, "precision": "fp16"},
+            "--exact runs in fp32; drop --precision fp16 or --exact",
+        ),
+        (
+            {"exact": True, "runtime": "openvino"},
+            "--exact is the torch fp32 reference; drop --runtime openvino or --exact",
+        ),
+        (
+            {"exact": True, "decode": "gpu"},
+            "--exact decodes with Pillow, as the reference; drop --decode gpu",
+        ),
+        (
+            {"model": "101", "quantized": True, "precision": "bf16"},
+            "--quantized runs in int8; drop --precision bf16 or --quantized",
+        ),
+        (
+            {"model": "101", "quantized": True, "embeddings": True},
+            "--embeddings come from the float model; drop --quantized",
+        ),
+        (
+            {"model": "101", "quantized": True, "compile": True},
+            "--compile is for float models; drop --compile or --quantized",
+        ),
+    ],
+)
+def test_contradicting_options_are_refused_before_the_machine_is_probed(
+    options, message, monkeypatch
+) -> None:
+    def no_probe(device: str = "auto") -> MachineFacts:
+        raise AssertionError("probed the machine before refusing the options")
+
+    monkeypatch.setattr(MachineFacts, "probe", no_probe)
+    config = Config(**options)
+    for check in (lambda: refuse_pairs(config), lambda: resolve(config)):
+        with pytest.raises(ConfigError) as info:
+            check()
+        assert str(info.value) == message
+    # quantize's calibration plan drops --quantized only after refusing what was given.
+    with pytest.raises(ConfigError) as info:
+        resolve(config, AVX2, purpose="calibrate")
+    assert str(info.value) == message
 
 
 @pytest.mark.parametrize("facts", [AVX2, BF16_CPU])
@@ -267,7 +318,7 @@ def test_compile_is_off_by_default_and_reaches_the_plan() -> None:
     assert resolve(Config(), AVX2).compile is False
     assert resolve(Config(compile=True), AVX2).compile is True
     with pytest.raises(ConfigError) as info:
-        Config(compile=True, quantized=True, model="resnext101_32x8d")
+        resolve(Config(compile=True, quantized=True, model="resnext101_32x8d"), AVX2)
     assert str(info.value) == "--compile is for float models; drop --compile or --quantized"
 
 
@@ -508,7 +559,11 @@ def test_a_run_looks_its_weights_up_once(monkeypatch, resnext, checkpoint, photo
     import resnext_cli.run.network
     import resnext_cli.run.plan  # noqa: F401
 
-    calls = _count_calls(monkeypatch, "resnext_cli.model.registry", "resolve_weights")
+    # The command line's early check and the plan both ask; the registry looks up once.
+    from resnext_cli.model import registry
+
+    registry.resolve_weights.cache_clear()
+    calls = _count_calls(monkeypatch, "resnext_cli.model.registry", "_info")
     run = resnext("classify", photos, "--checkpoint", checkpoint, "-m", "50", "--runtime", "torch")
     assert run.code == 0, run.stderr
     assert [r["model"] for r in run.records()] == ["resnext50_32x4d"] * 3
@@ -523,3 +578,45 @@ def test_a_calibration_plan_is_the_float_network_on_the_cpu_through_torch() -> N
     assert (plan.device, plan.precision, plan.runtime) == ("cpu", "fp32", "torch")
     assert plan.fold_batchnorm is False
     assert resolve(Config(), openvino_gpu).fold_batchnorm is True
+
+
+def test_the_weights_a_config_names() -> None:
+    # Tags from torchvision's documentation: resnext50_32x4d's default is IMAGENET1K_V2,
+    # and resnext101_32x8d publishes INT8 weights (FBGEMM).
+    v1 = weights_for(Config(model="50", weights="imagenet1k_v1"))
+    assert (v1.model, v1.tag, v1.quantized) == ("resnext50_32x4d", "IMAGENET1K_V1", False)
+    assert weights_for(Config(model="50")).tag == "IMAGENET1K_V2"
+    int8 = weights_for(Config(model="101", quantized=True))
+    assert (int8.model, int8.tag, int8.quantized) == (
+        "resnext101_32x8d",
+        "IMAGENET1K_FBGEMM_V2",
+        True,
+    )
+    # A checkpoint made by 'resnext quantize' brings its INT8 weights: the float ones name
+    # the architecture and the preprocessing.
+    own = weights_for(Config(model="101", quantized=True, checkpoint="mine-int8.pth"))
+    assert (own.tag, own.quantized) == ("IMAGENET1K_V2", False)
+    plan = resolve(Config(model="50", weights="imagenet1k_v1"), AVX2)
+    assert (plan.info.model, plan.info.tag) == ("resnext50_32x4d", "IMAGENET1K_V1")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"weights": "V9"},
+            "unknown weights 'V9' for resnext50_32x4d (choose from: DEFAULT, IMAGENET1K_V1, "
+            "IMAGENET1K_V2)",
+        ),
+        (
+            {"quantized": True},
+            "resnext50_32x4d has no published INT8 weights (make them from your own photos "
+            "with 'resnext quantize -m resnext50_32x4d --calibrate PHOTOS -o my50-int8.pth', "
+            "then use --checkpoint my50-int8.pth --quantized)",
+        ),
+    ],
+)
+def test_weights_a_model_does_not_have_are_one_line(options, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(Config(**options), AVX2)
+    assert str(info.value) == message

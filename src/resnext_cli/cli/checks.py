@@ -17,6 +17,7 @@ from resnext_cli.model.categories import Categories
 from resnext_cli.model.labels import load_labels
 from resnext_cli.outputs.writers import known_suffix
 from resnext_cli.run.config import Config
+from resnext_cli.run.plan import refuse_pairs, weights_for
 
 NO_PHOTO = "no photo to calibrate with (give --calibrate with a folder of your photos)"
 FORMAT_NAMES = "jsonl, json, csv, parquet or table"
@@ -24,8 +25,8 @@ FORMAT_NAMES = "jsonl, json, csv, parquet or table"
 
 def check_model_options(config: Config) -> None:
     """The labels, categories and checkpoint the config names, and -k against the labels."""
-    if config.exact and config.decode == "gpu":
-        raise ConfigError("--exact decodes with Pillow, as the reference; drop --decode gpu")
+    refuse_pairs(config)
+    weights_for(config)  # unknown weights, or no INT8 weights of the model
     labels = load_labels(config.labels)
     # With both --labels and --checkpoint, whether they agree is known once the checkpoint
     # is read: that check comes first there, then this one.

@@ -65,8 +65,6 @@ def learn(
     those. A share of each class (--holdout) scores the model first, then it is fitted
     on every image and saved with its class names: resnext classify --checkpoint FILE.
     """
-    from resnext_cli.run.learn import LearnRequest, run_learn
-
     console.quiet = quiet
     if clear_cache:
         from resnext_cli.model.feature_cache import cache_root, clear
@@ -83,7 +81,12 @@ def learn(
         raise click.UsageError("give FOLDER (one subfolder per class) or --from FILE")
     if output is None:
         raise click.UsageError("give -o FILE: where to save the learned model")
+    from resnext_cli.run.plan import weights_for
+
     config = Config(**options)
+    weights_for(config)  # unknown weights are said before anything loads
+    from resnext_cli.run.learn import LearnRequest, run_learn
+
     request = LearnRequest(
         output=output,
         folder=folder,

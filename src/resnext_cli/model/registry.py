@@ -122,6 +122,7 @@ def resolve_model(name: str) -> str:
     raise ConfigError(f"unknown model '{name}' (choose from: {', '.join(MODELS)})")
 
 
+@cache  # a run looks its weights up once, however many steps ask
 def resolve_weights(model: str, tag: str = "DEFAULT", *, quantized: bool = False) -> WeightsInfo:
     """Return the weights *tag* of *model*; 'DEFAULT' means torchvision's default.
 

@@ -21,6 +21,7 @@ from resnext_cli.errors import ConfigError, ExitStatus, Terminated
 from resnext_cli.outputs.summary import RunSummary
 from resnext_cli.results import Failed, Record, apply_threshold
 from resnext_cli.run.config import Config
+from resnext_cli.run.plan import weights_for
 
 if TYPE_CHECKING:
     from resnext_cli.inputs.sources import Source
@@ -114,11 +115,10 @@ def _log_to(console: Console) -> None:
 def build_engine(kind: str, config: Config, console: Console, **options: Any) -> Engine:
     """Build the engine of *kind*, showing what loads (and a bar only while downloading)."""
     _log_to(console)
-    # The config holds canonical names already; the plan resolves the weights once.
     if config.checkpoint:
         what = f"{config.model} from {config.checkpoint}"
     else:
-        what = f"{config.model} ({config.weights})"
+        what = f"{config.model} ({weights_for(config).tag})"
     with console.loading(what) as progress:
         engine = ENGINES[kind].build(config, download_progress=progress, **options)
     for note in engine.plan.notes:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 from resnext_cli.errors import ConfigError
 from resnext_cli.imaging.limits import DEFAULT_MAX_PIXELS
-from resnext_cli.model.registry import WeightsInfo, resolve_weights
+from resnext_cli.model.registry import resolve_model
 
 # The choices each option offers; the plan gives 'auto' its meaning.
 PrecisionChoice = Literal["auto", "fp32", "bf16", "fp16"]
@@ -52,29 +52,13 @@ class Config:
     compile: bool = False
     # auto: OpenVINO on the CPU when its extra is installed, else torch (see plan.py).
     runtime: RuntimeChoice = "auto"
-    # The registry's facts of the weights named above, looked up once: a copy made by
-    # with_() keeps them unless it names other weights (see weights_info()).
-    looked_up: WeightsInfo | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.exact and self.quantized:
-            raise ConfigError("--exact is the fp32 reference and --quantized is INT8; give one")
-        # A checkpoint made by 'resnext quantize' brings its own INT8 weights: its model's
-        # float tag still names the preprocessing.
-        int8 = self.quantized and self.checkpoint is None
-        info = self.looked_up
-        if info is None or (info.model, info.tag, info.quantized) != (
-            self.model,
-            self.weights,
-            int8,
-        ):
-            info = resolve_weights(self.model, self.weights, quantized=int8)
-        # Store canonical names, so records say 'resnext50_32x4d', 'IMAGENET1K_V2'.
-        object.__setattr__(self, "model", info.model)
-        object.__setattr__(self, "weights", info.tag)
-        object.__setattr__(self, "looked_up", info)
-        if self.embeddings and self.quantized:
-            raise ConfigError("--embeddings come from the float model; drop --quantized")
+        # Each value on its own; which values contradict each other is the plan's to say
+        # (run/plan.py, refuse_pairs), where --exact and --quantized get their meaning.
+        # The canonical name, so records say 'resnext50_32x4d' for '50'; which weights of
+        # it (a pair of options with --quantized) the plan looks up.
+        object.__setattr__(self, "model", resolve_model(self.model))
         if self.topk < 1:
             raise ConfigError(f"--topk must be at least 1, not {self.topk}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -91,14 +75,6 @@ class Config:
             raise ConfigError(
                 f"unknown precision '{self.precision}' (choose from: {', '.join(PRECISIONS)})"
             )
-        if self.exact and self.precision not in ("auto", "fp32"):
-            raise ConfigError(f"--exact runs in fp32; drop --precision {self.precision} or --exact")
-        if self.quantized and self.precision not in ("auto", "int8"):
-            raise ConfigError(
-                f"--quantized runs in int8; drop --precision {self.precision} or --quantized"
-            )
-        if self.compile and self.quantized:
-            raise ConfigError("--compile is for float models; drop --compile or --quantized")
         if self.decode not in DECODERS:
             raise ConfigError(
                 f"unknown decoder '{self.decode}' (choose from: {', '.join(DECODERS)})"
@@ -107,21 +83,10 @@ class Config:
             raise ConfigError(
                 f"unknown runtime '{self.runtime}' (choose from: {', '.join(RUNTIMES)})"
             )
-        if self.exact and self.runtime == "openvino":
-            raise ConfigError(
-                "--exact is the torch fp32 reference; drop --runtime openvino or --exact"
-            )
         if not _DEVICE.match(self.device):
             raise ConfigError(
                 f"unknown device '{self.device}' (choose from: auto, cpu, cuda, cuda:N, mps)"
             )
-
-    def weights_info(self) -> WeightsInfo:
-        """The weights the network loads (torchvision's INT8 ones under --quantized without
-        a checkpoint), as the registry describes them."""
-        if self.looked_up is None:  # set by __post_init__: never
-            raise ConfigError(f"weights '{self.weights}' of {self.model} were not looked up")
-        return self.looked_up
 
     def with_(self, **changes: object) -> Config:
         """Return a copy with some fields changed (and validated again)."""

@@ -19,7 +19,7 @@ from resnext_cli.imaging.preprocess import DecodeOptions
 from resnext_cli.model import openvino_runtime
 from resnext_cli.model.categories import Categories
 from resnext_cli.model.labels import load_labels
-from resnext_cli.model.registry import WeightsInfo, preprocessing_weights
+from resnext_cli.model.registry import WeightsInfo, preprocessing_weights, resolve_weights
 from resnext_cli.model.weights import checkpoints_dir
 from resnext_cli.run.config import Config
 
@@ -354,8 +354,6 @@ def _decode_on(cfg: Config, device_type: str, facts: MachineFacts) -> tuple[Deco
 
 def _decode_choice(cfg: Config, device_type: str) -> DecodeOn:
     if cfg.decode == "gpu":
-        if cfg.exact:
-            raise ConfigError("--exact decodes with Pillow, as the reference; drop --decode gpu")
         if device_type != "cuda":
             raise ConfigError(
                 f"--decode gpu needs a CUDA device, not {device_type} (use --decode auto)"
@@ -382,6 +380,38 @@ def _labels(config: Config, model: str) -> tuple[str, ...] | None:
     return None
 
 
+def refuse_pairs(config: Config) -> None:
+    """Refuse options that contradict each other, before anything is probed or loaded.
+
+    The command line calls this before torch is imported; `resolve` calls it first too,
+    for the Python API and the engines.
+    """
+    if config.exact and config.quantized:
+        raise ConfigError("--exact is the fp32 reference and --quantized is INT8; give one")
+    if config.embeddings and config.quantized:
+        raise ConfigError("--embeddings come from the float model; drop --quantized")
+    if config.exact and config.precision not in ("auto", "fp32"):
+        raise ConfigError(f"--exact runs in fp32; drop --precision {config.precision} or --exact")
+    if config.quantized and config.precision not in ("auto", "int8"):
+        raise ConfigError(
+            f"--quantized runs in int8; drop --precision {config.precision} or --quantized"
+        )
+    if config.compile and config.quantized:
+        raise ConfigError("--compile is for float models; drop --compile or --quantized")
+    if config.exact and config.runtime == "openvino":
+        raise ConfigError("--exact is the torch fp32 reference; drop --runtime openvino or --exact")
+    if config.exact and config.decode == "gpu":
+        raise ConfigError("--exact decodes with Pillow, as the reference; drop --decode gpu")
+
+
+def weights_for(config: Config) -> WeightsInfo:
+    """The weights the network loads: torchvision's INT8 ones under --quantized without a
+    checkpoint (a checkpoint made by 'resnext quantize' brings its own INT8 weights, and
+    its model's float tag still names the preprocessing), else the float ones."""
+    int8 = config.quantized and config.checkpoint is None
+    return resolve_weights(config.model, config.weights, quantized=int8)
+
+
 def resolve(
     config: Config, facts: MachineFacts | None = None, *, purpose: Purpose = "classify"
 ) -> Plan:
@@ -390,11 +420,11 @@ def resolve(
     ``purpose="calibrate"`` is quantize's plan: the float network on the CPU through torch,
     in fp32, BatchNorm unfolded (INT8 conversion fuses it itself).
     """
+    refuse_pairs(config)
     if purpose == "calibrate":
         config = config.with_(precision="fp32", quantized=False, device="cpu", runtime="torch")
     facts = facts if facts is not None else MachineFacts.probe(config.device)
-    # Looked up once, when the config was made; the plan passes these facts down.
-    info = config.weights_info()
+    info = weights_for(config)
     preprocess = preprocessing_weights(info)
     stored = _labels(config, info.model)
     if stored is not None and config.topk > len(stored):
