@@ -7,6 +7,7 @@ others need neither and run in the default suite.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib.util
 import json
@@ -23,12 +24,13 @@ from typing import Any
 import pytest
 import torch
 
-from resnext_cli.errors import InputError
+from resnext_cli.errors import ConfigError, InputError
 from resnext_cli.inputs import objects
 from resnext_cli.inputs.sources import Source
 from resnext_cli.outputs import shards
 from resnext_cli.results import Classified, Failed, Record
 from resnext_cli.run import ray_engine
+from resnext_cli.run.config import Config
 from resnext_cli.run.engine import Classifier
 
 from .conftest import natural_image, run_resnext
@@ -459,3 +461,63 @@ def test_resume_completes_an_interrupted_run(checkpoint: Path, tmp_path: Path) -
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
         for p, q in zip(a["predictions"], b["predictions"], strict=True):
             assert abs(p["probability"] - q["probability"]) <= TOLERANCE
+
+
+class _OneGpuRay:
+    """Ray's remote/get as a cluster whose GPU task returns *answer* (or raises)."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.asked: list[dict[str, object]] = []
+
+    def remote(self, **resources: object) -> Any:
+        self.asked.append(resources)
+
+        class Task:
+            def __init__(self, fn: Any) -> None:
+                self.fn = fn
+
+            def remote(self) -> str:
+                return "ref"
+
+        return Task
+
+    def get(self, ref: str, timeout: float) -> object:
+        assert ref == "ref" and timeout > 0
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def test_a_cluster_gpu_without_bf16_is_planned_in_fp16() -> None:
+    from resnext_cli.run.plan import MachineFacts, resolve
+    from resnext_cli.run.ray_engine import gpu_facts
+
+    # A T4 (Turing) has no bf16: the plan must not pick an emulated bf16 for it.
+    turing = _OneGpuRay((False, 15 << 30, "Tesla T4"))
+    facts = gpu_facts(turing)
+    assert turing.asked == [{"num_gpus": 1}]
+    assert (facts.bf16, facts.free_bytes, facts.name) == (False, 15 << 30, "Tesla T4")
+    cluster = MachineFacts(
+        cpu_count=8,
+        cuda_count=1,
+        cuda_bf16=facts.bf16,
+        cuda_free_bytes=facts.free_bytes,
+        placement="ray",
+    )
+    assert resolve(Config(), cluster).precision == "fp16"
+    ampere = gpu_facts(_OneGpuRay((True, 70 << 30, "NVIDIA A100")))
+    assert resolve(Config(), dataclasses.replace(cluster, cuda_bf16=ampere.bf16)).precision == (
+        "bf16"
+    )
+
+
+def test_a_gpu_task_that_cannot_run_is_one_line() -> None:
+    from resnext_cli.run.ray_engine import gpu_facts
+
+    with pytest.raises(ConfigError) as info:
+        gpu_facts(_OneGpuRay(TimeoutError("no node")))
+    assert str(info.value) == (
+        "could not ask the Ray cluster's GPUs what they offer (TimeoutError); check the "
+        "cluster's GPU nodes, or use --device cpu"
+    )

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -209,6 +210,37 @@ def probe(address: str, *, timeout: float = 5.0) -> None:
         ) from None
 
 
+@dataclass(frozen=True)
+class GpuFacts:
+    """What one of the cluster's GPUs offers (the plan's precision and batch size)."""
+
+    bf16: bool = False
+    free_bytes: int = 0
+    name: str = ""
+
+
+def _probe_gpu() -> tuple[bool, int, str]:
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
+    return bool(torch.cuda.is_bf16_supported()), int(free), str(torch.cuda.get_device_name())
+
+
+def gpu_facts(ray: Any, *, timeout: float = 120.0) -> GpuFacts:
+    """Ask a GPU of the cluster, in a one-GPU task, whether it runs bf16 natively (Ampere
+    and later), its free memory and its name: a cluster of older GPUs gets fp16, not an
+    emulated bf16. A cluster of mixed GPUs is planned by the one Ray places this task on."""
+    task = ray.remote(num_gpus=1)(_probe_gpu)
+    try:
+        bf16, free, name = ray.get(task.remote(), timeout=timeout)
+    except Exception as exc:  # a task that cannot run says why, in one line
+        raise ConfigError(
+            f"could not ask the Ray cluster's GPUs what they offer ({type(exc).__name__}); "
+            "check the cluster's GPU nodes, or use --device cpu"
+        ) from None
+    return GpuFacts(bf16=bool(bf16), free_bytes=int(free), name=str(name))
+
+
 def import_ray(*, loopback: bool) -> Any:
     """Import ray (and ray.data), or raise a one-line ConfigError saying how to install it."""
     if loopback:
@@ -289,16 +321,18 @@ class RayEngine:
             gpus = int(resources.get("GPU", 0))
             cpus = max(1, int(resources.get("CPU", 1)))
             # The cluster's facts, not this machine's: the plan is resolved once, here,
-            # and every task and actor reads it. Ray GPUs are taken to have bf16 (Ampere
-            # and later); --precision fp16 serves older ones.
+            # and every task and actor reads it; a GPU of the cluster says what it runs.
             here = MachineFacts.probe("cpu")
+            gpu = gpu_facts(self._ray) if gpus and cfg.device != "cpu" else GpuFacts()
             facts = MachineFacts(
                 cpu_count=cpus,
                 cpu_native_bf16=here.cpu_native_bf16,
                 # The extra is installed on every node, as [ray] is: the driver's says.
                 openvino=here.openvino,
                 cuda_count=gpus,
-                cuda_bf16=True,
+                cuda_bf16=gpu.bf16,
+                cuda_free_bytes=gpu.free_bytes,
+                cuda_name=gpu.name,
                 placement="ray",
             )
             self.plan = resolve(cfg, facts)
