@@ -351,3 +351,24 @@ EPS = (
     b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 30\n"
     b"newpath 0 0 moveto 40 30 lineto stroke showpage\n%%EOF\n"
 )
+
+
+@pytest.fixture
+def deadlines(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The seconds of each timer the HTTP client's deadline starts, in order.
+
+    A test that a stalled server cannot hold a download asserts these (the deadline inside
+    the code under test) instead of timing itself: one timer of --timeout seconds for a
+    whole exchange; a stall deadline starts another only for what is left of its time.
+    """
+    from resnext_cli.inputs import http as client
+
+    made: list[float] = []
+    real = client._Deadline._new_timer
+
+    def recording(self: Any, seconds: float) -> threading.Timer:
+        made.append(seconds)
+        return real(self, seconds)
+
+    monkeypatch.setattr(client._Deadline, "_new_timer", recording)
+    return made

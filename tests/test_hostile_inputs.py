@@ -718,16 +718,16 @@ def closed_port() -> int:
     return port
 
 
-def test_urls(checkpoint: Path, web: _Server, resnext: Callable[..., Any]) -> None:
+def test_urls(
+    checkpoint: Path, web: _Server, resnext: Callable[..., Any], deadlines: list[float]
+) -> None:
     refused = f"http://127.0.0.1:{closed_port()}/photo.jpg"
     routes = ["/ok.png", "/missing", "/boom", "/stall", "/trickle", "/page.html", "/redirect"]
     routes += ["/to-file", "/huge"]
     inputs = [url(web, r) for r in routes] + [refused, "file:///etc/passwd", "ftp://h/x.jpg"]
-    started = time.perf_counter()
     run = resnext(
         "classify", *inputs, "--checkpoint", checkpoint, "--timeout", "1", "--workers", "4"
     )
-    elapsed = time.perf_counter() - started
     assert run.code == 1, run
     assert "Traceback" not in run.stderr
     records = dict(zip([*routes, "refused", "file", "ftp"], run.records(), strict=True))
@@ -765,8 +765,9 @@ def test_urls(checkpoint: Path, web: _Server, resnext: Callable[..., Any]) -> No
         ),
     }
     assert records["/redirect"]["predictions"] == records["/ok.png"]["predictions"]
-    # It ends: the stall and the trickle each give up after about a second, not their length.
-    assert elapsed < 60, f"the stalled servers held the run {elapsed:.0f}s"
+    # It ends: each download had one deadline of --timeout on its whole exchange (the stall
+    # and the trickle gave up when it fired, not when their server would have finished).
+    assert deadlines == [1.0] * 10
 
 
 # -- any server: --timeout bounds the whole exchange ----------------------------------
@@ -775,29 +776,28 @@ def test_urls(checkpoint: Path, web: _Server, resnext: Callable[..., Any]) -> No
 @pytest.mark.parametrize(
     "route", ["/stall", "/trickle", "/slow-status", "/slow-headers", "/continue"]
 )
-def test_the_timeout_bounds_the_whole_exchange(web: _Server, route: str) -> None:
+def test_the_timeout_bounds_the_whole_exchange(
+    web: _Server, route: str, deadlines: list[float]
+) -> None:
     source = Source(input=url(web, route), url=url(web, route))
-    started = time.perf_counter()
     with pytest.raises(InputError) as info:
         open_source(source, timeout=1)
-    elapsed = time.perf_counter() - started
     assert (info.value.error_type, info.value.message) == (
         "download_failed",
         f"timed out after 1s fetching '{source.url}' (raise --timeout to wait longer)",
     )
-    assert elapsed < 8, f"gave up after {elapsed:.1f}s, not about 1s"
+    # One deadline of 1 s on the whole exchange, never started again by bytes that came.
+    assert deadlines == [1]
 
 
 def test_a_body_over_the_cap_stops_the_download(web: _Server) -> None:
     source = Source(input=url(web, "/endless"), url=url(web, "/endless"))
-    started = time.perf_counter()
     with pytest.raises(InputError) as info:
         open_source(source, timeout=20, max_bytes=1 << 20)
     assert (info.value.error_type, info.value.message) == (
         "too_large",
         f"'{source.url}' is over the 1048576-byte download limit",
     )
-    assert time.perf_counter() - started < 10
     assert web.endless_done.wait(10), "the client kept the endless download open"
 
 

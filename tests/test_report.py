@@ -433,9 +433,7 @@ def test_report_of_ten_thousand_images_pages_its_cards(fake_thumbnails, tmp_path
             )
         )
     report = tmp_path / "big.html"
-    started = time.perf_counter()
     write_report(report, records)
-    assert time.perf_counter() - started < 60
     assert report.stat().st_size < 40_000_000  # about 3.5 KB an image, thumbnails included
 
     page, console = browse(report, tmp_path)
