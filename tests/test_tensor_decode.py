@@ -632,3 +632,67 @@ def test_gpu_route_fails_the_same_files_as_the_cpu_route(
             "junk_for_eoi.jpg": "truncated",
             "cut_in_header.jpg": "truncated",
         }
+
+
+# -- EXIF orientation against Pillow's own reading ------------------------------------
+
+_SMALL_JPEG = jpeg(photo(3, (16, 16)))
+# TIFF field types (1 BYTE ... 12 DOUBLE, 13 IFD) and one Pillow does not know.
+_KINDS = st.sampled_from([3, 3, 3, 4, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 99])
+
+
+@st.composite
+def ifd0(draw: st.DrawFn) -> bytes:
+    """An Exif block with an IFD0 of a few entries, orientation tags among them, each value
+    inline or at an offset (in range or not), sometimes cut short."""
+    e = draw(st.sampled_from(["<", ">"]))
+    start = draw(st.sampled_from([8, 8, 8, 8, 10, 4000]))
+    n = draw(st.integers(1, 3))
+    after = (start if start < 100 else 8) + 2 + 12 * n + 4  # where values at an offset go
+    entries, values = [], b""
+    for _ in range(n):
+        tag = draw(st.sampled_from([0x0112, 0x0112, 0x0112, 0x010F]))
+        kind = draw(_KINDS)
+        count = draw(st.sampled_from([1, 1, 1, 1, 0, 2, 3, 5]))
+        number = draw(st.integers(0, 9))
+        if kind in (5, 10, 12) and count == 1 and draw(st.booleans()):
+            # A number stored at an offset: a ratio (9/3, 5/0) or a double.
+            below = draw(st.sampled_from([1, 3, 0, 2]))
+            stored = (
+                struct.pack(e + "d", number / draw(st.sampled_from([1, 1, 2])))
+                if kind == 12
+                else struct.pack(e + "II", number * below, below)
+            )
+            value = struct.pack(e + "I", after + len(values))
+            values += stored
+        elif kind == 11 and draw(st.booleans()):
+            value = struct.pack(e + "f", number / draw(st.sampled_from([1, 1, 4])))
+        elif draw(st.integers(0, 3)):
+            packed = struct.pack(e + "H", number) + b"\x00\x00"
+            value = packed if kind == 3 else struct.pack(e + "I", number)
+        else:
+            value = draw(st.binary(min_size=4, max_size=4))
+        entries.append(struct.pack(e + "HHI", tag, kind, count) + value)
+    head = (b"II*\x00" if e == "<" else b"MM\x00*") + struct.pack(e + "I", start)
+    body = head + b"\x00" * (start - 8 if start < 100 else 0)
+    body += struct.pack(e + "H", n) + b"".join(entries) + struct.pack(e + "I", 0) + values
+    body += draw(st.binary(max_size=24))
+    if not draw(st.integers(0, 4)):
+        body = body[: draw(st.integers(0, len(body)))]
+    return b"Exif\x00\x00" + body
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(ifd0())
+def test_the_header_reads_exif_orientation_as_pillow_does(block: bytes) -> None:
+    data = with_segment(_SMALL_JPEG, 0xE1, block)
+    with Image.open(io.BytesIO(data)) as img:
+        try:
+            tag = img.getexif().get(0x0112, 1)
+            # Pillow's path turns the picture for a value equal to 2..8 (an int, a ratio or
+            # a float); a tuple, text, bytes or anything else leave it as stored.
+            expected = next((k for k in range(2, 9) if tag == k), 1)
+        except Exception:  # Pillow gives up on the block: the picture stays as stored
+            expected = 1
+    info = jpeg_header(data)
+    assert info is not None and info.orientation == expected

@@ -33,7 +33,9 @@ before they ran (pytorch/vision#9606, meta-pytorch/torchcodec#1634).
 from __future__ import annotations
 
 import logging
+import math
 import re
+import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,9 +72,21 @@ _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
 _ORIENTATION_TAG = 0x0112
 # TIFF integer types (SHORT, LONG, SBYTE, SSHORT, SLONG) -> size and signedness. Pillow
 # also honours a rational or float orientation; no camera writes one.
-_INT_TYPES = {3: (2, False), 4: (4, False), 6: (1, True), 8: (2, True), 9: (4, True)}
+# TIFF's integer types as Pillow reads them: 13 (IFD) and 16 (LONG8) are unsigned longs.
+_INT_TYPES = {
+    3: (2, False),
+    4: (4, False),
+    6: (1, True),
+    8: (2, True),
+    9: (4, True),
+    13: (4, False),
+    16: (8, False),
+}
 # Every type Pillow loads, with its size: a tag of another type counts as absent.
-_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_TYPE_SIZES = {
+    **{1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8},
+    **{13: 4, 16: 8},
+}
 
 # Decoded pixels resized together in one call: same-sized images are stacked, in chunks
 # of at most this many pixels, so a batch of phone photos never becomes one huge float
@@ -218,11 +232,12 @@ def _orientation(exif: bytes | None, xmp: bytes | None) -> int:
 
 
 def _exif_orientation(exif: bytes) -> int | None:
-    """IFD0's orientation tag as Pillow reads it; None when the tag is absent.
+    """IFD0's orientation tag as the Pillow path reads it; None when the tag is absent.
 
-    A damaged TIFF header makes Pillow give up on the EXIF block (the picture stays as
-    stored, 1); a tag of a non-integer type counts as present but unusable (also 1).
-    Entries are read in order until the block ends, the first orientation tag winning.
+    Pillow 13 reads the entries in order, keeps the first of each tag, skips a value
+    whose size (with the values at offsets before it) is more than the block holds, and
+    stops at an entry or a value it cannot read whole, keeping the tags before it. A
+    damaged TIFF header makes it give up on the block (the picture stays as stored, 1).
     """
     tiff = re.sub(b"^(Exif\x00\x00){1,2}", b"", exif)
     if not tiff:
@@ -234,26 +249,47 @@ def _exif_orientation(exif: bytes) -> int | None:
     if ifd + 2 > len(tiff):
         return None
     count = int.from_bytes(tiff[ifd : ifd + 2], order)
+    stored = 0  # bytes of the values stored at offsets so far
     for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
         if entry + 12 > len(tiff):
             return None
         tag = int.from_bytes(tiff[entry : entry + 2], order)
         kind = int.from_bytes(tiff[entry + 2 : entry + 4], order)
-        if tag != _ORIENTATION_TAG or kind not in _TYPE_SIZES:
-            continue
-        items = int.from_bytes(tiff[entry + 4 : entry + 8], order)
-        size = items * _TYPE_SIZES[kind]
+        if kind not in _TYPE_SIZES:
+            continue  # a type Pillow does not load: skipped
+        size = int.from_bytes(tiff[entry + 4 : entry + 8], order) * _TYPE_SIZES[kind]
         value = tiff[entry + 8 : entry + 8 + size]
-        if size > 4:  # stored elsewhere, at an offset; Pillow skips it when out of range
+        if size > 4:  # stored elsewhere, at an offset
+            stored += size
+            if stored > len(tiff):
+                continue  # more than the block holds: Pillow skips the tag
             offset = int.from_bytes(tiff[entry + 8 : entry + 12], order)
-            value = tiff[offset : offset + size] if size <= len(tiff) else b""
-        if len(value) != size or size == 0:
-            continue
-        if kind not in _INT_TYPES:
-            return 1
+            value = tiff[offset : offset + size]
+            if len(value) != size:
+                return None  # a cut value: Pillow stops reading here
+        if value and tag == _ORIENTATION_TAG:
+            return _orientation_value(kind, value, order)
+    return None
+
+
+def _orientation_value(kind: int, value: bytes, order: Literal["little", "big"]) -> int:
+    """The orientation a tag's (first) value stands for: Pillow looks it up among 1..8 by
+    equality, so 6, 6/1 and 6.0 all turn the picture; text or bytes turn nothing."""
+    if kind in _INT_TYPES:
         width, signed = _INT_TYPES[kind]
         return int.from_bytes(value[:width], order, signed=signed)
-    return None
+    if kind in (5, 10):  # RATIONAL, SRATIONAL
+        signed = kind == 10
+        top = int.from_bytes(value[:4], order, signed=signed)
+        bottom = int.from_bytes(value[4:8], order, signed=signed)
+        return top // bottom if bottom and top % bottom == 0 else 1
+    if kind in (11, 12):  # FLOAT, DOUBLE
+        width = 4 if kind == 11 else 8
+        (number,) = struct.unpack(
+            ("<" if order == "little" else ">") + "fd"[kind - 11], value[:width]
+        )
+        return int(number) if math.isfinite(number) and number.is_integer() else 1
+    return 1
 
 
 def gpu_decodable(info: JpegInfo, max_pixels: int) -> bool:
