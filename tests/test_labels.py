@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from resnext_cli.errors import ConfigError
+from resnext_cli.model import labels as labels_module
 from resnext_cli.model.labels import MAX_LABELS_BYTES, imagenet_labels, load_labels
 
 GIVE = "give a UTF-8 text file with one class name per line"
@@ -88,3 +89,22 @@ def test_a_missing_file_names_the_os_reason(tmp_path: Path) -> None:
         load_labels(missing)
     assert str(info.value) == (f"cannot read labels file '{missing}': FileNotFoundError ({GIVE})")
     assert not os.path.exists(missing)
+
+
+def test_a_folder_is_refused_as_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_labels(tmp_path)
+    assert str(info.value) == f"labels file '{tmp_path}' is a folder ({GIVE})"
+
+
+def test_an_installed_wheels_data_comes_before_the_checkouts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wheel ships data/ inside the package; a checkout keeps it at the repository root.
+    package = tmp_path / "resnext_cli"
+    (package / "data").mkdir(parents=True)
+    (package / "data" / "imagenet_classes.txt").write_text("tench from the wheel\n")
+    monkeypatch.setattr(labels_module.resources, "files", lambda name: package)
+    assert imagenet_labels() == ("tench from the wheel",)
+    (package / "data" / "imagenet_classes.txt").unlink()
+    assert imagenet_labels()[:2] == ("tench", "goldfish")  # the checkout's data/

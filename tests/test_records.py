@@ -65,6 +65,17 @@ def test_a_torn_tail_is_left_out_only_when_asked_and_only_if_it_is_a_record(tmp_
         ('{"input": "x", "predictions": []}', "no 'predictions' and no 'error'"),
         ('{"input": "x", "model": 5, "weights": "w", "predictions": [{"label": "a", '
          '"index": 1, "probability": 0.5}]}', "'model' is not text"),
+        ('{"input": "x", "model": "m", "weights": 5, "predictions": [{"label": "a", '
+         '"index": 1, "probability": 0.5}]}', "'weights' is not text"),
+        ('{"input": "x", "path": "/p/a\\u0000.jpg", "error": {"type": "t", "message": "m"}}',
+         "'path' holds a NUL or a character no file name can have"),
+        # A lone high surrogate: no byte string on this system decodes to it.
+        ('{"input": "x", "path": "/p/\\ud800.jpg", "error": {"type": "t", "message": "m"}}',
+         "'path' holds a NUL or a character no file name can have"),
+        ('{"input": "x", "predictions": [{"label": "a", "index": 1, "probability": NaN}]}',
+         "NaN is not a number"),
+        ('{"input": "x", "predictions": [{"label": "a", "index": 1, "probability": -Infinity}]}',
+         "-Infinity is not a number"),
         ("[" * 50_000 + "]" * 50_000, "JSON nested too deeply"),
         ("\ufeff{}", "not JSON"),
     ],
@@ -75,3 +86,58 @@ def test_what_is_not_a_record_is_named_with_its_line(tmp_path, text, detail) -> 
     with pytest.raises(RecordsProblem) as caught:
         read_records(path)
     assert (caught.value.line, caught.value.detail) == (2, detail)
+
+
+def test_a_path_made_of_undecodable_bytes_is_a_name(tmp_path: Path) -> None:
+    # Byte 0x80 in a name reads back as U+DC80 (Python's surrogateescape): a real file name.
+    path = tmp_path / "r.jsonl"
+    data = {**Failed("x", "t", "m").to_dict(), "path": "/p/\udc80.jpg"}
+    path.write_text(json.dumps(data) + "\n")
+    (entry,) = read_records(path).entries
+    assert entry.data["path"] == "/p/\udc80.jpg"
+
+
+def test_the_problem_reads_as_its_line_and_detail(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(Failed("ok", "t", "m").to_dict()) + "\n" + '{"input": 1}\n')
+    with pytest.raises(RecordsProblem) as caught:
+        read_records(path)
+    assert str(caught.value) == "line 2: no 'input'"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "detail"),
+    [
+        ('[\n{"input": "x", "predictions": [{"label": "a", "index": 1, "probability": NaN}]}]',
+         2, "not JSON"),
+        ("[\n\n" + "[" * 50_000 + "]" * 50_000 + "]", 3, "JSON nested too deeply"),
+    ],
+)  # fmt: skip
+def test_an_array_refuses_what_lines_refuse(tmp_path: Path, text, line, detail) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(text)
+    with pytest.raises(RecordsProblem) as caught:
+        read_records(path)
+    assert (caught.value.line, caught.value.detail) == (line, detail)
+
+
+def test_an_array_after_much_white_space_is_still_an_array(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(" " * 10_000 + "\n" + json.dumps([ONE.to_dict()]))
+    assert [e.record for e in read_records(path).entries] == [ONE]
+    with pytest.raises(RecordsProblem) as caught:
+        read_records(path, arrays=False)
+    assert (caught.value.line, caught.value.detail) == (1, "a JSON array, not JSON Lines")
+
+
+def test_the_end_of_the_whole_lines_counts_every_line(tmp_path: Path) -> None:
+    # --resume cuts the file there: all whole lines, before the torn one.
+    lines = [json.dumps(Failed(f"{i}.jpg", "t", "m").to_dict()) + "\n" for i in range(3)]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(lines) + '{"input": "3.j')
+    found = read_records(path, torn_tail=True)
+    assert found.end == sum(len(line.encode()) for line in lines) and len(found.entries) == 3
+    path.write_bytes(b"".join(line.encode() for line in lines) + b"\xff\xfe")
+    with pytest.raises(RecordsProblem) as caught:
+        read_records(path, torn_tail=True)
+    assert (caught.value.line, caught.value.detail) == (4, "does not end in result records")

@@ -152,9 +152,9 @@ def read_records(path: Path, *, torn_tail: bool = False, arrays: bool = True) ->
     too; else only JSON Lines.
     """
     with open_user_file(path) as fh:
-        head = fh.read(4096).removeprefix(_BOM).lstrip()
+        first = _first_byte(fh)
         fh.seek(0)
-        if head.startswith(b"["):
+        if first == b"[":
             if not arrays:
                 raise RecordsProblem(1, "a JSON array, not JSON Lines")
             data = fh.read(MAX_ARRAY + 1)
@@ -165,6 +165,16 @@ def read_records(path: Path, *, torn_tail: bool = False, arrays: bool = True) ->
             entries = _from_array(data)
             return RecordsRead(entries, len(data))
         return _from_lines(fh, torn_tail=torn_tail)
+
+
+def _first_byte(fh: BinaryIO) -> bytes:
+    """The first byte after a byte-order mark and any white space (b"" when none)."""
+    head = fh.read(len(_BOM)).removeprefix(_BOM)
+    while True:
+        rest = head.lstrip()
+        if rest or not head:
+            return rest[:1]
+        head = fh.read(4096)
 
 
 def _lines(fh: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -181,11 +191,7 @@ def _from_lines(fh: BinaryIO, *, torn_tail: bool) -> RecordsRead:
     end = 0
     for number, raw in _lines(fh):
         if not raw.endswith(b"\n") and torn_tail:
-            try:
-                tail = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                tail = ""
-            if tail.startswith('{"input"'):
+            if raw.startswith(b'{"input"'):
                 break  # cut off by a crash: left out, and cut by the next writer
             raise RecordsProblem(number, "does not end in result records")
         text = (raw.removeprefix(_BOM) if number == 1 else raw).strip()

@@ -29,9 +29,9 @@ def bundled_text(name: str) -> str:
 
 
 def _parse(text: str) -> tuple[str, ...]:
-    # Lines end at '\n' (or '\r\n') only: str.splitlines would also split a label at a
-    # form feed, a vertical tab or a Unicode line separator inside it.
-    lines = (line.removesuffix("\r").strip() for line in text.split("\n"))
+    # Lines end at '\n' only (strip() takes a '\r\n' line's '\r'): str.splitlines would
+    # also split a label at a form feed, a vertical tab or a Unicode line separator in it.
+    lines = (line.strip() for line in text.split("\n"))
     return tuple(line for line in lines if line)
 
 
