@@ -136,3 +136,31 @@ def test_peak_memory_stays_under_3_gb_with_huge_pictures(checkpoint: Path, tmp_p
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 5
     peak = usage.ru_maxrss * 1024  # kilobytes on Linux
     assert peak < 3 * 10**9, f"peak RSS {peak / 1e9:.2f} GB"
+
+
+def test_shares_add_up_and_are_given_back_once() -> None:
+    budget = MemoryBudget(1000)
+    assert (budget.used, budget.peak) == (0, 0)  # nothing held yet
+    assert budget.acquire(0) == 0 and budget.acquire(-5) == 0  # an empty picture holds none
+    with budget.reserve() as first, budget.reserve() as second:
+        first.need(300)
+        second.need(200)
+        second.need(400)  # once: a second call adds nothing
+        assert (budget.used, budget.peak) == (500, 500)
+        first.release()
+        first.release()  # given back once, however often it is asked
+        assert budget.used == 200
+    assert (budget.used, budget.peak) == (0, 500)
+
+
+def test_pillow_is_asked_for_blocks_it_frees_unless_the_person_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[int] = []
+    monkeypatch.setattr(budget_module.pillow_core, "set_block_size", asked.append)
+    monkeypatch.delenv("PILLOW_BLOCK_SIZE", raising=False)
+    budget_module.return_freed_pixels()
+    assert asked == [64 * 2**20]  # 64 MiB: over glibc's mmap threshold of 32 MiB
+    monkeypatch.setenv("PILLOW_BLOCK_SIZE", "16m")
+    budget_module.return_freed_pixels()
+    assert asked == [64 * 2**20]  # the person's setting stands
