@@ -113,6 +113,13 @@ def test_header_of_generated_jpegs(
     assert gpu_decodable(info, BIG) is decodable
 
 
+def test_a_one_pixel_jpeg_goes_to_the_tensor_decoder() -> None:
+    info = jpeg_header(jpeg(photo(4, (1, 1))))
+    assert info is not None and (info.width, info.height) == (1, 1)
+    assert gpu_decodable(info, max_pixels=1)
+    assert not gpu_decodable(info, max_pixels=0)
+
+
 def test_pixel_limit_and_rgb_coded() -> None:
     info = jpeg_header(jpeg(photo(1, (100, 50))))
     assert info is not None
@@ -253,7 +260,17 @@ def _parity_set() -> list[bytes]:
         jpeg(photo(15, (500, 375)), exif=rotated),
         jpeg(photo(16, (300, 451)), exif=mirrored),
         jpeg(photo(17, (232, 240))),
+        jpeg(photo(18, (4001, 120))),  # an odd excess: the middle box rounds as Pillow's
+        # One stored size in all eight orientations, in one batch: 5 to 8 swap the sides,
+        # so they are resized in other groups than 1 to 4.
+        *(jpeg(photo(19, (90, 60)), exif=_oriented(k)) for k in range(1, 9)),
     ]
+
+
+def _oriented(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif
 
 
 def test_crops_match_the_pillow_path() -> None:
