@@ -473,6 +473,10 @@ def test_a_failed_batch_is_retried_per_image(monkeypatch: pytest.MonkeyPatch) ->
         if crop is not None:
             alone = tensor_crops([data])[0]
             assert alone is not None and torch.equal(crop, alone)
+    calls.clear()
+    monkeypatch.setattr(td, "_decode_jpeg", decode)
+    assert tensor_crops([goods[3]]) == [None]
+    assert calls == [1]  # a batch of one that failed is not tried again
 
 
 def test_out_of_memory_in_resizing_backs_off_once(
