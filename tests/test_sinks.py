@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import io
 import json
+import os
 
 import pytest
+
+from resnext_cli.outputs.sinks import OutputRequest, Outputs
+from resnext_cli.results import Failed
 
 
 @pytest.mark.parametrize(
@@ -20,8 +26,15 @@ def test_resume_refuses_a_file_that_is_not_results_and_leaves_it_whole(
     target.write_bytes(content)
     run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--resume")
     assert (run.code, run.stdout) == (2, ""), run
-    assert run.stderr.startswith(f"error: '{target}' ")
-    assert "(cannot --resume it; give the -o file of an earlier run)" in run.stderr
+    detail = {
+        b"n": "line 1 is not a result record (not JSON)",
+        b"\xff": "line 1 is not a result record (not JSON)",
+        b"{": "line 1 is not a result record (no 'input')",
+    }
+    assert run.stderr == (
+        f"error: '{target}' {detail[content[:1]]} (cannot --resume it; give the -o file of an "
+        "earlier run)\n"
+    )
     assert target.read_bytes() == content
 
 
@@ -119,3 +132,99 @@ def test_checkpoint_url_that_does_not_load_is_not_kept(http_server, photos, resn
     from resnext_cli.model.weights import cached_path
 
     assert not cached_path(url).exists()
+
+
+def _record_line(name: str) -> bytes:
+    error = {"type": "not_found", "message": f"no such file: '{name}'"}
+    return json.dumps({"input": name, "error": error}).encode() + b"\n"
+
+
+def test_resume_cuts_a_torn_record_and_refuses_other_endings(
+    checkpoint, photos, tmp_path, resnext
+) -> None:
+    target = tmp_path / "r.jsonl"
+    done = _record_line("gone.jpg")
+    target.write_bytes(done + b'{"input": "half')  # a run killed in the middle of a line
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--resume")
+    assert run.code == 0, run  # this run classified every photo
+    lines = target.read_bytes().splitlines(keepends=True)
+    assert lines[0] == done and len(lines) == 1 + len(list(photos.iterdir()))
+    assert all(json.loads(line)["input"] != "half" for line in lines)
+    target.write_bytes(done + b"my notes")
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--resume")
+    assert (run.code, run.stderr) == (
+        2,
+        f"error: '{target}' does not end in result records (cannot --resume it; give the -o "
+        "file of an earlier run)\n",
+    )
+    target.write_bytes(b"[" + done.strip() + b"]\n")  # -f json's array: not continued
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--resume")
+    assert (run.code, run.stderr) == (
+        2,
+        f"error: '{target}' line 1 is not a result record (a JSON array, not JSON Lines) "
+        "(cannot --resume it; give the -o file of an earlier run)\n",
+    )
+
+
+def test_resume_of_a_file_that_cannot_be_read_says_why(
+    checkpoint, photos, tmp_path, resnext
+) -> None:
+    target = tmp_path / "r.jsonl"
+    target.write_bytes(_record_line("gone.jpg"))
+    target.chmod(0o200)  # writable, not readable: as root, a file over the size cap instead
+    if os.access(target, os.R_OK):
+        pytest.skip("root reads any file")
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--resume")
+    assert (run.code, run.stderr) == (
+        2,
+        f"error: cannot read '{target}': Permission denied (check the file)\n",
+    )
+
+
+def test_resume_into_a_pipe_is_refused(checkpoint, photos, tmp_path, resnext) -> None:
+    fifo = tmp_path / "r.jsonl"
+    os.mkfifo(fifo)
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", fifo, "--resume")
+    assert (run.code, run.stderr) == (
+        2,
+        f"error: cannot --resume '{fifo}': it is not a regular file\n",
+    )
+
+
+def test_each_record_reaches_the_file_as_it_is_written(tmp_path) -> None:
+    # A kill keeps what was written: nothing waits in a buffer of the tool's.
+    target = tmp_path / "r.jsonl"
+    out = Outputs.open(OutputRequest(output=str(target)), stdout_is_terminal=False)
+    try:
+        out.start(stdout=io.StringIO(), topk=5, uncertain=False)
+        first = Failed("caf\udce9.jpg", "not_found", "gone")  # a Latin-1 name's byte
+        out.write(first)
+        line = target.read_bytes()
+        # The name's lone surrogate is written as a \\udcXX escape: JSON reads back the name.
+        assert json.loads(line) == first.to_dict()
+        assert line.endswith(b"\n") and b"\r" not in line
+    finally:
+        out.close()
+
+
+def test_a_failure_to_write_to_standard_output_names_it() -> None:
+    out = Outputs(request=OutputRequest(), fmt="jsonl")
+    error = out._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    assert str(error) == (
+        "cannot write to 'standard output': No space left on device (what was written is "
+        "kept; free space or give another -o, then --resume)"
+    )
+
+
+def test_a_stream_without_a_descriptor_is_not_a_terminal() -> None:
+    from resnext_cli.outputs.sinks import _is_terminal
+
+    assert _is_terminal(io.StringIO()) is False
+
+
+def test_embeddings_reach_the_records_file(checkpoint, photos, tmp_path, resnext) -> None:
+    target = tmp_path / "r.jsonl"
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--embeddings")
+    assert run.code == 0, run
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    assert records and all(len(r["embedding"]) == 2048 for r in records)  # ResNeXt's pool
