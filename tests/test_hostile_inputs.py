@@ -35,9 +35,11 @@ from resnext_cli.errors import ConfigError, InputError
 from resnext_cli.imaging.preprocess import DecodeOptions, decode
 from resnext_cli.inputs import sources as sources_module
 from resnext_cli.inputs.sources import Source, iter_sources, open_source
-from resnext_cli.model.labels import MAX_LABELS_BYTES, load_labels
+from resnext_cli.model.labels import load_labels
 from resnext_cli.results import Classified, Failed
 from tests.conftest import EPS, PDF, SVG, natural_image, oriented_png, png_with_header
+
+LABELS_CAP = 10 << 20  # the README: a labels file of at most 10 MB
 
 # Hostile files make Pillow warn (odd TIFF tags, bad EXIF, huge headers); expected here.
 pytestmark = pytest.mark.filterwarnings(
@@ -885,13 +887,12 @@ def test_labels_from_a_pipe_or_a_device_are_refused(tmp_path: Path, device_node)
 def test_a_huge_labels_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "huge.txt"
     with path.open("wb") as fh:
-        fh.truncate(MAX_LABELS_BYTES + 1)  # sparse: no disk used
+        fh.truncate(LABELS_CAP + 1)  # sparse: no disk used
     assert labels_error(path) == (
-        f"labels file '{path}' is over the {MAX_LABELS_BYTES}-byte limit "
-        "(give one class name per line)"
+        f"labels file '{path}' is over the {LABELS_CAP}-byte limit (give one class name per line)"
     )
-    path.write_bytes(b"cat\n" * (MAX_LABELS_BYTES // 4))  # exactly at the limit
-    assert len(load_labels(path)) == MAX_LABELS_BYTES // 4
+    path.write_bytes(b"cat\n" * (LABELS_CAP // 4))  # exactly at the limit
+    assert len(load_labels(path)) == LABELS_CAP // 4
 
 
 def test_labels_split_at_line_ends_only(tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ from torchvision.transforms import functional as F
 
 from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode, limit_aspect
 from resnext_cli.model import openvino_runtime as ovr
-from resnext_cli.model.checkpoint import CLASSES_KEY
 from resnext_cli.model.registry import all_weights, torchvision_weights
 from resnext_cli.run import pipeline
 from resnext_cli.run.engine import Classifier
@@ -327,7 +326,7 @@ def test_a_learned_checkpoints_names_come_from_the_cache_entry(
 ) -> None:
     names = [f"kind {i}" for i in range(10)]
     learned = tmp_path / "learned.pth"
-    torch.save({"state_dict": torch.load(checkpoint10)["model"], CLASSES_KEY: names}, learned)
+    torch.save({"state_dict": torch.load(checkpoint10)["model"], "resnext_classes": names}, learned)
     code, cold, err, imported = _run(
         tmp_path, "classify", *photos, "--checkpoint", learned, "--runtime", "openvino"
     )
@@ -344,7 +343,9 @@ def test_a_learned_checkpoints_names_come_from_the_cache_entry(
         assert len(labels) == 5
     # The checkpoint changed since: its entry no longer answers, torch reads the new names.
     renamed = [f"sort {i}" for i in range(10)]
-    torch.save({"state_dict": torch.load(checkpoint10)["model"], CLASSES_KEY: renamed}, learned)
+    torch.save(
+        {"state_dict": torch.load(checkpoint10)["model"], "resnext_classes": renamed}, learned
+    )
     code, records, err, imported = _run(
         tmp_path, "classify", photos[0], "--checkpoint", learned, "--runtime", "openvino"
     )

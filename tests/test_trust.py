@@ -17,7 +17,9 @@ import pytest
 
 from resnext_cli import sort as sorting
 from resnext_cli.results import CategoryScore, Classified, Failed, FileFacts, Prediction
-from resnext_cli.sort import JOURNAL_NAME, SortError, execute, make_plan
+from resnext_cli.sort import SortError, execute, make_plan
+
+JOURNAL_NAME = ".resnext-sort-journal.jsonl"  # the README's name for it
 
 SRC = str(Path(__file__).parents[1] / "src")
 
