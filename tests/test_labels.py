@@ -97,7 +97,7 @@ def test_a_folder_is_refused_as_one(tmp_path: Path) -> None:
     assert str(info.value) == f"labels file '{tmp_path}' is a folder ({GIVE})"
 
 
-def test_an_installed_wheels_data_comes_before_the_checkouts(
+def test_an_installed_packages_data_comes_before_the_checkouts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A wheel ships data/ inside the package; a checkout keeps it at the repository root.
