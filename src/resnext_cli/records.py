@@ -169,12 +169,14 @@ def read_records(path: Path, *, torn_tail: bool = False, arrays: bool = True) ->
 
 def _first_byte(fh: BinaryIO) -> bytes:
     """The first byte after a byte-order mark and any white space (b"" when none)."""
-    head = fh.read(len(_BOM)).removeprefix(_BOM)
+    head = fh.read(4096).removeprefix(_BOM)
     while True:
         rest = head.lstrip()
-        if rest or not head:
+        if rest:
             return rest[:1]
         head = fh.read(4096)
+        if not head:
+            return b""
 
 
 def _lines(fh: BinaryIO) -> Iterator[tuple[int, bytes]]:
