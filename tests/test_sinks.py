@@ -7,6 +7,7 @@ import fcntl
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +229,61 @@ def test_embeddings_reach_the_records_file(checkpoint, photos, tmp_path, resnext
     assert run.code == 0, run
     records = [json.loads(line) for line in target.read_text().splitlines()]
     assert records and all(len(r["embedding"]) == 2048 for r in records)  # ResNeXt's pool
+
+
+def test_a_dash_is_standard_output_not_a_file(checkpoint, photos, tmp_path, resnext) -> None:
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", "-", "-f", "jsonl")
+        assert run.code == 0, run
+        assert len([json.loads(line) for line in run.stdout.splitlines()]) == 3
+        assert not (tmp_path / "-").exists()
+        # --report takes a file name: '-' there is a file, and -o - is still stdout.
+        report = resnext("classify", photos, "--checkpoint", checkpoint, "-o", "-", "--report", "-")
+    finally:
+        os.chdir(here)
+    assert report.code == 0, report
+    assert len([json.loads(line) for line in report.stdout.splitlines()]) == 3
+    assert (tmp_path / "-").read_text().lower().startswith("<!doctype html>")
+
+
+@pytest.mark.parametrize(("fmt", "ok"), [("csv", False), ("table", False), ("json", True)])
+def test_embeddings_go_only_where_a_vector_fits(
+    checkpoint, photos, tmp_path, resnext, fmt, ok
+) -> None:
+    run = resnext("classify", photos, "--checkpoint", checkpoint, "-f", fmt, "--embeddings")
+    if ok:
+        assert run.code == 0 and all(len(r["embedding"]) == 2048 for r in json.loads(run.stdout))
+    else:
+        assert (run.code, run.stderr) == (
+            2,
+            f"error: --embeddings go into json, jsonl or parquet output, not {fmt} (give -f "
+            "jsonl, or -o FILE.jsonl or FILE.parquet)\n",
+        )
+
+
+def test_a_parquet_folder_is_continued_not_replaced(
+    checkpoint, make_photos, tmp_path, resnext
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    photos = make_photos(3)
+    out = tmp_path / "out"
+    first = resnext(
+        "classify", photos, "--checkpoint", checkpoint, "-f", "parquet", "-o", f"{out}/", "-k", "3"
+    )
+    assert first.code == 0, first
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    (photos / "late.jpg").write_bytes(
+        (photos / sorted(kept and os.listdir(photos))[0]).read_bytes()
+    )
+    again = resnext(
+        "classify", photos, "--checkpoint", checkpoint, "-f", "parquet", "-o", f"{out}/",
+        "-k", "3", "--resume",
+    )  # fmt: skip
+    assert again.code == 0, again
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name in kept} == kept
+    rows = [row for p in sorted(out.iterdir()) for row in pq.read_table(p).to_pylist()]
+    assert sorted(Path(r["input"]).name for r in rows) == sorted(os.listdir(photos))
+    # -k 3 in every shard: the README's columns label_1, probability_1 ... label_3.
+    assert all("probability_3" in r and "label_4" not in r for r in rows)
