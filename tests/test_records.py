@@ -65,6 +65,10 @@ def test_a_torn_tail_is_left_out_only_when_asked_and_only_if_it_is_a_record(tmp_
         ('{"input": "x", "predictions": []}', "no 'predictions' and no 'error'"),
         ('{"input": "x", "model": 5, "weights": "w", "predictions": [{"label": "a", '
          '"index": 1, "probability": 0.5}]}', "'model' is not text"),
+        ('{"input": "x", "weights": "w", "predictions": [{"label": "a", "index": 1, '
+         '"probability": 0.5}]}', "no 'model'"),
+        ('{"input": "x", "model": "m", "predictions": [{"label": "a", "index": 1, '
+         '"probability": 0.5}]}', "no 'weights'"),
         ('{"input": "x", "model": "m", "weights": 5, "predictions": [{"label": "a", '
          '"index": 1, "probability": 0.5}]}', "'weights' is not text"),
         ('{"input": "x", "path": "/p/a\\u0000.jpg", "error": {"type": "t", "message": "m"}}',

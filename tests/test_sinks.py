@@ -287,3 +287,19 @@ def test_a_parquet_folder_is_continued_not_replaced(
     assert sorted(Path(r["input"]).name for r in rows) == sorted(os.listdir(photos))
     # -k 3 in every shard: the README's columns label_1, probability_1 ... label_3.
     assert all("probability_3" in r and "label_4" not in r for r in rows)
+
+
+def test_a_full_device_as_the_report_is_named_as_the_report(
+    checkpoint, photos, tmp_path, resnext, device_node
+) -> None:
+    full = device_node("full")
+    out = tmp_path / "r.jsonl"
+    run = resnext(
+        "classify", photos, "--checkpoint", checkpoint, "-o", out, "--report", full, "--force"
+    )
+    assert (run.code, run.stdout) == (2, ""), run
+    assert full.is_char_device()  # written into, never replaced
+    assert run.stderr.splitlines()[-1] == (
+        f"error: cannot write to '{full}': No space left on device (what was written is "
+        "kept; free space or give another --report, then --resume)"
+    )

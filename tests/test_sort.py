@@ -1470,7 +1470,7 @@ NOT_RECORDS = [
     (
         '{"input": "a", "predictions": [{"label": "x", "index": 1, "probability": 0.5}]}',
         1,
-        "not a result record (KeyError: 'model')",
+        "no 'model'",
     ),
     ("[5]", 1, "not a JSON object"),
     (

@@ -102,7 +102,9 @@ def record_problem(data: Any) -> str | None:
         ):
             return "a prediction needs a 'label', an 'index' and a 'probability'"
     for key in ("model", "weights"):
-        if key in data and not isinstance(data[key], str):
+        if key not in data:
+            return f"no '{key}'"
+        if not isinstance(data[key], str):
             return f"'{key}' is not text"
     if data.get("uncertain") is not None and not isinstance(data["uncertain"], bool):
         return "'uncertain' is not true or false"

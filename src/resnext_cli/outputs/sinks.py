@@ -95,6 +95,7 @@ class Outputs:
     writers: list[Writer] = field(default_factory=list)
     target: OutputTarget | None = None  # the -o file or folder, claimed and locked
     report: OutputTarget | None = None  # the --report file, claimed and locked
+    _report_writer: Writer | None = None  # the report's writer, to name it when it fails
 
     @classmethod
     def open(cls, request: OutputRequest, *, stdout_is_terminal: bool) -> Outputs:
@@ -244,12 +245,16 @@ class Outputs:
             for record in self.previous:  # a resumed run's report covers the whole run
                 report.write(record)
             self.writers.append(report)
+            self._report_writer = report
 
-    def _failed(self, exc: OSError) -> OutputError:
-        where = self.request.output or "standard output"
+    def _failed(self, exc: OSError, writer: object = None) -> OutputError:
+        """The place that failed, named: the report, the -o file or standard output."""
+        report = writer is not None and writer is self._report_writer
+        where = self.request.report if report else self.request.output or "standard output"
+        option = "--report" if report else "-o"
         return OutputError(
             f"cannot write to '{where}': {_os_reason(exc)} "
-            "(what was written is kept; free space or give another -o, then --resume)"
+            f"(what was written is kept; free space or give another {option}, then --resume)"
         )
 
     def write(self, record: Record) -> None:
@@ -260,20 +265,22 @@ class Outputs:
             except BrokenPipeError:
                 raise
             except OSError as exc:  # a full disk, a dead network mount: the place, not input
-                raise self._failed(exc) from None
+                raise self._failed(exc, writer) from None
 
     def close(self, *, nothing_written: bool = False) -> None:
         """Finish every writer and close the file; remove a file this run made for nothing."""
+        writer: object = None
         try:
             if not nothing_written:
                 for writer in self.writers:
                     writer.close()
+            writer = None
             if self.stream is not None:
                 self.stream.close()
         except BrokenPipeError:
             raise
         except OSError as exc:
-            raise self._failed(exc) from None
+            raise self._failed(exc, writer) from None
         finally:
             if self.stream is not None:
                 with contextlib.suppress(OSError):
