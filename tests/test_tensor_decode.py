@@ -703,9 +703,102 @@ def ifd0(draw: st.DrawFn) -> bytes:
     return b"Exif\x00\x00" + body
 
 
+def _ifd(order: str, *entries: tuple[int, int, int, bytes | int], tail: bytes = b"") -> bytes:
+    """An Exif block of one IFD: (tag, type, count, value) entries, a value of more than
+    four bytes stored after the IFD, in order, then *tail*; a value given as a number is
+    an offset written as it is (pointing anywhere)."""
+    e = "<" if order == "II" else ">"
+    after = 8 + 2 + 12 * len(entries) + 4
+    table, stored = b"", b""
+    for tag, kind, count, value in entries:
+        if isinstance(value, int):
+            table += struct.pack(e + "HHII", tag, kind, count, value)
+        elif len(value) > 4:
+            table += struct.pack(e + "HHII", tag, kind, count, after + len(stored))
+            stored += value
+        else:
+            table += struct.pack(e + "HHI", tag, kind, count) + value.ljust(4, b"\x00")
+    head = (b"II*\x00" if order == "II" else b"MM\x00*") + struct.pack(e + "I", 8)
+    return (
+        b"Exif\x00\x00"
+        + head
+        + struct.pack(e + "H", len(entries))
+        + table
+        + (b"\x00" * 4)
+        + stored
+        + tail
+    )
+
+
+def _p(order: str, fmt: str, *values: float) -> bytes:
+    return struct.pack(("<" if order == "II" else ">") + fmt, *values)
+
+
+_BLOB = (0x010F, 1, 40, b"y" * 40)  # 40 bytes stored after an IFD of 4 entries, at 62
+
+
+def _double(order: str, value: float) -> tuple[int, int, int, bytes]:
+    return (0x0112, 12, 1, _p(order, "d", value))
+
+
+def _cases() -> list[bytes]:
+    """Hand-made IFDs for each way of writing an orientation and each way of damaging it."""
+    out = []
+    for o in ("II", "MM"):
+        out += [
+            _ifd(o, (0x0112, 3, 1, _p(o, "H", 6))),  # SHORT
+            _ifd(o, (0x0112, 8, 1, _p(o, "h", 5))),  # SSHORT
+            _ifd(o, (0x0112, 9, 1, _p(o, "i", 7))),  # SLONG
+            _ifd(o, (0x0112, 6, 1, _p(o, "b", 2))),  # SBYTE
+            _ifd(o, (0x0112, 13, 1, _p(o, "I", 8))),  # IFD, read as a LONG
+            _ifd(o, (0x0112, 16, 1, _p(o, "Q", 3))),  # LONG8, at an offset
+            _ifd(o, (0x0112, 1, 1, b"\x06")),  # BYTE: bytes, not a number
+            _ifd(o, (0x0112, 5, 1, _p(o, "II", 12, 2))),  # RATIONAL 12/2
+            _ifd(o, (0x0112, 5, 1, _p(o, "II", 7, 2))),  # 7/2: no orientation
+            _ifd(o, (0x0112, 5, 1, _p(o, "II", 6, 0))),  # 6/0
+            _ifd(o, (0x0112, 10, 1, _p(o, "ii", -12, -2))),  # SRATIONAL -12/-2
+            _ifd(o, (0x0112, 10, 1, _p(o, "ii", 12, -2))),  # -6
+            _ifd(o, (0x0112, 11, 1, _p(o, "f", 6.0))),  # FLOAT
+            _ifd(o, (0x0112, 11, 1, _p(o, "f", 6.5))),
+            _ifd(o, (0x0112, 12, 1, _p(o, "d", 8.0))),  # DOUBLE, at an offset
+            _ifd(o, (0x0112, 12, 1, _p(o, "d", float("nan")))),
+            _ifd(o, (0x0112, 3, 2, _p(o, "HH", 3, 6))),  # two values: the first counts
+            _ifd(o, (0x0112, 3, 0, b""), (0x0112, 3, 1, _p(o, "H", 3))),  # none, then 3
+            _ifd(o, (0x0112, 99, 1, _p(o, "H", 6)), (0x0112, 3, 1, _p(o, "H", 3))),
+            _ifd(o, (0x0112, 3, 1, _p(o, "H", 3)), (0x0112, 3, 1, _p(o, "H", 6))),  # first
+            _ifd(o, (0x010F, 3, 1, _p(o, "H", 1)), (0x0112, 3, 1, _p(o, "H", 5))),
+            # A value larger than the whole block is skipped; the next entry counts.
+            _ifd(o, (0x010F, 1, 4000, b"x" * 5), (0x0112, 3, 1, _p(o, "H", 6))),
+            # Values at offsets add up past the block: the second is skipped too.
+            _ifd(o, (0x010F, 1, 60, b"x" * 60), (0x0112, 12, 1, _p(o, "d", 6.0))),
+            _ifd(o, (0x010F, 1, 30, b"x" * 30), (0x0112, 12, 1, _p(o, "d", 6.0))),
+            # Three tags share one 40-byte value: 120 bytes counted, more than the block
+            # holds, so the third and the orientation after it are skipped ...
+            _ifd(o, _BLOB, (0x0110, 1, 40, 62), (0x0111, 1, 40, 62), _double(o, 6.0)),
+            # ... but a tag's later entries are skipped before they are counted.
+            _ifd(o, _BLOB, (0x010F, 1, 40, 62), (0x010F, 1, 40, 62), _double(o, 6.0)),
+            # Five bytes are stored at an offset, here past the block: reading stops.
+            _ifd(o, (0x010F, 1, 5, 900), (0x0112, 3, 1, _p(o, "H", 6))),
+        ]
+        cut = _ifd(o, (0x010F, 2, 8, b"Camera\x00\x00"), (0x0112, 3, 1, _p(o, "H", 6)))
+        out += [cut[:-8], cut[:-3]]  # the first value cut: reading stops there
+        whole = _ifd(o, (0x0112, 3, 1, _p(o, "H", 6)), (0x010F, 3, 1, _p(o, "H", 1)))
+        out += [whole[: len(whole) - 4 - 6], whole[:14], whole[:13], whole[:12]]
+    return out
+
+
+@pytest.mark.parametrize("block", _cases())
+def test_each_way_of_writing_an_orientation_is_read_as_pillow_does(block: bytes) -> None:
+    _check_orientation(block)
+
+
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(ifd0())
 def test_the_header_reads_exif_orientation_as_pillow_does(block: bytes) -> None:
+    _check_orientation(block)
+
+
+def _check_orientation(block: bytes) -> None:
     data = with_segment(_SMALL_JPEG, 0xE1, block)
     with Image.open(io.BytesIO(data)) as img:
         try:

@@ -234,8 +234,9 @@ def _orientation(exif: bytes | None, xmp: bytes | None) -> int:
 def _exif_orientation(exif: bytes) -> int | None:
     """IFD0's orientation tag as the Pillow path reads it; None when the tag is absent.
 
-    Pillow 13 reads the entries in order, keeps the first of each tag, skips a value
-    whose size (with the values at offsets before it) is more than the block holds, and
+    Pillow 13 reads the entries in order, keeps the first of each tag (later ones are not
+    counted), skips a value whose size (with the values at offsets read before it) is
+    more than the block holds, and
     stops at an entry or a value it cannot read whole, keeping the tags before it. A
     damaged TIFF header makes it give up on the block (the picture stays as stored, 1).
     """
@@ -250,13 +251,14 @@ def _exif_orientation(exif: bytes) -> int | None:
         return None
     count = int.from_bytes(tiff[ifd : ifd + 2], order)
     stored = 0  # bytes of the values stored at offsets so far
+    seen: set[int] = set()  # the tags read so far: a tag's later entries are skipped
     for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
         if entry + 12 > len(tiff):
             return None
         tag = int.from_bytes(tiff[entry : entry + 2], order)
         kind = int.from_bytes(tiff[entry + 2 : entry + 4], order)
-        if kind not in _TYPE_SIZES:
-            continue  # a type Pillow does not load: skipped
+        if tag in seen or kind not in _TYPE_SIZES:
+            continue  # a tag read before, or a type Pillow does not load: skipped
         size = int.from_bytes(tiff[entry + 4 : entry + 8], order) * _TYPE_SIZES[kind]
         value = tiff[entry + 8 : entry + 8 + size]
         if size > 4:  # stored elsewhere, at an offset
@@ -269,6 +271,8 @@ def _exif_orientation(exif: bytes) -> int | None:
                 return None  # a cut value: Pillow stops reading here
         if value and tag == _ORIENTATION_TAG:
             return _orientation_value(kind, value, order)
+        if value:
+            seen.add(tag)
     return None
 
 
