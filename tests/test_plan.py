@@ -562,7 +562,7 @@ def test_a_run_looks_its_weights_up_once(monkeypatch, resnext, checkpoint, photo
     # The command line's early check and the plan both ask; the registry looks up once.
     from resnext_cli.model import registry
 
-    registry.resolve_weights.cache_clear()
+    registry._looked_up.clear()
     calls = _count_calls(monkeypatch, "resnext_cli.model.registry", "_info")
     run = resnext("classify", photos, "--checkpoint", checkpoint, "-m", "50", "--runtime", "torch")
     assert run.code == 0, run.stderr

@@ -122,12 +122,28 @@ def resolve_model(name: str) -> str:
     raise ConfigError(f"unknown model '{name}' (choose from: {', '.join(MODELS)})")
 
 
-@cache  # a run looks its weights up once, however many steps ask
+# Weights looked up, by the snapshot they came from: a run looks its weights up once,
+# however many steps ask, and a snapshot put in place later (tests) is not answered from
+# the old one.
+_looked_up: dict[tuple[int, str, str, bool], tuple[dict[str, Any], WeightsInfo]] = {}
+
+
 def resolve_weights(model: str, tag: str = "DEFAULT", *, quantized: bool = False) -> WeightsInfo:
     """Return the weights *tag* of *model*; 'DEFAULT' means torchvision's default.
 
     With *quantized*, the tag is one of the model's published INT8 weights.
     """
+    snapshot = _snapshot()
+    key = (id(snapshot), model, tag, quantized)
+    known = _looked_up.get(key)
+    if known is not None and known[0] is snapshot:
+        return known[1]
+    info = _lookup(model, tag, quantized=quantized)
+    _looked_up[key] = (snapshot, info)
+    return info
+
+
+def _lookup(model: str, tag: str, *, quantized: bool) -> WeightsInfo:
     model = resolve_model(model)
     section = _section(model, quantized=quantized)
     wanted = tag.strip().upper()
