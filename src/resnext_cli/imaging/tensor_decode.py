@@ -70,9 +70,8 @@ _EXIF = b"Exif\x00\x00"
 _XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')
 _ORIENTATION_TAG = 0x0112
-# TIFF integer types (SHORT, LONG, SBYTE, SSHORT, SLONG) -> size and signedness. Pillow
-# also honours a rational or float orientation; no camera writes one.
-# TIFF's integer types as Pillow reads them: 13 (IFD) and 16 (LONG8) are unsigned longs.
+# TIFF's integer types as Pillow reads them -> size and signedness: SHORT, LONG, SBYTE,
+# SSHORT, SLONG, and IFD and LONG8, which Pillow reads as unsigned longs.
 _INT_TYPES = {
     3: (2, False),
     4: (4, False),
@@ -83,10 +82,8 @@ _INT_TYPES = {
     16: (8, False),
 }
 # Every type Pillow loads, with its size: a tag of another type counts as absent.
-_TYPE_SIZES = {
-    **{1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8},
-    **{13: 4, 16: 8},
-}
+_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
+_TYPE_SIZES |= {13: 4, 16: 8}
 
 # Decoded pixels resized together in one call: same-sized images are stacked, in chunks
 # of at most this many pixels, so a batch of phone photos never becomes one huge float
@@ -236,9 +233,9 @@ def _exif_orientation(exif: bytes) -> int | None:
 
     Pillow 13 reads the entries in order, keeps the first of each tag (later ones are not
     counted), skips a value whose size (with the values at offsets read before it) is
-    more than the block holds, and
-    stops at an entry or a value it cannot read whole, keeping the tags before it. A
-    damaged TIFF header makes it give up on the block (the picture stays as stored, 1).
+    more than the block holds, and stops at an entry or a value it cannot read whole,
+    keeping the tags before it. A damaged TIFF header makes it give up on the block (the
+    picture stays as stored, 1).
     """
     tiff = re.sub(b"^(Exif\x00\x00){1,2}", b"", exif)
     if not tiff:
@@ -269,10 +266,11 @@ def _exif_orientation(exif: bytes) -> int | None:
             value = tiff[offset : offset + size]
             if len(value) != size:
                 return None  # a cut value: Pillow stops reading here
-        if value and tag == _ORIENTATION_TAG:
+        if not value:
+            continue  # no values: Pillow keeps nothing of the tag
+        if tag == _ORIENTATION_TAG:
             return _orientation_value(kind, value, order)
-        if value:
-            seen.add(tag)
+        seen.add(tag)
     return None
 
 
