@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from resnext_cli import records
+from resnext_cli.files import FileProblem
 from resnext_cli.outputs.sinks import OutputRequest, Outputs
 from resnext_cli.results import Failed
 
@@ -168,17 +170,21 @@ def test_resume_cuts_a_torn_record_and_refuses_other_endings(
 
 
 def test_resume_of_a_file_that_cannot_be_read_says_why(
-    checkpoint, photos, tmp_path, resnext
+    checkpoint, photos, tmp_path, resnext, monkeypatch
 ) -> None:
     target = tmp_path / "r.jsonl"
     target.write_bytes(_record_line("gone.jpg"))
-    target.chmod(0o200)  # writable, not readable: as root, a file over the size cap instead
-    if os.access(target, os.R_OK):
-        pytest.skip("root reads any file")
+
+    # Root reads any file: the records reader's open fails as files.open_user_file fails
+    # for a user without read permission (EACCES), whoever runs the test.
+    def denied(path: object, **options: object) -> object:
+        raise FileProblem("os", "permission denied", "PermissionError")
+
+    monkeypatch.setattr(records, "open_user_file", denied)
     run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--resume")
     assert (run.code, run.stderr) == (
         2,
-        f"error: cannot read '{target}': Permission denied (check the file)\n",
+        f"error: cannot read '{target}': permission denied (check the file)\n",
     )
 
 
@@ -227,8 +233,8 @@ def test_embeddings_reach_the_records_file(checkpoint, photos, tmp_path, resnext
     target = tmp_path / "r.jsonl"
     run = resnext("classify", photos, "--checkpoint", checkpoint, "-o", target, "--embeddings")
     assert run.code == 0, run
-    records = [json.loads(line) for line in target.read_text().splitlines()]
-    assert records and all(len(r["embedding"]) == 2048 for r in records)  # ResNeXt's pool
+    written = [json.loads(line) for line in target.read_text().splitlines()]
+    assert written and all(len(r["embedding"]) == 2048 for r in written)  # ResNeXt's pool
 
 
 def test_a_dash_is_standard_output_not_a_file(checkpoint, photos, tmp_path, resnext) -> None:

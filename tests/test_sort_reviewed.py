@@ -168,17 +168,23 @@ def test_options_that_do_not_apply_to_a_reviewed_file(photos, tmp_path: Path, re
     assert "--unreviewed is for a reviewed file: give it with --from RECORDS" in run.stderr
 
 
-def test_a_classify_runs_records_are_filed_as_ever(photos, tmp_path: Path, resnext) -> None:
-    st = photos[0].stat()
-    record = {
+def classify_record(photo: Path, **more: Any) -> dict[str, Any]:
+    """A record as `resnext classify -o` writes it for *photo*: top-1 'gong'."""
+    st = photo.stat()
+    return {
         "input": "photos/IMG_0.jpg",
-        "path": str(photos[0]),
+        "path": str(photo),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
         "model": "m",
         "weights": "w",
         "predictions": [{"label": "gong", "index": 577, "probability": 0.9}],
+        **more,
     }
+
+
+def test_a_classify_runs_records_are_filed_as_ever(photos, tmp_path: Path, resnext) -> None:
+    record = classify_record(photos[0])
     results = tmp_path / "r.jsonl"
     results.write_text(json.dumps(record) + "\n", encoding="utf-8")
     for extra in ([], ["--unreviewed", "model"]):  # never reviewed: no review is asked for
@@ -217,18 +223,8 @@ def test_only_a_line_with_reviewed_and_no_classify_keys_is_a_review(photos) -> N
 def test_a_classify_record_with_a_reviewed_key_is_filed_by_its_prediction(
     photos, tmp_path: Path, resnext
 ) -> None:
-    st = photos[0].stat()
-    record = {
-        "input": "photos/IMG_0.jpg",
-        "path": str(photos[0]),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "model": "m",
-        "weights": "w",
-        "predictions": [{"label": "gong", "index": 577, "probability": 0.9}],
-        "reviewed": "corrected",  # an extra key someone added: still a classify record
-        "label": "lynx",
-    }
+    # Keys someone added to a classify record: still a classify record.
+    record = classify_record(photos[0], reviewed="corrected", label="lynx")
     results = tmp_path / "r.jsonl"
     results.write_text(json.dumps(record) + "\n", encoding="utf-8")
     run = resnext("sort", "--from", results, tmp_path / "sorted")
