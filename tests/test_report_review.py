@@ -465,8 +465,14 @@ def test_hostile_names_labels_and_storage_never_run(tab: Tab, tmp_path: Path) ->
             "__proto__": ["a", "z"],
         },
     }
-    tab.page.evaluate("([k, v]) => localStorage.setItem(k, v)", [key, json.dumps(junk)])
+    # Planted by the reloaded page itself, before its own script runs: a write made by the
+    # page before the reload reaches the next one through the browser's storage process,
+    # which under load answered the new page before the write arrived (one CI run).
+    plant = f"localStorage.setItem({json.dumps(key)}, {json.dumps(json.dumps(junk))})"
+    tab.context.add_init_script(script=plant)
     tab.reload()
+    stored = tab.page.evaluate("k => localStorage.getItem(k)", key)
+    assert json.loads(stored) == junk, stored
     assert states(tab) == [("accepted", "\u2713 accepted", [1]), ("", "", []), ("", "", [])]
     assert tab.text("#progress") == "1 of 3 reviewed, 0 changed"
     assert tab.page.evaluate("typeof window.pwned") == "undefined"
