@@ -61,11 +61,12 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def cpu_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+def cpu_kind(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """RESNEXT_TEST_CPU=avx2 or bf16 fakes what the CPU offers, so the suite can run as on
-    the other kind of machine (CI runs the CLI tests both ways); unset, the CPU is real."""
+    the other kind of machine (CI runs the CLI tests both ways); unset, or for a test
+    marked real_cpu, the CPU is real."""
     kind = os.environ.get("RESNEXT_TEST_CPU", "")
-    if kind not in ("avx2", "bf16"):
+    if kind not in ("avx2", "bf16") or request.node.get_closest_marker("real_cpu"):
         return
     from resnext_cli.run.plan import MachineFacts
 

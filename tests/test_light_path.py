@@ -176,6 +176,7 @@ def test_cpu_flags_are_read_from_cpuinfo() -> None:
     or os.path.exists("/dev/kfd"),
     reason="reads /proc/cpuinfo only on Linux without a GPU driver",
 )
+@pytest.mark.real_cpu  # the child process's probe is never faked
 def test_the_probe_without_torch_says_what_torch_says() -> None:
     code = (
         "import sys; from resnext_cli.run.plan import MachineFacts; f = MachineFacts.probe('cpu');"

@@ -126,6 +126,7 @@ def test_fp16_on_a_cpu_without_native_fp16_is_refused(facts) -> None:
     assert resolve(Config(precision="fp16"), native).precision == "fp16"
 
 
+@pytest.mark.real_cpu  # the probe itself is under test: RESNEXT_TEST_CPU would replace it
 def test_probe_reads_torchs_cpu_flags(monkeypatch) -> None:
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
