@@ -12,8 +12,7 @@ import torch
 
 from resnext_cli.errors import CheckpointError
 from resnext_cli.model import checkpoint as ckpt
-
-from .conftest import Outcome
+from tests.conftest import Outcome
 
 
 @pytest.fixture

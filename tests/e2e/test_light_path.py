@@ -31,8 +31,7 @@ from resnext_cli.model.registry import all_weights, torchvision_weights
 from resnext_cli.run import pipeline
 from resnext_cli.run.engine import Classifier
 from resnext_cli.run.plan import MachineFacts, cpu_flags
-
-from .conftest import natural_image
+from tests.conftest import natural_image
 
 needs_openvino = pytest.mark.skipif(
     not ovr.available(), reason="the openvino extra is not installed (pip install '.[openvino]')"

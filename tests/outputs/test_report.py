@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +30,18 @@ from resnext_cli.outputs.report import (
     script_json,
 )
 from resnext_cli.results import Classified, Failed, Prediction, Record
+from tests.conftest import CHROMIUM_ARGS, natural_image
+from tests.helpers import CHROMIUM, NASTY, ROOT, Page, write_report
 
-from .conftest import CHROMIUM_ARGS, natural_image
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = (
-    os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-)
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
     reason="chromium is not installed (Debian: apt-get install -y chromium); .ci/run installs it",
 )
-NASTY = "<img src=x onerror=\"alert(1)\"> & 'quotes' </script><!--"
+
+
 PACKAGE = ROOT / "src" / "resnext_cli" / "outputs"
+
+
 EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
 %%BoundingBox: 0 0 16 16
 %%EndComments
@@ -64,92 +61,6 @@ class WithCategories(Classified):
         out = super().to_dict()
         out["categories"] = [{"name": n, "probability": p} for n, p in self.cats]
         return out
-
-
-class Page(HTMLParser):
-    """The parts of a report (or of the DOM Chromium dumped) that the tests look at."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict[str, str | None]]] = []
-        self.scripts: dict[str, str] = {}
-        self.cards: list[dict[str, Any]] = []
-        self.groups: list[str] = []
-        self.text: dict[str, str] = {}  # the text of elements with an id (not scripts)
-        self._script: str | None = None
-        self._id: str | None = None
-        self._field: str | None = None
-        self._depth = 0
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        self.tags.append((tag, a))
-        classes = (a.get("class") or "").split()
-        if tag == "script":
-            self._script = a.get("id") or f"inline{len(self.scripts)}"
-            self.scripts[self._script] = ""
-        if tag == "article" and "card" in classes:
-            card = {
-                "classes": classes,
-                "name": "",
-                "dir": "",
-                "labels": [],
-                "error": "",
-                "img": [],
-                "category": "",
-                "categories": None,
-            }
-            self.cards.append(card)
-        if tag == "div" and "cat" in classes:
-            self.cards[-1]["categories"] = a.get("title")
-        if tag == "h2" and "group" in classes:
-            self.groups.append("")
-            self._field = "group"
-        if tag != "script" and a.get("id"):
-            self._id = a["id"]
-            self.text[self._id] = ""
-        if self.cards and tag == "img":
-            self.cards[-1]["img"].append(a.get("src") or "")
-        for field in ("name", "dir", "label", "error", "category"):
-            if field in classes and self.cards:
-                self._field = field
-                if field == "label":
-                    self.cards[-1]["labels"].append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "script":
-            self._script = None
-        if tag in ("div", "span", "p", "h2"):
-            self._field = None
-        self._id = None
-
-    def handle_data(self, data: str) -> None:
-        if self._id is not None:
-            self.text[self._id] += data
-        if self._script is not None:
-            self.scripts[self._script] += data
-        elif self._field == "group":
-            self.groups[-1] += data
-        elif self._field == "label":
-            self.cards[-1]["labels"][-1] += data
-        elif self._field is not None:
-            self.cards[-1][self._field] += data
-
-    def attrs(self, tag: str, **match: str) -> dict[str, str | None]:
-        found = [
-            a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in match.items())
-        ]
-        assert len(found) == 1, (tag, match, found)
-        return found[0]
-
-
-def write_report(path: Path, records: list[Record], **options: Any) -> HtmlReportWriter:
-    writer = HtmlReportWriter(path, **options)
-    for record in records:
-        writer.write(record)
-    writer.close()
-    return writer
 
 
 def browse(page: Path, tmp_path: Path, query: str = "") -> tuple[Page, list[str]]:

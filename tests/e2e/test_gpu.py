@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_tensor_decode import (
+from tests.helpers import (
     _component_ids,
     _scan_start,
     _without_jfif,

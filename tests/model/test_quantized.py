@@ -17,8 +17,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from resnext_cli.errors import CheckpointError, ConfigError, WeightsError
 from resnext_cli.model import quantized, weights
 from resnext_cli.model.registry import resolve_weights
-
-from .conftest import natural_image
+from tests.conftest import natural_image
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

@@ -23,11 +23,12 @@ from resnext_cli.imaging.tensor_decode import (
     jpeg_header,
     orient,
 )
-from tests.conftest import natural_image
+from tests.helpers import _component_ids, _scan_start, _without_jfif, jpeg, photo, with_segment
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning:torchvision", "ignore::UserWarning:PIL"
 )
+
 
 CPU = torch.device("cpu")
 WEIGHTS = torchvision.models.ResNeXt50_32X4D_Weights.IMAGENET1K_V2
@@ -41,25 +42,6 @@ MAX_LEVELS = 3
 # ... and in the test checkpoint's probabilities (fp32): measured up to 0.0022 (its fc
 # is scaled to peak, so one level on 0.1% of the pixels moves a probability that much).
 MAX_DP = 0.01
-
-
-def photo(seed: int, size: tuple[int, int] = (500, 375), mode: str = "RGB") -> Image.Image:
-    """A picture with fine texture, so JPEG blocks and resampling filters have work."""
-    base = np.asarray(natural_image(seed, size)).astype(np.int16)
-    noise = np.random.default_rng(seed).normal(0, 14, base.shape).round().astype(np.int16)
-    img = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
-    return img if mode == "RGB" else img.convert(mode)
-
-
-def jpeg(img: Image.Image, **save: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90, **save)
-    return buf.getvalue()
-
-
-def with_segment(data: bytes, marker: int, body: bytes) -> bytes:
-    """Insert one APPn segment right after SOI."""
-    return data[:2] + struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body + data[2:]
 
 
 def exif_block(orientation: int, order: str, kind: int = 3) -> bytes:
@@ -355,32 +337,6 @@ def test_a_corrupt_jpeg_does_not_spoil_the_batch() -> None:
     kept = [t for i, t in enumerate(together) if i not in (2, 5)]
     for a, b in zip(kept, alone, strict=True):
         assert a is not None and b is not None and torch.equal(a, b)
-
-
-# -- whole-file structure: a cut or damaged file never reaches the GPU ---------------------
-
-
-def _without_jfif(data: bytes) -> bytes:
-    """Drop the APP0 (JFIF) segment Pillow writes right after SOI."""
-    assert data[2:4] == b"\xff\xe0"
-    length = int.from_bytes(data[4:6], "big")
-    return data[:2] + data[4 + length :]
-
-
-def _component_ids(data: bytes, ids: bytes) -> bytes:
-    """Rewrite the component IDs of the frame header (baseline SOF0) and of its one scan."""
-    frame, scan = data.index(b"\xff\xc0"), data.index(b"\xff\xda")
-    out = bytearray(data)
-    for c, cid in enumerate(ids):
-        out[frame + 10 + 3 * c] = cid
-        out[scan + 5 + 2 * c] = cid
-    return bytes(out)
-
-
-def _scan_start(data: bytes) -> int:
-    """Where the first scan's entropy-coded data begins."""
-    at = data.index(b"\xff\xda")
-    return at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
 
 
 def test_whole_files_are_complete_and_cut_ones_are_not() -> None:

@@ -22,9 +22,8 @@ from PIL import Image, ImageChops
 
 from resnext_cli.outputs.report import HtmlReportWriter
 from resnext_cli.results import Classified, Failed, FileFacts, Prediction, Record
-
-from .conftest import CHROMIUM_ARGS
-from .test_report import CHROMIUM, NASTY, ROOT, Page, write_report
+from tests.conftest import CHROMIUM_ARGS
+from tests.helpers import CHROMIUM, NASTY, ROOT, Page, write_report
 
 try:
     from playwright.sync_api import Browser, sync_playwright

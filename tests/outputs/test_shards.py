@@ -13,8 +13,7 @@ import pytest
 
 from resnext_cli.outputs import shards
 from resnext_cli.results import Classified, Prediction
-
-from .conftest import run_resnext
+from tests.conftest import run_resnext
 
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")

@@ -21,7 +21,7 @@ from resnext_cli.sort import SortError, execute, make_plan
 
 JOURNAL_NAME = ".resnext-sort-journal.jsonl"  # the README's name for it
 
-SRC = str(Path(__file__).parents[1] / "src")
+SRC = str(Path(__file__).parents[2] / "src")
 
 
 def record(path: Path, label: str = "tabby", *, identity: bool = True, **kw: object) -> dict:

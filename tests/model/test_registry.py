@@ -14,7 +14,7 @@ from resnext_cli.errors import ConfigError
 from resnext_cli.model import registry
 from resnext_cli.model.labels import imagenet_labels, load_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_snapshot_equals_torchvision_metadata() -> None:

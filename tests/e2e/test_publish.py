@@ -288,7 +288,7 @@ time.sleep(60)
 
 def test_the_o_lock_is_exclusive_between_two_real_processes(tmp_path: Path, resnext) -> None:
     out = tmp_path / "r.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")}
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(out)], stdout=subprocess.PIPE, env=env
     )

@@ -26,7 +26,7 @@ import pytest
 from resnext_cli.cli.checks import check_classify_outputs
 from resnext_cli.outputs.writers import resolve_format
 from tests.conftest import natural_image
-from tests.test_early_checks import run_all
+from tests.helpers import run_all
 
 MODES = "give one of --copy, --link, --move"
 NOT_BOTH = "give --force (write the -o file anew) or --resume (continue it), not both"
@@ -140,25 +140,25 @@ REFUSED: dict[str, str] = {
 # Accepted pairs whose effect another test checks (module::test).
 ACCEPTED_ELSEWHERE = {
     "classify --long -o x.csv: one row per prediction": (
-        "test_writers.py::test_cli_csv_and_parquet_match_the_json_records"
+        "outputs/test_writers.py::test_cli_csv_and_parquet_match_the_json_records"
     ),
     "classify --resume --report: the report covers the whole run": (
-        "test_sinks.py::test_resume_with_report_covers_the_whole_run"
+        "outputs/test_sinks.py::test_resume_with_report_covers_the_whole_run"
     ),
     "classify -o existing --force: written anew": (
-        "test_options.py::test_an_existing_output_file_is_not_overwritten"
+        "cli/test_options.py::test_an_existing_output_file_is_not_overwritten"
     ),
     "sort --from --by category: by the records' categories": (
-        "test_categories_cli.py::test_sort_by_category"
+        "e2e/test_categories_cli.py::test_sort_by_category"
     ),
     "classify --categories FILE: the user's groups": (
-        "test_categories_cli.py::test_user_mapping_and_its_errors"
+        "e2e/test_categories_cli.py::test_user_mapping_and_its_errors"
     ),
     "sort --by category without --categories: the default categories": (
-        "test_option_pairs.py::test_sort_by_category_implies_the_default_categories"
+        "e2e/test_option_pairs.py::test_sort_by_category_implies_the_default_categories"
     ),
     "quantize --force under 90% agreement: saved anyway": (
-        "test_quantize_agreement.py::test_low_agreement_saves_nothing_unless_forced"
+        "e2e/test_quantize_agreement.py::test_low_agreement_saves_nothing_unless_forced"
     ),
 }
 
@@ -197,7 +197,7 @@ def test_each_refused_pair_is_one_line_before_anything_happens(place: Path) -> N
 
 
 def test_accepted_elsewhere_names_real_tests() -> None:
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]  # tests/
     for what, where in ACCEPTED_ELSEWHERE.items():
         module, name = where.split("::")
         assert f"def {name}(" in (here / module).read_text(), what

@@ -28,7 +28,7 @@ from resnext_cli.model.categories import (
 )
 from resnext_cli.model.labels import imagenet_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TSV = ROOT / "data" / "imagenet_hierarchy.tsv"
 OTHER_BOUND = 5  # classes the default mapping may leave in "other"
 

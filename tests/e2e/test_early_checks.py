@@ -7,45 +7,12 @@ check that came after the model would meet an ImportError instead of its own mes
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import natural_image
-
-CHILD = """
-import contextlib, io, json, sys
-for name in ("torch", "torchvision"):
-    sys.modules[name] = None  # importing them now raises ImportError
-from resnext_cli.cli.main import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(argv)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
-    results.append([code, out.getvalue(), err.getvalue()])
-results.append(sorted(m for m in ("torch", "torchvision") if sys.modules.get(m) is not None))
-print(json.dumps(results))
-"""
-
-
-def run_all(cases: list[list[str]]) -> tuple[list[tuple[int, str, str]], list[str]]:
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(cases)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    *results, imported = json.loads(done.stdout)
-    return [tuple(r) for r in results], imported
+from tests.helpers import run_all
 
 
 @pytest.fixture(scope="module")

@@ -32,8 +32,7 @@ from resnext_cli.results import Classified, Failed, Record
 from resnext_cli.run import ray_engine
 from resnext_cli.run.config import Config
 from resnext_cli.run.engine import Classifier
-
-from .conftest import natural_image, run_resnext
+from tests.conftest import natural_image, run_resnext
 
 # Ray reads this when it is imported: a Ray started by these tests listens on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

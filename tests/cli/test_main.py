@@ -175,7 +175,7 @@ def test_models_lists_torchvision_metadata(resnext) -> None:
 def test_version(resnext) -> None:
     import tomllib
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     run = resnext("--version")
     assert run.code == 0 and run.stdout.strip() == f"resnext, version {declared}"
