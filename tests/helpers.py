@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
 import sys
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -16,10 +20,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from resnext_cli import sort as sorting
 from resnext_cli.outputs.report import (
     HtmlReportWriter,
 )
-from resnext_cli.results import Record
+from resnext_cli.results import Classified, Failed, Prediction, Record
+from resnext_cli.sort import (
+    JOURNAL_NAME,
+)
 from tests.conftest import natural_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +202,211 @@ def run_all(cases: list[list[str]]) -> tuple[list[tuple[int, str, str]], list[st
     )
     *results, imported = json.loads(done.stdout)
     return [tuple(r) for r in results], imported
+
+
+Tree = set[tuple[str, str]]
+
+
+def tree(root: Path) -> Tree:
+    """Every file below *root* (the journal aside) as (relative path, sha256)."""
+    return {
+        (p.relative_to(root).as_posix(), hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in root.rglob("*")
+        if p.is_file() and p.name != JOURNAL_NAME
+    }
+
+
+def contents(*trees: Tree) -> Counter[str]:
+    return Counter(digest for t in trees for _, digest in t)
+
+
+def found(root: Path) -> Tree:
+    return tree(root) if root.exists() else set()
+
+
+def seen(path: Path, label: str, p: float = 0.9, index: int = 1) -> Classified:
+    return Classified(
+        str(path), "m", "w", (Prediction(label, index, p),), path=str(path.absolute())
+    )
+
+
+def labelled(photos: Path) -> list[Record]:
+    return [
+        seen(photos / "a.jpg", "tabby, tabby cat"),
+        seen(photos / "b.jpg", "Crane"),
+        seen(photos / "c.png", "crane", p=0.2),  # uncertain below 0.5
+        seen(photos / "sub/a.jpg", "tabby, tabby cat"),
+        seen(photos / "sub/d.jpg", "crane", index=134),
+        Failed(str(photos / "broken.jpg"), "truncated", "cut", path=str(photos / "broken.jpg")),
+    ]
+
+
+def threshold(records: list[Record], p: float = 0.5) -> list[Record]:
+    from resnext_cli.results import apply_threshold
+
+    return [apply_threshold(r, p) for r in records]
+
+
+EXPECTED = {
+    "tabby, tabby cat/a.jpg": "a.jpg",
+    "tabby, tabby cat/a (1).jpg": "sub/a.jpg",
+    "Crane/b.jpg": "b.jpg",
+    "Crane/d.jpg": "sub/d.jpg",  # 'crane' joins 'Crane': one folder on macOS and Windows
+    "_uncertain/c.png": "c.png",
+    "_failed/broken.jpg": "broken.jpg",
+}
+
+
+def placed(photos: Path, before: Tree) -> Tree:
+    digest = dict(before)
+    return {(dst, digest[src]) for dst, src in EXPECTED.items()}
+
+
+# -- copy, link, move ------------------------------------------------------------------------
+
+
+def refuse_links(monkeypatch) -> None:
+    """Act as if DEST were on another file system: no hard links into it."""
+
+    def no_links(*_args: object, **_kw: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_links)
+
+
+# -- crashes ---------------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands in for the process dying at a chosen instant."""
+
+
+def crash_on(monkeypatch, target: object, name: str, call: int, *, after: bool = False) -> None:
+    """Make the *call*-th call of target.name die: before it does anything, or just after."""
+    real = getattr(target, name)
+    calls = 0
+
+    def fake(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == call and not after:
+            raise Crash
+        result = real(*args, **kwargs)
+        if calls == call:
+            raise Crash
+        return result
+
+    monkeypatch.setattr(target, name, fake)
+
+
+# -- the journal is checked before it is trusted ---------------------------------------------
+
+
+def plant(dest: Path, *lines: dict[str, object], sign: bool = True) -> bytes:
+    """Write a journal by hand into *dest*, signed with this user's key (as if this tool had
+    been fooled into writing it), so that the checks after the MAC's are tried too."""
+    dest.mkdir(parents=True, exist_ok=True)
+    data = "".join(
+        (sorting.sign_line(dest, line) if sign else json.dumps(line)) + "\n" for line in lines
+    ).encode()
+    (dest / JOURNAL_NAME).write_bytes(data)
+    return data
+
+
+def journal_lines(dest: Path) -> list[dict[str, object]]:
+    """The journal's lines as written, each without its MAC (checked to be there)."""
+    lines = [json.loads(line) for line in (dest / JOURNAL_NAME).read_text().splitlines()]
+    for line in lines:
+        assert re.fullmatch(r"[0-9a-f]{64}", line.pop("mac")), line
+    return lines
+
+
+def refused(dest: Path, line: int, why: str) -> str:
+    return (
+        f"journal '{dest / JOURNAL_NAME}' line {line} {why}: refused, nothing was touched "
+        f"(remove the journal if you did not sort into '{dest}')"
+    )
+
+
+def planted_journals(photos: Path, dest: Path, other: Path) -> list[tuple[list[dict], int, str]]:
+    """Journals that must be refused: (lines, the line to blame, why)."""
+    here = str(dest.resolve())
+    begin = {"op": "begin", "mode": "move", "time": "t", "dest": here, "src": [str(photos)]}
+
+    def step(src: Path | str, dst: str = "x/payload.txt", n: int = 0) -> dict[str, object]:
+        return {"op": "step", "n": n, "mode": "move", "src": str(src), "dst": dst}
+
+    secret, new = other / "secret.txt", other / "new.txt"
+    return [
+        # --resume would fetch someone's file into DEST; --undo would create one elsewhere.
+        ([begin, step(secret, "x/s.txt")], 2, f"takes '{secret}' from outside its source folders"),
+        (
+            [begin, step(new), {"op": "done", "n": 0}],
+            2,
+            f"takes '{new}' from outside its source folders",
+        ),
+        (
+            [begin, step(f"{photos}/../other/new.txt")],
+            2,
+            f"takes '{photos}/../other/new.txt' from outside its source folders",
+        ),
+        ([step(secret)], 1, "has a step before any 'begin' naming its folders"),
+        (
+            [{"op": "begin", "mode": "move", "time": "t"}, step(secret)],
+            1,
+            "names no destination and source folders",
+        ),
+        (
+            [{**begin, "src": [str(other)]} | {"dest": "/elsewhere"}, step(secret)],
+            1,
+            f"was made for '/elsewhere', not for '{here}'",
+        ),
+        (
+            [{**begin, "src": [here]}, step(f"{here}/x/payload.txt")],
+            1,
+            "names a source folder inside the destination",
+        ),
+        ([{**begin, "src": ["rel/ative"]}], 1, "names a source folder that is not a plain path"),
+        (
+            [begin, step(photos / "a.jpg", "../escape.jpg")],
+            2,
+            "puts a file at '../escape.jpg', outside the destination",
+        ),
+        (
+            [begin, step(photos / "a.jpg", "/etc/x.jpg")],
+            2,
+            "puts a file at '/etc/x.jpg', outside the destination",
+        ),
+        (
+            [begin, step(photos / "a.jpg", "x/y/z.jpg")],
+            2,
+            "puts a file at 'x/y/z.jpg', outside the destination",
+        ),
+        (
+            [begin, step(photos / "a.jpg", "x/a.jpg"), {"op": "retarget", "n": 0, "dst": "../a"}],
+            3,
+            "puts a file at '../a', outside the destination",
+        ),
+        (
+            [begin, step(f"{photos}/a\x00.jpg", "x/a.jpg")],
+            2,
+            f"takes '{photos}/a\x00.jpg' from outside its source folders",
+        ),
+        (
+            [{**begin, "src": [f"{photos}\x00"]}],
+            1,
+            "names a source folder that is not a plain path",
+        ),
+        ([begin, step(photos / "a.jpg", "x/")], 2, "puts a file at 'x/', outside the destination"),
+        (
+            [begin, step(photos / "a.jpg", "x/.")],
+            2,
+            "puts a file at 'x/.', outside the destination",
+        ),
+    ]
+
+
+LEADS_OUT = (
+    "reached through a symbolic link that leads outside the folders given; "
+    "not moved (--copy would file a copy)"
+)

@@ -18,7 +18,12 @@ from typing import Any
 
 import pytest
 
+from resnext_cli.sort import (
+    JOURNAL_NAME,
+    unfinished,
+)
 from tests.conftest import natural_image, serve
+from tests.helpers import contents, tree
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -221,3 +226,58 @@ def test_resume_drops_a_half_written_line(
     text = out.read_text(encoding="utf-8")
     assert text.startswith(whole)
     assert [r["input"] for r in parsed(out)] == images
+
+
+# The real command, with a pause after each file placed, so the test can kill it midway.
+SLOW_SORT = """
+import sys, time
+import resnext_cli.sort as sort
+real = sort.execute
+sort.execute = lambda plan, on_step=None: real(plan, on_step=lambda _step: time.sleep(2))
+from resnext_cli.cli.main import main
+main(sys.argv[1:])
+"""
+
+
+def test_sort_move_killed_midway_then_resumed_and_undone(
+    checkpoint, make_image, tmp_path, resnext
+) -> None:
+    """A real process killed (SIGKILL) after its second file, then finished, then undone."""
+    folder = tmp_path / "photos"
+    for seed in range(6):
+        make_image(f"{seed}.jpg", seed=seed, size=(72, 64), folder=folder)
+    before = tree(folder)
+    dest = tmp_path / "sorted"
+    journal = dest / JOURNAL_NAME
+    args = ["sort", str(folder), str(dest), "--move", "--checkpoint", str(checkpoint), "-q"]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SORT, *args])
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if journal.exists() and journal.read_text().count('"op": "done"') >= 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sort ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(unfinished(dest)) == 4
+    assert contents(before) <= contents(tree(folder), tree(dest))  # nothing lost
+    assert len(tree(folder)) + len(tree(dest)) == 6  # nothing doubled
+
+    refused = resnext(*args)
+    assert (refused.code, refused.stderr.strip()) == (
+        2,
+        f"error: '{dest}' has an unfinished sort (run 'resnext sort --resume {dest}' to finish "
+        f"it, or 'resnext sort --undo {dest}' to put the files back)",
+    )
+    finished = resnext("sort", "--resume", dest)
+    assert finished.code == 0, finished
+    assert tree(folder) == set() and contents(tree(dest)) == contents(before)
+    moved = tree(dest)
+    assert {Path(rel).name for rel, _ in moved} == {f"{i}.jpg" for i in range(6)}
+    back = resnext("sort", "--undo", dest)
+    assert back.code == 0 and back.stderr.strip() == f"put back 6 files from '{dest}'"
+    assert tree(folder) == before and list(dest.iterdir()) == []
