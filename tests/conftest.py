@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import http.server
 import io
@@ -373,3 +374,27 @@ def deadlines(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr(client._Deadline, "_new_timer", recording)
     return made
+
+
+# -- the file system -----------------------------------------------------------------
+
+
+@pytest.fixture
+def deny_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Take read permission from a file; as root, who reads it anyway, refuse it as Unix would."""
+    locked: set[Path] = set()
+    real_open = os.open
+
+    def guarded_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if isinstance(path, (str, Path)) and Path(path).absolute() in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "open", guarded_open)
+
+    def deny(path: Path) -> None:
+        path.chmod(0)
+        locked.add(path.absolute())
+
+    return deny

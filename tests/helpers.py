@@ -12,15 +12,20 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from collections import Counter
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from resnext_cli import sort as sorting
+from resnext_cli.errors import InputError
+from resnext_cli.inputs.sources import Source, open_source
 from resnext_cli.outputs.report import (
     HtmlReportWriter,
 )
@@ -410,3 +415,70 @@ LEADS_OUT = (
     "reached through a symbolic link that leads outside the folders given; "
     "not moved (--copy would file a copy)"
 )
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def encoded(fmt: str, mode: str = "RGB", **save: Any) -> bytes:
+    buf = io.BytesIO()
+    natural_image(5, (24, 16), mode).save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def read_error(source: Source, **options: Any) -> tuple[str, str]:
+    with pytest.raises(InputError) as info:
+        open_source(source, **options)
+    return info.value.error_type, info.value.message
+
+
+def write_images(folder: Path, count: int, *, size: tuple[int, int] = (64, 64)) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"img{i:02d}.png"
+        natural_image(100 + i, size).save(path)
+        paths.append(path)
+    return paths
+
+
+T = TypeVar("T")
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def encode(img: Image.Image, fmt: str, **save: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    return buf.getvalue()
+
+
+def run_within(seconds: float, work: Callable[[], T]) -> T:
+    """Run *work* in a thread and fail, rather than hang, if it takes too long."""
+    box: list[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(work())
+        except BaseException as exc:
+            box.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert box, f"still running after {seconds}s"
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    result: T = box[0]
+    return result
+
+
+def latin1_file(folder: Path) -> bytes:
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9 \xe0 la cr\xe8me.png")
+    try:
+        with open(raw, "wb") as fh:
+            fh.write(encode(natural_image(3, (48, 48)), "PNG"))
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    return raw

@@ -9,10 +9,7 @@ test_preprocess.py; those of expanding and opening inputs are in test_sources.py
 
 from __future__ import annotations
 
-import errno
-import glob
 import http.server
-import io
 import json
 import os
 import random
@@ -23,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,51 +28,19 @@ import torch
 from PIL import Image
 
 from resnext_cli import Classifier
-from resnext_cli.errors import ConfigError, InputError
-from resnext_cli.imaging.preprocess import DecodeOptions, decode
-from resnext_cli.inputs import sources as sources_module
+from resnext_cli.errors import InputError
 from resnext_cli.inputs.sources import Source, iter_sources, open_source
-from resnext_cli.model.labels import load_labels
 from resnext_cli.results import Classified, Failed
 from tests.conftest import EPS, PDF, SVG, natural_image, oriented_png, png_with_header
-
-LABELS_CAP = 10 << 20  # the README: a labels file of at most 10 MB
+from tests.helpers import encode, latin1_file, run_within
 
 # Hostile files make Pillow warn (odd TIFF tags, bad EXIF, huge headers); expected here.
 pytestmark = pytest.mark.filterwarnings(
     "ignore::UserWarning:PIL", "ignore::PIL.Image.DecompressionBombWarning"
 )
-T = TypeVar("T")
+
+
 EXIF_ORIENTATION = 0x0112
-
-
-# -- helpers -------------------------------------------------------------------------
-
-
-def encode(img: Image.Image, fmt: str, **save: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-def run_within(seconds: float, work: Callable[[], T]) -> T:
-    """Run *work* in a thread and fail, rather than hang, if it takes too long."""
-    box: list[Any] = []
-
-    def target() -> None:
-        try:
-            box.append(work())
-        except BaseException as exc:
-            box.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert box, f"still running after {seconds}s"
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    result: T = box[0]
-    return result
 
 
 # -- EXIF orientation: what a person sees is what is classified ---------------------
@@ -113,42 +78,6 @@ def test_orientation_changes_what_is_classified(checkpoint: Path, tmp_path: Path
     exact = top5(exact=True)
     assert same(exact["tagged"], exact["stored"])  # --exact: no transpose, as torchvision
     assert not same(exact["tagged"], exact["upright"])
-
-
-def test_an_empty_file_says_so(tmp_path: Path) -> None:
-    path = tmp_path / "empty.jpg"
-    path.write_bytes(b"")
-    [source] = iter_sources([str(path)])
-    with pytest.raises(InputError) as info, open_source(source) as fp:
-        decode(fp, source.input, DecodeOptions())
-    assert (info.value.error_type, info.value.message) == (
-        "not_an_image",
-        f"'{path}' is an empty file",
-    )
-
-
-# -- the file system -----------------------------------------------------------------
-
-
-@pytest.fixture
-def deny_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
-    """Take read permission from a file; as root, who reads it anyway, refuse it as Unix would."""
-    locked: set[Path] = set()
-    real_open = os.open
-
-    def guarded_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if isinstance(path, (str, Path)) and Path(path).absolute() in locked:
-            raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    if os.geteuid() == 0:
-        monkeypatch.setattr(os, "open", guarded_open)
-
-    def deny(path: Path) -> None:
-        path.chmod(0)
-        locked.add(path.absolute())
-
-    return deny
 
 
 def make_awkward_folder(
@@ -304,18 +233,6 @@ def test_a_file_that_vanishes_after_listing(
     )
 
 
-def test_unreadable_file_message(tmp_path: Path, deny_read: Callable[[Path], None]) -> None:
-    path = tmp_path / "locked.png"
-    path.write_bytes(b"\x89PNG")
-    deny_read(path)
-    with pytest.raises(InputError) as info:
-        open_source(Source(input=str(path), path=path))
-    assert (info.value.error_type, info.value.message) == (
-        "unreadable",
-        f"permission denied: '{path}'",
-    )
-
-
 def test_a_name_that_is_not_utf8(
     checkpoint: Path, tmp_path: Path, resnext: Callable[..., Any]
 ) -> None:
@@ -338,73 +255,6 @@ def test_a_name_that_is_not_utf8(
     assert again.code == 0, again
     assert "nothing left to do" in again.stderr
     assert out.read_bytes().decode("utf-8") == text
-
-
-# -- any name: a name the system refuses is that input's error record ------------------
-
-
-def outcome(sources: list[Source]) -> list[tuple[str, str | None]]:
-    return [(s.input, s.error.message if s.error else None) for s in sources]
-
-
-def test_names_over_255_bytes_are_records(tmp_path: Path, make_image: Callable[..., Path]) -> None:
-    good = str(make_image("good.png", size=(32, 32)))
-    long_file = str(tmp_path / ("x" * 300 + ".jpg"))
-    long_folder = str(tmp_path / ("y" * 300) / "a.jpg")
-    long_glob = str(tmp_path / ("z" * 300 + "*.jpg"))
-    too_long = "cannot read '{}': file name too long"
-    want = [
-        (good, None),
-        (long_file, too_long.format(long_file)),
-        (long_folder, too_long.format(long_folder)),
-        (long_glob, too_long.format(long_glob)),
-        (good, None),
-    ]
-    specs = [good, long_file, long_folder, long_glob, good]
-    assert outcome(list(iter_sources(specs))) == want
-    # Listed on stdin, names are literal (no glob), but fail the same way.
-    listing = "\n".join(specs).encode()
-    assert outcome(list(iter_sources(["-"], stdin=io.BytesIO(listing)))) == want
-    for source in iter_sources([long_file]):
-        with pytest.raises(InputError) as info:
-            open_source(source)
-        assert info.value.error_type == "unreadable"
-
-
-def test_a_link_loop_is_a_record_everywhere(tmp_path: Path) -> None:
-    folder = tmp_path / "f"
-    folder.mkdir()
-    loop = folder / "loop.jpg"
-    loop.symlink_to(loop)
-    message = f"cannot read '{loop}': too many levels of symbolic links"
-    for specs in ([str(loop)], [str(folder)], [f"{folder}/*.jpg"]):
-        assert outcome(list(iter_sources(specs))) == [(str(loop), message)]
-    assert outcome(list(iter_sources(["-"], stdin=io.BytesIO(bytes(loop) + b"\n")))) == [
-        (str(loop), message)
-    ]
-
-
-def latin1_file(folder: Path) -> bytes:
-    raw = os.path.join(os.fsencode(folder), b"caf\xe9 \xe0 la cr\xe8me.png")
-    try:
-        with open(raw, "wb") as fh:
-            fh.write(encode(natural_image(3, (48, 48)), "PNG"))
-    except OSError:
-        pytest.skip("this file system refuses names that are not UTF-8")
-    return raw
-
-
-def test_a_stdin_list_starting_with_a_latin1_name(
-    tmp_path: Path, make_image: Callable[..., Path]
-) -> None:
-    raw = latin1_file(tmp_path)
-    good = make_image("good.png", size=(32, 32))
-    listing = raw + b"\n" + bytes(good) + b"\n"
-    sources = list(iter_sources(["-"], stdin=io.BytesIO(listing)))
-    assert [s.path for s in sources] == [Path(os.fsdecode(raw)), good]
-    assert all(s.error is None and s.data is None for s in sources)
-    with open_source(sources[0]) as fp:
-        assert decode(fp, sources[0].input, DecodeOptions()).size == (48, 48)
 
 
 def test_names_on_the_command_line_and_stdin_through_the_cli(
@@ -436,141 +286,6 @@ def test_names_on_the_command_line_and_stdin_through_the_cli(
         (str(fifo), "unreadable"),
         (good, "ok"),
     ]
-
-
-# -- any file type: only regular files are opened --------------------------------------
-
-
-@pytest.fixture
-def special_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_node: Callable[..., Path]
-) -> Iterator[list[Path]]:
-    """A FIFO, a listening Unix socket and a character device, each named like an image."""
-    monkeypatch.chdir(tmp_path)  # Unix socket names are short: bind a relative one
-    os.mkfifo("pipe.jpg")
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind("socket.png")
-        sock.listen()
-        yield [tmp_path / "pipe.jpg", tmp_path / "socket.png", device_node("zero", "zero.jpg")]
-
-
-def test_pipes_sockets_and_devices_are_never_opened(special_files: list[Path]) -> None:
-    listing = b"".join(bytes(p) + b"\n" for p in special_files)
-    named = list(iter_sources([str(p) for p in special_files]))
-    listed = list(iter_sources(["-"], stdin=io.BytesIO(listing)))
-
-    def errors() -> list[tuple[str, str]]:
-        out = []
-        for source in named + listed:
-            with pytest.raises(InputError) as info:
-                open_source(source)
-            out.append((info.value.error_type, info.value.message))
-        return out
-
-    want = [
-        ("unreadable", f"'{p}' is not a regular file (a pipe, socket or device)")
-        for p in special_files
-    ]
-    assert run_within(10, errors) == want * 2
-
-
-def test_a_pipe_swapped_in_after_the_check_does_not_hang(swapped_for_a_pipe: Path) -> None:
-    path = swapped_for_a_pipe
-
-    def error() -> str:
-        with pytest.raises(InputError) as info:
-            open_source(Source(input=str(path), path=path))
-        return info.value.message
-
-    got = run_within(10, error)
-    assert got == f"'{path}' is not a regular file (a pipe, socket or device)"
-
-
-# -- any tree: loops end, deep trees walk, each file once -------------------------------
-
-
-def looped_tree(root: Path) -> list[str]:
-    """Images in a tree with symlink loops and links to files; the real files, sorted."""
-    for name in ("a/x.png", "a/b/y.png", "c/z.png", "top.png"):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(b"\x89PNG\r\n\x1a\n")
-    (root / "a" / "b" / "up").symlink_to(root, target_is_directory=True)
-    (root / "a" / "again").symlink_to(root / "a", target_is_directory=True)
-    (root / "c" / "loop").symlink_to(root / "c", target_is_directory=True)
-    (root / "c" / "zz_link.png").symlink_to(root / "top.png")
-    os.link(root / "c" / "z.png", root / "c" / "zz_hard.png")
-    return [str(root / n) for n in ("a/b/y.png", "a/x.png", "c/z.png", "top.png")]
-
-
-def test_globs_end_over_symlink_loops_and_yield_each_file_once(tmp_path: Path) -> None:
-    files = looped_tree(tmp_path)
-    # '**/' matches folders, each then walked; '*' matches top.png and folders a and c;
-    # the last two reach top.png through c/zz_link.png.
-    for pattern in ("**/*.png", "**", "**/", "*", "*/**/*.png", "**/*/*.png"):
-        spec = f"{tmp_path}/{pattern}"
-        got = run_within(20, lambda spec=spec: [s.input for s in iter_sources([spec])])  # type: ignore[misc]
-        # Each file once, under whichever of its names comes first.
-        assert sorted(os.path.realpath(name) for name in got) == files, pattern
-    assert [s.input for s in iter_sources([str(tmp_path)])] == [
-        str(tmp_path / n) for n in ("top.png", "a/x.png", "a/b/y.png", "c/z.png")
-    ]
-
-
-def test_the_glob_matcher_agrees_with_glob_glob(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # On a tree without loops the matcher must give what glob.glob(recursive=True) gives.
-    for name in (
-        "p/a.jpg", "p/b.JPG", "p/.hid.jpg", "p/.hdir/c.jpg", "p/s/d.jpg", "p/s/t/e.png",
-        "p/s/[x].jpg", "p/u v/f.jpg", "p/s/t/.g.jpg", "p/ab.jpg", "q.jpg",
-    ):  # fmt: skip
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    monkeypatch.chdir(tmp_path)
-    patterns = [
-        "p/*.jpg", "p/**/*.jpg", "p/**", "**/*.png", "p/?.jpg", "p/[ab]*.jpg", "p/.*",
-        "p/.*/*.jpg", "p/*/*.jpg", "p/s/[[]x].jpg", "*", "**", "p/**/t/*", "p/u v/*",
-        "p/nope/*", "p/**/.g.jpg", "p/*/", "p/**/",
-    ]  # fmt: skip
-    for relative in patterns:
-        for pattern in (relative, f"{tmp_path}/{relative}"):
-            want = sorted(m.rstrip("/") for m in glob.glob(pattern, recursive=True))
-            assert sorted(m.rstrip("/") for m in sources_module._glob(pattern)) == want, pattern
-
-
-def test_a_tree_1200_folders_deep(tmp_path: Path) -> None:
-    levels = []
-    deep = tmp_path
-    for _ in range(1200):  # one by one: mkdir(parents=True) would itself recurse
-        deep = deep / "d"
-        deep.mkdir()
-        levels.append(deep)
-    try:
-        (deep / "bottom.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-        (tmp_path / "top.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-        want = [str(tmp_path / "top.png"), str(deep / "bottom.png")]
-        assert [s.input for s in iter_sources([str(tmp_path)])] == want
-        assert sorted(s.input for s in iter_sources([f"{tmp_path}/**/*.png"])) == sorted(want)
-    finally:
-        # pytest's own clean-up of old temporary folders recurses, and would hit
-        # RecursionError on this tree in a later run: take it down here, bottom up.
-        (deep / "bottom.png").unlink(missing_ok=True)
-        for level in reversed(levels):
-            level.rmdir()
-
-
-def test_walks_take_each_file_once(tmp_path: Path) -> None:
-    (tmp_path / "real").mkdir()
-    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    (tmp_path / "real" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    os.link(tmp_path / "a.png", tmp_path / "hard.png")
-    (tmp_path / "soft.png").symlink_to(tmp_path / "a.png")
-    (tmp_path / "view").symlink_to(tmp_path / "real", target_is_directory=True)
-    want = [str(tmp_path / "a.png"), str(tmp_path / "real" / "b.png")]
-    assert [s.input for s in iter_sources([str(tmp_path)])] == want
-    assert [s.input for s in iter_sources([f"{tmp_path}/**/*.png"])] == want
-    # Named one by one, each is taken: the user asked for them.
-    assert len(list(iter_sources([str(tmp_path / n) for n in ("a.png", "hard.png")]))) == 2
 
 
 # -- standard input ------------------------------------------------------------------
@@ -857,52 +572,4 @@ def test_a_decoding_thread_that_dies_costs_one_record(
     assert (records[1].error_type, records[1].message) == (
         "unreadable",
         f"decoding '{paths[1]}' failed: SystemExit(3)",
-    )
-
-
-# -- labels files: --labels is read whole, so it is checked first ------------------------
-
-GIVE = "give a UTF-8 text file with one class name per line"
-
-
-def labels_error(path: str | Path) -> str:
-    def attempt() -> str:
-        with pytest.raises(ConfigError) as info:
-            load_labels(path)
-        return str(info.value)
-
-    return run_within(10, attempt)
-
-
-def test_labels_from_a_pipe_or_a_device_are_refused(tmp_path: Path, device_node) -> None:
-    fifo = tmp_path / "labels.fifo"
-    os.mkfifo(fifo)
-    for path in (fifo, device_node("zero")):
-        assert labels_error(path) == (
-            f"labels file '{path}' is not a regular file (a pipe, socket or device); {GIVE}"
-        )
-    assert labels_error(tmp_path) == f"labels file '{tmp_path}' is a folder ({GIVE})"
-
-
-def test_a_huge_labels_file_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "huge.txt"
-    with path.open("wb") as fh:
-        fh.truncate(LABELS_CAP + 1)  # sparse: no disk used
-    assert labels_error(path) == (
-        f"labels file '{path}' is over the {LABELS_CAP}-byte limit (give one class name per line)"
-    )
-    path.write_bytes(b"cat\n" * (LABELS_CAP // 4))  # exactly at the limit
-    assert len(load_labels(path)) == LABELS_CAP // 4
-
-
-def test_labels_split_at_line_ends_only(tmp_path: Path) -> None:
-    path = tmp_path / "labels.txt"
-    text = "\ufeffform\ffeed\r\nvertical\vtab\nline\u2028separator\nnext\x85line\r\n\n  padded  \n"
-    path.write_bytes(text.encode("utf-8"))
-    assert load_labels(path) == (
-        "form\ffeed",
-        "vertical\vtab",
-        "line\u2028separator",
-        "next\x85line",
-        "padded",
     )

@@ -10,6 +10,7 @@ import pytest
 from resnext_cli.errors import ConfigError
 from resnext_cli.model import labels as labels_module
 from resnext_cli.model.labels import MAX_LABELS_BYTES, imagenet_labels, load_labels
+from tests.helpers import run_within
 
 GIVE = "give a UTF-8 text file with one class name per line"
 
@@ -108,3 +109,54 @@ def test_an_installed_packages_data_comes_before_the_checkouts(
     assert imagenet_labels() == ("tench from the wheel",)
     (package / "data" / "imagenet_classes.txt").unlink()
     assert imagenet_labels()[:2] == ("tench", "goldfish")  # the checkout's data/
+
+
+LABELS_CAP = 10 << 20  # the README: a labels file of at most 10 MB
+
+
+# -- labels files: --labels is read whole, so it is checked first ------------------------
+
+GIVE = "give a UTF-8 text file with one class name per line"
+
+
+def labels_error(path: str | Path) -> str:
+    def attempt() -> str:
+        with pytest.raises(ConfigError) as info:
+            load_labels(path)
+        return str(info.value)
+
+    return run_within(10, attempt)
+
+
+def test_labels_from_a_pipe_or_a_device_are_refused(tmp_path: Path, device_node) -> None:
+    fifo = tmp_path / "labels.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, device_node("zero")):
+        assert labels_error(path) == (
+            f"labels file '{path}' is not a regular file (a pipe, socket or device); {GIVE}"
+        )
+    assert labels_error(tmp_path) == f"labels file '{tmp_path}' is a folder ({GIVE})"
+
+
+def test_a_huge_labels_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.txt"
+    with path.open("wb") as fh:
+        fh.truncate(LABELS_CAP + 1)  # sparse: no disk used
+    assert labels_error(path) == (
+        f"labels file '{path}' is over the {LABELS_CAP}-byte limit (give one class name per line)"
+    )
+    path.write_bytes(b"cat\n" * (LABELS_CAP // 4))  # exactly at the limit
+    assert len(load_labels(path)) == LABELS_CAP // 4
+
+
+def test_labels_split_at_line_ends_only(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    text = "\ufeffform\ffeed\r\nvertical\vtab\nline\u2028separator\nnext\x85line\r\n\n  padded  \n"
+    path.write_bytes(text.encode("utf-8"))
+    assert load_labels(path) == (
+        "form\ffeed",
+        "vertical\vtab",
+        "line\u2028separator",
+        "next\x85line",
+        "padded",
+    )

@@ -25,7 +25,6 @@ import pytest
 import torch
 
 from resnext_cli.errors import ConfigError, InputError
-from resnext_cli.inputs import objects
 from resnext_cli.inputs.sources import Source
 from resnext_cli.outputs import shards
 from resnext_cli.results import Classified, Failed, Record
@@ -33,9 +32,11 @@ from resnext_cli.run import ray_engine
 from resnext_cli.run.config import Config
 from resnext_cli.run.engine import Classifier
 from tests.conftest import natural_image, run_resnext
+from tests.helpers import write_images
 
 # Ray reads this when it is imported: a Ray started by these tests listens on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 
 TOLERANCE = 1e-5
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -70,16 +71,6 @@ def assert_same_records(local: Sequence[Record], remote: Sequence[Record]) -> No
         assert [p.label for p in b.predictions] == [p.label for p in a.predictions]
         for p, q in zip(a.predictions, b.predictions, strict=True):
             assert abs(p.probability - q.probability) <= TOLERANCE, (a.input, p, q)
-
-
-def write_images(folder: Path, count: int, *, size: tuple[int, int] = (64, 64)) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = folder / f"img{i:02d}.png"
-        natural_image(100 + i, size).save(path)
-        paths.append(path)
-    return paths
 
 
 # -- no Ray needed -----------------------------------------------------------------------
@@ -170,77 +161,6 @@ def test_device_the_ray_engine_cannot_place(checkpoint: Path, make_image: Any) -
     )  # fmt: skip
     assert run.code == 2, run
     assert run.stderr.startswith("error: --engine ray places models itself: use --device auto")
-
-
-class CountingFS:
-    """A pyarrow file system over a folder that records which prefixes were listed."""
-
-    def __init__(self, root: Path) -> None:
-        from pyarrow import fs
-
-        self.fs = fs.SubTreeFileSystem(str(root), fs.LocalFileSystem())
-        self.listed: list[str] = []
-
-    def get_file_info(self, what: Any) -> Any:
-        if not isinstance(what, str):
-            self.listed.append(what.base_dir)
-        return self.fs.get_file_info(what)
-
-    def open_input_stream(self, path: str) -> Any:
-        return self.fs.open_input_stream(path)
-
-
-@pytest.fixture
-def bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, CountingFS]]:
-    """s3://bucket/... served from tmp_path/bucket through pyarrow's LocalFileSystem."""
-    pytest.importorskip("pyarrow")
-    store = CountingFS(tmp_path)
-    roots: list[str] = []
-
-    def filesystem(root: str) -> CountingFS:
-        roots.append(root)
-        return store
-
-    monkeypatch.setattr(objects, "_filesystem", filesystem)
-    yield tmp_path / "bucket", store
-    assert all(r == "s3://bucket" for r in roots), roots
-
-
-def test_object_uris_are_listed_lazily_sorted_and_filtered(
-    bucket: tuple[Path, CountingFS],
-) -> None:
-    root, store = bucket
-    photos = root / "photos"
-    write_images(photos / "sub", 1)
-    for name in ("b.jpg", "a.PNG", "notes.txt", ".hidden.jpg"):
-        (photos / name).write_bytes(b"x")
-    sources = objects.iter_sources(["s3://bucket/photos"])
-    first = next(sources)
-    assert first == Source(input="s3://bucket/photos/a.PNG", url="s3://bucket/photos/a.PNG")
-    assert store.listed == ["bucket/photos"]  # the sub-prefix is not listed yet
-    rest = [s.input for s in sources]
-    assert rest == ["s3://bucket/photos/b.jpg", "s3://bucket/photos/sub/img00.png"]
-    assert store.listed == ["bucket/photos", "bucket/photos/sub"]
-
-
-def test_object_uri_errors_and_stdin_lists(bucket: tuple[Path, CountingFS]) -> None:
-    root, _ = bucket
-    write_images(root, 1)
-    warnings: list[str] = []
-    listing = b"s3://bucket/img00.png\ns3://bucket/missing/\n"
-    import io
-
-    sources = list(objects.iter_sources(["-"], stdin=io.BytesIO(listing), warn=warnings.append))
-    assert [s.input for s in sources] == ["s3://bucket/img00.png", "s3://bucket/missing/"]
-    assert sources[0].error is None
-    assert sources[1].error is not None and sources[1].error.error_type == "not_found"
-    assert objects.read_object("s3://bucket/img00.png", 1 << 20)[:4] == b"\x89PNG"
-    with pytest.raises(InputError) as exc:
-        objects.read_object("s3://bucket/img00.png", 10)
-    assert exc.value.error_type == "too_large"
-    with pytest.raises(InputError) as exc:
-        objects.read_object("s3://bucket/nope.png", 1 << 20)
-    assert exc.value.error_type == "not_found"
 
 
 def test_decode_rows_carry_the_local_tensors_and_typed_errors(
