@@ -398,3 +398,14 @@ def deny_read(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
         locked.add(path.absolute())
 
     return deny
+
+
+@pytest.fixture
+def folder(make_image, tmp_path) -> Path:
+    """Three images, one in a subfolder, and a text file that folders skip."""
+    root = tmp_path / "photos"
+    make_image("b.jpg", seed=2, size=(160, 120), folder=root)
+    make_image("a.png", seed=1, size=(120, 160), folder=root)
+    make_image("c.JPG", seed=3, size=(100, 100), folder=root / "sub")
+    (root / "notes.txt").write_text("not an image, skipped in folders")
+    return root

@@ -482,3 +482,7 @@ def latin1_file(folder: Path) -> bytes:
     except OSError:
         pytest.skip("this file system refuses names that are not UTF-8")
     return raw
+
+
+def expected_order(root: Path) -> list[str]:
+    return [str(root / "a.png"), str(root / "b.jpg"), str(root / "sub" / "c.JPG")]

@@ -19,6 +19,7 @@ from resnext_cli import Classifier
 from resnext_cli.cli.main import main
 from resnext_cli.console import Console
 from resnext_cli.results import Classified, Failed
+from tests.helpers import expected_order
 
 
 def run_on_terminal(*args: str | Path, stdin: bytes = b"", stdin_tty: bool = False):
@@ -210,3 +211,18 @@ def test_sorting_the_same_records_twice_says_they_are_there(
     again = resnext("sort", "--from", out, dest)
     assert (again.code, again.stderr) == (0, f"3 files already in '{dest}' (skipped)\n")
     assert sum(1 for p in dest.rglob("*.jpg")) == 3
+
+
+def test_installed_command_runs_as_a_pipeline(checkpoint, folder) -> None:
+    """A real process: `find ... | resnext classify - | jq`-style use."""
+    listing = "\n".join(expected_order(folder)) + "\n"
+    run = subprocess.run(
+        [sys.executable, "-m", "resnext_cli", "classify", "-", "--checkpoint", str(checkpoint)],
+        input=listing,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["input"] for r in records] == expected_order(folder)
