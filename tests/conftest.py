@@ -409,3 +409,17 @@ def folder(make_image, tmp_path) -> Path:
     make_image("c.JPG", seed=3, size=(100, 100), folder=root / "sub")
     (root / "notes.txt").write_text("not an image, skipped in folders")
     return root
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Count torch.load calls: one entry per file read."""
+    original = torch.load
+    calls: list[object] = []
+
+    def counting(f: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(f)
+        return original(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return calls

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from resnext_cli import sort as sorting
@@ -30,6 +31,7 @@ from resnext_cli.outputs.report import (
     HtmlReportWriter,
 )
 from resnext_cli.results import Classified, Failed, Prediction, Record
+from resnext_cli.run.plan import MachineFacts
 from resnext_cli.sort import (
     JOURNAL_NAME,
 )
@@ -486,3 +488,47 @@ def latin1_file(folder: Path) -> bytes:
 
 def expected_order(root: Path) -> list[str]:
     return [str(root / "a.png"), str(root / "b.jpg"), str(root / "sub" / "c.JPG")]
+
+
+AVX2 = MachineFacts(cpu_count=2)  # no native bf16: AVX2-only
+GPU = MachineFacts(cpu_count=16, cuda_count=1, cuda_bf16=True, cuda_free_bytes=80 << 30)
+
+
+def _to_fake_cuda(monkeypatch) -> None:
+    """Module.to('cuda') leaves the module where it is (this machine has no GPU)."""
+    real = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):
+        if args and str(args[0]).startswith("cuda"):
+            return self
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+
+
+def _same_predictions(got: list[dict], want: list[dict]) -> None:
+    """Records alike but for the rounding another batch size's kernels bring."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a["input"] == b["input"] and a["precision"] == b["precision"]
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        for pa, pb in zip(a["predictions"], b["predictions"], strict=True):
+            assert pa["probability"] == pytest.approx(pb["probability"], abs=1e-4)
+
+
+# -- overlap: decode on its own stream, infer in another thread, records in order ------------
+
+
+class _FakeStream:
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def synchronize(self):
+        self.log.append(("sync", self.name))
+
+    def record_event(self):
+        self.log.append(("record", self.name))
+        return ("event", len(self.log))
+
+    def wait_event(self, event):
+        self.log.append(("wait", self.name, event))

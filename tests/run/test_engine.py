@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from resnext_cli import Classifier
 from resnext_cli.errors import CheckpointError, ConfigError
 from resnext_cli.results import Classified, Failed
 from tests.conftest import make_checkpoint
+from tests.helpers import _FakeStream
 
 
 def reference_top5(checkpoint: Path, image: Path, tag: str) -> tuple[list[int], list[float]]:
@@ -180,3 +183,130 @@ def test_other_architectures_load(tmp_path, make_image) -> None:
     assert isinstance(record, Classified)
     assert record.model == "resnext101_64x4d"
     assert record.weights == "IMAGENET1K_V1"
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not os.environ.get("RESNEXT_TEST_GPU"),
+    reason="needs a CUDA GPU and RESNEXT_TEST_GPU=1",
+)
+@pytest.mark.gpu
+def test_cuda_matches_cpu(checkpoint, make_image) -> None:
+    from resnext_cli import Classifier
+
+    paths = [str(make_image(f"{i}.png", seed=i)) for i in range(4)]
+    cpu = list(Classifier(checkpoint=str(checkpoint), device="cpu", exact=True).classify(paths))
+    gpu = list(Classifier(checkpoint=str(checkpoint), device="cuda", exact=True).classify(paths))
+    for a, b in zip(cpu, gpu, strict=True):
+        assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
+        for pa, pb in zip(a.predictions, b.predictions, strict=True):
+            assert pa.probability == pytest.approx(pb.probability, abs=1e-3)
+
+
+def test_overlapped_stages_on_fake_cuda_match_the_serial_run(
+    checkpoint, make_image, monkeypatch, tmp_path
+) -> None:
+    """CUDA faked: the decode thread works on its own stream and synchronises it before
+    each decode; the model waits for each batch's event; records come in input order."""
+    import threading
+
+    import torchvision.io
+
+    import resnext_cli.run.pipeline as pipeline
+    from resnext_cli import Classifier
+    from resnext_cli.inputs.sources import Source
+    from resnext_cli.run.engine import LocalEngine
+
+    images = [make_image(f"{i}.jpg", seed=i, size=(300, 200), quality=90) for i in range(7)]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(images[0].read_bytes()[:500])
+    paths = [*images[:3], bad, *images[3:]]
+    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=2, batch_size=3)
+    # The serial run with the same decoder (the CPU's decode_jpeg standing in for nvJPEG).
+    cpu_gpu_plan = dataclasses.replace(clf.plan, decode_on="gpu")
+    serial = LocalEngine(dataclasses.replace(clf.loaded, plan=cpu_gpu_plan), overlap=False)
+    reference = [
+        r.to_dict() for r in serial.classify_sources(Source(str(p), path=p) for p in paths)
+    ]
+
+    log = []
+    local = threading.local()
+    default = _FakeStream(log, "default")
+    made = []
+
+    def new_stream(device=None):
+        made.append(_FakeStream(log, f"side{len(made)}"))
+        return made[-1]
+
+    class on_stream:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            local.stream = self.stream
+
+        def __exit__(self, *exc):
+            local.stream = None
+
+    real_decode = torchvision.io.decode_jpeg
+
+    def fake_decode(datas, mode, device):
+        log.append(("decode", getattr(local, "stream", None) and local.stream.name))
+        return [real_decode(d, mode=mode) for d in datas]
+
+    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: getattr(local, "stream", None) or default)  # fmt: skip
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    cpu_model = clf.loaded
+    real_softmax = pipeline.probabilities
+    scored_threads = set()
+
+    def on_cpu(model, batch, precision):
+        scored_threads.add(threading.current_thread().name)
+        log.append(("infer", len(batch)))
+        return real_softmax(cpu_model, batch, precision)
+
+    monkeypatch.setattr(pipeline, "probabilities", on_cpu)
+    cuda_plan = dataclasses.replace(clf.plan, device="cuda", decode_on="gpu")
+    engine = LocalEngine(dataclasses.replace(clf.loaded, plan=cuda_plan))
+    assert engine.overlap  # on by default on CUDA
+    got = [r.to_dict() for r in engine.classify_sources(Source(str(p), path=p) for p in paths)]
+    assert got == reference
+    assert scored_threads == {"resnext-infer"}
+    assert [s.name for s in made] == ["side0"]
+    # Every decode ran on the side stream right after that stream was synchronised.
+    decodes = [i for i, e in enumerate(log) if e[0] == "decode"]
+    assert len(decodes) == 3  # 7 whole JPEGs in batches of 3: 3, 3, 1
+    for i in decodes:
+        assert log[i] == ("decode", "side0") and log[i - 1] == ("sync", "side0")
+    # Each batch's inference waited, on the default stream, for that batch's event.
+    records = [i for i, e in enumerate(log) if e[0] == "record"]
+    waits = [e for e in log if e[0] == "wait"]
+    assert [w[2] for w in waits] == [("event", i + 1) for i in records]
+    assert all(w[1] == "default" for w in waits)
+    for record_at, wait in zip(records, waits, strict=True):
+        wait_at = log.index(wait)
+        infer_at = next(i for i in range(wait_at, len(log)) if log[i][0] == "infer")
+        assert record_at < wait_at < infer_at
+
+
+def test_overlap_stops_cleanly_when_the_caller_stops(checkpoint, make_image) -> None:
+    import threading
+
+    from resnext_cli import Classifier
+    from resnext_cli.inputs.sources import Source
+    from resnext_cli.run.engine import LocalEngine
+
+    paths = [make_image(f"{i}.png", seed=i) for i in range(9)]
+    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=1, batch_size=2)
+    engine = LocalEngine(clf.loaded, overlap=True)
+    records = engine.classify_sources(Source(str(p), path=p) for p in paths)
+    first = next(records)
+    assert first.input == str(paths[0])
+    records.close()  # the consumer quits after one record
+    alive = {t.name: t for t in threading.enumerate()}
+    assert "resnext-infer" not in alive  # joined: no model work outlives the run
+    if "resnext-gpu-decode" in alive:  # it had a moment; it ends with its current wait
+        alive["resnext-gpu-decode"].join(60)
+        assert not alive["resnext-gpu-decode"].is_alive()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from resnext_cli import Classifier
 from resnext_cli.errors import ConfigError
@@ -14,6 +15,7 @@ from resnext_cli.run.config import Config
 from resnext_cli.run.engine import LocalEngine
 from resnext_cli.run.pipeline import Encoded, prepare
 from resnext_cli.run.plan import MachineFacts, resolve
+from tests.helpers import _same_predictions
 
 GPU = MachineFacts(cpu_count=8, cuda_count=1, cuda_bf16=True, cuda_free_bytes=40 << 30)
 
@@ -63,3 +65,38 @@ def test_gpu_branch_matches_the_pillow_path(checkpoint, make_image, tmp_path) ->
         assert [p.index for p in new.predictions] == [p.index for p in ref.predictions]
         for a, b in zip(ref.predictions, new.predictions, strict=True):
             assert a.probability == pytest.approx(b.probability, abs=0.01)
+
+
+# -- out-of-memory in the model: the batch is halved once, for the rest of the run -----------
+
+
+def test_out_of_memory_in_the_model_halves_the_batch_once(
+    checkpoint, make_image, monkeypatch, caplog
+) -> None:
+    import logging
+
+    import resnext_cli.run.pipeline as pipeline
+    from resnext_cli import Classifier
+
+    paths = [str(make_image(f"{i}.png", seed=i)) for i in range(8)]
+    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=0, batch_size=4)
+    reference = list(clf.classify(paths))
+    real = pipeline.probabilities
+    sizes = []
+
+    def tight(model, batch, precision):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(model, batch, precision)
+
+    monkeypatch.setattr(pipeline, "probabilities", tight)
+    with caplog.at_level(logging.DEBUG, logger="resnext_cli"):
+        got = list(clf.classify(paths))
+    # Batch one: 4 fails, then two halves; batch two starts at the halved size. Never 1.
+    assert sizes == [4, 2, 2, 2, 2]
+    assert clf.loaded.max_batch == 2
+    _same_predictions([r.to_dict() for r in got], [r.to_dict() for r in reference])
+    assert [r.getMessage() for r in caplog.records] == [
+        "out of GPU memory on a batch of 4: the model takes at most 2 images at a time from now on"
+    ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -12,10 +11,9 @@ import torch
 from resnext_cli.errors import ConfigError
 from resnext_cli.run.config import Config
 from resnext_cli.run.plan import MachineFacts, refuse_pairs, resolve, weights_for
+from tests.helpers import AVX2, GPU, _FakeStream, _to_fake_cuda
 
-AVX2 = MachineFacts(cpu_count=2)  # no native bf16: AVX2-only
 BF16_CPU = MachineFacts(cpu_count=2, cpu_native_bf16=True)  # AVX512-BF16 or AMX
-GPU = MachineFacts(cpu_count=16, cuda_count=1, cuda_bf16=True, cuda_free_bytes=80 << 30)
 OLD_GPU = MachineFacts(cpu_count=16, cuda_count=2, cuda_bf16=False, cuda_free_bytes=8 << 30)
 
 
@@ -168,23 +166,6 @@ def test_workers_default_to_the_cores_up_to_eight() -> None:
     assert resolve(Config(workers=0), GPU).workers == 0
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or not os.environ.get("RESNEXT_TEST_GPU"),
-    reason="needs a CUDA GPU and RESNEXT_TEST_GPU=1",
-)
-@pytest.mark.gpu
-def test_cuda_matches_cpu(checkpoint, make_image) -> None:
-    from resnext_cli import Classifier
-
-    paths = [str(make_image(f"{i}.png", seed=i)) for i in range(4)]
-    cpu = list(Classifier(checkpoint=str(checkpoint), device="cpu", exact=True).classify(paths))
-    gpu = list(Classifier(checkpoint=str(checkpoint), device="cuda", exact=True).classify(paths))
-    for a, b in zip(cpu, gpu, strict=True):
-        assert [p.index for p in a.predictions] == [p.index for p in b.predictions]
-        for pa, pb in zip(a.predictions, b.predictions, strict=True):
-            assert pa.probability == pytest.approx(pb.probability, abs=1e-3)
-
-
 # -- the probe: the run's own device, and no CUDA context for a CPU run ---------------------
 
 
@@ -262,275 +243,12 @@ def test_the_decoder_choice_is_named_under_debug(checkpoint, tmp_path, monkeypat
     assert "debug:" not in quiet.stderr
 
 
-# -- TF32, cuDNN autotuning and torch.compile, with CUDA faked ---------------------------------
-
-
-@pytest.fixture
-def cuda_flags_on():
-    """Torch's defaults as a CUDA user meets them (cuDNN TF32 on), restored afterwards."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
-    precision = torch.get_float32_matmul_precision()
-    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, True, False
-    torch.set_float32_matmul_precision("high")
-    yield
-    cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
-    torch.set_float32_matmul_precision(precision)
-
-
-def _to_fake_cuda(monkeypatch) -> None:
-    """Module.to('cuda') leaves the module where it is (this machine has no GPU)."""
-    real = torch.nn.Module.to
-
-    def to(self, *args, **kwargs):
-        if args and str(args[0]).startswith("cuda"):
-            return self
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.Module, "to", to)
-
-
-@pytest.mark.parametrize(
-    ("options", "precision"),
-    [({"exact": True}, "fp32"), ({"precision": "fp32"}, "fp32"), ({}, "bf16")],
-)
-def test_a_cuda_run_turns_tf32_off(checkpoint, monkeypatch, cuda_flags_on, options, precision):
-    from resnext_cli.run.network import load_model
-
-    _to_fake_cuda(monkeypatch)
-    plan = resolve(Config(checkpoint=str(checkpoint), device="cuda", **options), GPU)
-    assert (plan.precision, plan.tf32) == (precision, False)
-    load_model(plan)
-    assert torch.backends.cudnn.allow_tf32 is False
-    assert torch.backends.cuda.matmul.allow_tf32 is False
-    assert torch.get_float32_matmul_precision() == "highest"
-    assert torch.backends.cudnn.benchmark is True  # one input shape: autotune it
-
-
-def test_a_cpu_run_leaves_cuda_flags_alone(checkpoint, cuda_flags_on) -> None:
-    from resnext_cli.run.network import load_model
-
-    load_model(resolve(Config(checkpoint=str(checkpoint), device="cpu"), AVX2))
-    assert torch.backends.cudnn.allow_tf32 is True
-    assert torch.backends.cudnn.benchmark is False
-
-
 def test_compile_is_off_by_default_and_reaches_the_plan() -> None:
     assert resolve(Config(), AVX2).compile is False
     assert resolve(Config(compile=True), AVX2).compile is True
     with pytest.raises(ConfigError) as info:
         resolve(Config(compile=True, quantized=True, model="resnext101_32x8d"), AVX2)
     assert str(info.value) == "--compile is for float models; drop --compile or --quantized"
-
-
-def test_compile_compiles_once_pads_the_last_batch_and_reports_its_time(
-    checkpoint, make_image, monkeypatch, resnext
-) -> None:
-    """torch.compile faked (the real one takes minutes here): what the run does with it."""
-    calls = []
-    shapes = []
-
-    def fake_compile(fn, **kwargs):
-        calls.append(kwargs)
-
-        def compiled(x):
-            shapes.append(tuple(x.shape))
-            return fn(x)
-
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
-    images = [make_image(f"{i}.jpg", seed=i) for i in range(5)]
-    plain = resnext("classify", *images, "--checkpoint", checkpoint, "-f", "json",
-                    "--batch-size", "2", "--precision", "fp32")  # fmt: skip
-    assert plain.code == 0 and calls == []
-    run = resnext("classify", *images, "--checkpoint", checkpoint, "-f", "json",
-                  "--batch-size", "2", "--precision", "fp32", "--compile")  # fmt: skip
-    assert run.code == 0, run
-    assert calls == [{"dynamic": False}]
-    # Three batches of two: the last image padded to the compiled shape.
-    assert shapes == [(2, 3, 224, 224)] * 3
-    # The same predictions (a padded batch may pick other kernels: rounding apart).
-    _same_predictions(run.records(), plain.records())
-    lines = [line for line in run.stderr.splitlines() if line.startswith("torch.compile")]
-    assert len(lines) == 1
-    assert lines[0].startswith("torch.compile: ") and lines[0].endswith(
-        " s compiling (the first batch's call)"
-    )
-    float(lines[0].split()[1])  # the seconds, a number
-
-
-def _same_predictions(got: list[dict], want: list[dict]) -> None:
-    """Records alike but for the rounding another batch size's kernels bring."""
-    assert len(got) == len(want)
-    for a, b in zip(got, want, strict=True):
-        assert a["input"] == b["input"] and a["precision"] == b["precision"]
-        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
-        for pa, pb in zip(a["predictions"], b["predictions"], strict=True):
-            assert pa["probability"] == pytest.approx(pb["probability"], abs=1e-4)
-
-
-# -- out-of-memory in the model: the batch is halved once, for the rest of the run -----------
-
-
-def test_out_of_memory_in_the_model_halves_the_batch_once(
-    checkpoint, make_image, monkeypatch, caplog
-) -> None:
-    import logging
-
-    import resnext_cli.run.pipeline as pipeline
-    from resnext_cli import Classifier
-
-    paths = [str(make_image(f"{i}.png", seed=i)) for i in range(8)]
-    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=0, batch_size=4)
-    reference = list(clf.classify(paths))
-    real = pipeline.probabilities
-    sizes = []
-
-    def tight(model, batch, precision):
-        sizes.append(len(batch))
-        if len(batch) > 2:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
-        return real(model, batch, precision)
-
-    monkeypatch.setattr(pipeline, "probabilities", tight)
-    with caplog.at_level(logging.DEBUG, logger="resnext_cli"):
-        got = list(clf.classify(paths))
-    # Batch one: 4 fails, then two halves; batch two starts at the halved size. Never 1.
-    assert sizes == [4, 2, 2, 2, 2]
-    assert clf.loaded.max_batch == 2
-    _same_predictions([r.to_dict() for r in got], [r.to_dict() for r in reference])
-    assert [r.getMessage() for r in caplog.records] == [
-        "out of GPU memory on a batch of 4: the model takes at most 2 images at a time from now on"
-    ]
-
-
-# -- overlap: decode on its own stream, infer in another thread, records in order ------------
-
-
-class _FakeStream:
-    def __init__(self, log, name):
-        self.log, self.name = log, name
-
-    def synchronize(self):
-        self.log.append(("sync", self.name))
-
-    def record_event(self):
-        self.log.append(("record", self.name))
-        return ("event", len(self.log))
-
-    def wait_event(self, event):
-        self.log.append(("wait", self.name, event))
-
-
-def test_overlapped_stages_on_fake_cuda_match_the_serial_run(
-    checkpoint, make_image, monkeypatch, tmp_path
-) -> None:
-    """CUDA faked: the decode thread works on its own stream and synchronises it before
-    each decode; the model waits for each batch's event; records come in input order."""
-    import threading
-
-    import torchvision.io
-
-    import resnext_cli.run.pipeline as pipeline
-    from resnext_cli import Classifier
-    from resnext_cli.inputs.sources import Source
-    from resnext_cli.run.engine import LocalEngine
-
-    images = [make_image(f"{i}.jpg", seed=i, size=(300, 200), quality=90) for i in range(7)]
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(images[0].read_bytes()[:500])
-    paths = [*images[:3], bad, *images[3:]]
-    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=2, batch_size=3)
-    # The serial run with the same decoder (the CPU's decode_jpeg standing in for nvJPEG).
-    cpu_gpu_plan = dataclasses.replace(clf.plan, decode_on="gpu")
-    serial = LocalEngine(dataclasses.replace(clf.loaded, plan=cpu_gpu_plan), overlap=False)
-    reference = [
-        r.to_dict() for r in serial.classify_sources(Source(str(p), path=p) for p in paths)
-    ]
-
-    log = []
-    local = threading.local()
-    default = _FakeStream(log, "default")
-    made = []
-
-    def new_stream(device=None):
-        made.append(_FakeStream(log, f"side{len(made)}"))
-        return made[-1]
-
-    class on_stream:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def __enter__(self):
-            local.stream = self.stream
-
-        def __exit__(self, *exc):
-            local.stream = None
-
-    real_decode = torchvision.io.decode_jpeg
-
-    def fake_decode(datas, mode, device):
-        log.append(("decode", getattr(local, "stream", None) and local.stream.name))
-        return [real_decode(d, mode=mode) for d in datas]
-
-    monkeypatch.setattr(torch.cuda, "Stream", new_stream)
-    monkeypatch.setattr(torch.cuda, "stream", on_stream)
-    monkeypatch.setattr(torch.cuda, "current_stream",
-                        lambda device=None: getattr(local, "stream", None) or default)  # fmt: skip
-    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
-    cpu_model = clf.loaded
-    real_softmax = pipeline.probabilities
-    scored_threads = set()
-
-    def on_cpu(model, batch, precision):
-        scored_threads.add(threading.current_thread().name)
-        log.append(("infer", len(batch)))
-        return real_softmax(cpu_model, batch, precision)
-
-    monkeypatch.setattr(pipeline, "probabilities", on_cpu)
-    cuda_plan = dataclasses.replace(clf.plan, device="cuda", decode_on="gpu")
-    engine = LocalEngine(dataclasses.replace(clf.loaded, plan=cuda_plan))
-    assert engine.overlap  # on by default on CUDA
-    got = [r.to_dict() for r in engine.classify_sources(Source(str(p), path=p) for p in paths)]
-    assert got == reference
-    assert scored_threads == {"resnext-infer"}
-    assert [s.name for s in made] == ["side0"]
-    # Every decode ran on the side stream right after that stream was synchronised.
-    decodes = [i for i, e in enumerate(log) if e[0] == "decode"]
-    assert len(decodes) == 3  # 7 whole JPEGs in batches of 3: 3, 3, 1
-    for i in decodes:
-        assert log[i] == ("decode", "side0") and log[i - 1] == ("sync", "side0")
-    # Each batch's inference waited, on the default stream, for that batch's event.
-    records = [i for i, e in enumerate(log) if e[0] == "record"]
-    waits = [e for e in log if e[0] == "wait"]
-    assert [w[2] for w in waits] == [("event", i + 1) for i in records]
-    assert all(w[1] == "default" for w in waits)
-    for record_at, wait in zip(records, waits, strict=True):
-        wait_at = log.index(wait)
-        infer_at = next(i for i in range(wait_at, len(log)) if log[i][0] == "infer")
-        assert record_at < wait_at < infer_at
-
-
-def test_overlap_stops_cleanly_when_the_caller_stops(checkpoint, make_image) -> None:
-    import threading
-
-    from resnext_cli import Classifier
-    from resnext_cli.inputs.sources import Source
-    from resnext_cli.run.engine import LocalEngine
-
-    paths = [make_image(f"{i}.png", seed=i) for i in range(9)]
-    clf = Classifier(checkpoint=str(checkpoint), precision="fp32", workers=1, batch_size=2)
-    engine = LocalEngine(clf.loaded, overlap=True)
-    records = engine.classify_sources(Source(str(p), path=p) for p in paths)
-    first = next(records)
-    assert first.input == str(paths[0])
-    records.close()  # the consumer quits after one record
-    alive = {t.name: t for t in threading.enumerate()}
-    assert "resnext-infer" not in alive  # joined: no model work outlives the run
-    if "resnext-gpu-decode" in alive:  # it had a moment; it ends with its current wait
-        alive["resnext-gpu-decode"].join(60)
-        assert not alive["resnext-gpu-decode"].is_alive()
 
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> list[object]:
