@@ -532,3 +532,32 @@ class _FakeStream:
 
     def wait_event(self, event):
         self.log.append(("wait", self.name, event))
+
+
+def reviewed_line(path: Path, review: str | None, label: str | None, **more: Any) -> str:
+    """One line as the report's export writes it, made here by hand."""
+    st = path.stat()
+    line = {
+        "input": f"photos/{path.name}",
+        "path": str(path),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "model_label": "tabby",
+        "label": label,
+        "reviewed": review,
+        **more,
+    }
+    return json.dumps(line) + "\n"
+
+
+# The photos fixture of the reviewed tests (named so by pytest, not by Python, so that the
+# modules importing it shadow no name): five small JPEGs in tmp_path/photos.
+@pytest.fixture(name="photos")
+def reviewed_photos(make_image, tmp_path: Path) -> list[Path]:
+    return [
+        make_image(f"IMG_{i}.jpg", seed=i, size=(32, 24), folder=tmp_path / "photos")
+        for i in range(5)
+    ]
+
+
+WIDTHS = (60, 80, 120, 200)

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from resnext_cli.cli.checks import check_classify_outputs
-from resnext_cli.outputs.writers import resolve_format
 from tests.conftest import natural_image
 from tests.helpers import run_all
 
@@ -201,31 +199,6 @@ def test_accepted_elsewhere_names_real_tests() -> None:
     for what, where in ACCEPTED_ELSEWHERE.items():
         module, name = where.split("::")
         assert f"def {name}(" in (here / module).read_text(), what
-
-
-@pytest.mark.parametrize(
-    ("fmt", "output", "resume", "written_as"),
-    [
-        ("csv", "out.txt", False, "csv"),  # -f names the format: any file name goes
-        ("jsonl", "results", False, "jsonl"),
-        ("auto", "mine.dat", True, "jsonl"),  # --resume continues JSON Lines, any name
-        ("auto", "OUT.CSV", False, "csv"),
-        ("auto", "-", False, "jsonl"),  # stdout, a pipe
-    ],
-)
-def test_an_output_name_the_tool_does_not_know_needs_a_format(
-    fmt: str, output: str, resume: bool, written_as: str, tmp_path: Path
-) -> None:
-    check_classify_outputs(
-        output=output,
-        fmt=fmt,
-        force=False,
-        resume=resume,
-        long=False,
-        report=None,
-        stdout_is_terminal=False,
-    )
-    assert resolve_format(fmt, is_terminal=False, output_name=output) == written_as
 
 
 def test_sort_by_category_implies_the_default_categories(

@@ -19,13 +19,12 @@ from typing import Any
 
 import pyte
 import pytest
-from rich.progress import Progress
 
-from resnext_cli.console import Console, EtaColumn, RateColumn, middle_ellipsis
+from resnext_cli.console import Console
 from resnext_cli.results import Classified, Failed, Prediction
 from resnext_cli.run import classify as run_classify_module
+from tests.helpers import WIDTHS
 
-WIDTHS = (60, 80, 120, 200)
 ROWS = 120  # tall enough that nothing scrolls away
 
 LABELS = [
@@ -215,76 +214,6 @@ def test_rows_never_share_a_line_with_the_bar_and_numbers_are_whole(
     assert "classified 7 of 8 inputs" in summary
     assert "1 failed (1 not_found)" in summary
     assert "error: no such file:" in summary
-
-
-def test_summary_histogram_keeps_its_last_row_whole_with_short_labels() -> None:
-    from rich.console import Console as RichConsole
-
-    from resnext_cli.outputs.summary import RunSummary
-
-    summary = RunSummary(where="cpu, fp32")
-    for i in range(13):  # 13 labels of 2-3 letters: 10 shown, '(3 other labels)' after
-        for _ in range(13 - i):
-            summary.add(Classified(f"{i}", "m", "w", (Prediction(f"l{i}", i, 0.9),)))
-    for width in WIDTHS:
-        console = RichConsole(width=width, file=io.StringIO(), color_system=None)
-        console.print(summary.render(width))
-        text = console.file.getvalue()  # type: ignore[attr-defined]
-        assert "(3 other labels)" in text, (width, text)
-        assert "…" not in text
-
-
-def test_models_keeps_its_numbers_whole_at_every_width(monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnext_cli.model.registry import all_weights
-    from resnext_cli.outputs.writers import models_table
-
-    rows = all_weights(include_quantized=True)
-    for width in WIDTHS:
-        monkeypatch.setenv("COLUMNS", str(width))
-        stream = io.StringIO()
-        models_table(rows, stream, is_terminal=True)
-        lines = stream.getvalue().splitlines()
-        assert all(len(line) <= width for line in lines), width
-        table = "\n".join(lines)
-        assert "…" not in table
-        for w in rows:  # the accuracy and the size of every tag, whole
-            assert f"{w.acc1:.2f}" in table and f"{w.file_size_mb:.0f}" in table
-        assert ("resnext50_32x4d-1a0047aa.pth" in table) == (width >= 200), width
-        assert ("cached" in lines[1]) == (width >= 80), width
-
-
-def test_a_rate_and_an_eta_only_once_they_mean_something() -> None:
-    now = [0.0]
-    progress = Progress(get_time=lambda: now[0])
-    task_id = progress.add_task("classify", total=100)
-    task = progress.tasks[0]
-    rate, eta = RateColumn(), EtaColumn()
-    progress.advance(task_id, 8)  # the first batch, all at once, 0.001 s in
-    now[0] = 0.001
-    assert (rate.render(task).plain, eta.render(task).plain) == ("", "")
-    now[0] = 1.9
-    assert rate.render(task).plain == ""
-    now[0] = 4.0  # 8 images in 4 s: 2 a second, 92 left: 46 s
-    assert (rate.render(task).plain, eta.render(task).plain) == ("2.0 img/s", "eta 0:00:46")
-    counted_id = progress.add_task("stdin", total=None)  # no total: no ETA
-    progress.advance(counted_id, 8)
-    counted = progress.tasks[-1]
-    now[0] = 8.0
-    assert (rate.render(counted).plain, eta.render(counted).plain) == ("2.0 img/s", "")
-
-
-@pytest.mark.parametrize(
-    ("text", "width", "shown"),
-    [
-        ("photos/img_0008.jpg", 40, "photos/img_0008.jpg"),
-        ("photos/holiday/img_0008.jpg", 16, "photos/…0008.jpg"),
-        ("abcdef", 1, "…"),
-        ("abcdef", 5, "ab…ef"),
-        ("日本語のファイル名.jpg", 10, "日本語…jpg"),  # 10 cells: 6 + 1 + 3
-    ],
-)
-def test_middle_ellipsis_keeps_both_ends(text: str, width: int, shown: str) -> None:
-    assert middle_ellipsis(text, width) == shown
 
 
 def test_ctrl_c_while_loading_says_nothing_was_done(

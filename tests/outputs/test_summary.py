@@ -13,6 +13,7 @@ from rich.console import Console
 from resnext_cli.errors import ExitStatus
 from resnext_cli.outputs.summary import RunSummary
 from resnext_cli.results import Classified, Failed, Prediction, apply_threshold
+from tests.helpers import WIDTHS
 
 
 def classified(name: str, label: str, probability: float, index: int = 0) -> Classified:
@@ -187,3 +188,20 @@ def test_histogram_fills_the_terminal_and_no_more(columns: int) -> None:
         assert (label_cells, bar_cells, len(row)) == (32, columns - 44, columns)
     else:  # the bar is down to 4 cells, the label gives way
         assert (label_cells, bar_cells, len(row)) == (columns - 16, 4, columns)
+
+
+def test_summary_histogram_keeps_its_last_row_whole_with_short_labels() -> None:
+    from rich.console import Console as RichConsole
+
+    from resnext_cli.outputs.summary import RunSummary
+
+    summary = RunSummary(where="cpu, fp32")
+    for i in range(13):  # 13 labels of 2-3 letters: 10 shown, '(3 other labels)' after
+        for _ in range(13 - i):
+            summary.add(Classified(f"{i}", "m", "w", (Prediction(f"l{i}", i, 0.9),)))
+    for width in WIDTHS:
+        console = RichConsole(width=width, file=io.StringIO(), color_system=None)
+        console.print(summary.render(width))
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "(3 other labels)" in text, (width, text)
+        assert "…" not in text

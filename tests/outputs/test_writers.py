@@ -38,6 +38,7 @@ from resnext_cli.results import (
     Record,
     apply_threshold,
 )
+from tests.helpers import WIDTHS
 
 LABELS = ['tabby, "tabby" cat', "crane\nbird", "jack-o'-lantern"]
 
@@ -832,3 +833,22 @@ def test_records_on_a_terminal_show_labels_and_names_escaped(tmp_path: Path, che
     record = json.loads(piped.stdout)
     assert {p["label"] for p in record["predictions"]} <= set(names)
     assert record["input"] == str(photo)
+
+
+def test_models_keeps_its_numbers_whole_at_every_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnext_cli.model.registry import all_weights
+    from resnext_cli.outputs.writers import models_table
+
+    rows = all_weights(include_quantized=True)
+    for width in WIDTHS:
+        monkeypatch.setenv("COLUMNS", str(width))
+        stream = io.StringIO()
+        models_table(rows, stream, is_terminal=True)
+        lines = stream.getvalue().splitlines()
+        assert all(len(line) <= width for line in lines), width
+        table = "\n".join(lines)
+        assert "…" not in table
+        for w in rows:  # the accuracy and the size of every tag, whole
+            assert f"{w.acc1:.2f}" in table and f"{w.file_size_mb:.0f}" in table
+        assert ("resnext50_32x4d-1a0047aa.pth" in table) == (width >= 200), width
+        assert ("cached" in lines[1]) == (width >= 80), width
