@@ -423,3 +423,17 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 
     monkeypatch.setattr(torch, "load", counting)
     return calls
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Path]:
+    """Photos in a project folder, and a private file elsewhere (the stand-in /etc/passwd)."""
+    project = tmp_path / "project"
+    photos = project / "photos"
+    photos.mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        (photos / name).write_bytes(name.encode() * 100)
+    private = tmp_path / "etc" / "passwd"
+    private.parent.mkdir()
+    private.write_bytes(b"root:x:0:0\n" * 20)
+    return {"project": project, "photos": photos, "private": private, "tmp": tmp_path}

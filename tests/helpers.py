@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -561,3 +562,31 @@ def reviewed_photos(make_image, tmp_path: Path) -> list[Path]:
 
 
 WIDTHS = (60, 80, 120, 200)
+
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+needs_root = pytest.mark.skipif(not AS_ROOT, reason="mknod of a character device needs root")
+
+
+def char_device(path: Path) -> Path:
+    """A private character device node (1, 3: what /dev/null is) at *path*."""
+    os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    return path
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def everything(root: Path) -> dict[str, str]:
+    """Every file and link below *root*, the journal included, by content or target."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out

@@ -6,7 +6,6 @@ a home folder with an .ssh folder. Nothing real is ever named.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 from resnext_cli import sort as sorting
 from resnext_cli.results import CategoryScore, Classified, Failed, FileFacts, Prediction
 from resnext_cli.sort import SortError, execute, make_plan
+from tests.helpers import everything
 
 JOURNAL_NAME = ".resnext-sort-journal.jsonl"  # the README's name for it
 
@@ -35,34 +35,6 @@ def record(path: Path, label: str = "tabby", *, identity: bool = True, **kw: obj
 def write_records(path: Path, *items: dict) -> Path:
     path.write_text("".join(json.dumps(item) + "\n" for item in items))
     return path
-
-
-def everything(root: Path) -> dict[str, str]:
-    """Every file and link below *root*, the journal included, by content or target."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            out[rel] = "-> " + os.readlink(path)
-        elif path.is_file():
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            out[rel] = "dir"
-    return out
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> dict[str, Path]:
-    """Photos in a project folder, and a private file elsewhere (the stand-in /etc/passwd)."""
-    project = tmp_path / "project"
-    photos = project / "photos"
-    photos.mkdir(parents=True)
-    for name in ("a.jpg", "b.jpg"):
-        (photos / name).write_bytes(name.encode() * 100)
-    private = tmp_path / "etc" / "passwd"
-    private.parent.mkdir()
-    private.write_bytes(b"root:x:0:0\n" * 20)
-    return {"project": project, "photos": photos, "private": private, "tmp": tmp_path}
 
 
 # -- §1 a path in a records file ---------------------------------------------------------
@@ -123,33 +95,6 @@ def test_a_photo_swapped_for_a_link_to_a_private_file_is_not_filed(world, resnex
     assert private.exists()
 
 
-def test_a_swap_after_planning_is_caught_when_the_file_is_opened(world) -> None:
-    photos, project = world["photos"], world["project"]
-    secret = project / "secret.txt"
-    secret.write_bytes(b"s" * (photos / "a.jpg").stat().st_size)
-    st = (photos / "a.jpg").stat()
-    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
-    rec = Classified(
-        str(photos / "a.jpg"), "m", "w", (Prediction("tabby", 1, 0.9),),
-        path=str(photos / "a.jpg"), file=FileFacts(st.st_size, st.st_mtime_ns),
-    )  # fmt: skip
-    for mode in ("copy", "move", "link"):
-        dest = project / f"sorted-{mode}"
-        plan = make_plan([rec], dest, mode=mode, sources=[photos], strict=True)
-        assert [s.identity for s in plan.steps] == [(st.st_size, st.st_mtime_ns)]
-        os.rename(photos / "a.jpg", project / "kept.jpg")
-        (photos / "a.jpg").symlink_to(secret)
-        outcome = execute(plan)
-        assert [reason for _, reason in outcome.problems] == [
-            f"'{photos / 'a.jpg'}' is not the file that was classified (a symbolic link now, "
-            "or changed since); left alone"
-        ], mode
-        assert everything(dest / "tabby") == {} if (dest / "tabby").exists() else True
-        (photos / "a.jpg").unlink()
-        os.rename(project / "kept.jpg", photos / "a.jpg")
-    assert secret.read_bytes().startswith(b"s")
-
-
 # -- §1 a journal ----------------------------------------------------------------------------
 
 
@@ -195,16 +140,6 @@ def test_a_journal_signed_for_another_folder_or_with_another_key(world, monkeypa
     with pytest.raises(SortError, match="line 1 was not written by resnext for this folder"):
         sorting.undo(first)
     assert (first / "t" / "a.jpg").exists()
-
-
-def test_the_key_is_private_and_kept_outside_dest(world) -> None:
-    key = sorting.journal_key()
-    path = sorting.key_path()
-    assert len(key) == 32 and (path.stat().st_mode & 0o777) == 0o600
-    assert sorting.journal_key() == key  # made once
-    path.chmod(0o644)
-    with pytest.raises(SortError, match="can be read by other users"):
-        sorting.journal_key()
 
 
 # -- §3 nothing held back ---------------------------------------------------------------------
@@ -275,95 +210,6 @@ def test_hostile_records_end_with_exit_2_naming_the_line(tmp_path, resnext, case
         "-o file of an earlier run)\n"
     )
     assert "unexpected" not in run.stderr + resumed.stderr
-
-
-def test_filing_many_files_of_one_name_is_linear(tmp_path: Path, monkeypatch) -> None:
-    import resnext_cli.sort.plan as plan_module
-
-    calls = 0
-    real = plan_module.numbered
-
-    def counted(name: str, number: int) -> str:
-        nonlocal calls
-        calls += 1
-        return real(name, number)
-
-    monkeypatch.setattr(plan_module, "numbered", counted)
-    records = []
-    for i in range(2000):
-        folder = tmp_path / "src" / str(i)
-        folder.mkdir(parents=True)
-        (folder / "IMG_0001.jpg").write_bytes(str(i).encode())
-        records.append(
-            Classified(
-                str(folder),
-                "m",
-                "w",
-                (Prediction("cat", 1, 0.9),),
-                path=str(folder / "IMG_0001.jpg"),
-            )
-        )
-    plan = make_plan(records, tmp_path / "sorted", sources=[tmp_path / "src"])
-    names = [s.target for s in plan.steps]
-    assert names[:3] == ["cat/IMG_0001.jpg", "cat/IMG_0001 (1).jpg", "cat/IMG_0001 (2).jpg"]
-    assert len(set(names)) == 2000
-    assert calls < 3 * 2000  # one new name each (quadratic would be about 2,000,000)
-
-
-def test_a_folder_deeper_than_the_path_limit_gets_a_record(tmp_path: Path) -> None:
-    from resnext_cli.inputs.sources import iter_sources
-
-    root = tmp_path / "deep"
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY)
-    for _ in range(25):  # 25 x 200 bytes: past PATH_MAX (4096)
-        os.mkdir("d" * 200, dir_fd=fd)
-        fd, old = os.open("d" * 200, os.O_RDONLY, dir_fd=fd), fd
-        os.close(old)
-    photo = os.open("x.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-    os.write(photo, b"\xff\xd8\xff\xe0")
-    os.close(photo)
-    os.close(fd)
-    sources = list(iter_sources([str(root)]))
-    assert len(sources) == 1 and sources[0].error is not None
-    assert sources[0].error.error_type == "unreadable"
-    assert "deeper than the system's path limit" in sources[0].error.message
-
-
-def test_failed_records_go_out_before_later_inputs_are_read() -> None:
-    from resnext_cli.errors import InputError
-    from resnext_cli.inputs.sources import Source
-    from resnext_cli.run import engine as engine_module
-
-    engine = engine_module.LocalEngine.__new__(engine_module.LocalEngine)
-
-    class Plan:
-        batch_size = 8
-        workers = 0
-
-    engine.plan = Plan()  # type: ignore[assignment]
-    engine.model = None  # type: ignore[assignment]
-    engine.overlap = False  # the serial path (the CPU's)
-    engine.prepare = lambda source: source.error  # type: ignore[method-assign]
-    read = []
-
-    def sources():
-        for i in range(1_000):
-            read.append(i)
-            yield Source(input=f"missing-{i}", error=InputError("not_found", f"no {i}"))
-
-    def infer(model, batch):
-        return [Failed(s.input, p.error_type, p.message) for s, p in batch]
-
-    original = engine_module.infer
-    engine_module.infer = infer
-    try:
-        stream = engine.classify_sources(sources())
-        first = next(stream)
-        assert first.input == "missing-0" and read == [0]  # out before input 1 is read
-        assert len(list(stream)) == 999
-    finally:
-        engine_module.infer = original
 
 
 # -- issue 24: sort's options -----------------------------------------------------------------

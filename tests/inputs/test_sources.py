@@ -1045,3 +1045,23 @@ def test_walks_take_each_file_once(tmp_path: Path) -> None:
     assert [s.input for s in iter_sources([f"{tmp_path}/**/*.png"])] == want
     # Named one by one, each is taken: the user asked for them.
     assert len(list(iter_sources([str(tmp_path / n) for n in ("a.png", "hard.png")]))) == 2
+
+
+def test_a_folder_deeper_than_the_path_limit_gets_a_record(tmp_path: Path) -> None:
+    from resnext_cli.inputs.sources import iter_sources
+
+    root = tmp_path / "deep"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(25):  # 25 x 200 bytes: past PATH_MAX (4096)
+        os.mkdir("d" * 200, dir_fd=fd)
+        fd, old = os.open("d" * 200, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    photo = os.open("x.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(photo, b"\xff\xd8\xff\xe0")
+    os.close(photo)
+    os.close(fd)
+    sources = list(iter_sources([str(root)]))
+    assert len(sources) == 1 and sources[0].error is not None
+    assert sources[0].error.error_type == "unreadable"
+    assert "deeper than the system's path limit" in sources[0].error.message

@@ -116,8 +116,6 @@ LABELS_CAP = 10 << 20  # the README: a labels file of at most 10 MB
 
 # -- labels files: --labels is read whole, so it is checked first ------------------------
 
-GIVE = "give a UTF-8 text file with one class name per line"
-
 
 def labels_error(path: str | Path) -> str:
     def attempt() -> str:

@@ -448,3 +448,34 @@ def test_categories_filter_group_and_search_in_chromium(fake_thumbnails, tmp_pat
         "e.jpg", "a.jpg", "c.jpg", "f.jpg", "b.jpg", "g.jpg", "d.jpg", "x.jpg",
     ]  # fmt: skip
     assert sum(len(c["img"]) for c in page.cards) == 7
+
+
+def test_thumbnails_hold_a_share_of_one_memory_budget(make_image, tmp_path: Path) -> None:
+    import threading
+
+    from resnext_cli.imaging.budget import MemoryBudget
+    from resnext_cli.outputs.report import make_thumbnail
+
+    big = make_image("big.png", seed=3, size=(1200, 1000))
+    jpeg = make_image("big.jpg", seed=3, size=(1600, 1200))
+    whole = 1200 * 1000 * 8  # decoded whole (Pillow keeps RGB at 4 bytes), then a copy
+    budget = MemoryBudget(whole)
+    assert make_thumbnail(str(big), budget=budget) is not None
+    assert budget.used == 0 and budget.peak == whole
+    reduced = MemoryBudget(whole)
+    assert make_thumbnail(str(jpeg), budget=reduced) is not None
+    assert reduced.peak == 400 * 300 * 8  # decoded at 1/4: still 2 x 112 a side
+    small = MemoryBudget(whole - 1)  # the image alone needs more: it waits, then runs alone
+    assert make_thumbnail(str(big), budget=small) is not None
+    assert small.peak == whole - 1 and small.used == 0
+    # Threads wait their turn: never more held than the budget.
+    shared = MemoryBudget(whole + 10)
+    threads = [
+        threading.Thread(target=make_thumbnail, args=(str(big),), kwargs={"budget": shared})
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert shared.peak == whole and shared.used == 0

@@ -6,13 +6,14 @@ import io
 import json
 import re
 from collections import Counter
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from resnext_cli.errors import ExitStatus
 from resnext_cli.outputs.summary import RunSummary
-from resnext_cli.results import Classified, Failed, Prediction, apply_threshold
+from resnext_cli.results import CategoryScore, Classified, Failed, Prediction, apply_threshold
 from tests.helpers import WIDTHS
 
 
@@ -205,3 +206,111 @@ def test_summary_histogram_keeps_its_last_row_whole_with_short_labels() -> None:
         text = console.file.getvalue()  # type: ignore[attr-defined]
         assert "(3 other labels)" in text, (width, text)
         assert "…" not in text
+
+
+# -- RunSummary: what the mutation run of summary.py found untested (see TESTING.md) -----
+# Expected text is written out by hand from the README's summary format and the bar's
+# definition (eighths of a cell), not produced by the code under test.
+
+
+def _classified(label: str, categories: tuple[str, ...] = ()) -> Classified:
+    return Classified(
+        "x.jpg",
+        "resnext50_32x4d",
+        "IMAGENET1K_V2",
+        (Prediction(label, 0, 0.9),),
+        categories=tuple(CategoryScore(name, 0.5) for name in categories) or None,
+    )
+
+
+def _summary(counts: dict[str, int], *, seconds: float = 0.5) -> RunSummary:
+    summary = RunSummary(where="cpu, fp32", started=10.0, finished=10.0 + seconds)
+    for label, count in counts.items():
+        for _ in range(count):
+            summary.add(_classified(label))
+    return summary
+
+
+def _text(renderable: Any, *, color: bool = False) -> str:
+    console = Console(
+        width=100,
+        file=io.StringIO(),
+        force_terminal=color,
+        color_system="standard" if color else None,
+    )
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+LONG = "a label of many words that is far longer than thirty-two cells"
+
+
+def test_run_summary_exit_status_is_the_readme_table() -> None:
+    summary = RunSummary()
+    assert summary.exit_status == 2  # "no input matched"
+    summary.add(Failed("a.jpg", "not_found", "no such file: 'a.jpg'"))
+    assert summary.exit_status == 1  # every input failed: still "some inputs failed"
+    summary.add(_classified("tabby"))
+    assert summary.exit_status == 1
+    assert _summary({"tabby": 2}).exit_status == 0
+
+
+def test_run_summary_text_by_hand() -> None:
+    # 23 classified in 0.5 s: 46.0 img/s. Bars are 30 cells for the peak (12): 6 -> 15
+    # cells, 3 -> 7.5 cells (7 and a half block), 2 -> 5 cells. Shares of 23.
+    summary = _summary({"A": 12, "B": 6, "C": 3, LONG: 2})
+    label = 32  # the label column's cap; LONG is cut to 31 characters and an ellipsis
+    assert _text(summary.render(80)).splitlines() == [
+        "classified 23 of 23 inputs in 0.5s (46.0 img/s) on cpu, fp32",
+        "top-1 probability: median 90.0%",
+        "top-1 labels (4 most common of 4):",
+        f"  {'A':{label}} {'█' * 30} 12 52.2%",
+        f"  {'B':{label}} {'█' * 15:30}  6 26.1%",
+        f"  {'C':{label}} {'█' * 7 + '▌':30}  3 13.0%",
+        f"  {LONG[:31] + '…'} {'█' * 5:30}  2  8.7%",
+    ]
+
+
+def test_run_summary_rate_for_short_and_empty_runs_and_resume() -> None:
+    assert _summary({"A": 3}, seconds=0.0).line() == (
+        "classified 3 of 3 inputs in 0.0s (0.0 img/s) on cpu, fp32"
+    )
+    resumed = _summary({"A": 3}, seconds=0.5)
+    resumed.resumed = 2
+    resumed.add(Failed("b.jpg", "truncated", "'b.jpg' is truncated"))
+    assert resumed.line() == (
+        "classified 3 of 4 inputs in 0.5s (6.0 img/s) on cpu, fp32; 2 done before (--resume)"
+        "; 1 failed (1 truncated)"
+    )
+    assert RunSummary().confidence_line() == ""  # nothing classified: nothing to say
+    empty = RunSummary().histogram(width=30, label_width=32)
+    assert _text(empty).strip() == ""  # and no bars, no crash
+
+
+def test_run_summary_counts_categories_when_records_have_them() -> None:
+    summary = RunSummary(where="cpu, fp32", started=0.0, finished=1.0)
+    for _ in range(2):
+        summary.add(_classified("Samoyed", ("dogs", "animals")))
+    summary.add(_classified("pizza", ("food",)))
+    lines = _text(summary.render(80)).splitlines()
+    assert lines[2] == "top-1 categories (2 most common of 2):"
+    assert [line.split()[0] for line in lines[3:]] == ["dogs", "food"]
+    assert [line.split()[-2:] for line in lines[3:]] == [["2", "66.7%"], ["1", "33.3%"]]
+    assert _text(summary.histogram(width=30, label_width=32, top=1)).splitlines()[-1].split() == [
+        "(1",
+        "other",
+        "categories)",
+        "1",
+        "33.3%",
+    ]
+
+
+def test_run_summary_colours() -> None:
+    summary = _summary({"A": 2, "B": 1, "C": 1})
+    text = _text(summary.render(80), color=True)
+    assert "\x1b[1mtop-1 labels (3 most common of 3):\x1b[0m" in text  # bold heading
+    assert f"\x1b[36m{'█' * 30}\x1b[0m" in text  # cyan bars
+    assert "\x1b[2m50.0%\x1b[0m" in text  # dim shares
+    cut = _text(summary.histogram(width=30, label_width=32, top=1), color=True)
+    assert "\x1b[2m(2 other labels)\x1b[0m" in cut
+    assert "\x1b[2m50.0%\x1b[0m" in cut.splitlines()[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -72,7 +73,6 @@ def test_exact_matches_the_hub_reference(checkpoint, parity_images, resnext, tag
         "3",
     )
     assert run.code == 0, run
-    import json
 
     records = json.loads(run.stdout)
     assert [r["input"] for r in records] == [str(p) for p in parity_images]
@@ -310,3 +310,39 @@ def test_overlap_stops_cleanly_when_the_caller_stops(checkpoint, make_image) -> 
     if "resnext-gpu-decode" in alive:  # it had a moment; it ends with its current wait
         alive["resnext-gpu-decode"].join(60)
         assert not alive["resnext-gpu-decode"].is_alive()
+
+
+def test_failed_records_go_out_before_later_inputs_are_read() -> None:
+    from resnext_cli.errors import InputError
+    from resnext_cli.inputs.sources import Source
+    from resnext_cli.run import engine as engine_module
+
+    engine = engine_module.LocalEngine.__new__(engine_module.LocalEngine)
+
+    class Plan:
+        batch_size = 8
+        workers = 0
+
+    engine.plan = Plan()  # type: ignore[assignment]
+    engine.model = None  # type: ignore[assignment]
+    engine.overlap = False  # the serial path (the CPU's)
+    engine.prepare = lambda source: source.error  # type: ignore[method-assign]
+    read = []
+
+    def sources():
+        for i in range(1_000):
+            read.append(i)
+            yield Source(input=f"missing-{i}", error=InputError("not_found", f"no {i}"))
+
+    def infer(model, batch):
+        return [Failed(s.input, p.error_type, p.message) for s, p in batch]
+
+    original = engine_module.infer
+    engine_module.infer = infer
+    try:
+        stream = engine.classify_sources(sources())
+        first = next(stream)
+        assert first.input == "missing-0" and read == [0]  # out before input 1 is read
+        assert len(list(stream)) == 999
+    finally:
+        engine_module.infer = original

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from resnext_cli import sort as sorting
+from resnext_cli.results import Classified, FileFacts, Prediction
 from resnext_cli.sort import (
     JOURNAL_NAME,
     SortError,
@@ -32,6 +33,7 @@ from tests.helpers import (
     Crash,
     contents,
     crash_on,
+    everything,
     found,
     journal_lines,
     labelled,
@@ -455,3 +457,30 @@ def test_a_plan_made_by_hand(photos: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError) as caught:
         execute(sorting.FilingPlan(tmp_path / "other", "copy", [stray]))
     assert str(caught.value) == f"step source '{source}' is outside its root"
+
+
+def test_a_swap_after_planning_is_caught_when_the_file_is_opened(world) -> None:
+    photos, project = world["photos"], world["project"]
+    secret = project / "secret.txt"
+    secret.write_bytes(b"s" * (photos / "a.jpg").stat().st_size)
+    st = (photos / "a.jpg").stat()
+    os.utime(secret, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rec = Classified(
+        str(photos / "a.jpg"), "m", "w", (Prediction("tabby", 1, 0.9),),
+        path=str(photos / "a.jpg"), file=FileFacts(st.st_size, st.st_mtime_ns),
+    )  # fmt: skip
+    for mode in ("copy", "move", "link"):
+        dest = project / f"sorted-{mode}"
+        plan = make_plan([rec], dest, mode=mode, sources=[photos], strict=True)
+        assert [s.identity for s in plan.steps] == [(st.st_size, st.st_mtime_ns)]
+        os.rename(photos / "a.jpg", project / "kept.jpg")
+        (photos / "a.jpg").symlink_to(secret)
+        outcome = execute(plan)
+        assert [reason for _, reason in outcome.problems] == [
+            f"'{photos / 'a.jpg'}' is not the file that was classified (a symbolic link now, "
+            "or changed since); left alone"
+        ], mode
+        assert everything(dest / "tabby") == {} if (dest / "tabby").exists() else True
+        (photos / "a.jpg").unlink()
+        os.rename(project / "kept.jpg", photos / "a.jpg")
+    assert secret.read_bytes().startswith(b"s")

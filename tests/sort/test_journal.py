@@ -353,3 +353,13 @@ def test_check_dest_finds_an_unfinished_or_running_sort(photos, tmp_path, monkey
         assert str(caught.value) == f"another sort is using '{dest}' (wait for it to finish)"
     finally:
         journal.close()
+
+
+def test_the_key_is_private_and_kept_outside_dest(world) -> None:
+    key = sorting.journal_key()
+    path = sorting.key_path()
+    assert len(key) == 32 and (path.stat().st_mode & 0o777) == 0o600
+    assert sorting.journal_key() == key  # made once
+    path.chmod(0o644)
+    with pytest.raises(SortError, match="can be read by other users"):
+        sorting.journal_key()

@@ -454,3 +454,36 @@ def test_by_category(photos: Path, tmp_path: Path) -> None:
     assert str(caught.value) == (
         "--by category needs records with categories (classify with --categories)"
     )
+
+
+def test_filing_many_files_of_one_name_is_linear(tmp_path: Path, monkeypatch) -> None:
+    import resnext_cli.sort.plan as plan_module
+
+    calls = 0
+    real = plan_module.numbered
+
+    def counted(name: str, number: int) -> str:
+        nonlocal calls
+        calls += 1
+        return real(name, number)
+
+    monkeypatch.setattr(plan_module, "numbered", counted)
+    records = []
+    for i in range(2000):
+        folder = tmp_path / "src" / str(i)
+        folder.mkdir(parents=True)
+        (folder / "IMG_0001.jpg").write_bytes(str(i).encode())
+        records.append(
+            Classified(
+                str(folder),
+                "m",
+                "w",
+                (Prediction("cat", 1, 0.9),),
+                path=str(folder / "IMG_0001.jpg"),
+            )
+        )
+    plan = make_plan(records, tmp_path / "sorted", sources=[tmp_path / "src"])
+    names = [s.target for s in plan.steps]
+    assert names[:3] == ["cat/IMG_0001.jpg", "cat/IMG_0001 (1).jpg", "cat/IMG_0001 (2).jpg"]
+    assert len(set(names)) == 2000
+    assert calls < 3 * 2000  # one new name each (quadratic would be about 2,000,000)
