@@ -2,7 +2,7 @@
 
 Skipped unless RESNEXT_TEST_GPU=1 on a machine with CUDA:
 
-    RESNEXT_TEST_GPU=1 PYTHONPATH=src pytest -q tests/test_gpu.py
+    RESNEXT_TEST_GPU=1 PYTHONPATH=src pytest -q tests/e2e/test_gpu.py
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The tensor twin of preprocess.decode + Preprocess for the JPEGs a GPU decoder ta
 how the tests check it everywhere), then each step of the Pillow path in the same order:
 EXIF orientation, limit_aspect, shorter side to resize_size, centre crop.
 
-Where it differs from Pillow, and by how much (measured in tests/test_tensor_decode.py):
+Where it differs from Pillow, and by how much (measured in tests/imaging/test_tensor_decode.py):
 
 - Decoding: on CPU both are libjpeg-turbo, so pixels are identical; nvjpeg's IDCT and
   chroma upsampling differ from libjpeg's by a level or two.
