@@ -66,25 +66,22 @@ def learn(
     on every image and saved with its class names: resnext classify --checkpoint FILE.
     """
     console.quiet = quiet
-    if clear_cache:
-        from resnext_cli.model.feature_cache import cache_root, clear
-
-        entries, size = clear()
-        console.note(
-            f"removed {entries} cached features ({size / 1e6:.1f} MB) from '{cache_root()}'"
-        )
-        if folder is None and records is None:
-            return 0
+    # A learn that would be refused is refused before the cache is cleared.
     if folder is not None and records is not None:
         raise click.UsageError("give FOLDER or --from FILE, not both")
     if folder is None and records is None:
-        raise click.UsageError("give FOLDER (one subfolder per class) or --from FILE")
+        if not clear_cache:
+            raise click.UsageError("give FOLDER (one subfolder per class) or --from FILE")
+        _clear_cache(console)
+        return 0
     if output is None:
         raise click.UsageError("give -o FILE: where to save the learned model")
     from resnext_cli.run.plan import weights_for
 
     config = Config(**options)
     weights_for(config)  # unknown weights are said before anything loads
+    if clear_cache:
+        _clear_cache(console)
     from resnext_cli.run.learn import LearnRequest, run_learn
 
     request = LearnRequest(
@@ -97,6 +94,13 @@ def learn(
         allow_duplicates=allow_duplicates,
     )
     return run_learn(request, config, console)
+
+
+def _clear_cache(console: Console) -> None:
+    from resnext_cli.model.feature_cache import cache_root, clear
+
+    entries, size = clear()
+    console.note(f"removed {entries} cached features ({size / 1e6:.1f} MB) from '{cache_root()}'")
 
 
 @click.command()
