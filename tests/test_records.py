@@ -92,6 +92,70 @@ def test_what_is_not_a_record_is_named_with_its_line(tmp_path, text, detail) -> 
     assert (caught.value.line, caught.value.detail) == (2, detail)
 
 
+PREDICTION = "a prediction needs a 'label', an 'index' (0 or more) and a 'probability' (0 to 1)"
+CATEGORY = "a category needs a 'name' and a 'probability' (0 to 1)"
+
+
+def classified(**changes: object) -> str:
+    """A record line as classify writes it, with *changes* made to its JSON."""
+    data = {**ONE.to_dict(), **changes}
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("line", "detail"),
+    [
+        # An integer past a float's range reads as a JSON number and overflowed float().
+        (classified().replace('"probability": 0.75', '"probability": 1' + "0" * 400), PREDICTION),
+        (classified().replace('"probability": 0.75', '"probability": 1e400'), PREDICTION),
+        (classified().replace('"probability": 0.75', '"probability": -1e400'), PREDICTION),
+        (classified(predictions=[{"label": "cat", "index": 1, "probability": 1.5}]), PREDICTION),
+        (classified(predictions=[{"label": "cat", "index": 1, "probability": -0.01}]), PREDICTION),
+        (classified(predictions=[{"label": "cat", "index": -1, "probability": 0.5}]), PREDICTION),
+        (classified(categories=[{"name": "cats", "probability": 2}]), CATEGORY),
+        (classified(categories=[{"name": "cats", "probability": 1.001}]), CATEGORY),
+        (classified(checkpoint={"path": "/x"}), "'checkpoint' is not text"),
+        (classified(precision=16), "'precision' is not text"),
+        (classified(runtime=["torch"]), "'runtime' is not text"),
+        (classified(embedding=5), "'embedding' is not a list of numbers"),
+        (classified(embedding=[0.5, "1"]), "'embedding' is not a list of numbers"),
+        (classified(embedding=[0.5, True]), "'embedding' is not a list of numbers"),
+        (
+            classified(embedding=[0.5]).replace("[0.5]", "[1e400]"),
+            "'embedding' is not a list of numbers",
+        ),
+    ],
+)
+def test_every_value_the_tool_reads_back_is_checked(tmp_path: Path, line: str, detail) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(RecordsProblem) as caught:
+        read_records(path)
+    assert (caught.value.line, caught.value.detail) == (1, detail)
+
+
+def test_the_edges_of_what_is_a_record(tmp_path: Path) -> None:
+    lines = [
+        classified(predictions=[{"label": "a", "index": 0, "probability": 0}]),
+        classified(predictions=[{"label": "a", "index": 999, "probability": 1}]),
+        # Categories sum probabilities in float32: 1 plus rounding is a category's sum.
+        classified(categories=[{"name": "cats", "probability": 1.00001}]),
+        classified(checkpoint="/w/mine.pth", precision="bf16", runtime="openvino"),
+        classified(embedding=[0, -2.5, 1e30]),
+    ]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    records = [entry.record for entry in read_records(path).entries]
+    assert [r.predictions[0].index for r in records[:2]] == [0, 999]
+    assert records[2].categories[0].probability == 1.00001
+    assert (records[3].checkpoint, records[3].precision, records[3].runtime) == (
+        "/w/mine.pth",
+        "bf16",
+        "openvino",
+    )
+    assert records[4].embedding == (0.0, -2.5, 1e30)
+
+
 def test_a_path_made_of_undecodable_bytes_is_a_name(tmp_path: Path) -> None:
     # Byte 0x80 in a name reads back as U+DC80 (Python's surrogateescape): a real file name.
     path = tmp_path / "r.jsonl"

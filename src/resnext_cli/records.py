@@ -4,16 +4,17 @@
 :func:`read_records`. A records file is data from a stranger: every line must be a record
 this tool could have written (an object with an ``input``; ``predictions`` or an
 ``error``; a ``path``, if any, absolute, without NUL and nameable on this system; ``size``
-and ``mtime_ns`` whole numbers), or the whole file is refused with :class:`RecordsProblem`
-naming the line; JSON nested too deep, lines over 16 MB, bytes that are not UTF-8 and
-``NaN`` are refused the same way. Keys the tool does not know are kept in
-:attr:`Entry.data` for callers that file by them.
+and ``mtime_ns`` whole numbers; probabilities finite numbers from 0 to 1, indexes 0 or
+more, an embedding a list of finite numbers; text where the tool writes text), or the
+whole file is refused with :class:`RecordsProblem` naming the line; JSON nested too deep,
+lines over 16 MB, bytes that are not UTF-8 and ``NaN`` are refused the same way. Keys the
+tool does not know are kept in :attr:`Entry.data` for callers that file by them.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,11 +23,16 @@ from typing import Any, BinaryIO
 
 from resnext_cli import reviewed
 from resnext_cli.files import FileProblem, open_user_file
-from resnext_cli.results import Record, record_from_dict
+from resnext_cli.results import Record, head_problem, record_from_dict
 
 MAX_LINE = 16 << 20  # far above any record (1,000 predictions take about 60 KB)
 MAX_ARRAY = 256 << 20  # a JSON array is read whole: bounded so memory stays bounded
+ROUNDING = 1e-4  # float32 sums of up to 1,000 probabilities land within this of 1
 _BOM = b"\xef\xbb\xbf"
+
+
+PREDICTION = "a prediction needs a 'label', an 'index' (0 or more) and a 'probability' (0 to 1)"
+CATEGORY = "a category needs a 'name' and a 'probability' (0 to 1)"
 
 
 class RecordsProblem(Exception):
@@ -56,32 +62,27 @@ class RecordsRead:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _nameable(text: str) -> bool:
-    try:
-        os.fsencode(text)
-    except (UnicodeError, ValueError):
+    """A finite JSON number (not true or false, not an integer past a float's range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return "\x00" not in text
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
+def _probability(value: Any) -> bool:
+    """A number from 0 to 1 (a category's sum of probabilities may pass 1 by rounding)."""
+    return _number(value) and 0 <= value <= 1 + ROUNDING
 
 
 def record_problem(data: Any) -> str | None:
     """What keeps *data* from being a record this tool wrote, if anything."""
     if not isinstance(data, dict):
         return "not a JSON object"
-    if not isinstance(data.get("input"), str):
-        return "no 'input'"
-    path = data.get("path")
-    if path is not None:
-        if not isinstance(path, str) or not os.path.isabs(path):
-            return "'path' is not an absolute path"
-        if not _nameable(path):
-            return "'path' holds a NUL or a character no file name can have"
-    for key in ("size", "mtime_ns"):
-        if key in data and not (type(data[key]) is int or data[key] is None):
-            return f"'{key}' is not a whole number"
+    problem = head_problem(data)
+    if problem is not None:
+        return problem
     if "error" in data:
         error = data["error"]
         if not (
@@ -98,13 +99,17 @@ def record_problem(data: Any) -> str | None:
             isinstance(p, dict)
             and isinstance(p.get("label"), str)
             and type(p.get("index")) is int
-            and _number(p.get("probability"))
+            and p["index"] >= 0
+            and _probability(p.get("probability"))
         ):
-            return "a prediction needs a 'label', an 'index' and a 'probability'"
+            return PREDICTION
     for key in ("model", "weights"):
         if key not in data:
             return f"no '{key}'"
         if not isinstance(data[key], str):
+            return f"'{key}' is not text"
+    for key in ("checkpoint", "precision", "runtime"):
+        if data.get(key) is not None and not isinstance(data[key], str):
             return f"'{key}' is not text"
     if data.get("uncertain") is not None and not isinstance(data["uncertain"], bool):
         return "'uncertain' is not true or false"
@@ -112,11 +117,18 @@ def record_problem(data: Any) -> str | None:
     if categories is not None and not (
         isinstance(categories, list)
         and all(
-            isinstance(c, dict) and isinstance(c.get("name"), str) and _number(c.get("probability"))
+            isinstance(c, dict)
+            and isinstance(c.get("name"), str)
+            and _probability(c.get("probability"))
             for c in categories
         )
     ):
-        return "a category needs a 'name' and a 'probability'"
+        return CATEGORY
+    embedding = data.get("embedding")
+    if embedding is not None and not (
+        isinstance(embedding, list) and all(_number(v) for v in embedding)
+    ):
+        return "'embedding' is not a list of numbers"
     return None
 
 

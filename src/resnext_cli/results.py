@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -123,6 +124,32 @@ def _head(input: str, path: str | None, file: FileFacts | None) -> dict[str, Any
         out["size"] = file.size
         out["mtime_ns"] = file.mtime_ns
     return out
+
+
+def head_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the keys every record read back starts with, if anything: an
+    ``input`` (text), a ``path`` (absolute, without NUL, nameable on this system) and
+    ``size`` and ``mtime_ns`` (whole numbers), the last three optional."""
+    if not isinstance(data.get("input"), str):
+        return "no 'input'"
+    path = data.get("path")
+    if path is not None:
+        if not isinstance(path, str) or not os.path.isabs(path):
+            return "'path' is not an absolute path"
+        if not _nameable(path):
+            return "'path' holds a NUL or a character no file name can have"
+    for key in ("size", "mtime_ns"):
+        if key in data and not (type(data[key]) is int or data[key] is None):
+            return f"'{key}' is not a whole number"
+    return None
+
+
+def _nameable(text: str) -> bool:
+    try:
+        os.fsencode(text)
+    except (UnicodeError, ValueError):
+        return False
+    return "\x00" not in text
 
 
 def record_from_dict(data: Any) -> Record:

@@ -10,12 +10,11 @@ not at all unless asked to file it by the model's top-1 (``--unreviewed model``)
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from resnext_cli.results import Classified, FileFacts, Prediction, Record
+from resnext_cli.results import Classified, FileFacts, Prediction, Record, head_problem
 
 SKIPPED_FOLDER = "_skipped"
 REVIEWS = ("accepted", "corrected", "skipped")
@@ -52,14 +51,9 @@ def is_reviewed_line(data: Any) -> bool:
 
 def review_problem(data: dict[str, Any]) -> str | None:
     """What keeps *data* from being a reviewed record, if anything."""
-    if not isinstance(data.get("input"), str):
-        return "no 'input'"
-    path = data.get("path")
-    if path is not None and not (isinstance(path, str) and os.path.isabs(path)):
-        return "'path' is not an absolute path"
-    for key in ("size", "mtime_ns"):
-        if key in data and not (type(data[key]) is int or data[key] is None):
-            return f"'{key}' is not a whole number"
+    problem = head_problem(data)
+    if problem is not None:
+        return problem
     review = data["reviewed"]
     if review is not None and review not in REVIEWS:
         return f"'reviewed' is not one of {', '.join(REVIEWS)} or null"

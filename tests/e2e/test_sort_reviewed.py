@@ -101,6 +101,9 @@ def test_reviewed_records_keep_the_identity_check(photos, tmp_path: Path, resnex
         ({"reviewed": None}, "a not reviewed image has a 'label'"),
         ({"model_label": None}, "no 'model_label'"),
         ({"path": "relative/a.jpg"}, "'path' is not an absolute path"),
+        # These two ended in an "unexpected" error when the file was opened.
+        ({"path": "/p/a\x00.jpg"}, "'path' holds a NUL or a character no file name can have"),
+        ({"path": "/p/\ud800.jpg"}, "'path' holds a NUL or a character no file name can have"),
         ({"mtime_ns": 1.5}, "'mtime_ns' is not a whole number"),
         ({"size": 1.5}, "'size' is not a whole number"),
         ({"size": "2457120"}, "'size' is not a whole number"),

@@ -269,7 +269,7 @@ NOT_RECORDS = [
         '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": "1",'
         ' "probability": 0.5}]}',
         1,
-        "a prediction needs a 'label', an 'index' and a 'probability'",
+        "a prediction needs a 'label', an 'index' (0 or more) and a 'probability' (0 to 1)",
     ),
     (
         '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": 1,'
@@ -312,30 +312,30 @@ NOT_RECORDS = [
         '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": 1,'
         ' "probability": "0.5"}]}',
         1,
-        "a prediction needs a 'label', an 'index' and a 'probability'",
+        "a prediction needs a 'label', an 'index' (0 or more) and a 'probability' (0 to 1)",
     ),
     (
         '{"input": "a", "model": "m", "weights": "w", "predictions": [{"label": "x", "index": 1,'
         ' "probability": true}]}',
         1,
-        "a prediction needs a 'label', an 'index' and a 'probability'",
+        "a prediction needs a 'label', an 'index' (0 or more) and a 'probability' (0 to 1)",
     ),
     ('{"input": "a", ' + PRED + ', "mtime_ns": "12"}', 1, "'mtime_ns' is not a whole number"),
     ('{"input": "a", ' + PRED + ', "uncertain": "yes"}', 1, "'uncertain' is not true or false"),
     (
         '{"input": "a", ' + PRED + ', "categories": [{"name": "c", "probability": "0.5"}]}',
         1,
-        "a category needs a 'name' and a 'probability'",
+        "a category needs a 'name' and a 'probability' (0 to 1)",
     ),
     (
         '{"input": "a", ' + PRED + ', "categories": "c"}',
         1,
-        "a category needs a 'name' and a 'probability'",
+        "a category needs a 'name' and a 'probability' (0 to 1)",
     ),
     (
         '{"input": "a", ' + PRED + ', "categories": [5]}',
         1,
-        "a category needs a 'name' and a 'probability'",
+        "a category needs a 'name' and a 'probability' (0 to 1)",
     ),
     (ERR + "\n\ufeff" + ERR + "\n", 2, "not JSON"),  # a byte order mark only starts a file
     (b"\n[\n  " + ERR.encode() + b',\n  {"input": "\xff"}\n]\n', 4, "not UTF-8"),
