@@ -206,3 +206,26 @@ def test_int8_weights_are_preprocessed_as_the_float_weights_they_came_from() -> 
     assert registry.preprocessing_weights(v1) == registry.resolve_weights("101", "IMAGENET1K_V1")
     v2 = registry.resolve_weights("101")
     assert registry.preprocessing_weights(v2) is v2
+
+
+def test_a_run_looks_its_weights_up_once(checkpoint, make_image, monkeypatch) -> None:
+    """The checks, the loading line and the plan all ask; the metadata is read once."""
+    from tests.conftest import run_resnext
+
+    looked_up: list[tuple[str, str]] = []
+    lookup = registry._lookup
+
+    def counted(model: str, tag: str, *, quantized: bool) -> registry.WeightsInfo:
+        looked_up.append((model, tag))
+        return lookup(model, tag, quantized=quantized)
+
+    monkeypatch.setattr(registry, "_lookup", counted)
+    monkeypatch.setattr(registry, "_looked_up", {})
+    photo = make_image("a.png")
+    run = run_resnext(
+        "classify", photo, "--checkpoint", checkpoint, "-w", "imagenet1k_v1", "-f", "jsonl"
+    )
+    assert run.code == 0, run
+    assert looked_up == [("resnext50_32x4d", "imagenet1k_v1")]
+    (record,) = run.records()
+    assert record["weights"] == "IMAGENET1K_V1"
