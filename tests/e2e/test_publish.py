@@ -99,22 +99,28 @@ def test_the_o_lock_is_exclusive_between_two_real_processes(tmp_path: Path, resn
 
 
 def test_a_report_with_non_ascii_paths_and_a_long_title(
-    make_image, checkpoint, tmp_path: Path, resnext
+    make_image, checkpoint, tmp_path: Path, resnext, monkeypatch
 ) -> None:
     folder = tmp_path / "Fotos Müller"
     make_image("café.jpg", seed=1, size=(64, 48), folder=folder)
     long_name = "ü" * 60 + ".jpg"
     make_image(long_name, seed=2, size=(64, 48), folder=folder)
     out, report = tmp_path / "r.jsonl", tmp_path / "r.html"
+    # Names relative to the folder the run starts in: the title holds the inputs as given,
+    # cut at 100 characters, so a long temporary folder would cut café.jpg off.
+    monkeypatch.chdir(tmp_path)
     run = resnext(
-        "classify", folder / "café.jpg", folder / long_name, "--checkpoint", checkpoint,
-        "-o", out, "--report", report,
+        "classify", "Fotos Müller/café.jpg", f"Fotos Müller/{long_name}", "--checkpoint",
+        checkpoint, "-o", out, "--report", report,
     )  # fmt: skip
     assert run.code == 0, run
     assert "unexpected" not in run.stderr
     page = report.read_bytes()
     assert page.isascii()
-    assert b"<title>resnext: " in page and b"caf&#233;.jpg" in page
+    title = "resnext: Fotos Müller/café.jpg Fotos Müller/" + "ü" * 60 + ".jpg"
+    title = title[:99] + "…"
+    escaped = "".join(c if c.isascii() else f"&#{ord(c)};" for c in title)
+    assert f"<title>{escaped}</title>".encode() in page
     assert len(out.read_text().splitlines()) == 2
     assert listing(tmp_path) == ["Fotos Müller", "r.html", "r.jsonl"]
 
