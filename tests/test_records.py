@@ -62,6 +62,8 @@ def test_a_torn_tail_is_left_out_only_when_asked_and_only_if_it_is_a_record(tmp_
          "'path' is not an absolute path"),
         ('{"input": "x", "size": "3", "error": {"type": "t", "message": "m"}}',
          "'size' is not a whole number"),
+        ('{"input": "x", "mtime_ns": 1.5, "error": {"type": "t", "message": "m"}}',
+         "'mtime_ns' is not a whole number"),
         ('{"input": "x", "predictions": []}', "no 'predictions' and no 'error'"),
         ('{"input": "x", "model": 5, "weights": "w", "predictions": [{"label": "a", '
          '"index": 1, "probability": 0.5}]}', "'model' is not text"),

@@ -99,6 +99,15 @@ def test_records_read_back_as_they_were_written() -> None:
         assert record_from_dict(json.loads(json.dumps(record.to_dict()))) == record
 
 
+def test_file_facts_need_both_the_size_and_the_mtime() -> None:
+    head = {"input": "a.jpg", "path": "/p/a.jpg"}
+    error = {"error": {"type": "t", "message": "m"}}
+    for half in ({"size": 12}, {"mtime_ns": 34}, {"size": 12, "mtime_ns": None}):
+        assert record_from_dict({**head, **half, **error}).file is None
+    both = record_from_dict({**head, "size": 12, "mtime_ns": 34, **error})
+    assert both.file == FileFacts(12, 34)
+
+
 @pytest.mark.parametrize(
     ("data", "why"),
     [

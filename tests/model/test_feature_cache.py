@@ -88,3 +88,102 @@ def test_clear_removes_everything(tmp_path: Path) -> None:
     assert clear() == (2, 2 * (40 + 8))
     assert not cache_root().exists()
     assert clear() == (0, 0)
+
+
+def test_files_alike_but_for_their_path_have_their_own_entries(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for path in (a, b):
+        path.write_bytes(b"same size")
+        os.utime(path, ns=(10**18, 10**18))
+    assert Identity.of(a).path == str(a) and Identity.of(a).size == 9
+    assert Identity.of(a).key() != Identity.of(b).key()
+    cache = FeatureCache("s")
+    cache.put(Identity.of(a), Entry(b"a" * 32, torch.ones(2)))
+    assert cache.get(Identity.of(b)) is None
+
+
+def test_a_name_that_is_not_utf8_has_an_entry(tmp_path: Path) -> None:
+    # Byte 0xff in a name reads back as the lone surrogate U+DCFF: no UTF-8 spells it.
+    image = Path(os.fsdecode(os.fsencode(tmp_path) + b"/\xff.png"))
+    image.write_bytes(b"pixels")
+    identity = Identity.of(image)
+    assert len(identity.key()) == 32 and identity.key() != Identity.of(tmp_path).key()
+    cache = FeatureCache(setup_key({"checkpoint": str(image)}))
+    assert cache.put(identity, Entry(b"d" * 32, torch.ones(3)))
+    assert cache.get(identity) is not None
+
+
+def test_a_setup_is_named_by_its_values_not_their_order_or_type(tmp_path: Path) -> None:
+    one = setup_key({"model": "m", "precision": "fp32", "checkpoint": str(tmp_path / "c.pth")})
+    assert one == setup_key({"checkpoint": tmp_path / "c.pth", "precision": "fp32", "model": "m"})
+    assert one != setup_key({"model": "m", "precision": "bf16", "checkpoint": str(tmp_path)})
+    assert len(one) == 32 and all(c in "0123456789abcdef" for c in one)
+
+
+def test_features_are_stored_as_float32_whatever_they_were(tmp_path: Path) -> None:
+    cache = FeatureCache("s")
+    for n, dtype in enumerate((torch.bfloat16, torch.float64, torch.float16)):
+        identity = Identity(str(tmp_path / f"{n}.png"), 1, 2)
+        vector = torch.tensor([0.5, -1.25, 3.0], dtype=dtype)
+        assert cache.put(identity, Entry(b"d" * 32, vector))
+        entry = cache.get(identity)
+        assert entry is not None and entry.feature.dtype == torch.float32
+        assert entry.feature.tolist() == [0.5, -1.25, 3.0]
+    # An entry of no feature is damaged (it was a ValueError from torch.frombuffer): missed
+    # and removed, so the image's feature is computed again.
+    empty = Identity(str(tmp_path / "empty.png"), 1, 2)
+    assert cache.put(empty, Entry(b"e" * 32, torch.zeros(0)))
+    (stored,) = [p for p in cache.folder.rglob("*.feat") if p.stat().st_size == 40]
+    assert cache.get(empty) is None and not stored.exists()
+
+
+def test_counts_and_a_folder_written_twice(tmp_path: Path) -> None:
+    cache = FeatureCache("s")
+    identity = Identity(str(tmp_path / "a.png"), 1, 2)
+    for _ in range(3):  # the entry's folder exists from the second time on
+        assert cache.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    for _ in range(2):
+        assert cache.get(identity) is not None
+    assert (cache.stats.computed, cache.stats.hits, cache.stats.write_errors) == (3, 2, 0)
+
+
+def test_an_entry_is_written_beside_itself_then_renamed(tmp_path: Path, monkeypatch) -> None:
+    renamed: list[tuple[Path, Path]] = []
+    replace = os.replace
+
+    def watched(src: str, dst: str) -> None:
+        renamed.append((Path(src), Path(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watched)
+    cache = FeatureCache("s", root=tmp_path / "cache")
+    assert cache.put(Identity(str(tmp_path / "a.png"), 1, 2), Entry(b"d" * 32, torch.ones(2)))
+    ((temporary, entry),) = renamed
+    assert temporary.parent == entry.parent and entry.parent.parent == tmp_path / "cache" / "s"
+    assert temporary.name.startswith(".partial-") and entry.suffix == ".feat"
+
+
+def test_a_cache_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    identity = Identity(str(tmp_path / "a.png"), 1, 2)
+    blocked = FeatureCache("s", root=tmp_path / "file")
+    (tmp_path / "file").write_bytes(b"not a folder")  # its folders cannot be made
+    assert not blocked.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    assert not blocked.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    assert (blocked.stats.computed, blocked.stats.write_errors) == (2, 2)
+    cache = FeatureCache("s", root=tmp_path / "cache")
+    cache.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    (entry,) = cache.folder.rglob("*.feat")
+    entry.unlink()
+    (entry / "x").mkdir(parents=True)  # the entry's name is a folder: the rename fails
+    assert not cache.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    assert cache.stats.write_errors == 1
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]  # no temporary
+
+
+def test_clear_leaves_a_linked_cache_folder_alone(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    FeatureCache("s", root=elsewhere).put(Identity("/p", 1, 1), Entry(b"d" * 32, torch.ones(2)))
+    cache_root().parent.mkdir(parents=True, exist_ok=True)
+    cache_root().symlink_to(elsewhere)
+    assert clear() == (0, 0)
+    assert len(list(elsewhere.rglob("*.feat"))) == 1

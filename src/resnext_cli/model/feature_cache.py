@@ -138,7 +138,8 @@ def _parse(data: bytes) -> Entry | None:
     if len(data) < _HEADER.size:
         return None
     magic, digest, length = _HEADER.unpack_from(data)
-    if magic != _MAGIC or len(data) != _HEADER.size + 4 * length:
+    # A feature is never empty: an entry that says so is damaged (torch reads no tensor of it).
+    if magic != _MAGIC or length == 0 or len(data) != _HEADER.size + 4 * length:
         return None
     vector = torch.frombuffer(bytearray(data[_HEADER.size :]), dtype=torch.float32)
     return Entry(digest, vector)
