@@ -42,6 +42,7 @@ def test_short_model_names(model: str, canonical: str) -> None:
         ({"max_pixels": 0}, "--max-pixels must be at least 1, not 0"),
         ({"precision": "fp8"}, "unknown precision 'fp8' (choose from: auto, fp32, bf16, fp16)"),
         ({"decode": "npu"}, "unknown decoder 'npu' (choose from: auto, cpu, gpu)"),
+        ({"runtime": "onnx"}, "unknown runtime 'onnx' (choose from: auto, torch, openvino)"),
         (
             {"device": "tpu"},
             "unknown device 'tpu' (choose from: auto, cpu, cuda, cuda:N, mps)",
@@ -72,6 +73,12 @@ def test_a_config_checks_single_values_not_pairs(options: dict[str, object]) -> 
     assert {name: getattr(config, name) for name in options if name != "model"} == {
         name: value for name, value in options.items() if name != "model"
     }
+
+
+def test_the_smallest_values_each_option_takes() -> None:
+    config = Config(topk=1, batch_size=1, workers=0, timeout=0.001, max_pixels=1)
+    assert (config.topk, config.batch_size, config.workers) == (1, 1, 0)
+    assert (config.timeout, config.max_pixels) == (0.001, 1)
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:12", "mps", "auto"])
