@@ -80,3 +80,73 @@ def test_scores_from_a_known_confusion() -> None:
     assert result.precision(1) == 1 / 4 and result.recall(1) == 1 / 2
     assert result.precision(2) is None and result.recall(2) == 0.0
     assert result.confused() == [(2, 1, 2), (0, 1, 1), (1, 0, 1)]
+
+
+def test_features_of_any_float_type_give_the_float32_head() -> None:
+    x, y = blobs([12, 9], dim=8, seed=5)
+    head = fit_head(x, y, 2)
+    for dtype in (torch.float64, torch.bfloat16):
+        other = fit_head(x.to(dtype), y, 2)
+        assert other.weight.dtype == torch.float32
+        assert (other.predict(x) == head.predict(x)).all()
+        assert head.logits(x.to(dtype)).dtype == torch.float32
+    torch.testing.assert_close(fit_head(x.double(), y, 2).weight, head.weight)
+    torch.testing.assert_close(head.logits(x.double()), head.logits(x))
+
+
+def test_class_weights_cover_classes_with_no_image() -> None:
+    weights = class_weights(torch.tensor([0, 0, 1]), 4)  # classes 2 and 3 have none
+    assert weights.dtype == torch.float32
+    assert weights.tolist() == pytest.approx([3 / 8, 3 / 4, 3 / 4, 3 / 4])
+
+
+def test_a_warm_start_from_the_fitted_head_stays_there() -> None:
+    x, y = blobs([20, 15, 10], dim=12, seed=2)
+    head = fit_head(x, y, 3, max_iter=500)
+    # One more step from the optimum, given in raw-feature terms and in float64: the
+    # start is carried into the standardised space exactly, so nothing moves.
+    start = Head(head.weight.double(), head.bias.double())
+    again = fit_head(x, y, 3, max_iter=1, start=start)
+    torch.testing.assert_close(again.weight, head.weight, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(again.bias, head.bias, atol=1e-4, rtol=1e-3)
+    cold = fit_head(x, y, 3, max_iter=1)
+    assert float((cold.weight - head.weight).abs().max()) > 1e-2  # one step is not enough
+
+
+def test_the_fit_reaches_the_optimum_where_twenty_steps_do_not() -> None:
+    # Eight overlapping classes in 32 dimensions: L-BFGS needs more than its default 20
+    # iterations here, and a line search to take full steps safely.
+    x, y = blobs([15] * 8, dim=32, seed=11)
+    x = x + 2.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    head = fit_head(x, y, 8)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    w = (head.weight * std).clone().requires_grad_(True)
+    b = (head.bias + head.weight @ mean).clone().requires_grad_(True)
+    z = (x - mean) / std
+    ce = torch.nn.functional.cross_entropy(z @ w.T + b, y)  # balanced classes: plain mean
+    loss = ce + 0.5 / len(y) * (w * w).sum()
+    loss.backward()
+    assert w.grad is not None and b.grad is not None
+    assert float(w.grad.abs().max()) < 1e-4 and float(b.grad.abs().max()) < 1e-4
+
+
+def test_a_large_share_still_leaves_one_of_each_class_to_train_on() -> None:
+    y = torch.tensor([0] * 2 + [1] * 5 + [2])
+    train, held = stratified_split(y, 3, 0.9, seed=0)
+    assert torch.bincount(y[held], minlength=3).tolist() == [1, 4, 0]
+    assert torch.bincount(y[train], minlength=3).tolist() == [1, 1, 1]
+
+
+def test_scores_of_a_class_never_held_out_and_of_few_mistakes() -> None:
+    head = Head(torch.eye(3), torch.zeros(3))
+    truth = torch.tensor([0, 0, 1])  # nothing of class 2 held out
+    features = torch.nn.functional.one_hot(torch.tensor([0, 1, 1]), 3).float()
+    result = score(head, features, truth, 3)
+    assert result.recall(2) is None and result.support(2) == 0
+    assert result.confused() == [(0, 1, 1)]  # one mistake: no pairs of count 0
+    many = Head(torch.eye(5), torch.zeros(5))
+    truth = torch.tensor([0, 1, 2, 3, 4, 4])
+    predicted = torch.tensor([1, 2, 3, 4, 0, 0])
+    result = score(many, torch.nn.functional.one_hot(predicted, 5).float(), truth, 5)
+    assert result.confused() == [(4, 0, 2), (0, 1, 1), (1, 2, 1)]  # three by default
+    assert len(result.confused(limit=10)) == 5
