@@ -25,6 +25,7 @@ from resnext_cli.model.categories import (
     Categories,
     CategoryScore,
     hierarchy,
+    parse_hierarchy,
 )
 from resnext_cli.model.labels import imagenet_labels
 
@@ -221,17 +222,44 @@ def test_scores_take_a_tensor_and_refuse_the_wrong_shape() -> None:
     cats = Categories.default()
     probs = _softmax(3, scale=3.0).float()
     assert cats.scores(probs, 3) == cats.scores(probs.tolist(), 3)
-    with pytest.raises(ValueError, match="one vector"):
+    with pytest.raises(ValueError) as batch:
         cats.scores(probs[None], 3)
+    assert str(batch.value) == "probabilities must be one vector, not a batch"
     with pytest.raises(ValueError, match="999 probabilities for a mapping of 1000 classes"):
         cats.scores(probs[:999], 3)
 
 
 def test_mapping_refuses_a_class_without_category() -> None:
-    with pytest.raises(ValueError, match="maps to no category"):
-        Categories(names=("a",), class_to_category=(0, 1))
-    with pytest.raises(ValueError, match="unique"):
-        Categories(names=("a", "a"), class_to_category=(0,))
+    for names, classes, message in (
+        (("a",), (0, 1), "a class maps to no category"),
+        (("a",), (0, -1), "a class maps to no category"),
+        (("a", "a"), (0,), "category names must be unique and not empty"),
+        (("a", ""), (0,), "category names must be unique and not empty"),
+    ):
+        with pytest.raises(ValueError) as info:
+            Categories(names=names, class_to_category=classes)
+        assert str(info.value) == message
+
+
+def test_a_group_may_hold_any_printable_character_but_slashes(tmp_path: Path) -> None:
+    path = _mapping(tmp_path, "pug\tX-rays & XX\ntabby\tcafé · ✓\n")
+    cats = Categories.from_file(path, LABELS)
+    assert cats.names == ("X-rays & XX", "café · ✓", OTHER)
+
+
+def test_hierarchy_ancestors_are_synsets_without_their_names() -> None:
+    text = (
+        "# a comment\nindex\tsynset\tlabel\tancestors\n"
+        "0\tn02\tpug\tn01:dog:hound n00:entity\n1\tn03\tcar\t\n"
+    )
+    rows = parse_hierarchy(text)
+    assert [(r.index, r.synset, r.label, r.ancestors) for r in rows] == [
+        (0, "n02", "pug", ("n01", "n00")),
+        (1, "n03", "car", ()),
+    ]
+    with pytest.raises(ValueError) as info:
+        parse_hierarchy("1\tn02\tpug\tn01:dog\n")
+    assert str(info.value) == "hierarchy rows are not numbered 0, 1, 2, ... in order"
 
 
 # -- choosing a mapping ------------------------------------------------------------------
@@ -336,6 +364,31 @@ def test_a_repeated_label_means_its_first_class(tmp_path: Path) -> None:
             "pug\t..\n",
             "line 1: group '..' cannot be a folder name "
             "(no '/', '\\', control characters, '.' or '..')",
+        ),
+        (
+            "pug\t.\n",
+            "line 1: group '.' cannot be a folder name "
+            "(no '/', '\\', control characters, '.' or '..')",
+        ),
+        (
+            "pug\tdogs\\small\n",
+            "line 1: group 'dogs\\small' cannot be a folder name "
+            "(no '/', '\\', control characters, '.' or '..')",
+        ),
+        (
+            "\tdogs\n",
+            "line 1: expected 'class<TAB>group', got 'dogs' "
+            "(separate the class and its group with one tab)",
+        ),
+        (
+            "x" * 81 + "\tdogs\n",
+            "line 1: unknown class '" + "x" * 80 + "…' "
+            "(give a label from the labels or an index 0..5)",
+        ),
+        (
+            "x" * 80 + "\tdogs\n",
+            "line 1: unknown class '" + "x" * 80 + "' "
+            "(give a label from the labels or an index 0..5)",
         ),
     ],
 )
