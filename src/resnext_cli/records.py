@@ -136,7 +136,9 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 
 
-def _loads(text: str) -> Any:
+def parse_json(text: str) -> Any:
+    """JSON from a stranger: ValueError for what is not JSON, for NaN and Infinity, and for
+    nesting too deep to read (a RecursionError from the json module)."""
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:
@@ -213,7 +215,7 @@ def _from_lines(fh: BinaryIO, *, torn_tail: bool) -> RecordsRead:
         text = (raw.removeprefix(_BOM) if number == 1 else raw).strip()
         if text:
             try:
-                data = _loads(text.decode("utf-8"))
+                data = parse_json(text.decode("utf-8"))
             except ValueError as exc:  # text that is not UTF-8 included
                 detail = str(exc) if "nested" in str(exc) or "not a number" in str(exc) else ""
                 raise RecordsProblem(number, detail or "not JSON") from None

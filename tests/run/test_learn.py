@@ -373,6 +373,45 @@ def test_bad_lists(tmp_path: Path, checkpoint: Path) -> None:
     )
 
 
+LIST_HELP = 'give a CSV with a header row naming them, or JSON Lines of {"path": ..., "label": ...}'
+
+
+def test_lists_that_cannot_be_read_end_with_one_line(
+    tmp_path: Path, checkpoint: Path, device_node
+) -> None:
+    """Each of these was an 'unexpected' error or a hang before the --from file went
+    through the one safe opener and the strict JSON reader."""
+    out = tmp_path / "m.pth"
+    ckpt = ("--checkpoint", checkpoint)
+    image = save_photo(tmp_path / "a.png", "solid", 1)
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(f'{{"path": "{image}", "label": "x"}}\n' + "[" * 100_000 + "]" * 100_000)
+    wide = tmp_path / "wide.csv"
+    wide.write_text(f"path,label\n{image},x\n{'y' * 200_000},z\n")
+    nan = tmp_path / "nan.jsonl"
+    nan.write_text('{"path": "a.png", "label": "x", "score": NaN}\n')
+    fifo = tmp_path / "list.fifo"
+    os.mkfifo(fifo)
+    expected = {
+        deep: f"error: --from file '{deep}' line 2 is not a JSON object ({LIST_HELP})",
+        wide: (
+            f"error: --from file '{wide}' line 3 is not CSV (field larger than field limit "
+            f"(131072); {LIST_HELP})"
+        ),
+        nan: f"error: --from file '{nan}' line 1 is not a JSON object ({LIST_HELP})",
+        tmp_path: f"error: --from '{tmp_path}' is a folder ({LIST_HELP})",
+        fifo: f"error: --from '{fifo}' is not a regular file ({LIST_HELP})",
+        tmp_path / "gone.csv": (
+            f"error: --from file '{tmp_path / 'gone.csv'}' does not exist ({LIST_HELP})"
+        ),
+    }
+    device = device_node("zero", "list.dev")
+    expected[device] = f"error: --from '{device}' is not a regular file ({LIST_HELP})"
+    for listing, message in expected.items():
+        assert refusal("--from", listing, "-o", out, *ckpt) == message
+    assert not out.exists()
+
+
 def test_the_model_is_written_the_one_way_every_output_is(
     tmp_path: Path, checkpoint: Path, device_node
 ) -> None:

@@ -13,9 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +23,12 @@ import torch
 
 from resnext_cli.console import Console, printable
 from resnext_cli.errors import ConfigError, ExitStatus, InputError, OutputError, Terminated
-from resnext_cli.files import OutputTarget
+from resnext_cli.files import FileProblem, OutputTarget, read_user_file
 from resnext_cli.inputs.sources import Source, iter_sources, open_source
 from resnext_cli.model.checkpoint import CLASSES_KEY
 from resnext_cli.model.feature_cache import Entry, FeatureCache, Identity, setup_key
 from resnext_cli.model.head import Head, Score, fit_head, score, stratified_split
+from resnext_cli.records import parse_json
 from resnext_cli.run.config import Config
 from resnext_cli.run.engine import LocalEngine
 from resnext_cli.run.network import load_model, load_state, transform_for
@@ -157,24 +156,19 @@ def examples_from_folder(root: str, console: Console, tally: Tally) -> list[Exam
 def _read_list(name: str) -> str:
     """The text of a --from file: a regular file of at most MAX_LIST_BYTES, UTF-8."""
     try:
-        st = os.stat(name)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"--from '{name}' is a folder ({_LIST_HELP})")
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"--from '{name}' is not a regular file ({_LIST_HELP})")
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ConfigError(f"--from '{name}' is not a regular file ({_LIST_HELP})")
-            data = fh.read(MAX_LIST_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"--from file '{name}' does not exist ({_LIST_HELP})") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read --from file '{name}': {exc.strerror or exc.__class__.__name__}"
-        ) from None
-    if len(data) > MAX_LIST_BYTES:
-        raise ConfigError(f"--from file '{name}' is over the {MAX_LIST_BYTES}-byte limit")
+        data = read_user_file(name, max_bytes=MAX_LIST_BYTES)
+    except FileProblem as exc:
+        if exc.kind == "missing":
+            raise ConfigError(f"--from file '{name}' does not exist ({_LIST_HELP})") from None
+        if exc.kind == "folder":
+            raise ConfigError(f"--from '{name}' is a folder ({_LIST_HELP})") from None
+        if exc.kind == "not_regular":
+            raise ConfigError(f"--from '{name}' is not a regular file ({_LIST_HELP})") from None
+        if exc.kind == "too_large":
+            raise ConfigError(
+                f"--from file '{name}' is over the {MAX_LIST_BYTES}-byte limit"
+            ) from None
+        raise ConfigError(f"cannot read --from file '{name}': {exc.reason}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -190,19 +184,27 @@ def _rows(name: str, text: str) -> Iterator[tuple[int, Any, Any]]:
     is_json = name.lower().endswith((".jsonl", ".ndjson", ".json")) or text.lstrip().startswith("{")
     if not is_json:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        fields = reader.fieldnames or []
-        label_column = "label" if "label" in fields else "label_1" if "label_1" in fields else None
-        if "path" not in fields or label_column is None:
-            raise _missing_columns(name)
-        for row in reader:
-            yield reader.line_num, row.get("path"), row.get(label_column)
+        try:
+            fields = reader.fieldnames or []
+            label_column = (
+                "label" if "label" in fields else "label_1" if "label_1" in fields else None
+            )
+            if "path" not in fields or label_column is None:
+                raise _missing_columns(name)
+            for row in reader:
+                yield reader.line_num, row.get("path"), row.get(label_column)
+        except csv.Error as exc:  # a field over csv's limit
+            # line_num counts the lines of the rows read before: this row starts one later.
+            raise ConfigError(
+                f"--from file '{name}' line {reader.line_num + 1} is not CSV ({exc}; {_LIST_HELP})"
+            ) from None
         return
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            item = json.loads(line)
-        except ValueError:
+            item = parse_json(line)
+        except ValueError:  # not JSON, nested too deeply, or NaN
             item = None
         if not isinstance(item, dict):
             raise ConfigError(
