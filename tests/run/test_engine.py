@@ -15,6 +15,7 @@ from torchvision import transforms
 
 from resnext_cli import Classifier
 from resnext_cli.errors import CheckpointError, ConfigError
+from resnext_cli.model.checkpoint import CLASSES_KEY
 from resnext_cli.results import Classified, Failed
 from tests.conftest import make_checkpoint
 from tests.helpers import _FakeStream
@@ -131,10 +132,24 @@ def test_finetuned_checkpoint_with_its_labels(checkpoint10, make_image, tmp_path
     assert all(0 <= p.index < 10 for p in record.predictions)
 
 
-def test_class_count_mismatch_is_a_config_error(checkpoint10) -> None:
+def test_class_count_mismatch_is_a_config_error(checkpoint10, tmp_path) -> None:
     with pytest.raises(ConfigError) as info:
         Classifier(checkpoint=str(checkpoint10))
-    assert "has 10 classes but the bundled ImageNet labels have 1000" in str(info.value)
+    assert str(info.value) == (
+        f"checkpoint '{checkpoint10}' has 10 classes but the bundled ImageNet labels have 1000 "
+        "(give --labels FILE with 10 lines)"
+    )
+    # Class names kept in the file itself (as 'resnext learn' writes them) that do not
+    # match its fc are named as such, not as the bundled labels.
+    state = torch.load(checkpoint10, weights_only=True)
+    kept = tmp_path / "kept.pth"
+    torch.save({**state, CLASSES_KEY: ["cat", "dog"]}, kept)
+    with pytest.raises(ConfigError) as info:
+        Classifier(checkpoint=str(kept))
+    assert str(info.value) == (
+        f"checkpoint '{kept}' has 10 classes but the class names it keeps are 2 "
+        "(give --labels FILE with 10 lines)"
+    )
 
 
 def test_wrong_architecture_is_named(checkpoint) -> None:
