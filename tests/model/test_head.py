@@ -150,3 +150,19 @@ def test_scores_of_a_class_never_held_out_and_of_few_mistakes() -> None:
     result = score(many, torch.nn.functional.one_hot(predicted, 5).float(), truth, 5)
     assert result.confused() == [(4, 0, 2), (0, 1, 1), (1, 2, 1)]  # three by default
     assert len(result.confused(limit=10)) == 5
+
+
+def test_features_are_standardised_by_the_population_deviation() -> None:
+    # With five images the sample and population deviations differ by 12%: the L2 penalty
+    # on the standardised weights, and so the optimum, depends on which one is used.
+    x, y = blobs([3, 2], dim=4, seed=4)
+    head = fit_head(x, y, 2, max_iter=500)
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    w = (head.weight * std).clone().requires_grad_(True)
+    b = (head.bias + head.weight @ mean).clone().requires_grad_(True)
+    sample = torch.tensor([5 / 6, 5 / 6, 5 / 6, 5 / 4, 5 / 4])
+    sample = sample / sample.sum()
+    ce = torch.nn.functional.cross_entropy(((x - mean) / std) @ w.T + b, y, reduction="none")
+    loss = (ce * sample).sum() + 0.5 / 5 * (w * w).sum()
+    loss.backward()
+    assert w.grad is not None and float(w.grad.abs().max()) < 1e-4
