@@ -244,3 +244,303 @@ def test_the_opener_refuses_fifos_folders_links_and_big_files(tmp_path: Path) ->
         "link": "link",
     }
     assert read_user_file(tmp_path / "link", max_bytes=100) == b"fine"
+
+
+def problem(call) -> tuple[str, str, str, str]:
+    """(kind, reason, cause, str) of the FileProblem *call* raises."""
+    with pytest.raises(FileProblem) as caught:
+        call()
+    exc = caught.value
+    return exc.kind, exc.reason, exc.cause, str(exc)
+
+
+def test_each_problem_is_named_with_the_systems_words(tmp_path: Path) -> None:
+    """Kind, reason (lower case) and cause, exactly: callers print the reason."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_bytes(b"12345")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    long = tmp_path / ("n" * 300)
+    under_a_file = tmp_path / "file" / "x"
+    cases = {
+        "missing": (
+            lambda: open_user_file(tmp_path / "gone"),
+            ("missing", "no such file or directory", "FileNotFoundError"),
+        ),
+        "folder": (lambda: open_user_file(tmp_path / "dir"), ("folder", "a folder", "")),
+        "fifo": (
+            lambda: open_user_file(tmp_path / "fifo"),
+            ("not_regular", "not a regular file (a pipe, socket or device)", ""),
+        ),
+        "big": (
+            lambda: open_user_file(tmp_path / "file", max_bytes=4),
+            ("too_large", "over the 4-byte limit", ""),
+        ),
+        "link": (
+            lambda: open_user_file(tmp_path / "link", follow_links=False),
+            ("link", "a symbolic link", "OSError"),
+        ),
+        "link read": (
+            lambda: read_user_file(tmp_path / "link", max_bytes=10, follow_links=False),
+            ("link", "a symbolic link", "OSError"),
+        ),
+        # A loop followed is the system's ELOOP, not a link refused.
+        "loop": (
+            lambda: open_user_file(tmp_path / "loop"),
+            ("os", "too many levels of symbolic links", "OSError"),
+        ),
+        # Other errors without following links are not called links.
+        "not a folder": (
+            lambda: open_user_file(under_a_file, follow_links=False),
+            ("os", "not a directory", "NotADirectoryError"),
+        ),
+        "too long": (lambda: open_user_file(long), ("os", "file name too long", "OSError")),
+    }
+    for name, (call, (kind, reason, cause)) in cases.items():
+        assert problem(call) == (kind, reason, cause, reason), name
+
+
+def test_a_file_is_read_whole_up_to_the_limit_and_then_blocks_as_usual(tmp_path: Path) -> None:
+    import fcntl
+
+    (tmp_path / "file").write_bytes(b"12345")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    assert read_user_file(tmp_path / "file", max_bytes=5) == b"12345"
+    with open_user_file(tmp_path / "link") as fh:  # links are followed unless asked
+        assert fh.read() == b"12345"
+        # O_NONBLOCK kept a FIFO from hanging the open; reads after it are ordinary.
+        assert fcntl.fcntl(fh.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK == 0
+
+
+def test_a_file_that_grows_or_fails_while_read(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    from resnext_cli import files
+
+    class Failing(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            raise OSError(5, "Input/output error")
+
+    opened: list[io.BytesIO] = [io.BytesIO(b"123456"), Failing()]
+    monkeypatch.setattr(files, "open_user_file", lambda *a, **k: opened.pop(0))
+    grown = problem(lambda: read_user_file(tmp_path / "f", max_bytes=5))  # grew since fstat
+    assert grown == ("too_large", "over the 5-byte limit", "", "over the 5-byte limit")
+    failed = problem(lambda: read_user_file(tmp_path / "f", max_bytes=5))
+    assert failed == ("os", "input/output error", "OSError", "input/output error")
+
+
+def test_a_lock_is_a_private_file_beside_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    assert not is_locked(target)  # no lock file, no target: nobody writes it
+    held = OutputTarget.claim(target, force=False)
+    try:
+        lock = lock_path(target)
+        assert lock == tmp_path / ".resnext-lock-out.jsonl"
+        assert stat.S_IMODE(os.lstat(lock).st_mode) == 0o600
+        assert is_locked(target)
+    finally:
+        held.release()
+    assert not lock.exists() and not is_locked(target)
+
+
+def test_a_lock_name_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    os.mkfifo(lock_path(target))
+    with pytest.raises(OutputError) as caught:
+        OutputTarget.claim(target, force=False)
+    assert str(caught.value) == f"cannot write '{target}': the lock file is not a regular file"
+    assert not target.exists()
+
+
+@pytest.fixture
+def umask_022():
+    """The common umask, for the modes of what is written (restored afterwards)."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_what_is_written_gets_the_usual_modes(tmp_path: Path, umask_022) -> None:
+    streamed = OutputTarget.claim(tmp_path / "s.jsonl", force=False)
+    with streamed.stream() as out:
+        out.write(b"{}\n")
+    streamed.release()
+    publish_file(tmp_path / "p.pth", write(b"w"), force=False)
+    for name in ("s.jsonl", "p.pth"):
+        assert stat.S_IMODE(os.lstat(tmp_path / name).st_mode) == 0o644, name
+
+
+def test_a_stream_is_cut_to_nothing_by_default(tmp_path: Path) -> None:
+    (tmp_path / "old.jsonl").write_bytes(b"old contents\n")
+    target = OutputTarget.claim(tmp_path / "old.jsonl", force=True)
+    with target.stream() as out:
+        out.write(b"new\n")
+    target.release()
+    assert (tmp_path / "old.jsonl").read_bytes() == b"new\n"
+
+
+def test_a_file_swapped_before_the_stream_opens_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b"checked")
+    target = OutputTarget.claim(path, force=True)
+    try:
+        (tmp_path / "other").write_bytes(b"swapped in")
+        os.replace(tmp_path / "other", path)
+        with pytest.raises(OutputError) as caught:
+            target.stream()
+        assert str(caught.value) == f"'{path}' changed while it was checked (run again)"
+    finally:
+        target.release()
+    assert path.read_bytes() == b"swapped in"
+
+
+def test_a_file_the_stream_made_is_locked_itself(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    target = OutputTarget.claim(path, force=False)
+    try:
+        with target.stream() as out:
+            out.write(b"{}\n")
+            lock_path(path).unlink()  # the lock file's name gone: the file's own lock holds
+            assert is_locked(path)
+    finally:
+        target.release()
+    assert not is_locked(path)
+
+
+def test_a_busy_location_names_the_option_to_change(tmp_path: Path) -> None:
+    for what, flag in (("output", "-o"), ("report", "--report")):
+        path = tmp_path / f"{what}.out"
+        held = OutputTarget.claim(path, force=False, what=what)
+        try:
+            with pytest.raises(OutputError) as caught:
+                OutputTarget.claim(path, force=False, what=what)
+            assert str(caught.value) == (
+                f"'{path}' is being written by another resnext run (wait for it to finish, "
+                f"or give another {flag})"
+            )
+        finally:
+            held.release()
+
+
+def test_a_lock_held_for_an_instant_is_waited_for(tmp_path: Path, monkeypatch) -> None:
+    """A reader's probe (is_locked) holds a shared lock for an instant: the claim tries
+    again after 20 ms, five times in all, then says the location is busy."""
+    import fcntl
+
+    from resnext_cli import files
+
+    path = tmp_path / "out.jsonl"
+    lock_path(path).write_bytes(b"")
+    probe = os.open(lock_path(path), os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    slept: list[float] = []
+
+    def sleep_then_let_go(seconds: float) -> None:
+        slept.append(seconds)
+        fcntl.flock(probe, fcntl.LOCK_UN)
+
+    monkeypatch.setattr(files.time, "sleep", sleep_then_let_go)
+    try:
+        OutputTarget.claim(path, force=False).release()
+        assert slept == [0.02]
+        os.close(probe)  # the claim removed its lock file when released: a new one, held
+        lock_path(path).write_bytes(b"")
+        probe = os.open(lock_path(path), os.O_RDONLY)
+        fcntl.flock(probe, fcntl.LOCK_SH)
+        slept.clear()
+        monkeypatch.setattr(files.time, "sleep", slept.append)  # held for good
+        with pytest.raises(OutputError, match="is being written by another resnext run"):
+            OutputTarget.claim(path, force=False)
+        assert slept == [0.02] * 4
+    finally:
+        os.close(probe)
+
+
+def test_a_fifo_at_the_lock_name_does_not_hang_a_reader(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    os.mkfifo(lock_path(path))
+    assert not is_locked(path)
+
+
+def test_what_cannot_be_a_target_is_named(tmp_path: Path, umask_022) -> None:
+    import socket
+
+    long = tmp_path / ("n" * 300)
+    with pytest.raises(OutputError) as caught:
+        OutputTarget.claim(long, force=False)
+    assert str(caught.value) == f"cannot write '{long}': File name too long"
+    missing = tmp_path / "no" / "r.html"
+    with pytest.raises(OutputError) as caught:
+        OutputTarget.claim(missing, force=False, what="report")
+    assert str(caught.value) == (
+        f"cannot write report '{missing}': folder '{tmp_path / 'no'}' does not exist"
+    )
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(OutputError) as caught:
+        OutputTarget.claim(tmp_path / "file", force=True, folder=True)
+    assert str(caught.value) == (
+        f"'{tmp_path / 'file'}' is a file (give a folder for parquet shards, -o DIR/)"
+    )
+    server = socket.socket(socket.AF_UNIX)
+    try:
+        server.bind(str(tmp_path / "sock"))
+        with pytest.raises(OutputError) as caught:
+            OutputTarget.claim(tmp_path / "sock", force=True)
+        assert str(caught.value) == (
+            f"output '{tmp_path / 'sock'}' is not a regular file (a block device or socket; "
+            "give a file name)"
+        )
+    finally:
+        server.close()
+
+
+@needs_root
+def test_a_link_to_a_device_is_written_into(tmp_path: Path) -> None:
+    device = char_device(tmp_path / "null")
+    (tmp_path / "out").symlink_to(device)
+    target = OutputTarget.claim(tmp_path / "out", force=False)
+    try:
+        assert target.kind == "stream" and target.lock is None
+    finally:
+        target.release()
+
+
+def test_temporaries_are_named_beside_the_target(tmp_path: Path, monkeypatch) -> None:
+    from resnext_cli import files
+
+    name = "r" * 100 + ".html"
+    target = OutputTarget.claim(tmp_path / name, force=False)
+    try:
+        target.temporary().close()
+        (made,) = [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+        assert made.name[:-9] == TEMP_PREFIX + name[:80]
+        assert made.name[-9] == "-" and all(c in "0123456789abcdef" for c in made.name[-8:])
+        # Every name taken: after 100 tries the run says so.
+        monkeypatch.setattr(files.secrets, "token_hex", lambda n: "0" * 2 * n)
+        (tmp_path / f"{TEMP_PREFIX}{name[:80]}-00000000").write_bytes(b"")
+        with pytest.raises(OutputError) as caught:
+            target.temporary()
+        assert str(caught.value) == f"cannot write '{tmp_path / name}': no free temporary name"
+    finally:
+        target.release()
+
+
+def test_a_folder_that_took_the_targets_place_is_not_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "r.html"
+    target = OutputTarget.claim(path, force=False, what="report")
+    try:
+        temp = target.temporary()
+        temp.write(b"<html>")
+        path.mkdir()
+        with pytest.raises(OutputError) as caught:
+            target.publish(temp)
+        assert str(caught.value) == (
+            f"report '{path}' is now not a regular file: not replaced (the result was not "
+            "kept; give another name)"
+        )
+    finally:
+        target.release()
+    assert path.is_dir() and listing(tmp_path) == ["r.html"]
