@@ -309,3 +309,56 @@ def test_a_full_device_as_the_report_is_named_as_the_report(
         f"error: cannot write to '{full}': No space left on device (what was written is "
         "kept; free space or give another --report, then --resume)"
     )
+
+
+def test_a_parquet_file_and_its_embeddings_appear_whole_at_the_end(
+    checkpoint, photos, tmp_path, resnext
+) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "r.parquet"
+    run = resnext(
+        "classify", photos, "--checkpoint", checkpoint, "-o", out, "-k", "2", "--embeddings"
+    )
+    assert run.code == 0, run
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(Path(r["input"]).name for r in rows) == sorted(os.listdir(photos))
+    assert all(len(r["embedding"]) == 2048 and "label_3" not in r for r in rows)
+    assert sorted(os.listdir(tmp_path)) == ["photos", "r.parquet"]  # no temporary or lock
+
+
+def test_a_resumed_run_continues_its_report_without_force(
+    checkpoint, photos, tmp_path, resnext
+) -> None:
+    out, report = tmp_path / "r.jsonl", tmp_path / "r.html"
+    first = sorted(photos.iterdir())[0]
+    args = ("--checkpoint", checkpoint, "-o", out, "--report", report)
+    assert resnext("classify", first, *args).code == 0
+    run = resnext("classify", photos, *args, "--resume")
+    assert run.code == 0, run
+    assert run.stderr.splitlines()[-1] == f"report: {report} (3 images)"
+
+
+def test_the_reports_thumbnails_follow_allow_truncated(checkpoint, tmp_path, resnext) -> None:
+    from PIL import Image
+
+    from tests.conftest import natural_image
+
+    whole = tmp_path / "whole.jpg"
+    natural_image(3, (320, 240)).save(whole, quality=90)
+    cut = tmp_path / "photos" / "cut.jpg"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    with pytest.raises(OSError):
+        Image.open(cut).load()  # Pillow itself refuses it without the switch
+    report = tmp_path / "r.html"
+    run = resnext(
+        "classify", cut, "--checkpoint", checkpoint, "--allow-truncated", "--report", report,
+        "-f", "jsonl",
+    )  # fmt: skip
+    assert run.code == 0, run
+    html = report.read_text()
+    start = html.index('<script type="application/json" id="records">') + len(
+        '<script type="application/json" id="records">'
+    )
+    (card,) = json.loads(html[start : html.index("</script>", start)])
+    assert card["thumb"]["src"].startswith("data:image/jpeg;base64,")
