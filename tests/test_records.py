@@ -126,6 +126,10 @@ def classified(**changes: object) -> str:
             classified(embedding=[0.5]).replace("[0.5]", "[1e400]"),
             "'embedding' is not a list of numbers",
         ),
+        (
+            classified(embedding=[0.5]).replace("[0.5]", "[1" + "0" * 400 + "]"),
+            "'embedding' is not a list of numbers",
+        ),
     ],
 )
 def test_every_value_the_tool_reads_back_is_checked(tmp_path: Path, line: str, detail) -> None:
@@ -142,6 +146,7 @@ def test_the_edges_of_what_is_a_record(tmp_path: Path) -> None:
         classified(predictions=[{"label": "a", "index": 999, "probability": 1}]),
         # Categories sum probabilities in float32: 1 plus rounding is a category's sum.
         classified(categories=[{"name": "cats", "probability": 1.00001}]),
+        classified(categories=[{"name": "cats", "probability": 1.0001}]),  # the most it takes
         classified(checkpoint="/w/mine.pth", precision="bf16", runtime="openvino"),
         classified(embedding=[0, -2.5, 1e30]),
     ]
@@ -150,12 +155,13 @@ def test_the_edges_of_what_is_a_record(tmp_path: Path) -> None:
     records = [entry.record for entry in read_records(path).entries]
     assert [r.predictions[0].index for r in records[:2]] == [0, 999]
     assert records[2].categories[0].probability == 1.00001
-    assert (records[3].checkpoint, records[3].precision, records[3].runtime) == (
+    assert records[3].categories[0].probability == 1.0001
+    assert (records[4].checkpoint, records[4].precision, records[4].runtime) == (
         "/w/mine.pth",
         "bf16",
         "openvino",
     )
-    assert records[4].embedding == (0.0, -2.5, 1e30)
+    assert records[5].embedding == (0.0, -2.5, 1e30)
 
 
 def test_a_path_made_of_undecodable_bytes_is_a_name(tmp_path: Path) -> None:
