@@ -199,7 +199,7 @@ def test_a_stream_is_cut_only_at_its_first_write(tmp_path: Path) -> None:
     out.release()
     assert target.read_bytes() == b"precious\n"  # opened, never written: untouched
     out = OutputTarget.claim(target, force=True)
-    raw = out.stream(cut_at=0)
+    raw = out.stream()  # by default cut to nothing
     raw.write(b"new\n")
     raw.close()
     out.release()
@@ -371,15 +371,6 @@ def test_what_is_written_gets_the_usual_modes(tmp_path: Path, umask_022) -> None
     publish_file(tmp_path / "p.pth", write(b"w"), force=False)
     for name in ("s.jsonl", "p.pth"):
         assert stat.S_IMODE(os.lstat(tmp_path / name).st_mode) == 0o644, name
-
-
-def test_a_stream_is_cut_to_nothing_by_default(tmp_path: Path) -> None:
-    (tmp_path / "old.jsonl").write_bytes(b"old contents\n")
-    target = OutputTarget.claim(tmp_path / "old.jsonl", force=True)
-    with target.stream() as out:
-        out.write(b"new\n")
-    target.release()
-    assert (tmp_path / "old.jsonl").read_bytes() == b"new\n"
 
 
 def test_a_file_swapped_before_the_stream_opens_is_refused(tmp_path: Path) -> None:
