@@ -170,3 +170,24 @@ def test_a_state_without_a_classifier_is_not_a_resnext() -> None:
             "checkpoint 'c' does not fit resnext50_32x4d: it has no 'fc.weight' (give a state "
             "dict in torchvision's ResNeXt layout)"
         )
+
+
+def test_extra_keys_alone_do_not_fit() -> None:
+    message = refused(
+        lambda: ckpt.check_fit({"a": torch.zeros(1)}, {"a": torch.zeros(1), "z": torch.zeros(1)},
+                               model="m", name="c")
+    )  # fmt: skip
+    assert message == (
+        "checkpoint 'c' does not fit m: 1 unexpected keys (first: 'z') (check --model "
+        "matches the checkpoint)"
+    )
+
+
+def test_the_network_has_as_many_classes_as_the_checkpoints_fc() -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    state = torchvision.models.resnext50_32x4d(num_classes=3).state_dict()
+    net = ckpt.build_model("resnext50_32x4d", state, name="c")
+    assert net.fc.out_features == 3 and not net.training
+    assert torch.equal(net.state_dict()["fc.weight"], state["fc.weight"])
