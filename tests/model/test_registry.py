@@ -229,3 +229,12 @@ def test_a_run_looks_its_weights_up_once(checkpoint, make_image, monkeypatch) ->
     assert looked_up == [("resnext50_32x4d", "imagenet1k_v1")]
     (record,) = run.records()
     assert record["weights"] == "IMAGENET1K_V1"
+
+
+def test_float_weights_are_torchvisions_float_members() -> None:
+    from torchvision.models import ResNeXt101_64X4D_Weights
+
+    info = registry.resolve_weights("resnext101_64x4d")
+    assert registry.torchvision_weights(info) is ResNeXt101_64X4D_Weights.IMAGENET1K_V1
+    v1 = registry.resolve_weights("50", "imagenet1k_v1")
+    assert registry.torchvision_weights(v1) is ResNeXt50_32X4D_Weights.IMAGENET1K_V1
