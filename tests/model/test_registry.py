@@ -238,3 +238,16 @@ def test_float_weights_are_torchvisions_float_members() -> None:
     assert registry.torchvision_weights(info) is ResNeXt101_64X4D_Weights.IMAGENET1K_V1
     v1 = registry.resolve_weights("50", "imagenet1k_v1")
     assert registry.torchvision_weights(v1) is ResNeXt50_32X4D_Weights.IMAGENET1K_V1
+
+
+def test_each_weights_preprocessing_is_torchvisions() -> None:
+    """The snapshot's transforms, field by field, against torchvision's own for every
+    float weight: the tensor decoder resizes with these (antialias included)."""
+    for row in registry.all_weights():
+        if row.quantized:
+            continue
+        ref = registry.torchvision_weights(row).transforms()
+        got = (row.resize_size, row.crop_size, row.interpolation, row.antialias)
+        want = (ref.resize_size[0], ref.crop_size[0], ref.interpolation.value, ref.antialias)
+        assert got == want, row.tag
+        assert (list(row.mean), list(row.std)) == (list(ref.mean), list(ref.std))
