@@ -384,3 +384,38 @@ def test_downloads_close_their_connections(web: Web) -> None:
         assert set(os.listdir("/proc/self/fd")) - before == set()
     finally:
         gc.enable()
+
+
+def why_not(url: str, **options: Any) -> tuple[str, str]:
+    """(error type, why) of fetch(url): why is what a weights download prints."""
+    from resnext_cli.inputs.http import DownloadError, fetch
+
+    with pytest.raises(DownloadError) as caught:
+        fetch(url, lambda data: None, timeout=5.0, max_bytes=1 << 20, **options)
+    return caught.value.error_type, caught.value.why
+
+
+def test_each_failure_says_why_in_a_few_words(web: Web, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert why_not(web.url("/loop")) == ("download_failed", "too many redirects")
+    assert why_not(web.url("/to-file")) == (
+        "download_failed",
+        "a redirect to a URL that is not http(s)",
+    )
+    assert why_not("http://[::1") == ("download_failed", "not a valid URL")
+    # Only images_only refuses text, and it is off unless asked.
+    assert why_not(web.url("/page"), images_only=True)[0] == "not_an_image"
+    got: list[bytes] = []
+    from resnext_cli.inputs.http import fetch
+
+    fetch(web.url("/page"), got.append, timeout=5.0, max_bytes=1 << 20)
+    assert b"".join(got)
+    try:
+        import socks  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        for name in ("HTTP_PROXY", "NO_PROXY", "http_proxy", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", "socks5://127.0.0.1:1")
+        assert why_not("http://photos.example/a.jpg") == (
+            "download_failed",
+            "a SOCKS proxy needs PySocks (pip install 'requests[socks]')",
+        )
