@@ -137,14 +137,12 @@ def check_classes(
     if classes is None and fc is not None and fc.ndim == 2:
         classes = int(fc.shape[0])
     if classes is not None and classes != len(plan.labels):
-        from resnext_cli.model.labels import imagenet_labels
-
         if plan.labels_file:
             source = f"labels file '{plan.labels_file}' has"
-        elif plan.labels == imagenet_labels():
-            source = "the bundled ImageNet labels have"
-        else:  # the names the checkpoint keeps ('resnext learn' writes them)
+        elif plan.labels_kept:
             source = "the class names it keeps are"
+        else:
+            source = "the bundled ImageNet labels have"
         raise ConfigError(
             f"checkpoint '{name}' has {classes} classes but {source} "
             f"{len(plan.labels)} (give --labels FILE with {classes} lines)"

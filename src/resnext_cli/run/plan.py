@@ -173,8 +173,10 @@ class Plan:
     embeddings: bool = False
     # --checkpoint (a path or URL), else None: the weights of `info`.
     checkpoint: str | None = None
-    # --labels FILE, else None: the bundled ImageNet names.
+    # --labels FILE, else None: the bundled ImageNet names, or the checkpoint's own.
     labels_file: str | None = None
+    # The labels are the class names the checkpoint keeps ('resnext learn' writes them).
+    labels_kept: bool = False
     offline: bool = False
     timeout: float = 10.0
     max_download_bytes: int = 100 << 20
@@ -474,6 +476,7 @@ def resolve(
         embeddings=config.embeddings,
         checkpoint=config.checkpoint,
         labels_file=config.labels,
+        labels_kept=stored is not None,
         offline=config.offline,
         timeout=config.timeout,
         max_download_bytes=config.max_download_bytes,
