@@ -118,11 +118,24 @@ class Tab:
         else:
             dialog.dismiss()
 
+    def settle(self) -> None:
+        """Let the page's pending save run before it goes away.
+
+        The page saves once per task, on a zero-delay timer, and again on pagehide. A
+        navigation that starts before the timer ran leaves the write to pagehide, which can
+        race the next document's first read of the store when Chromium swaps renderer
+        processes (seen once in CI, under load): the tests wait for the timer instead.
+        """
+        if self.page.url.startswith("file:"):
+            self.page.evaluate("() => new Promise((r) => setTimeout(() => setTimeout(r, 0), 0))")
+
     def open(self, report: Path, query: str = "") -> None:
+        self.settle()
         self.page.goto(report.resolve().as_uri() + query)
         self.page.wait_for_selector("body[data-ready='1']", state="attached")
 
     def reload(self) -> None:
+        self.settle()
         self.page.reload()
         self.page.wait_for_selector("body[data-ready='1']", state="attached")
 
