@@ -71,6 +71,8 @@ from typing import Any
 
 from common import cpu_model, write_section
 
+ROOT = Path(__file__).resolve().parents[1]
+
 VARIANTS = {
     "a": "hub page loop (batch 1, fp32)",
     "b": "timm-style loader (2 workers)",
@@ -144,28 +146,21 @@ def make_images(folder: Path, count: int, size: tuple[int, int], seed: int) -> N
 
 
 def make_checkpoint(path: Path, photos: Path, arch: str = "resnext50_32x4d") -> None:
-    """A seeded random-init state dict whose fc is centred on the photos' mean feature and
-    scaled to spread the logits over several units, so predictions are peaked and differ
-    between photos (a plain random net says ~0.001 to every class, and agreement figures
-    would compare rounding noise)."""
+    """The tests' seeded random-init checkpoint (tests/conftest.py), its fc centred on these
+    photos' mean feature, so predictions are peaked and differ between photos (a plain
+    random net says ~0.001 to every class, and agreement figures would compare rounding
+    noise)."""
     import torch
     import torchvision
     from PIL import Image
 
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)().eval()
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.conftest import make_checkpoint as tests_checkpoint
+
     preprocess = torchvision.models.ResNeXt50_32X4D_Weights.DEFAULT.transforms()
     batch = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in _files(photos)[:16]])
-    model.fc, fc = torch.nn.Identity(), model.fc
-    with torch.inference_mode():
-        features = model(batch)
-    mean = features.mean(0)
-    spread = (features - mean).norm(dim=1).mean()
-    with torch.no_grad():
-        fc.weight.copy_(torch.randn_like(fc.weight) * (6.0 / spread))
-        fc.bias.copy_(-(fc.weight @ mean))
-    model.fc = fc
-    torch.save(model.state_dict(), path)
+    tests_checkpoint(path, arch=arch, centre_on=batch)
 
 
 def make_int8(float_ckpt: Path, photos: Path, out: Path, arch: str) -> None:
