@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import sys
 
 import pytest
 import torch
 
 from resnext_cli.errors import ConfigError
+from resnext_cli.model import openvino_runtime
+from resnext_cli.run import plan
 from resnext_cli.run.config import Config
-from resnext_cli.run.plan import MachineFacts, refuse_pairs, resolve, weights_for
+from resnext_cli.run.plan import MachineFacts, cpu_flags, refuse_pairs, resolve, weights_for
 from tests.helpers import AVX2, GPU, _FakeStream, _to_fake_cuda
 
 BF16_CPU = MachineFacts(cpu_count=2, cpu_native_bf16=True)  # AVX512-BF16 or AMX
@@ -339,3 +343,161 @@ def test_weights_a_model_does_not_have_are_one_line(options, message) -> None:
     with pytest.raises(ConfigError) as info:
         resolve(Config(**options), AVX2)
     assert str(info.value) == message
+
+
+# -- the probe without torch: /proc/cpuinfo's flags (stand-ins in a temporary folder) -------
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+bugs\t\t: spectre_v1
+
+processor\t: 1
+flags\t\t: fpu sse2
+"""
+
+
+def test_the_flags_are_the_first_processors() -> None:
+    assert cpu_flags(CPUINFO) == frozenset(
+        {"fpu", "sse2", "avx2", "avx512f", "avx512_bf16", "amx_tile"}
+    )
+    assert cpu_flags("flags: a  b\tc\n") == frozenset({"a", "b", "c"})
+    assert cpu_flags("flags:\n") == frozenset()  # listed, and empty
+    # Not the flags: another key that contains the word, a line without a colon, none.
+    assert cpu_flags("vmx flags\t: ept vpid\nflags\n") is None
+    assert cpu_flags("processor : 0\n") is None
+    assert cpu_flags("") is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "bf16", "fp16"),
+    [
+        ({"avx512_bf16"}, True, False),
+        ({"amx_tile"}, True, False),
+        ({"amx_fp16"}, False, True),
+        ({"avx512_fp16"}, False, True),
+        ({"avx512_bf16", "avx512_fp16"}, True, True),
+        ({"avx2", "avx512f", "avx512bw"}, False, False),
+        (set(), False, False),
+    ],
+)
+def test_the_facts_of_a_cpus_flags(monkeypatch, flags: set[str], bf16: bool, fp16: bool) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(openvino_runtime, "available", lambda: True)
+    assert MachineFacts.from_cpu_flags(frozenset(flags)) == MachineFacts(
+        cpu_count=6, cpu_native_bf16=bf16, cpu_native_fp16=fp16, openvino=True
+    )
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: one core
+    monkeypatch.setattr(openvino_runtime, "available", lambda: False)
+    assert MachineFacts.from_cpu_flags(frozenset(flags)).cpu_count == 1
+    assert MachineFacts.from_cpu_flags(frozenset(flags)).openvino is False
+
+
+@pytest.fixture
+def machine(monkeypatch, tmp_path):
+    """A stand-in /proc/cpuinfo and GPU driver paths in a temporary folder, on Linux."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO, encoding="utf-8")
+    drivers = (tmp_path / "driver-nvidia", tmp_path / "kfd")
+    monkeypatch.setattr(plan, "_CPUINFO", str(cpuinfo))
+    monkeypatch.setattr(plan, "_GPU_DRIVER_PATHS", tuple(str(p) for p in drivers))
+    monkeypatch.setattr(sys, "platform", "linux")
+    return cpuinfo, drivers
+
+
+def test_the_cpus_flags_are_read_where_no_gpu_driver_is_loaded(machine, monkeypatch) -> None:
+    cpuinfo, drivers = machine
+    assert plan._cpu_flags_without_a_gpu() == cpu_flags(CPUINFO)
+    for driver in drivers:  # either driver's path: torch is asked about the GPU
+        driver.mkdir()
+        assert plan._cpu_flags_without_a_gpu() is None
+        driver.rmdir()
+    cpuinfo.unlink()  # unreadable: torch is asked
+    assert plan._cpu_flags_without_a_gpu() is None
+    cpuinfo.write_bytes(b"flags\t: avx2 \xff\xfe\n")  # undecodable bytes are not fatal
+    assert plan._cpu_flags_without_a_gpu() == frozenset({"avx2", "\ufffd\ufffd"})
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert plan._cpu_flags_without_a_gpu() is None
+
+
+@pytest.mark.real_cpu  # the probe itself is under test
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_a_cpu_probe_before_torch_reads_cpuinfo(machine, monkeypatch, device: str) -> None:
+    monkeypatch.delitem(sys.modules, "torch")  # as in a run that has not imported torch
+    monkeypatch.setattr(openvino_runtime, "available", lambda: False)
+    facts = MachineFacts.probe(device)
+    assert "torch" not in sys.modules
+    assert facts == MachineFacts(cpu_count=os.cpu_count() or 1, cpu_native_bf16=True)
+
+
+def test_only_a_cpu_run_before_torch_is_planned_without_it(monkeypatch) -> None:
+    assert not any(plan._before_torch(d) for d in ("auto", "cpu", "cuda", "cuda:1", "mps"))
+    monkeypatch.delitem(sys.modules, "torch")
+    assert [plan._before_torch(d) for d in ("auto", "cpu", "cuda", "cuda:1", "mps")] == [
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+
+
+@pytest.mark.real_cpu
+def test_a_probe_asks_torch_once_it_is_imported(machine, monkeypatch) -> None:
+    """The stand-in cpuinfo says bf16; torch, faked here, says not: who answered shows."""
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert MachineFacts.probe("cpu").cpu_native_bf16 is False
+    assert MachineFacts.probe("auto").cpu_native_bf16 is False
+
+
+@pytest.mark.real_cpu
+def test_a_probe_asks_torch_where_cpuinfo_lists_no_flags(machine, monkeypatch) -> None:
+    cpuinfo, _ = machine
+    cpuinfo.write_text("processor : 0\n", encoding="utf-8")
+    monkeypatch.setattr(plan, "_before_torch", lambda device: True)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert MachineFacts.probe("cpu").cpu_native_bf16 is False  # torch's answer, not None's
+
+
+# -- Ray places the models -------------------------------------------------------------------
+
+RAY_CPUS = MachineFacts(cpu_count=64, placement="ray")
+RAY_GPUS = MachineFacts(cpu_count=64, cuda_count=4, cuda_free_bytes=40 << 30, placement="ray")
+
+
+@pytest.mark.parametrize(
+    ("facts", "spec", "device"),
+    [
+        (RAY_CPUS, "auto", "cpu"),
+        (RAY_CPUS, "cpu", "cpu"),
+        (RAY_GPUS, "auto", "cuda"),
+        (RAY_GPUS, "cuda", "cuda"),
+        (RAY_GPUS, "cpu", "cpu"),
+    ],
+)
+def test_ray_takes_the_clusters_gpus_else_cpus(facts, spec: str, device: str) -> None:
+    assert resolve(Config(device=spec, runtime="torch"), facts).device == device
+
+
+@pytest.mark.parametrize(
+    ("facts", "spec", "message"),
+    [
+        (RAY_CPUS, "cuda", "--device cuda but the Ray cluster has no GPUs (use --device auto)"),
+        (
+            RAY_GPUS,
+            "cuda:1",
+            "--engine ray places models itself: use --device auto, cpu or cuda, not 'cuda:1'",
+        ),
+        (
+            RAY_GPUS,
+            "mps",
+            "--engine ray places models itself: use --device auto, cpu or cuda, not 'mps'",
+        ),
+    ],
+)
+def test_ray_refuses_a_device_it_cannot_place(facts, spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(Config(device=spec), facts)
+    assert str(caught.value) == message

@@ -77,7 +77,7 @@ class MachineFacts:
         MPS run (each would start a CUDA context); memory, name and capability are those
         of the device the run will use.
         """
-        if device.partition(":")[0] in ("auto", "cpu") and "torch" not in sys.modules:
+        if _before_torch(device):
             flags = _cpu_flags_without_a_gpu()
             if flags is not None:
                 return cls.from_cpu_flags(flags)
@@ -127,6 +127,12 @@ class MachineFacts:
 
 # Present when a GPU driver is loaded: NVIDIA's, and AMD's compute (ROCm) device.
 _GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/kfd")
+_CPUINFO = "/proc/cpuinfo"
+
+
+def _before_torch(device: str) -> bool:
+    """A CPU (or auto) run that has not imported torch: its plan may not import it."""
+    return device.partition(":")[0] in ("auto", "cpu") and "torch" not in sys.modules
 
 
 def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
@@ -145,7 +151,7 @@ def _cpu_flags_without_a_gpu() -> frozenset[str] | None:
     if any(os.path.exists(path) for path in _GPU_DRIVER_PATHS):
         return None
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        with open(_CPUINFO, encoding="utf-8", errors="replace") as f:
             return cpu_flags(f.read())
     except OSError:
         return None
