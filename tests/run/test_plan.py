@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from resnext_cli.errors import ConfigError
+from resnext_cli.model import checkpoint as checkpoint_module
 from resnext_cli.model import openvino_runtime
+from resnext_cli.model.checkpoint import CLASSES_KEY
 from resnext_cli.run import plan
 from resnext_cli.run.config import Config
 from resnext_cli.run.plan import MachineFacts, cpu_flags, refuse_pairs, resolve, weights_for
@@ -501,3 +503,157 @@ def test_ray_refuses_a_device_it_cannot_place(facts, spec: str, message: str) ->
     with pytest.raises(ConfigError) as caught:
         resolve(Config(device=spec), facts)
     assert str(caught.value) == message
+
+
+# -- each refusal of the plan, in its exact words ---------------------------------------------
+
+OV_CPU = MachineFacts(cpu_count=2, cpu_native_fp16=True, openvino=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "facts", "message"),
+    [
+        ({"device": "mps"}, AVX2, "device 'mps' is not available (use --device cpu)"),
+        (
+            {"model": "resnext101_32x8d", "quantized": True, "device": "cuda"},
+            GPU,
+            "--quantized runs INT8 on the CPU, not on cuda (use --device cpu, or drop --quantized)",
+        ),
+        (
+            {"runtime": "openvino", "precision": "fp16"},
+            OV_CPU,
+            "--runtime openvino runs fp32 and bf16 (use --runtime torch for fp16)",
+        ),
+        (
+            {"runtime": "openvino", "precision": "bf16"},
+            OV_CPU,
+            "--runtime openvino runs bf16 only on a CPU with native bf16; this CPU has none "
+            "(use --precision fp32, or --runtime torch)",
+        ),
+        (
+            {"runtime": "openvino", "device": "cuda"},
+            dataclasses.replace(GPU, openvino=True),
+            "--runtime openvino runs on the CPU, not on cuda (use --device cpu, or --runtime auto)",
+        ),
+        (
+            {"runtime": "openvino"},
+            AVX2,
+            "the openvino runtime is not installed (pip install 'resnext-cli[openvino]', or "
+            "use --runtime torch)",
+        ),
+        (
+            {"model": "resnext101_32x8d", "quantized": True, "runtime": "openvino"},
+            OV_CPU,
+            "--runtime openvino runs INT8 from a file made by 'resnext quantize --runtime "
+            "openvino' (give it with --checkpoint FILE --quantized, or use --runtime torch)",
+        ),
+        (
+            {"decode": "gpu"},
+            RAY_GPUS,
+            "--engine ray decodes in CPU tasks; drop --decode gpu",
+        ),
+        (
+            {"decode": "gpu"},
+            AVX2,
+            "--decode gpu needs a CUDA device, not cpu (use --decode auto)",
+        ),
+    ],
+)
+def test_each_refusal_of_the_plan_is_one_exact_line(options, facts, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        resolve(Config(**options), facts)
+    assert str(caught.value) == message
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    """A file whose first bytes say 'OpenVINO bundle' (all the plan reads of it)."""
+    path = tmp_path / "mine-int8.ov"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 26 + openvino_runtime.MANIFEST.encode())
+    return path
+
+
+def test_an_openvino_bundle_needs_quantized_and_the_openvino_runtime(bundle, monkeypatch) -> None:
+    def unread(path: object) -> None:
+        raise AssertionError(f"torch read {path}: an OpenVINO bundle keeps no class names")
+
+    monkeypatch.setattr(checkpoint_module, "stored_classes", unread)
+
+    def refusal(**options: object) -> str:
+        with pytest.raises(ConfigError) as caught:
+            resolve(Config(checkpoint=str(bundle), **options), OV_CPU)  # type: ignore[arg-type]
+        return str(caught.value)
+
+    assert refusal() == f"checkpoint '{bundle}' holds OpenVINO INT8 weights (add --quantized)"
+    assert refusal(quantized=True, runtime="torch") == (
+        f"checkpoint '{bundle}' is an OpenVINO INT8 model (use --runtime openvino or auto, "
+        "or a checkpoint made by 'resnext quantize')"
+    )
+    chosen = resolve(Config(checkpoint=str(bundle), quantized=True), OV_CPU)
+    assert (chosen.runtime, chosen.precision) == ("openvino", "int8")
+    # It keeps no class names: ImageNet's, without torch reading the file.
+    assert len(chosen.labels) == 1000 and not chosen.labels_kept
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("NVIDIA H100 80GB HBM3", "'NVIDIA H100 80GB HBM3' has a hardware JPEG decoder"),
+        ("", "this GPU has a hardware JPEG decoder"),
+    ],
+)
+def test_the_decoder_choice_names_the_gpu_or_says_this_gpu(name: str, why: str) -> None:
+    chosen = resolve(Config(), dataclasses.replace(GPU, cuda_name=name))
+    assert chosen.decode_on == "gpu"
+    assert chosen.choices == (f"decode: gpu (--decode auto: {why})",)
+
+
+# ResNeXt-50 is 4.23 GFLOPs (torchvision's metadata); the plan allows 20 MiB of activations
+# per GFLOP for each image of a batch.
+R50_IMAGE = int(4.23 * (20 << 20))
+
+
+@pytest.mark.parametrize(
+    ("images", "batch"),
+    [
+        (5, 8),  # not even 8 fit: 8, the least
+        (8, 8),
+        (32, 32),  # all the memory holds 32 exactly: 32, not 16
+        (33, 32),
+        (128, 64),  # half holds 64: 64
+        (256, 128),
+        (1000, 256),  # the most
+    ],
+)
+def test_the_cuda_batch_at_the_edges(images: int, batch: int) -> None:
+    facts = MachineFacts(
+        cpu_count=8, cuda_count=1, cuda_bf16=True, cuda_free_bytes=images * R50_IMAGE
+    )
+    assert resolve(Config(decode="cpu"), facts).batch_size == batch
+
+
+def test_a_missing_or_remote_checkpoint_keeps_imagenets_names(tmp_path) -> None:
+    for checkpoint in (str(tmp_path / "gone.pth"), "https://127.0.0.1:9/mine.pth"):
+        chosen = resolve(Config(checkpoint=checkpoint), AVX2)
+        assert len(chosen.labels) == 1000 and not chosen.labels_kept
+
+
+def test_a_learned_checkpoint_brings_its_class_names_unless_labels_are_given(
+    tmp_path, monkeypatch
+) -> None:
+    learned = tmp_path / "learned.pth"
+    torch.save({CLASSES_KEY: ["cat", "dog", "owl"], "fc.bias": torch.zeros(3)}, learned)
+    chosen = resolve(Config(checkpoint=str(learned)), AVX2)
+    assert (chosen.labels, chosen.labels_kept, chosen.topk) == (("cat", "dog", "owl"), True, 3)
+    labels = tmp_path / "mine.txt"
+    labels.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    chosen = resolve(Config(checkpoint=str(learned), labels=str(labels), topk=2), AVX2)
+    assert (chosen.labels, chosen.labels_kept) == (("one", "two", "three"), False)
+    # A URL is never read as a local path, even where one of that name exists.
+    monkeypatch.chdir(tmp_path)
+    url = "https://127.0.0.1:9/learned.pth"
+    lookalike = tmp_path / "https:" / "127.0.0.1:9" / "learned.pth"
+    lookalike.parent.mkdir(parents=True)
+    lookalike.write_bytes(learned.read_bytes())
+    chosen = resolve(Config(checkpoint=url), AVX2)
+    assert len(chosen.labels) == 1000 and not chosen.labels_kept
