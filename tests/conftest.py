@@ -84,15 +84,20 @@ def cpu_kind(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) ->
 
 
 @pytest.fixture(autouse=True)
-def runtime_kind(cpu_kind: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def runtime_kind(
+    cpu_kind: None, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     """The suite runs torch, as it was written for, even where the OpenVINO extra is
     installed: the probe says it is not, and RESNEXT_RUNTIME=torch tells the commands the
     tests start as processes. RESNEXT_TEST_RUNTIME=openvino keeps the real answer, so
-    the same tests run through OpenVINO (tests/test_openvino.py asks for it itself)."""
+    the same tests run through OpenVINO (tests/test_openvino.py asks for it itself). A
+    test marked real_cpu has the probe's own answer."""
     monkeypatch.delenv("RESNEXT_RUNTIME", raising=False)
     if os.environ.get("RESNEXT_TEST_RUNTIME", "") == "openvino":
         return
     monkeypatch.setenv("RESNEXT_RUNTIME", "torch")
+    if request.node.get_closest_marker("real_cpu"):
+        return  # the probe itself is under test
     from resnext_cli.run.plan import MachineFacts
 
     probe = MachineFacts.probe

@@ -6,11 +6,13 @@ import contextlib
 import dataclasses
 import os
 import sys
+from typing import Any
 
 import pytest
 import torch
 
 from resnext_cli.errors import ConfigError
+from resnext_cli.imaging.preprocess import DecodeOptions
 from resnext_cli.model import checkpoint as checkpoint_module
 from resnext_cli.model import openvino_runtime
 from resnext_cli.model.checkpoint import CLASSES_KEY
@@ -134,9 +136,9 @@ def test_fp16_on_a_cpu_without_native_fp16_is_refused(facts) -> None:
 def test_probe_reads_torchs_cpu_flags(monkeypatch) -> None:
     for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
-    assert MachineFacts.probe().cpu_native_bf16 is False
+    assert MachineFacts.probe("auto").cpu_native_bf16 is False
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert MachineFacts.probe().cpu_native_bf16 is True
+    assert MachineFacts.probe("auto").cpu_native_bf16 is True
 
 
 @pytest.mark.parametrize("spec", ["gpu", "cuda:x", "tpu", "CPU0"])
@@ -657,3 +659,226 @@ def test_a_learned_checkpoint_brings_its_class_names_unless_labels_are_given(
     lookalike.write_bytes(learned.read_bytes())
     chosen = resolve(Config(checkpoint=url), AVX2)
     assert len(chosen.labels) == 1000 and not chosen.labels_kept
+
+
+# -- every value the plan carries, as the options gave it --------------------------------
+
+
+def test_every_option_reaches_the_plan_as_given(tmp_path) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"thing {i}\n" for i in range(1000)), encoding="utf-8")
+    groups = tmp_path / "groups.tsv"
+    groups.write_text("thing 0\tfirst\n7\tsecond\n", encoding="utf-8")
+    config = Config(
+        labels=str(names), categories=str(groups), embeddings=True, offline=True,
+        timeout=2.5, max_download_bytes=12345, max_pixels=4321, allow_truncated=True, topk=7,
+    )  # fmt: skip
+    plan = resolve(config, AVX2)
+    assert (plan.labels[0], plan.labels[999], len(plan.labels)) == ("thing 0", "thing 999", 1000)
+    assert (plan.labels_file, plan.labels_kept, plan.checkpoint) == (str(names), False, None)
+    assert plan.categories is not None
+    assert plan.categories.names == ("first", "second", "other")
+    assert [plan.categories.name_of(i) for i in (0, 7, 1, 999)] == [
+        "first",
+        "second",
+        "other",
+        "other",
+    ]
+    assert (plan.embeddings, plan.offline, plan.timeout, plan.max_download_bytes) == (
+        True,
+        True,
+        2.5,
+        12345,
+    )
+    assert plan.topk == 7
+    # resnext50_32x4d's default weights (IMAGENET1K_V2) resize to 232 (torchvision's
+    # documented transforms): JPEG drafts stop at twice that.
+    assert plan.decode == DecodeOptions(
+        max_pixels=4321, allow_truncated=True, draft_min_side=464, upright=True, plain_rgb=False
+    )
+    assert (plan.tf32, plan.compile, plan.notes, plan.choices) == (False, False, (), ())
+    assert resolve(Config(), AVX2).categories is None
+
+
+def test_exact_decodes_as_the_hub_page_and_v1_weights_draft_at_twice_256() -> None:
+    """--exact: full size, no EXIF turn, plain convert('RGB'); IMAGENET1K_V1 resizes to 256."""
+    v1 = Config(model="50", weights="imagenet1k_v1", max_pixels=99)
+    assert resolve(v1, AVX2).decode == DecodeOptions(
+        max_pixels=99, allow_truncated=False, draft_min_side=512, upright=True, plain_rgb=False
+    )
+    assert resolve(v1.with_(exact=True), AVX2).decode == DecodeOptions(
+        max_pixels=99, allow_truncated=False, draft_min_side=0, upright=False, plain_rgb=True
+    )
+
+
+def test_no_plan_uses_tf32_not_even_on_a_gpu() -> None:
+    assert resolve(Config(), GPU).tf32 is False
+    assert resolve(Config(precision="fp32", device="cuda"), GPU).tf32 is False
+
+
+def test_emulated_bf16_is_noted_only_on_a_cpu_without_it() -> None:
+    note = "this CPU has no native bf16: it is emulated, slower than fp32"
+    assert resolve(Config(precision="bf16"), AVX2).notes == (note,)
+    assert resolve(Config(precision="bf16", device="cpu"), GPU).notes == (note,)
+    assert resolve(Config(precision="bf16"), BF16_CPU).notes == ()
+    assert resolve(Config(precision="bf16"), GPU).notes == ()  # on the GPU: native
+    assert resolve(Config(), AVX2).notes == ()  # fp32
+
+
+def test_ray_plans_no_decoding_workers() -> None:
+    """Ray's tasks decode; each actor only runs the model, whatever --workers says."""
+    assert resolve(Config(runtime="torch"), RAY_CPUS).workers == 0
+    assert resolve(Config(runtime="torch", workers=4), RAY_GPUS).workers == 0
+
+
+def test_a_calibration_plan_of_a_quantized_config_is_the_float_network() -> None:
+    plan = resolve(Config(model="101", quantized=True), AVX2, purpose="calibrate")
+    assert (plan.info.model, plan.info.tag, plan.info.quantized) == (
+        "resnext101_32x8d",
+        "IMAGENET1K_V2",
+        False,
+    )
+    assert (plan.precision, plan.runtime, plan.fold_batchnorm) == ("fp32", "torch", False)
+
+
+def test_the_precision_each_option_names_is_accepted_beside_it() -> None:
+    refuse_pairs(Config(exact=True, precision="fp32"))  # nothing to refuse
+    assert resolve(Config(exact=True, precision="fp32"), BF16_CPU).precision == "fp32"
+    int8 = resolve(Config(model="101", quantized=True, precision="auto"), AVX2)
+    assert int8.precision == "int8"
+
+
+OV_FP32 = MachineFacts(cpu_count=2, openvino=True)
+OV_BF16 = MachineFacts(cpu_count=2, cpu_native_bf16=True, openvino=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "facts", "runtime"),
+    [
+        ({}, OV_FP32, "openvino"),  # fp32 runs natively everywhere
+        ({}, AVX2, "torch"),  # the extra is not installed
+        ({"exact": True}, OV_FP32, "torch"),  # the reference is torch's
+        ({"runtime": "torch"}, OV_FP32, "torch"),
+        ({"precision": "bf16"}, OV_FP32, "torch"),  # bf16 emulated: torch
+        ({"precision": "bf16"}, OV_BF16, "openvino"),
+        ({}, OV_BF16, "openvino"),  # auto is bf16 here, natively
+        ({"precision": "fp32"}, OV_BF16, "openvino"),
+        ({"runtime": "openvino"}, OV_FP32, "openvino"),
+        ({"runtime": "openvino", "precision": "bf16"}, OV_BF16, "openvino"),
+        ({"model": "101", "quantized": True}, OV_BF16, "torch"),  # torchvision's INT8
+        # a GPU run is torch's, even where the CPU could run OpenVINO natively
+        ({}, dataclasses.replace(GPU, cpu_native_bf16=True, openvino=True), "torch"),
+        ({"device": "cpu"}, dataclasses.replace(GPU, openvino=True), "openvino"),
+    ],
+)
+def test_the_runtime_auto_chooses(options, facts, runtime: str) -> None:
+    assert resolve(Config(**options), facts).runtime == runtime
+
+
+def test_the_plan_says_where_and_what_it_runs(tmp_path) -> None:
+    torch_plan = resolve(Config(precision="fp32"), AVX2)
+    assert torch_plan.describe() == "cpu, fp32"
+    assert torch_plan.source_line() == "resnext50_32x4d (IMAGENET1K_V2)"
+    assert torch_plan.model_line() == "resnext50_32x4d (IMAGENET1K_V2) on cpu, fp32"
+    openvino = resolve(Config(), OV_BF16)
+    assert openvino.describe() == "cpu, bf16, openvino"
+    mine = str(tmp_path / "mine.pth")  # missing: read only by the run
+    own = resolve(Config(checkpoint=mine, precision="fp32"), GPU)
+    assert own.source_line() == f"resnext50_32x4d ({mine})"
+    assert own.model_line() == f"resnext50_32x4d ({mine}) on cuda, fp32"
+
+
+# -- the probe asks torch each fact, for the device the run will use -------------------------
+
+_CPU_CHECKS = (
+    "_is_avx512_bf16_supported",
+    "_is_amx_tile_supported",
+    "_is_amx_fp16_supported",
+    "_is_avx512_fp16_supported",
+)
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    """Every answer the probe reads from torch, faked: no CPU feature, no GPU, no MPS, six
+    cores, OpenVINO installed. Tests change the dict's answers."""
+    answers: dict[str, Any] = dict.fromkeys(_CPU_CHECKS, False)
+    answers.update(mps=False, gpus=[], cores=6)
+    for name in _CPU_CHECKS:
+        monkeypatch.setattr(torch.cpu, name, lambda name=name: answers[name], raising=False)
+
+    def gpu(index: int | None) -> dict[str, Any]:
+        gpus = answers["gpus"]
+        if not 0 <= (index or 0) < len(gpus):
+            raise AssertionError(f"asked about cuda:{index} of {len(gpus)}")
+        return gpus[index or 0]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(answers["gpus"]))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(answers["gpus"]))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=None: (gpu(i)["free"], 99 << 30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: gpu(i)["name"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=None: gpu(i)["cap"])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: answers["mps"])
+    monkeypatch.setattr(os, "cpu_count", lambda: answers["cores"])
+    monkeypatch.setattr(openvino_runtime, "available", lambda: True)
+    return answers
+
+
+@pytest.mark.real_cpu  # the probe itself is under test
+@pytest.mark.parametrize(
+    ("check", "bf16", "fp16"),
+    [
+        (None, False, False),
+        ("_is_avx512_bf16_supported", True, False),
+        ("_is_amx_tile_supported", True, False),
+        ("_is_amx_fp16_supported", False, True),
+        ("_is_avx512_fp16_supported", False, True),
+    ],
+)
+def test_the_probe_asks_torch_each_cpu_feature(fake_torch, check, bf16: bool, fp16: bool):
+    if check is not None:
+        fake_torch[check] = True
+    cpu_only = MachineFacts(cpu_count=6, cpu_native_bf16=bf16, cpu_native_fp16=fp16, openvino=True)
+    for device in ("cpu", "auto"):
+        facts = MachineFacts.probe(device)
+        assert facts == cpu_only
+        assert (facts.cuda_name, facts.cuda_jpeg_hardware, facts.mps) == ("", True, False)
+
+
+@pytest.mark.real_cpu
+def test_a_torch_without_the_cpu_checks_means_none(fake_torch, monkeypatch) -> None:
+    for name in _CPU_CHECKS:
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    facts = MachineFacts.probe("cpu")
+    assert (facts.cpu_native_bf16, facts.cpu_native_fp16) == (False, False)
+
+
+@pytest.mark.real_cpu
+def test_an_unknown_core_count_is_one(fake_torch) -> None:
+    fake_torch["cores"] = None
+    assert MachineFacts.probe("cpu").cpu_count == 1
+
+
+@pytest.mark.real_cpu
+def test_mps_is_asked_only_for_an_auto_or_mps_run(fake_torch) -> None:
+    fake_torch["mps"] = True
+    assert [MachineFacts.probe(d).mps for d in ("auto", "mps", "cpu")] == [True, True, False]
+
+
+@pytest.mark.real_cpu
+def test_the_probe_reads_the_named_gpu_and_no_other(fake_torch) -> None:
+    t4 = {"free": 3 << 30, "name": "Tesla T4", "cap": (7, 5)}
+    h100 = {"free": 70 << 30, "name": "NVIDIA H100 80GB HBM3", "cap": (9, 0)}
+    fake_torch["gpus"] = [t4, h100]
+    assert MachineFacts.probe("cuda:1") == MachineFacts(
+        cpu_count=6, cuda_count=2, cuda_bf16=True, cuda_free_bytes=70 << 30,
+        cuda_jpeg_hardware=True, cuda_name="NVIDIA H100 80GB HBM3", openvino=True,
+    )  # fmt: skip
+    # cuda:2 does not exist: the plan refuses it; the probe asks nothing about it
+    missing = MachineFacts.probe("cuda:2")
+    assert (missing.cuda_count, missing.cuda_free_bytes, missing.cuda_name) == (2, 0, "")
+    # a CPU or MPS run asks nothing about the GPUs
+    assert MachineFacts.probe("cpu").cuda_count == 0
+    assert MachineFacts.probe("mps").cuda_count == 0
+    assert MachineFacts.probe("auto").cuda_name == "Tesla T4"

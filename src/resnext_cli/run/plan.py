@@ -68,7 +68,7 @@ class MachineFacts:
     openvino: bool = False
 
     @classmethod
-    def probe(cls, device: str = "auto") -> MachineFacts:
+    def probe(cls, device: str) -> MachineFacts:
         """What this machine offers a run on *device*.
 
         On Linux with no GPU driver loaded, a CPU (or auto) run reads the CPU's flags from
@@ -132,7 +132,7 @@ _CPUINFO = "/proc/cpuinfo"
 
 def _before_torch(device: str) -> bool:
     """A CPU (or auto) run that has not imported torch: its plan may not import it."""
-    return device.partition(":")[0] in ("auto", "cpu") and "torch" not in sys.modules
+    return device in ("auto", "cpu") and "torch" not in sys.modules
 
 
 def cpu_flags(cpuinfo: str) -> frozenset[str] | None:
@@ -400,7 +400,7 @@ def refuse_pairs(config: Config) -> None:
         raise ConfigError("--embeddings come from the float model; drop --quantized")
     if config.exact and config.precision not in ("auto", "fp32"):
         raise ConfigError(f"--exact runs in fp32; drop --precision {config.precision} or --exact")
-    if config.quantized and config.precision not in ("auto", "int8"):
+    if config.quantized and config.precision != "auto":  # --precision has no int8
         raise ConfigError(
             f"--quantized runs in int8; drop --precision {config.precision} or --quantized"
         )
