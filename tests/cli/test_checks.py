@@ -248,6 +248,19 @@ def test_long_rows_are_for_csv_and_parquet(
     )
 
 
+def test_long_rows_into_a_stream_or_a_resumed_file_without_a_suffix_are_jsonl(
+    tmp_path: Path,
+) -> None:
+    """-o with no known suffix (a FIFO, or a resumed file) is written as JSON Lines."""
+    refusal = (
+        "ConfigError: --long shapes csv and parquet rows, not jsonl (give -f csv or -f parquet)"
+    )
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert _outputs(output=str(fifo), long=True) == refusal
+    assert _outputs(output=str(tmp_path / "results.dat"), resume=True, long=True) == refusal
+
+
 @pytest.mark.parametrize(
     ("output", "fmt", "terminal"),
     [
