@@ -492,7 +492,6 @@ def resolve(
         ),
         runtime=runtime,
         notes=tuple(notes),
-        tf32=False,
         compile=config.compile,
         choices=(why,) if why else (),
     )
