@@ -64,7 +64,7 @@ def object_sources(uri: str, warn: Warn | None = None) -> Iterator[Source]:
         message = f"no such object or prefix: '{uri}'"
         yield Source(input=uri, url=uri, error=InputError("not_found", message))
         return
-    found = 0
+    found = False
     stack = [key]
     while stack:
         prefix = stack.pop()
@@ -80,11 +80,11 @@ def object_sources(uri: str, warn: Warn | None = None) -> Iterator[Source]:
             if entry.type == fs.FileType.Directory:
                 subdirs.append(entry.path)
             elif Path(entry.base_name).suffix.lower() in IMAGE_EXTENSIONS:
-                found += 1
+                found = True
                 child = f"{scheme}://{entry.path}{query}"
                 yield Source(input=child, url=child)
         stack.extend(reversed(subdirs))
-    if found == 0:
+    if not found:
         say(f"no images found under '{uri}'")
 
 
