@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 import torchvision
 from torchvision.transforms.functional import pil_to_tensor
 
-from resnext_cli.errors import CheckpointError, ConfigError, WeightsError
+from resnext_cli.errors import CheckpointError, ConfigError, OutputError, WeightsError
 from resnext_cli.model import quantized, weights
 from resnext_cli.model.registry import resolve_weights
 from tests.conftest import natural_image
@@ -52,7 +53,10 @@ def calibrated(
 ) -> tuple[torch.nn.Module, list[int]]:
     """The test checkpoint, quantized after observing the photos four at a time."""
     seen: list[int] = []
-    return quantized.calibrate(R50, float_state, photos.split(4), progress=seen.append), seen
+    return (
+        quantized.calibrate(R50, float_state, photos.split(4), name="w.pth", progress=seen.append),
+        seen,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +317,7 @@ def test_calibration_needs_photos_and_a_float_state(
     float_state: dict[str, torch.Tensor], int8: torch.nn.Module, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        quantized.calibrate(R50, float_state, [])
+        quantized.calibrate(R50, float_state, [], name="w.pth")
     assert str(info.value) == "no photos to calibrate on (give --calibrate a folder of photos)"
     with pytest.raises(CheckpointError) as info:
         quantized.calibrate(R50, {"conv1.weight": torch.zeros(1)}, [], name="x.pth")
@@ -467,3 +471,203 @@ def test_torchvision_resnext101_int8_state_loads(
     batch = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(model(batch), reference(batch))
+
+
+# -- the edges of each step: class counts, load errors, calibration, files, agreement --------
+
+NO_PACKED_FC = (
+    "does not fit quantized resnext50_32x4d: it has no 'fc._packed_params._packed_params' "
+    "(give a state dict of torchvision's quantized ResNeXt)"
+)
+
+
+def fc_only(classes: int, *, bias: bool = True) -> torch.nn.Module:
+    """A stand-in INT8 network for what reads only its fc layer: 8 inputs, packed by torch."""
+    from torch.ao.nn.quantized import Linear
+
+    net = torch.nn.Module()
+    with quantized._quiet():
+        net.fc = Linear(8, classes, bias_=bias)  # type: ignore[no-untyped-call]
+    return net
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_class_count_is_the_packed_fc_layers_rows(bias: bool) -> None:
+    state = fc_only(7, bias=bias).state_dict()
+    assert quantized.num_classes(state, model=R50, name="x.pth") == 7
+
+
+def test_class_count_of_a_state_without_packed_fc_is_refused() -> None:
+    weight, bias = fc_only(7).state_dict()["fc._packed_params._packed_params"]
+    # Nothing there; an empty tuple; the pair as a list (not torch's packed tuple).
+    for value in [None, (), [weight, bias]]:
+        state = {} if value is None else {"fc._packed_params._packed_params": value}
+        with pytest.raises(CheckpointError) as info:
+            quantized.num_classes(state, model=R50, name="mine.pth")
+        assert str(info.value) == f"checkpoint 'mine.pth' {NO_PACKED_FC}"
+    with pytest.raises(CheckpointError) as info:
+        quantized.num_classes({}, model="resnext101_64x4d", name="r101.pth")
+    assert str(info.value) == (
+        "checkpoint 'r101.pth' does not fit quantized resnext101_64x4d: it has no "
+        "'fc._packed_params._packed_params' (give a state dict of torchvision's quantized "
+        "ResNeXt)"
+    )
+
+
+class SilentScale(torch.Tensor):
+    """A scale whose conversion fails with an exception that has no text at all."""
+
+    def __float__(self) -> float:
+        raise ValueError()
+
+
+def test_load_errors_name_their_first_line_or_their_type(
+    torchvision_int8: tuple[Path, torch.nn.Module],
+) -> None:
+    _, reference = torchvision_int8
+    # A tensor without data where a scale belongs: torch's error is several lines long,
+    # "Error(s) in loading state_dict for QuantizableResNet:" and then the details.
+    state = reference.state_dict()  # keeps torch's _metadata, as a saved file does
+    state["quant.scale"] = torch.ones(1, device="meta")
+    with pytest.raises(CheckpointError) as info:
+        quantized.build_quantized(R50, state, name="bad.pth")
+    assert str(info.value) == (
+        "checkpoint 'bad.pth' does not fit quantized resnext50_32x4d: Error(s) in loading "
+        "state_dict for QuantizableResNet: (give a state dict of torchvision's quantized ResNeXt)"
+    )
+    # An exception with an empty text is named by its type.
+    state = reference.state_dict()
+    state["fc.scale"] = torch.tensor(0.5).as_subclass(SilentScale)
+    with pytest.raises(CheckpointError) as info:
+        quantized.build_quantized(R50, state, name="bad.pth")
+    assert str(info.value) == (
+        "checkpoint 'bad.pth' does not fit quantized resnext50_32x4d: ValueError (give a state "
+        "dict of torchvision's quantized ResNeXt)"
+    )
+
+
+def test_calibration_counts_images_not_batches(
+    float_state: dict[str, torch.Tensor], photos: torch.Tensor
+) -> None:
+    small = photos[:3, :, :64, :64]  # the count is what matters here, not the picture
+    seen: list[int] = []
+    # An empty batch (a folder's last, all skipped) adds nothing and stops nothing.
+    net = quantized.calibrate(
+        R50, float_state, [small[:1], small[1:3], small[:0]], name="w.pth", progress=seen.append
+    )
+    assert seen == [1, 3, 3]
+    assert isinstance(net.fc, torch.ao.nn.quantized.Linear)
+    # Only empty batches: no image was observed.
+    with pytest.raises(ConfigError) as info:
+        quantized.calibrate(R50, float_state, [small[:0]], name="w.pth")
+    assert str(info.value) == "no photos to calibrate on (give --calibrate a folder of photos)"
+
+
+@pytest.mark.parametrize(
+    "fc",
+    [torch.zeros(10, 2048, dtype=torch.int64), torch.zeros(10), torch.zeros(1, 10, 2048)],
+    ids=["integer", "1-d", "3-d"],
+)
+def test_calibration_needs_a_float_matrix_fc(fc: torch.Tensor) -> None:
+    with pytest.raises(CheckpointError) as info:
+        quantized.calibrate(R50, {"fc.weight": fc}, [], name="float.pth")
+    assert str(info.value) == (
+        "checkpoint 'float.pth' does not fit resnext50_32x4d: it has no float "
+        "'fc.weight' (give a state dict in torchvision's ResNeXt layout)"
+    )
+
+
+def test_saved_file_keeps_the_class_names(tmp_path: Path) -> None:
+    path = tmp_path / "pets-int8.pth"
+    quantized.save_quantized(
+        path,
+        fc_only(3),
+        model_name=R50,
+        labels_count=3,
+        source="pets.pth",
+        names=("cat", "dog", "fox"),
+    )
+    raw = raw_load(path)
+    assert raw["resnext_classes"] == ["cat", "dog", "fox"]
+    # Without names (ImageNet's labels) the file keeps none.
+    quantized.save_quantized(path, fc_only(3), model_name=R50, labels_count=3, source="p.pth")
+    assert "resnext_classes" not in raw_load(path)
+
+
+def test_saving_replaces_a_file_already_there(tmp_path: Path) -> None:
+    """Without a target claimed before the work, the file there is overwritten."""
+    path = tmp_path / "old.pth"
+    path.write_bytes(b"an older file")
+    got = quantized.save_quantized(path, fc_only(3), model_name=R50, labels_count=3, source="s")
+    assert got == path
+    assert raw_load(path)["resnext_quantized"]["num_classes"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["old.pth"]
+
+
+def test_a_write_that_fails_is_an_output_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device_node: Callable[..., Path]
+) -> None:
+    full = device_node("full", "int8.pth")  # every write fails: no space left on device
+    private = tmp_path / "tmp"  # where the bytes wait before they go into a device
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    with pytest.raises(OutputError) as info:
+        quantized.save_quantized(full, fc_only(3), model_name=R50, labels_count=3, source="s")
+    assert str(info.value) == (
+        f"cannot write '{full}': No space left on device (choose a writable folder)"
+    )
+    assert full.is_char_device()
+    assert not any(private.iterdir())
+
+
+def test_read_quantized_returns_what_the_file_says(tmp_path: Path) -> None:
+    path = tmp_path / "written.pth"
+    meta = {
+        "format": 1,
+        "model": "resnext101_64x4d",
+        "engine": "fbgemm",
+        "num_classes": 3,
+        "source": "mine.pth",
+        "weights": "IMAGENET1K_V1",
+    }
+    torch.save({"resnext_quantized": meta, "state_dict": fc_only(3).state_dict()}, path)
+    got = quantized.read_quantized(path, name="written.pth")
+    assert (got.model, got.engine, got.num_classes, got.source, got.weights) == (
+        "resnext101_64x4d",
+        "fbgemm",
+        3,
+        "mine.pth",
+        "IMAGENET1K_V1",
+    )
+    assert list(got.state) == [
+        "fc.scale",
+        "fc.zero_point",
+        "fc._packed_params.dtype",
+        "fc._packed_params._packed_params",
+    ]
+    torch.save({"resnext_quantized": meta}, path)
+    with pytest.raises(CheckpointError) as info:
+        quantized.read_quantized(path, name="written.pth")
+    assert str(info.value) == (
+        "checkpoint 'written.pth' has no 'state_dict' (write it again with resnext quantize)"
+    )
+
+
+def test_agreement_of_no_images_is_all_zero() -> None:
+    got = quantized.agreement(torch.empty(0, 10), torch.empty(0, 10))
+    assert tuple(got) == (0.0, 0.0, 0.0, 0)
+
+
+def test_agreement_ranks_equal_probabilities_by_class_index() -> None:
+    # A thousand equal float probabilities rank 0, 1, 2, ...: the INT8 ones, which put
+    # classes 0 to 4 just ahead in that order, agree on both counts.
+    a = torch.full((3, 1000), 0.001)
+    b = a.clone()
+    b[:, :5] += torch.tensor([5e-4, 4e-4, 3e-4, 2e-4, 1e-4])
+    got = quantized.agreement(a, b)
+    assert got == pytest.approx((1.0, 1.0, 5e-4, 3))
+    # Ahead in another order or by other classes, they do not.
+    b[1, :6] = torch.tensor([0.001, 0.0015, 0.001, 0.001, 0.001, 0.001])
+    b[2, 995] = 0.002
+    got = quantized.agreement(a, b)
+    assert got == pytest.approx((1 / 3, 2 / 3, 1e-3, 3))

@@ -167,7 +167,7 @@ def _classes(state: dict[str, Any], *, model: str, name: str) -> int:
     )
 
 
-def num_classes(state: dict[str, Any], *, model: str, name: str = "the checkpoint") -> int:
+def num_classes(state: dict[str, Any], *, model: str, name: str) -> int:
     """The class count of an INT8 state dict (its packed fc layer)."""
     return _classes(state, model=model, name=name)
 
@@ -194,7 +194,7 @@ def calibrate(
     float_state: dict[str, torch.Tensor],
     batches: Iterable[torch.Tensor],
     *,
-    name: str = "the float weights",
+    name: str,
     progress: Callable[[int], None] | None = None,
 ) -> nn.Module:
     """Quantize float *model* post-training, observing normalised float NCHW *batches*.
