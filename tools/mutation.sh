@@ -60,8 +60,10 @@ for key, value in cfg[section].items():
     if key not in cfg.defaults():
         base["pytest_add_cli_args_test_selection" if key == "tests" else key] = value
 base["pytest_add_cli_args"] += "\n-p\nresnext_mutation_cache"
-if base.get("type_check_command"):
+if base.get("type_check_command", "").strip():
     base["type_check_command"] += "\n" + base["only_mutate"]
+else:  # a section's empty type_check_command turns the mypy step off
+    base.pop("type_check_command", None)
 out = configparser.ConfigParser(interpolation=None)
 out["mutmut"] = base
 with open(path, "w", encoding="utf-8") as fh:
