@@ -11,6 +11,7 @@ import re
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections import Counter
@@ -29,7 +30,14 @@ from resnext_cli.outputs.report import (
     make_thumbnail,
     script_json,
 )
-from resnext_cli.results import Classified, Failed, Prediction, Record
+from resnext_cli.results import (
+    CategoryScore,
+    Classified,
+    Failed,
+    FileFacts,
+    Prediction,
+    Record,
+)
 from tests.conftest import CHROMIUM_ARGS, natural_image
 from tests.helpers import CHROMIUM, NASTY, ROOT, Page, write_report
 
@@ -479,3 +487,218 @@ def test_thumbnails_hold_a_share_of_one_memory_budget(make_image, tmp_path: Path
     for thread in threads:
         thread.join()
     assert shared.peak == whole and shared.used == 0
+
+
+# -- the page's data, byte for byte --------------------------------------------------------
+
+# What report.js reads from each record: input, path, file ([size, mtime_ns] as strings),
+# thumb ({src, w, h}), top, uncertain, cats, error; and from the review block: id, labels.
+
+
+def spec_script_json(value: object) -> str:
+    """The documented serialisation of a script block: compact, ASCII, <>& as JSON escapes."""
+    text = json.dumps(value, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escape)
+    return text
+
+
+def spec_review_id(entries: list[dict[str, Any]]) -> str:
+    """sha256 over each entry's script-JSON line (no thumbnail), first 32 hex digits."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        line = {k: v for k, v in entry.items() if k != "thumb"}
+        digest.update(spec_script_json(line).encode("ascii") + b"\n")
+    return digest.hexdigest()[:32]
+
+
+def report_data(path: Path) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """The raw page, its records and its review block."""
+    text = path.read_text(encoding="ascii")
+    page = Page(text)
+    return text, json.loads(page.scripts["records"]), json.loads(page.scripts["review"])
+
+
+def jpeg_of(thumb: dict[str, Any]) -> Image.Image:
+    prefix = "data:image/jpeg;base64,"
+    assert thumb["src"].startswith(prefix)
+    image = Image.open(io.BytesIO(base64.b64decode(thumb["src"][len(prefix) :], validate=True)))
+    assert image.format == "JPEG"
+    return image
+
+
+def test_script_json_is_compact_ascii_with_lowercase_escapes() -> None:
+    value = {"a": [1, "<b> & caf\u00e9"], "c": None}
+    assert script_json(value) == '{"a":[1,"\\u003cb\\u003e \\u0026 caf\\u00e9"],"c":null}'
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            script_json({"p": bad})
+
+
+def test_records_and_review_are_what_the_page_reads(make_image, tmp_path: Path) -> None:
+    photo = make_image("caf\u00e9.png", seed=7, size=(160, 120))
+    mtime_ns = 1_700_000_000_123_456_789  # past 2**53: only a string keeps it exact
+    os.utime(photo, ns=(mtime_ns, mtime_ns))
+    size = os.stat(photo).st_size
+    records: list[Record] = [
+        Classified(
+            "caf\u00e9.png",
+            "m",
+            "w",
+            (Prediction("caf\u00e9 <&>", 3, 0.75), Prediction("b", 2, 0.25)),
+            path=str(photo),
+            file=FileFacts(os.stat(photo).st_size, os.stat(photo).st_mtime_ns),
+            categories=(CategoryScore("dog <&>", 0.875), CategoryScore("cat", 0.125)),
+        ),
+        Classified(
+            "https://example.test/c.jpg", "m", "w", (Prediction("c", 3, 0.5),), uncertain=True
+        ),
+        Failed("gone.jpg", "not_an_image", "'gone.jpg' is not an image", path="/x/gone.jpg",
+               file=FileFacts(5, 6)),
+    ]  # fmt: skip
+    target = tmp_path / "report.html"
+    write_report(target, records, labels=["b", "a", "b"], categories=["dog <&>", "a"])
+    text, data, review = report_data(target)
+    expected: list[dict[str, Any]] = [
+        {
+            "input": "caf\u00e9.png",
+            "path": str(photo),
+            "file": [str(size), "1700000000123456789"],
+            "top": [["caf\u00e9 <&>", 0.75], ["b", 0.25]],
+            "uncertain": False,
+            "cats": [["dog <&>", 0.875], ["cat", 0.125]],
+        },
+        {"input": "https://example.test/c.jpg", "path": None, "top": [["c", 0.5]],
+         "uncertain": True},
+        {
+            "input": "gone.jpg",
+            "path": "/x/gone.jpg",
+            "file": ["5", "6"],
+            "error": {"type": "not_an_image", "message": "'gone.jpg' is not an image"},
+        },
+    ]  # fmt: skip
+    thumb = data[0].pop("thumb")
+    assert data == expected
+    assert sorted(thumb) == ["h", "src", "w"] and (thumb["w"], thumb["h"]) == (112, 84)
+    assert jpeg_of(thumb).size == (112, 84)
+    assert review == {"id": spec_review_id(expected), "labels": ["b", "a", "dog <&>"]}
+    assert len(review["id"]) == 32
+    # Non-ASCII goes into the JSON as \u escapes (a character reference would stay literal
+    # inside a script), '<' '>' '&' as lowercase JSON escapes; the page is pure ASCII.
+    assert "caf\\u00e9 \\u003c\\u0026\\u003e" in text and "&#233;" not in text
+    # Which is exactly the text the review id hashes (the thumbnail left out).
+    lines = [spec_script_json(e) for e in expected]
+    assert lines[1] in text and lines[2] in text
+
+
+def test_review_id_follows_the_records_not_the_thumbnails(make_image, tmp_path: Path) -> None:
+    photo = make_image("a.png", seed=8, size=(160, 120))
+
+    def records(probability: float) -> list[Record]:
+        return [
+            Classified("a.png", "m", "w", (Prediction("x", 1, probability),), path=str(photo)),
+            Failed("b.jpg", "truncated", "'b.jpg' is truncated"),
+        ]
+
+    small = report_data(write_report(tmp_path / "s.html", records(0.5), thumbnail_size=64).path)
+    large = report_data(write_report(tmp_path / "l.html", records(0.5)).path)
+    other = report_data(write_report(tmp_path / "o.html", records(0.625)).path)
+    assert (small[1][0]["thumb"]["w"], small[1][0]["thumb"]["h"]) == (64, 48)
+    assert jpeg_of(small[1][0]["thumb"]).size == (64, 48)
+    assert jpeg_of(large[1][0]["thumb"]).size == (112, 84)
+    entries = [
+        {"input": "a.png", "path": str(photo), "top": [["x", 0.5]], "uncertain": False},
+        {"input": "b.jpg", "path": None,
+         "error": {"type": "truncated", "message": "'b.jpg' is truncated"}},
+    ]  # fmt: skip
+    assert small[2]["id"] == large[2]["id"] == spec_review_id(entries)
+    entries[0]["top"] = [["x", 0.625]]
+    assert other[2]["id"] == spec_review_id(entries) != large[2]["id"]
+    assert small[2]["labels"] == large[2]["labels"] == []
+
+
+def test_thumbnail_is_pillows_bicubic_thumbnail_at_quality_72(make_image, tmp_path: Path) -> None:
+    # A PNG (no JPEG draft scaling) big enough for reducing_gap=2.0 to reduce it first.
+    big = make_image("big.png", seed=9, size=(900, 600))
+    made = make_thumbnail(str(big))
+    assert made is not None
+    with Image.open(big) as opened:
+        own = opened.convert("RGB")
+    own.thumbnail((112, 112), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    assert max(own.size) == 112 and made[1:] == own.size
+    buffer = io.BytesIO()
+    own.save(buffer, "JPEG", quality=72, optimize=True)
+    assert made[0] == buffer.getvalue()
+    small = make_thumbnail(str(big), size=40)
+    assert small is not None and max(small[1:]) == 40
+    assert Image.open(io.BytesIO(small[0])).size == small[1:]
+
+
+def test_writer_thumbnails_a_truncated_file_only_when_allowed(make_image, tmp_path: Path) -> None:
+    whole = make_image("whole.jpg", seed=4, size=(160, 120)).read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) // 2])
+    records: list[Record] = [
+        Classified("cut.jpg", "m", "w", (Prediction("x", 1, 0.5),), path=str(cut))
+    ]
+    _, refused, _ = report_data(write_report(tmp_path / "r.html", records).path)
+    assert "thumb" not in refused[0]
+    _, kept, _ = report_data(write_report(tmp_path / "t.html", records, allow_truncated=True).path)
+    assert jpeg_of(kept[0]["thumb"]).size == (112, 84)
+
+
+def test_a_nan_probability_is_refused_and_nothing_is_published(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    writer = HtmlReportWriter(target)
+    writer.write(Classified("a.jpg", "m", "w", (Prediction("x", 1, float("nan")),)))
+    with pytest.raises(ValueError):
+        writer.close()  # NaN is not JSON: the page's JSON.parse would fail on it
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_holds_four_records_a_worker_and_counts_them(tmp_path: Path) -> None:
+    writer = HtmlReportWriter(tmp_path / "r.html", workers=1)
+    counts = []
+    for i in range(7):
+        writer.write(Failed(f"{i}.jpg", "truncated", "cut"))
+        counts.append(writer.count)
+    assert counts == [0, 0, 0, 0, 1, 2, 3]
+    writer.close()
+    assert writer.count == 7
+    _, data, _ = report_data(tmp_path / "r.html")
+    assert [d["input"] for d in data] == [f"{i}.jpg" for i in range(7)]
+
+
+def test_close_twice_changes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "r.html"
+    writer = write_report(target, [Failed("a.jpg", "truncated", "cut")])
+    before = target.read_bytes()
+    writer.close()
+    assert target.read_bytes() == before and writer.count == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+def test_failed_close_cancels_queued_thumbnails_and_does_not_wait(tmp_path, monkeypatch) -> None:
+    started, released = threading.Event(), threading.Event()
+    calls: list[str] = []
+    seen_release: list[bool] = []
+
+    def slow_thumbnail(path: str, **options: object) -> None:
+        calls.append(path)
+        started.set()
+        seen_release.append(released.wait(timeout=10))  # True: close returned first
+
+    monkeypatch.setattr(report_module, "make_thumbnail", slow_thumbnail)
+    writer = HtmlReportWriter(tmp_path / "r.html", workers=1)
+    writer.write(Classified("nan.jpg", "m", "w", (Prediction("x", 1, float("nan")),)))
+    for name in ("slow", "queued"):
+        writer.write(Classified(name, "m", "w", (Prediction("x", 1, 0.5),), path=name))
+    assert started.wait(timeout=10)  # the one worker is busy with 'slow'; 'queued' waits
+    with pytest.raises(ValueError):
+        writer.close()
+    released.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("resnext-thumb"):
+            thread.join(timeout=20)
+    assert calls == ["slow"] and seen_release == [True]
+    assert list(tmp_path.iterdir()) == []
