@@ -12,7 +12,7 @@ import torch
 import torchvision
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 from torchvision.io import decode_jpeg
 
 from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode
@@ -766,3 +766,436 @@ def _check_orientation(block: bytes) -> None:
             expected = 1
     info = jpeg_header(data)
     assert info is not None and info.orientation == expected
+
+
+# -- marker walk: boundaries, checked against Pillow where it reads the same thing ---------
+
+_W = jpeg(photo(7, (16, 16)))
+_SOS_AT = _W.index(b"\xff\xda")
+_SOF_AT = _W.index(b"\xff\xc0")
+_SOF_LEN = int.from_bytes(_W[_SOF_AT + 2 : _SOF_AT + 4], "big")
+_SOF = _W[_SOF_AT : _SOF_AT + 2 + _SOF_LEN]  # 17 bytes: 2 + length 15 = 2 + 6 + 3 * 3
+
+
+def _seg(marker: int, body: bytes) -> bytes:
+    return struct.pack(">BBH", 0xFF, marker, len(body) + 2) + body
+
+
+def _after_soi(segment: bytes) -> bytes:
+    return _W[:2] + segment + _W[2:]
+
+
+def _after_scan(tail: bytes) -> bytes:
+    """The 16x16 JPEG with its EOI replaced by *tail* (the scan ends in the tail's marker)."""
+    assert _W.endswith(b"\xff\xd9")
+    return _W[:-2] + tail
+
+
+def _pillow_reads(data: bytes) -> tuple[tuple[int, int] | None, bool]:
+    """Pillow's size of a file (None when it cannot open it) and whether it decodes whole,
+    truncated images not allowed (preprocess.decode leaves the global as its options say)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception:
+        return None, False
+    allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with img:
+            size = img.size
+            img.load()
+    except OSError:
+        return size, False
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allowed
+    return size, True
+
+
+def test_the_fixture_jpeg_is_what_the_cases_assume() -> None:
+    assert _SOF_LEN == 2 + 6 + 3 * 3 and _W[_SOF_AT + 9] == 3
+    assert _pillow_reads(_W) == ((16, 16), True)
+
+
+@pytest.mark.parametrize(
+    ("data", "complete"),
+    [
+        # A restart marker between header segments has no length: it is skipped.
+        pytest.param(_after_soi(b"\xff\xd0"), True, id="RST0 after SOI"),
+        # A segment length of exactly 2 (an empty comment) is a whole segment.
+        pytest.param(_after_soi(b"\xff\xfe\x00\x02"), True, id="empty COM"),
+        # Fill bytes 0xFF before EOI at the very end of the data.
+        pytest.param(_after_scan(b"\xff\xff\xd9"), True, id="fill before EOI"),
+        # The data ends exactly where an SOS segment (of length 2, or the real one) ends.
+        pytest.param(_W[:_SOS_AT] + b"\xff\xda\x00\x02", False, id="SOS of length 2 at end"),
+        pytest.param(_W[: _scan_start(_W)], False, id="cut right after SOS"),
+        # After the scan, markers that cannot follow it: a second SOI (with a length-like
+        # 00 02 after it), a second frame, an SOS of length 0.
+        pytest.param(_after_scan(b"\xff\xd8\x00\x02\xff\xd9"), False, id="scan, SOI"),
+        pytest.param(_after_scan(_SOF + b"\xff\xd9"), False, id="scan, second SOF"),
+        pytest.param(_after_scan(b"\xff\xda\x00\x00\xff\xd9"), False, id="scan, SOS len 0"),
+    ],
+)
+def test_header_walk_boundaries_agree_with_pillow(data: bytes, complete: bool) -> None:
+    size, decodes = _pillow_reads(data)
+    assert (size, decodes) == ((16, 16), complete)  # the case is what it says
+    info = jpeg_header(data)
+    assert info is not None
+    assert (info.width, info.height, info.components, info.sof) == (16, 16, 3, 0xC0)
+    assert info.component_ids == (1, 2, 3)
+    assert info.complete is decodes
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        # Fill bytes up to the very end: no marker.
+        pytest.param(b"\xff\xd8\xff\xff", id="fill to end"),
+        # A second SOI, or EOI, before the frame (followed by bytes a length could be read from).
+        pytest.param(_after_soi(b"\xff\xd8\x00\x02"), id="second SOI"),
+        pytest.param(_after_soi(b"\xff\xd9\x00\x02"), id="EOI before frame"),
+        # An SOS whose length is below 2, or runs past the end of the data.
+        pytest.param(_W[:_SOS_AT] + b"\xff\xda\x00\x00" + _W[_scan_start(_W) :], id="SOS len 0"),
+        pytest.param(
+            _W[:_SOS_AT] + b"\xff\xda\x01\x00" + _W[_scan_start(_W) :][:20], id="SOS long"
+        ),
+        # A frame header shorter than 6 bytes, one byte short of its 3 components, or two.
+        pytest.param(_after_soi(_seg(0xC0, b"\x08\x00\x10\x00\x10")), id="SOF of 5 bytes"),
+        pytest.param(
+            _W[:_SOF_AT] + _seg(0xC0, _SOF[4:-1]) + _W[_SOF_AT + len(_SOF) :], id="SOF 1 short"
+        ),
+        pytest.param(_after_soi(_SOF), id="two SOFs"),
+    ],
+)
+def test_headers_pillow_cannot_read_whole_are_none(data: bytes) -> None:
+    assert _pillow_reads(data)[1] is False
+    assert jpeg_header(data) is None
+
+
+def test_a_stuffed_zero_between_header_segments_is_not_a_marker() -> None:
+    # T.81 B.1.1.2: 0xFF00 is no marker; the walk leaves such a file to Pillow (which
+    # skips the two bytes as junk), even with a length-like 00 02 after it.
+    assert jpeg_header(_after_soi(b"\xff\x00\x00\x02")) is None
+
+
+def test_a_frame_of_no_components_is_no_jpeg() -> None:
+    # Six bytes of frame header and Nf = 0 (T.81 allows 1 to 255): Pillow cannot open it.
+    data = _after_soi(_seg(0xC0, b"\x08\x00\x10\x00\x10\x00"))
+    assert _pillow_reads(data) == (None, False)
+    assert jpeg_header(data) is None
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        # A marker, or a whole segment, with nothing after it: no EOI.
+        pytest.param(b"\xff\xfe", id="marker at end"),
+        pytest.param(b"\xff\xfe\x00\x02", id="COM ends at end"),
+        pytest.param(b"\xff\xfe\x00\x02\xff\xff", id="COM, fill bytes to end"),
+        # A stuffed zero after a segment is junk between segments, not a marker.
+        pytest.param(b"\xff\xfe\x00\x02\xff\x00\x00\x02\xff\xd9", id="COM, FF00"),
+        # Junk (not 0xFF) right after a segment.
+        pytest.param(b"\xff\xfe\x00\x02AB\xff\xd9", id="COM, junk"),
+    ],
+)
+def test_files_without_eoi_after_their_segments_are_not_complete(tail: bytes) -> None:
+    # T.81 B.2.1: after the last scan come only marker segments, then EOI (libjpeg makes
+    # up a missing EOI and skips junk with a warning; the walk sends such files to Pillow).
+    info = jpeg_header(_after_scan(tail))
+    assert info is not None and (info.width, info.height) == (16, 16)
+    assert not info.complete and not gpu_decodable(info, BIG)
+    whole = jpeg_header(_after_scan(b"\xff\xfe\x00\x02\xff\xd9"))  # the same, with EOI
+    assert whole is not None and whole.complete
+
+
+@pytest.mark.parametrize(
+    "segment",
+    [
+        pytest.param(_seg(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01"), id="Adobe, 12 bytes"),
+        pytest.param(_seg(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x02extra"), id="Adobe, longer"),
+        pytest.param(_seg(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00"), id="Adobe, 11 bytes"),
+        pytest.param(_seg(0xEE, b"NotAdobe\x00\x00\x00\x01"), id="APP14, not Adobe"),
+        pytest.param(_seg(0xED, b"Adobe\x00\x64\x00\x00\x00\x00\x01"), id="APP13 'Adobe'"),
+    ],
+)
+def test_adobe_transform_is_read_as_pillow_does(segment: bytes) -> None:
+    data = _after_soi(segment)
+    with Image.open(io.BytesIO(data)) as img:
+        expected = img.info.get("adobe_transform")
+    info = jpeg_header(data)
+    assert info is not None and info.adobe_transform == expected
+    assert expected in (None, 1, 2)
+
+
+# -- orientation from several segments, XMP and EXIF blocks at their boundaries ------------
+
+_XMP6 = b'http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta tiff:Orientation="6"/>'
+
+
+def _with_segments(*segments: tuple[int, bytes]) -> bytes:
+    """_SMALL_JPEG with the segments after SOI, in order."""
+    data = _SMALL_JPEG
+    for marker, body in reversed(segments):
+        data = with_segment(data, marker, body)
+    return data
+
+
+def _pillow_orientation(data: bytes) -> int:
+    """What Pillow's exif_transpose would turn by: a value equal to 2..8, else 1."""
+    with Image.open(io.BytesIO(data)) as img:
+        try:
+            tag = img.getexif().get(0x0112, 1)
+        except Exception:
+            return 1
+    return next((k for k in range(2, 9) if tag == k), 1)
+
+
+def _tiff_head(o: str) -> bytes:
+    return (b"II*\x00" if o == "II" else b"MM\x00*") + _p(o, "I", 8)
+
+
+def _segment_cases() -> list[object]:
+    out: list[object] = []
+    for o in ("II", "MM"):
+        ifd = _p(o, "H", 1) + _p(o, "HHI", 0x0112, 3, 1) + _p(o, "H", 6) + bytes(6)
+        out += [
+            # Pillow keeps the first Exif segment and appends the next ones' payloads.
+            pytest.param(
+                [(0xE1, exif_block(6, o)), (0xE1, exif_block(3, o))], 6, id=f"{o} two Exifs"
+            ),
+            # The TIFF header (8 bytes) in one segment, IFD0 in the next.
+            pytest.param(
+                [(0xE1, b"Exif\x00\x00" + _tiff_head(o)), (0xE1, b"Exif\x00\x00" + ifd)],
+                6,
+                id=f"{o} IFD0 in the second Exif",
+            ),
+            # A TIFF block of exactly 8 bytes has no IFD0: XMP's orientation counts.
+            pytest.param(
+                [(0xE1, b"Exif\x00\x00" + _tiff_head(o)), (0xE1, _XMP6)],
+                6,
+                id=f"{o} 8-byte TIFF, XMP",
+            ),
+        ]
+    out += [
+        pytest.param([(0xE1, _XMP6)], 6, id="XMP"),
+        pytest.param([(0xE1, _XMP6.replace(b'"6"', b'"9"'))], 1, id="XMP 9"),
+        pytest.param([(0xE1, _XMP6.replace(b'"6"', b'"0"'))], 1, id="XMP 0"),
+        pytest.param([(0xE1, _XMP6.replace(b'="6"', b">8<"))], 8, id="XMP element 8"),
+        # XMP is read from APP1 only: not from a comment or another APP1 payload.
+        pytest.param([(0xFE, _XMP6)], 1, id="XMP in COM"),
+        pytest.param([(0xE2, _XMP6)], 1, id="XMP in APP2"),
+        pytest.param([(0xE1, b"x" * 40 + b'<x tiff:Orientation="6"/>')], 1, id="other APP1 text"),
+    ]
+    return out
+
+
+@pytest.mark.parametrize(("segments", "expected"), _segment_cases())
+def test_orientation_from_several_segments_is_read_as_pillow_does(
+    segments: list[tuple[int, bytes]], expected: int
+) -> None:
+    data = _with_segments(*segments)
+    assert _pillow_orientation(data) == expected  # the case is what it says
+    info = jpeg_header(data)
+    assert info is not None and info.orientation == expected
+
+
+def _boundary_blocks() -> list[object]:
+    out: list[object] = []
+    for o in ("II", "MM"):
+        short6 = (0x0112, 3, 1, _p(o, "H", 6))
+        make = (0x010F, 3, 1, _p(o, "H", 1))
+        ratio = (0x0112, 5, 1, _p(o, "II", 12, 2))
+        table = _ifd(o, make)[:-4]  # one entry, without the next-IFD offset
+        entry6 = _p(o, "HHI", 0x0112, 3, 1) + _p(o, "H", 6) + bytes(2)
+        out += [
+            # The values at offsets add up to exactly the block's 46 bytes: all are read;
+            # one byte more and the orientation (the last of them) is skipped.
+            pytest.param(_ifd(o, (0x010F, 1, 38, 0), ratio), 6, id=f"{o} values fill block"),
+            pytest.param(_ifd(o, (0x010F, 1, 39, 0), ratio), 1, id=f"{o} values 1 over"),
+            # The entry table ends exactly at the block's end (no next-IFD offset) ...
+            pytest.param(_ifd(o, short6)[:-4], 6, id=f"{o} table ends at block end"),
+            pytest.param(_ifd(o, make, short6)[:-4], 6, id=f"{o} 2-entry table at end"),
+            # ... or two bytes before the end of its last entry, whose value is cut.
+            pytest.param(_ifd(o, make, short6)[:-6], 1, id=f"{o} last entry cut"),
+            # An orientation entry right after a one-entry table is not in the table.
+            pytest.param(table + entry6 + bytes(4), 1, id=f"{o} entry after the table"),
+            # Two values: the first counts (RATIONAL 12/2, then 1/1; DOUBLE 6.0, then 1.0).
+            pytest.param(
+                _ifd(o, (0x0112, 5, 2, _p(o, "IIII", 12, 2, 1, 1))), 6, id=f"{o} 2 RATIONALs"
+            ),
+            pytest.param(
+                _ifd(o, (0x0112, 10, 2, _p(o, "iiii", -12, -2, 1, 1))), 6, id=f"{o} 2 SRATIONALs"
+            ),
+            pytest.param(_ifd(o, (0x0112, 12, 2, _p(o, "dd", 6.0, 1.0))), 6, id=f"{o} 2 DOUBLEs"),
+            # A LONG8 of 8, signed values of -8 and 8, and an unsigned 9.
+            pytest.param(_ifd(o, (0x0112, 16, 1, _p(o, "Q", 8))), 8, id=f"{o} LONG8 8"),
+            pytest.param(_ifd(o, (0x0112, 8, 1, _p(o, "h", -8))), 1, id=f"{o} SSHORT -8"),
+            pytest.param(_ifd(o, (0x0112, 9, 1, _p(o, "i", 8))), 8, id=f"{o} SLONG 8"),
+            pytest.param(_ifd(o, (0x0112, 4, 1, _p(o, "I", 9))), 1, id=f"{o} LONG 9"),
+            pytest.param(_ifd(o, (0x0112, 3, 1, _p(o, "H", 1))), 1, id=f"{o} SHORT 1"),
+        ]
+    # Entries whose bytes, read at other offsets than 12 apart, would hold an orientation
+    # of 3: an UNDEFINED value 01 12 00 03, and a tag 0 of type BYTE whose count is 3 << 16.
+    out.append(
+        pytest.param(
+            _ifd(
+                "MM",
+                (0x010F, 7, 4, _p("MM", "HH", 0x0112, 3)),
+                (0x0000, 1, 3 << 16, 0),
+                (0x0112, 3, 1, _p("MM", "H", 6)),
+            ),
+            6,
+            id="MM misaligned orientation",
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize(("block", "expected"), _boundary_blocks())
+def test_exif_block_boundaries_are_read_as_pillow_does(block: bytes, expected: int) -> None:
+    assert _pillow_orientation(with_segment(_SMALL_JPEG, 0xE1, block)) == expected
+    _check_orientation(block)
+
+
+# -- pixels: the antialias switch, the aspect limit, the resize chunk ---------------------
+
+
+def _plain_bilinear(data: bytes, resize: int, crop: int) -> torch.Tensor:
+    """Bilinear without antialiasing in plain torch: shorter side to *resize*, centre *crop*."""
+    image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8)).float()[None]
+    height, width = image.shape[-2:]
+    assert height < width and (resize * width // height - crop) % 2 == 0
+    size = (resize, resize * width // height)
+    out = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=False)
+    top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
+    return out[0, :, top : top + crop, left : left + crop].round().clamp(0, 255)
+
+
+def test_antialias_is_on_by_default_and_off_when_asked() -> None:
+    data = jpeg(photo(22, (600, 448)))  # resized down by about 2: aliasing shows
+    pre = Preprocess(WEIGHTS)
+    resize, crop = pre.resize_size[0], pre.crop_size[0]
+    (default,) = decode_batch(
+        [data], device=CPU, resize_size=resize, crop_size=crop, max_pixels=BIG
+    )
+    (aliased,) = decode_batch(
+        [data], device=CPU, resize_size=resize, crop_size=crop, max_pixels=BIG, antialias=False
+    )
+    assert default is not None and aliased is not None
+    reference = pillow_crop(data)  # Pillow's resize is always antialiased
+    near = (default.int() - reference.int()).abs()
+    assert near.float().mean().item() < MEAN_LEVELS and near.max().item() <= MAX_LEVELS
+    plain = _plain_bilinear(data, resize, crop)
+    assert (aliased.float() - plain).abs().max().item() <= 1
+    # The two differ by far more than the tolerance: the switch is seen.
+    assert (aliased.int() - reference.int()).abs().max().item() > 5 * MAX_LEVELS
+
+
+def test_limit_aspect_uses_the_given_ratio() -> None:
+    from resnext_cli.imaging import preprocess
+    from resnext_cli.imaging.tensor_decode import limit_aspect
+
+    image = torch.arange(3 * 2 * 11, dtype=torch.uint8).reshape(3, 2, 11)
+    ours = limit_aspect(image, max_aspect=2)
+    # At most 2:1: the middle 4 of 11 columns, from column (11 - 4) // 2 = 3.
+    assert torch.equal(ours, image[:, :, 3:7])
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
+    theirs = np.asarray(preprocess.limit_aspect(pil, max_aspect=2))
+    assert np.array_equal(ours.permute(1, 2, 0).numpy(), theirs)
+    assert torch.equal(limit_aspect(image), image)  # 11:2 is within the default 16:1
+
+
+def test_a_chunk_smaller_than_one_picture_resizes_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import resnext_cli.imaging.tensor_decode as td
+
+    datas = [jpeg(photo(75 + i, (200, 150))) for i in range(3)]
+    real = td._resize_crop
+    sizes: list[int] = []
+
+    def counted(images: torch.Tensor, resize: int, crop: int, antialias: bool) -> torch.Tensor:
+        sizes.append(len(images))
+        return real(images, resize, crop, antialias)
+
+    monkeypatch.setattr(td, "_resize_crop", counted)
+    pre = Preprocess(WEIGHTS)
+
+    def sizes_with(chunk: int) -> list[int]:
+        sizes.clear()
+        out = decode_batch(
+            datas,
+            device=CPU,
+            resize_size=pre.resize_size[0],
+            crop_size=pre.crop_size[0],
+            max_pixels=BIG,
+            budget=td.Budget(chunk_pixels=chunk),
+        )
+        assert all(c is not None for c in out)
+        return list(sizes)
+
+    for chunk in (200 * 150, 200 * 150 + 1, 2 * 200 * 150 - 1, 100):
+        # Never more pixels in one call than the chunk, and at least one picture.
+        assert sizes_with(chunk) == [1, 1, 1], chunk
+    assert sizes_with(2 * 200 * 150) == [2, 1]
+
+
+def test_a_back_off_below_two_pixels_still_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnext_cli.imaging.tensor_decode as td
+
+    datas = [jpeg(photo(85 + i, (1, 1))) for i in range(3)]  # one pixel each
+    real = td._resize_crop
+    sizes: list[int] = []
+
+    def tight(images: torch.Tensor, resize: int, crop: int, antialias: bool) -> torch.Tensor:
+        sizes.append(len(images))
+        if len(images) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(images, resize, crop, antialias)
+
+    monkeypatch.setattr(td, "_resize_crop", tight)
+    pre = Preprocess(WEIGHTS)
+    budget = td.Budget(chunk_pixels=3)  # three one-pixel pictures in one call at first
+    out = decode_batch(
+        datas,
+        device=CPU,
+        resize_size=pre.resize_size[0],
+        crop_size=pre.crop_size[0],
+        max_pixels=BIG,
+        budget=budget,
+    )
+    # Three pixels halved is one: one picture per call from then on.
+    assert budget.chunk_pixels == 1 and sizes == [3, 1, 1, 1]
+    assert all(c is not None and c.shape == (3, 224, 224) for c in out)
+
+
+def test_cuda_decode_waits_for_the_stream_of_its_own_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """CUDA faked, with cuda:0 current: decoding on cuda:1 waits for cuda:1's stream,
+    where torchvision allocates decode_jpeg's outputs."""
+    import torchvision.io
+
+    synced: list[str] = []
+
+    class Stream:
+        def __init__(self, device: torch.device | None) -> None:
+            self.device = torch.device("cuda:0") if device is None else torch.device(device)
+
+        def synchronize(self) -> None:
+            synced.append(str(self.device))
+
+    def fake_decode(datas: list[torch.Tensor], mode: object, device: object) -> list[torch.Tensor]:
+        assert str(device) == "cuda:1"
+        return [decode_jpeg(d) for d in datas]
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device))
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
+    pre = Preprocess(WEIGHTS)
+    out = decode_batch(
+        [jpeg(photo(95, (120, 90)))],
+        device=torch.device("cuda:1"),
+        resize_size=pre.resize_size[0],
+        crop_size=pre.crop_size[0],
+        max_pixels=BIG,
+    )
+    assert synced == ["cuda:1"] and out[0] is not None

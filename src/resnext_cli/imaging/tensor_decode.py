@@ -151,7 +151,8 @@ def jpeg_header(data: bytes) -> JpegInfo | None:
         if marker == _SOS:
             break
         if marker in _FRAMES:
-            if frame is not None or len(body) < 6 or len(body) < 6 + 3 * body[5]:
+            # A frame header: 6 bytes, then 3 per component (T.81: at least one).
+            if frame is not None or len(body) < 6 or not 0 < body[5] <= (len(body) - 6) // 3:
                 return None
             height = int.from_bytes(body[1:3], "big")
             width = int.from_bytes(body[3:5], "big")
