@@ -58,13 +58,14 @@ def middle_ellipsis(text: str, width: int) -> str:
     keep = width - 1
     left, right = 0, len(text)
     # Alternate ends, the tail first: a file name's end (its number, its extension) says most.
+    # Each end is measured whole: a character can widen its neighbour ('❤' + U+FE0F).
     while left < right:
         ch = text[right - 1]
-        if cell_len(head) + cell_len(tail) + cell_len(ch) > keep:
+        if cell_len(head) + cell_len(ch + tail) > keep:
             break
         tail, right = ch + tail, right - 1
         ch = text[left]
-        if left >= right or cell_len(head) + cell_len(tail) + cell_len(ch) > keep:
+        if left >= right or cell_len(head + ch) + cell_len(tail) > keep:
             break
         head, left = head + ch, left + 1
     return head + "…" + tail
