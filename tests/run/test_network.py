@@ -16,7 +16,10 @@ from resnext_cli.run.config import Config
 from resnext_cli.run.network import (
     Model,
     check_classes,
+    forward_pass,
+    load_model,
     load_state,
+    reduced_dtype,
     transform_for,
     weights_file,
 )
@@ -49,7 +52,7 @@ def test_a_cuda_run_turns_tf32_off(checkpoint, monkeypatch, cuda_flags_on, optio
 
     _to_fake_cuda(monkeypatch)
     plan = resolve(Config(checkpoint=str(checkpoint), device="cuda", **options), GPU)
-    assert (plan.precision, plan.tf32) == (precision, False)
+    assert plan.precision == precision
     load_model(plan)
     assert torch.backends.cudnn.allow_tf32 is False
     assert torch.backends.cuda.matmul.allow_tf32 is False
@@ -240,3 +243,151 @@ def test_an_openvino_float_model_builds_its_torch_network_once_on_cpu(
     assert model.net is first
     assert [(p.runtime, p.device) for p in built] == [("torch", "cpu")]
     assert isinstance(first.fc, torch.nn.Linear) and first.fc.out_features == 1000
+
+
+def test_reduced_precisions_are_torchs_half_types() -> None:
+    assert (reduced_dtype("bf16"), reduced_dtype("fp16")) == (torch.bfloat16, torch.float16)
+
+
+@pytest.fixture
+def fetched(monkeypatch, tmp_path) -> list[tuple[str, dict[str, object]]]:
+    """network.fetch recorded: each call's URL and options; it 'downloads' a file."""
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    def fetch(url: str, **options: object) -> Path:
+        calls.append((url, options))
+        path = tmp_path / "fetched.pth"
+        path.write_bytes(b"x")
+        return path
+
+    monkeypatch.setattr(network, "fetch", fetch)
+    return calls
+
+
+def test_weights_and_url_checkpoints_are_fetched_with_the_plans_options(fetched, tmp_path):
+    progress = object()
+    plan = resolve(Config(precision="fp32", offline=True, timeout=2.5), AVX2)
+    path, name = weights_file(plan, progress=progress)  # type: ignore[arg-type]
+    assert (path, name) == (tmp_path / "fetched.pth", str(tmp_path / "fetched.pth"))
+    for url in ("http://127.0.0.1:9/mine.pth", "https://example.test/mine.pth"):
+        remote = resolve(Config(precision="fp32", checkpoint=url, timeout=4.0), AVX2)
+        assert weights_file(remote, progress=progress) == (tmp_path / "fetched.pth", url)  # type: ignore[arg-type]
+    assert fetched == [
+        (plan.info.url, {"offline": True, "progress": progress, "timeout": 2.5}),
+        ("http://127.0.0.1:9/mine.pth", {"offline": False, "progress": progress, "timeout": 4.0}),
+        ("https://example.test/mine.pth", {"offline": False, "progress": progress, "timeout": 4.0}),
+    ]
+    fetched.clear()
+    load_state_progress = object()
+    with pytest.raises(WeightsError):  # the fetched file is no state dict
+        load_state(plan, progress=load_state_progress)  # type: ignore[arg-type]
+    assert fetched[0][1]["progress"] is load_state_progress
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_downloaded_checkpoint_that_does_not_load_is_not_kept(scheme, monkeypatch) -> None:
+    url = f"{scheme}://127.0.0.1:9/mine.pth"
+    cached = checkpoints_dir() / "mine.pth"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+
+    def fetch(url: str, **options: object) -> Path:
+        cached.write_bytes(b"not a state dict")
+        return cached
+
+    monkeypatch.setattr(network, "fetch", fetch)
+    with pytest.raises(CheckpointError) as info:
+        load_state(_plan(checkpoint=url))
+    assert str(info.value).startswith(f"cannot load checkpoint '{url}': ")
+    assert not cached.exists()
+
+
+def test_an_int8_plan_reads_its_file_as_int8(tmp_path, monkeypatch) -> None:
+    """An INT8 checkpoint is read by quantized.py (packed parameters), not as float tensors."""
+    from resnext_cli.model import quantized
+
+    mine = tmp_path / "mine-int8.pth"
+    mine.write_bytes(b"int8 bytes")
+    read: list[tuple[Path, str]] = []
+    state = {"fc._packed_params._packed_params": (torch.zeros(1),)}
+
+    class Read:
+        def __init__(self, path: Path, name: str) -> None:
+            read.append((path, name))
+            self.state = state
+
+    monkeypatch.setattr(quantized, "read_quantized", lambda path, *, name: Read(path, name))
+    plan = resolve(Config(quantized=True, checkpoint=str(mine)), AVX2)
+    assert plan.precision == "int8"
+    assert load_state(plan) == (state, str(mine))
+    assert read == [(mine, str(mine))]
+
+
+@pytest.fixture(scope="module")
+def int8_state10(checkpoint10: Path) -> dict[str, torch.Tensor]:
+    """A 10-class INT8 state dict in torchvision's quantized layout (calibrated on noise)."""
+    from resnext_cli.model import checkpoint as checkpoint_module
+    from resnext_cli.model import quantized
+
+    float_state = checkpoint_module.read_state_dict(checkpoint10, name="ten")
+    batch = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    net = quantized.calibrate("resnext50_32x4d", float_state, [batch], name="ten")
+    return net.state_dict()
+
+
+def test_an_int8_state_is_checked_by_its_packed_class_count(int8_state10, tmp_path) -> None:
+    plan = resolve(Config(quantized=True, checkpoint=str(tmp_path / "ten.pth")), AVX2)
+    with pytest.raises(ConfigError) as info:
+        load_model(plan, state=(int8_state10, "ten.pth"))
+    assert str(info.value) == (
+        "checkpoint 'ten.pth' has 10 classes but the bundled ImageNet labels have 1000 "
+        "(give --labels FILE with 10 lines)"
+    )
+    names = tmp_path / "ten.txt"
+    names.write_text("".join(f"c{i}\n" for i in range(10)), encoding="utf-8")
+    ten = resolve(
+        Config(quantized=True, checkpoint=str(tmp_path / "ten.pth"), labels=str(names)), AVX2
+    )
+    model = load_model(ten, state=(int8_state10, "ten.pth"))  # the file is never read
+    assert isinstance(model.net.fc, torch.ao.nn.quantized.Linear)
+    assert model.net.fc.weight().shape == (10, 2048)
+    assert model.name == "ten.pth"
+
+
+def test_a_given_state_is_used_and_no_file_read(checkpoint, tmp_path) -> None:
+    state = torch.load(checkpoint, weights_only=True)
+    plan = _plan(checkpoint=str(tmp_path / "gone.pth"))  # no such file: never opened
+    model = load_model(plan, state=(state, "given.pth"))
+    assert model.name == "given.pth"
+    torch.testing.assert_close(model.net.fc.weight, state["fc.weight"])
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_the_body_runs_in_the_plans_half_type_and_the_head_in_float32(
+    checkpoint, precision: str, dtype: torch.dtype
+) -> None:
+    """autocast's own default on the CPU is bf16: fp16 must be asked for by name."""
+    facts = dataclasses.replace(AVX2, cpu_native_bf16=True, cpu_native_fp16=True)
+    plan = resolve(Config(checkpoint=str(checkpoint), precision=precision, device="cpu"), facts)  # type: ignore[arg-type]
+    model = load_model(plan)
+    seen: dict[str, torch.dtype] = {}
+    model.net.layer4.register_forward_hook(lambda m, i, out: seen.update(body=out.dtype))
+    model.net.fc.register_forward_hook(lambda m, i, out: seen.update(head=i[0].dtype))
+    logits = forward_pass(model)(torch.zeros(1, 3, 224, 224))
+    assert seen == {"body": dtype, "head": torch.float32}
+    assert logits.dtype == torch.float32
+
+
+def test_the_first_compiled_call_is_timed_once(checkpoint, monkeypatch) -> None:
+    """torch.compile faked (it takes minutes here); the clock faked: 12.5 - 10.0 seconds."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    model = load_model(_plan(checkpoint=str(checkpoint)))
+    ticks = iter([10.0, 12.5])
+    monkeypatch.setattr(network.time, "perf_counter", lambda: next(ticks))
+    forward = network._compiled(model)
+    x = torch.zeros(1, 3, 224, 224)
+    forward(x)
+    assert model.compile_seconds == 2.5
+    forward(x)  # not timed again: the clock has no third tick
+    assert model.compile_seconds == 2.5

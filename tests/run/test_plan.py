@@ -696,7 +696,7 @@ def test_every_option_reaches_the_plan_as_given(tmp_path) -> None:
     assert plan.decode == DecodeOptions(
         max_pixels=4321, allow_truncated=True, draft_min_side=464, upright=True, plain_rgb=False
     )
-    assert (plan.tf32, plan.compile, plan.notes, plan.choices) == (False, False, (), ())
+    assert (plan.compile, plan.notes, plan.choices) == (False, (), ())
     assert resolve(Config(), AVX2).categories is None
 
 
@@ -709,11 +709,6 @@ def test_exact_decodes_as_the_hub_page_and_v1_weights_draft_at_twice_256() -> No
     assert resolve(v1.with_(exact=True), AVX2).decode == DecodeOptions(
         max_pixels=99, allow_truncated=False, draft_min_side=0, upright=False, plain_rgb=True
     )
-
-
-def test_no_plan_uses_tf32_not_even_on_a_gpu() -> None:
-    assert resolve(Config(), GPU).tf32 is False
-    assert resolve(Config(precision="fp32", device="cuda"), GPU).tf32 is False
 
 
 def test_emulated_bf16_is_noted_only_on_a_cpu_without_it() -> None:

@@ -186,19 +186,20 @@ def load_model(
 
 
 def configure_backends(plan: Plan) -> None:
-    """Set torch's process-wide numerics for a CUDA plan: TF32 as the plan says, cuDNN autotuning.
+    """Set torch's process-wide numerics for a CUDA plan: no TF32, cuDNN autotuning.
 
     cuDNN's TF32 is on by default, so an fp32 run (--exact, --precision fp32, or the fp32
     retry of an overflowed bf16 row) would otherwise compute in TF32 while its records say
-    fp32. Every batch has the same 224x224 shape, so cuDNN's autotuner pays off.
+    fp32: every record that says fp32 is IEEE fp32. Every batch has the same 224x224 shape,
+    so cuDNN's autotuner pays off.
     """
     if plan.device_type != "cuda":
         return
     import torch
 
-    torch.backends.cudnn.allow_tf32 = plan.tf32
-    torch.backends.cuda.matmul.allow_tf32 = plan.tf32
-    torch.set_float32_matmul_precision("high" if plan.tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
     torch.backends.cudnn.benchmark = True
 
 

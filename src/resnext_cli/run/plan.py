@@ -193,9 +193,6 @@ class Plan:
     # What runs the network: 'torch' or 'openvino' (CPU only).
     runtime: Runtime = "torch"
     notes: tuple[str, ...] = field(default=(), compare=False)
-    # TF32 for float32 convolutions and matmuls on CUDA: never, so that every record that
-    # says fp32 (--exact, --precision fp32, a bf16 row's fp32 retry) was computed in fp32.
-    tf32: bool = False
     # --compile: torch.compile the forward pass.
     compile: bool = False
     # Choices the plan made that --debug names (why the JPEG decoder is what it is).
