@@ -391,3 +391,21 @@ def test_the_first_compiled_call_is_timed_once(checkpoint, monkeypatch) -> None:
     assert model.compile_seconds == 2.5
     forward(x)  # not timed again: the clock has no third tick
     assert model.compile_seconds == 2.5
+
+
+def test_load_model_hands_its_progress_and_state_on(fetched, monkeypatch) -> None:
+    progress, state = object(), ({}, "given.pth")
+    handed: list[tuple[object, object]] = []
+
+    def load_openvino(plan: Plan, *, progress: object, state: object) -> str:
+        handed.append((progress, state))
+        return "the OpenVINO model"
+
+    monkeypatch.setattr(network, "_load_openvino", load_openvino)
+    openvino = dataclasses.replace(_plan(), runtime="openvino")
+    assert load_model(openvino, progress=progress, state=state) == "the OpenVINO model"  # type: ignore[arg-type,comparison-overlap]
+    assert handed == [(progress, state)]
+    # A torch plan without a state fetches its weights with the same progress.
+    with pytest.raises(WeightsError):  # the fetched file is no state dict
+        load_model(resolve(Config(precision="fp32", offline=True), AVX2), progress=progress)  # type: ignore[arg-type]
+    assert [options["progress"] for _, options in fetched] == [progress]
