@@ -492,7 +492,7 @@ def measure(variant: str, folder: Path, ckpt: Path, repeats: int) -> dict[str, A
 def _native_bf16() -> bool:
     from resnext_cli.run.plan import MachineFacts
 
-    return MachineFacts.probe().cpu_native_bf16
+    return MachineFacts.probe("cpu").cpu_native_bf16
 
 
 def machine() -> str:
