@@ -17,6 +17,7 @@ from torchvision.io import decode_jpeg
 
 from resnext_cli.imaging.preprocess import DecodeOptions, Preprocess, decode
 from resnext_cli.imaging.tensor_decode import (
+    Budget,
     JpegInfo,
     decode_batch,
     gpu_decodable,
@@ -60,15 +61,23 @@ def pillow_crop(data: bytes, options: DecodeOptions | None = None) -> torch.Tens
     return Preprocess(WEIGHTS)(decode(io.BytesIO(data), "x.jpg", options or DecodeOptions()))
 
 
-def tensor_crops(datas: list[bytes], max_pixels: int = BIG) -> list[torch.Tensor | None]:
+def tensor_crops(
+    datas: list[bytes],
+    max_pixels: int = BIG,
+    *,
+    device: torch.device = CPU,
+    budget: Budget | None = None,
+) -> list[torch.Tensor | None]:
+    """decode_batch with the weights' resize and crop (and their antialias setting)."""
     pre = Preprocess(WEIGHTS)
     return decode_batch(
         datas,
-        device=CPU,
+        device=device,
         resize_size=pre.resize_size[0],
         crop_size=pre.crop_size[0],
         antialias=bool(pre.antialias),
         max_pixels=max_pixels,
+        budget=budget,
     )
 
 
@@ -455,16 +464,8 @@ def test_out_of_memory_in_resizing_backs_off_once(
 
     monkeypatch.setattr(td, "_resize_crop", tight)
     budget = td.Budget(chunk_pixels=6 * 200 * 150)  # all six in one chunk at first
-    pre = Preprocess(WEIGHTS)
     with caplog.at_level(logging.DEBUG, logger="resnext_cli"):
-        out = decode_batch(
-            datas,
-            device=CPU,
-            resize_size=pre.resize_size[0],
-            crop_size=pre.crop_size[0],
-            max_pixels=BIG,
-            budget=budget,
-        )
+        out = tensor_crops(datas, budget=budget)
     # Six at once failed; the chunk halved to three, and every picture was cropped.
     assert sizes == [6, 3, 3]
     assert budget.chunk_pixels == 3 * 200 * 150 and budget.backed_off
@@ -476,27 +477,13 @@ def test_out_of_memory_in_resizing_backs_off_once(
     ]
     # The next batch starts at the smaller chunk: no new failure, no new message.
     sizes.clear()
-    decode_batch(
-        datas[:4],
-        device=CPU,
-        resize_size=pre.resize_size[0],
-        crop_size=pre.crop_size[0],
-        max_pixels=BIG,
-        budget=budget,
-    )
+    tensor_crops(datas[:4], budget=budget)
     assert sizes == [3, 1] and len(caplog.records) == 1
     # A second out-of-memory after the back-off is the batch's failure (Pillow takes it).
     monkeypatch.setattr(td, "_resize_crop", lambda *a: (_ for _ in ()).throw(
         torch.OutOfMemoryError("CUDA out of memory")))  # fmt: skip
     with pytest.raises(torch.OutOfMemoryError):
-        decode_batch(
-            datas[:1],
-            device=CPU,
-            resize_size=pre.resize_size[0],
-            crop_size=pre.crop_size[0],
-            max_pixels=BIG,
-            budget=budget,
-        )
+        tensor_crops(datas[:1], budget=budget)
 
 
 def test_each_cuda_decode_waits_for_the_current_stream(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -518,14 +505,7 @@ def test_each_cuda_decode_waits_for_the_current_stream(monkeypatch: pytest.Monke
     monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
     goods = [jpeg(photo(80 + i, (120, 90))) for i in range(3)]
     cut = goods[0][:-1]  # not whole: never sent
-    pre = Preprocess(WEIGHTS)
-    out = decode_batch(
-        [goods[0], cut, goods[1], goods[2]],
-        device=torch.device("cuda"),
-        resize_size=pre.resize_size[0],
-        crop_size=pre.crop_size[0],
-        max_pixels=BIG,
-    )
+    out = tensor_crops([goods[0], cut, goods[1], goods[2]], device=torch.device("cuda"))
     assert events == ["sync", "decode 3"]
     assert [c is None for c in out] == [False, True, False, False]
 
@@ -1118,18 +1098,10 @@ def test_a_chunk_smaller_than_one_picture_resizes_one_at_a_time(
         return real(images, resize, crop, antialias)
 
     monkeypatch.setattr(td, "_resize_crop", counted)
-    pre = Preprocess(WEIGHTS)
 
     def sizes_with(chunk: int) -> list[int]:
         sizes.clear()
-        out = decode_batch(
-            datas,
-            device=CPU,
-            resize_size=pre.resize_size[0],
-            crop_size=pre.crop_size[0],
-            max_pixels=BIG,
-            budget=td.Budget(chunk_pixels=chunk),
-        )
+        out = tensor_crops(datas, budget=td.Budget(chunk_pixels=chunk))
         assert all(c is not None for c in out)
         return list(sizes)
 
@@ -1153,16 +1125,8 @@ def test_a_back_off_below_two_pixels_still_halves(monkeypatch: pytest.MonkeyPatc
         return real(images, resize, crop, antialias)
 
     monkeypatch.setattr(td, "_resize_crop", tight)
-    pre = Preprocess(WEIGHTS)
     budget = td.Budget(chunk_pixels=3)  # three one-pixel pictures in one call at first
-    out = decode_batch(
-        datas,
-        device=CPU,
-        resize_size=pre.resize_size[0],
-        crop_size=pre.crop_size[0],
-        max_pixels=BIG,
-        budget=budget,
-    )
+    out = tensor_crops(datas, budget=budget)
     # Three pixels halved is one: one picture per call from then on.
     assert budget.chunk_pixels == 1 and sizes == [3, 1, 1, 1]
     assert all(c is not None and c.shape == (3, 224, 224) for c in out)
@@ -1190,12 +1154,5 @@ def test_cuda_decode_waits_for_the_stream_of_its_own_device(
 
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device))
     monkeypatch.setattr(torchvision.io, "decode_jpeg", fake_decode)
-    pre = Preprocess(WEIGHTS)
-    out = decode_batch(
-        [jpeg(photo(95, (120, 90)))],
-        device=torch.device("cuda:1"),
-        resize_size=pre.resize_size[0],
-        crop_size=pre.crop_size[0],
-        max_pixels=BIG,
-    )
+    out = tensor_crops([jpeg(photo(95, (120, 90)))], device=torch.device("cuda:1"))
     assert synced == ["cuda:1"] and out[0] is not None
