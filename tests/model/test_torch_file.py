@@ -1,0 +1,643 @@
+"""model/torch_file.py: torch checkpoints read and written without importing torch."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pickle
+import random
+import re
+import struct
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from resnext_cli.model.torch_file import StoredFile, StoredTensor, Unsupported, write_checkpoint
+
+SEED = 7
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+PROBE_CALLS: list[str] = []
+
+
+def _probe() -> None:
+    """A harmless global a hostile pickle points at: it records that it ran."""
+    PROBE_CALLS.append("ran")
+
+
+# -- building and comparing checkpoints --------------------------------------------------
+
+
+def _original_tree() -> dict[str, Any]:
+    """A seeded tree like a learned checkpoint: a state dict with every storage dtype."""
+    torch.manual_seed(SEED)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = model.state_dict()  # an OrderedDict with _metadata, num_batches_tracked int64
+    assert hasattr(state, "_metadata")
+    g = torch.Generator().manual_seed(SEED)
+    base = torch.randn(8, generator=g)
+    state["fc.weight"] = torch.randn(3, 4, generator=g)
+    state["fc.bias"] = torch.randn(3, generator=g)
+    state["half"] = torch.randn(5, generator=g).half()
+    state["bf16"] = torch.randn(2, 3, generator=g).bfloat16()
+    state["transposed"] = torch.randn(3, 5, generator=g).t()
+    state["shared_whole"] = base
+    state["shared_slice"] = base[2:6]
+    state["float64"] = torch.randn(2, generator=g).double()
+    state["int32"] = torch.arange(-3, 3, dtype=torch.int32)
+    state["int16"] = torch.arange(-2, 2, dtype=torch.int16)
+    state["int8"] = torch.tensor([-128, 0, 127], dtype=torch.int8)
+    state["uint8"] = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    state["bool"] = torch.tensor([True, False, True])
+    return {
+        "state_dict": state,
+        "names": ["cat", "dog"],
+        "info": {"x": 1.5, "y": None, "z": True},
+        "epoch": 12,
+    }
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """The original tree and the file torch.save wrote of it."""
+    tree = _original_tree()
+    path = tmp_path / "original.pth"
+    torch.save(tree, path)
+    return path, tree
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _assert_same(actual: object, expected: object, where: str = "tree") -> None:
+    """Assert two loaded trees are equal: types, key order, and tensors' dtype and layout."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), where
+        assert (actual.dtype, actual.shape) == (expected.dtype, expected.shape), where
+        assert actual.stride() == expected.stride(), where
+        assert actual.storage_offset() == expected.storage_offset(), where
+        assert torch.equal(actual, expected), where
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict), where
+        assert list(actual) == list(expected), where
+        for key, value in expected.items():
+            _assert_same(actual[key], value, f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert type(actual) is type(expected), where
+        assert len(actual) == len(expected), where
+        for n, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            _assert_same(a, e, f"{where}[{n}]")
+    else:
+        # repr tells -0.0 from 0.0 and keeps lone surrogates.
+        assert (type(actual), repr(actual)) == (type(expected), repr(expected)), where
+
+
+def _as_tensors() -> Callable[[np.ndarray[Any, Any]], torch.Tensor]:
+    """Turn arrays into what torch should load: values, contiguous, native byte order.
+
+    One array met twice gives one tensor, as the writer gives it one storage.
+    """
+    made: dict[int, torch.Tensor] = {}
+
+    def convert(array: np.ndarray[Any, Any]) -> torch.Tensor:
+        if id(array) not in made:
+            native = np.array(array, dtype=array.dtype.newbyteorder("="), order="C", copy=True)
+            loaded = torch.from_numpy(native)
+            out = torch.empty(loaded.shape, dtype=loaded.dtype)  # torch's contiguous strides
+            made[id(array)] = out.copy_(loaded)
+        return made[id(array)]
+
+    return convert
+
+
+def _new_arrays() -> dict[str, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(SEED)
+    once = rng.standard_normal(4).astype(np.float32)
+    return {
+        "fc.weight": rng.standard_normal((3, 4)).astype(np.float32),
+        "fc.bias": rng.standard_normal(3).astype(np.float32),
+        "float64": rng.standard_normal(3),
+        "float16": rng.standard_normal(3).astype(np.float16),
+        "int64": np.array([-(2**40), 0, 2**40], dtype=np.int64),
+        "int32": np.array([-5, 5], dtype=np.int32),
+        "int16": np.array([-300, 300], dtype=np.int16),
+        "int8": np.array([-7, 7], dtype=np.int8),
+        "uint8": np.array([1, 200], dtype=np.uint8),
+        "bool": np.array([[True, False]]),
+        "scalar": np.array(2.5, dtype=np.float32),
+        "empty": np.zeros((2, 0, 3), dtype=np.float32),
+        "transposed": rng.standard_normal((3, 5)).astype(np.float32).T,
+        "big_endian": rng.standard_normal((2, 2)).astype(">f4"),
+        "twice_a": once,
+        "twice_b": once,
+    }
+
+
+HOSTILE_STRINGS = [
+    "",
+    "line\nbreak\r\n\ttab",
+    "\x00\x01\x07\x1b[31mred\x1b[0m\x7f",
+    "\u2028\u2029\ufeff",
+    "😀 𝄞 non-BMP",
+    "\ud800 lone surrogate",
+    "'\"\\ quotes",
+    "c\nos\nsystem\n(X\x04\x00\x00\x00tR.",
+    "x" * 10_000,
+]
+INTS = [0, 1, 255, 256, 65535, 65536, -1, -128, -129, -(2**31), 2**31 - 1, 2**31]
+INTS += [-(2**31) - 1, 2**40, -(2**40), 2**63, 2**64, -(2**64), 2**200, -(2**200)]
+FLOATS = [0.0, -0.0, 1.5, -2.25, 1e-300, 1e300, float("inf"), float("-inf"), 3.141592653589793]
+
+
+def _plain_values() -> dict[Any, Any]:
+    return {
+        "strings": HOSTILE_STRINGS,
+        "ints": INTS,
+        "floats": FLOATS,
+        "flags": [True, False, None],
+        "tuples": [(), (1,), (1, "a"), (1, 2.5, None), (1, 2, 3, 4)],
+        "nested": {"a": [1, (2, [3, {"b": None}])], "empty_dict": {}, "empty_list": []},
+        7: "an int key",
+        -1: "a negative key",
+        (1, "a"): "a tuple key",
+    }
+
+
+def _edited(
+    base: dict[str, Any],
+    arrays: dict[str, np.ndarray[Any, Any]],
+    convert: Callable[[np.ndarray[Any, Any]], object],
+) -> dict[str, Any]:
+    """*base* with fc replaced, the other arrays under 'new' and plain values added."""
+    state = dict(base["state_dict"])
+    state["fc.weight"] = convert(arrays["fc.weight"])
+    state["fc.bias"] = convert(arrays["fc.bias"])
+    new = {k: convert(v) for k, v in arrays.items() if not k.startswith("fc.")}
+    return {**base, "state_dict": state, "new": new, "values": _plain_values()}
+
+
+@pytest.fixture
+def rewritten(
+    saved: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> tuple[Path, Path, dict[str, Any]]:
+    """The original, its rewrite with new arrays and values, and what the rewrite should load."""
+    path, _ = saved
+    arrays = _new_arrays()
+    out = tmp_path / "rewritten.pth"
+    with StoredFile(path) as stored, open(out, "wb") as fp:
+        write_checkpoint(fp, _edited(stored.tree, arrays, lambda a: a), source=stored)  # type: ignore[arg-type]
+    expected = _edited(torch.load(path, weights_only=True), arrays, _as_tensors())
+    return path, out, expected
+
+
+def _zip(path: Path, entries: dict[str, bytes]) -> Path:
+    """Write a zip of *entries*, uncompressed."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _zip_entries(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _data_offsets(path: Path) -> dict[str, int]:
+    """Where each entry's data starts in the file, from its local header."""
+    raw = path.read_bytes()
+    offsets = {}
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            at = info.header_offset
+            name_len, extra_len = struct.unpack("<HH", raw[at + 26 : at + 30])
+            offsets[info.filename] = at + 30 + name_len + extra_len
+    return offsets
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def test_read_gives_the_tree_with_tensor_references(saved: tuple[Path, dict[str, Any]]) -> None:
+    path, original = saved
+    with StoredFile(path) as stored:
+        tree = stored.tree
+    assert isinstance(tree, dict)
+    assert list(tree) == ["state_dict", "names", "info", "epoch"]
+    assert tree["names"] == ["cat", "dog"]
+    assert tree["info"] == {"x": 1.5, "y": None, "z": True}
+    assert list(tree["info"]) == ["x", "y", "z"]
+    assert tree["epoch"] == 12
+    state = tree["state_dict"]
+    assert type(state) is dict  # the OrderedDict, _metadata dropped
+    assert list(state) == list(original["state_dict"])
+    for name, tensor in original["state_dict"].items():
+        ref = state[name]
+        assert isinstance(ref, StoredTensor), name
+        assert ref.dtype == _dtype(tensor), name
+        assert ref.shape == tuple(tensor.shape), name
+        assert ref.stride == tensor.stride(), name
+        assert ref.offset == tensor.storage_offset(), name
+    assert state["shared_whole"].storage == state["shared_slice"].storage
+    assert state["shared_slice"].offset == 2
+    keys = [ref.storage for name, ref in state.items() if name != "shared_slice"]
+    assert len(set(keys)) == len(keys)
+
+
+def test_storage_bytes_hold_the_tensors_values(saved: tuple[Path, dict[str, Any]]) -> None:
+    path, original = saved
+    with StoredFile(path) as stored:
+        for name, tensor in original["state_dict"].items():
+            ref = stored.tree["state_dict"][name]  # type: ignore[index]
+            expected = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor
+            values = np.frombuffer(stored.storage_bytes(ref.storage), dtype=expected.numpy().dtype)
+            itemsize = values.itemsize
+            view = np.lib.stride_tricks.as_strided(
+                values[ref.offset :], ref.shape, tuple(s * itemsize for s in ref.stride)
+            )
+            np.testing.assert_array_equal(view, expected.numpy(), err_msg=name)
+
+
+def test_a_parameter_reads_as_its_tensor(tmp_path: Path) -> None:
+    path = tmp_path / "param.pth"
+    torch.save({"p": torch.nn.Parameter(torch.ones(2, 3))}, path)
+    with StoredFile(path) as stored:
+        assert stored.tree == {"p": StoredTensor("float32", "0", 0, (2, 3), (3, 1))}
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def test_round_trip_loads_as_the_original_plus_the_new(
+    rewritten: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    _, out, expected = rewritten
+    _assert_same(torch.load(out, weights_only=True), expected)
+
+
+def test_round_trip_loads_with_mmap(rewritten: tuple[Path, Path, dict[str, Any]]) -> None:
+    _, out, expected = rewritten
+    _assert_same(torch.load(out, weights_only=True, mmap=True), expected)
+
+
+def test_round_trip_keeps_shared_storages_shared(
+    rewritten: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    _, out, _ = rewritten
+    loaded = torch.load(out, weights_only=True)
+    state, new = loaded["state_dict"], loaded["new"]
+
+    def ptr(t: torch.Tensor) -> int:
+        return int(t.untyped_storage().data_ptr())
+
+    assert ptr(state["shared_whole"]) == ptr(state["shared_slice"])
+    assert state["shared_slice"].storage_offset() == 2
+    assert ptr(new["twice_a"]) == ptr(new["twice_b"])
+    assert ptr(state["shared_whole"]) != ptr(state["half"])
+
+
+def test_round_trip_equals_what_torch_save_writes_of_the_same_tree(
+    rewritten: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, out, expected = rewritten
+    reference = tmp_path / "reference.pth"
+    torch.save(expected, reference)
+    _assert_same(torch.load(out, weights_only=True), torch.load(reference, weights_only=True))
+
+
+def test_written_zip_is_laid_out_as_torch_writes_it(
+    rewritten: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    _, out, expected = rewritten
+    reference = tmp_path / "reference.pth"
+    torch.save(expected, reference)
+    ours, theirs = _zip_entries(out), _zip_entries(reference)
+
+    def layout(entries: dict[str, bytes]) -> list[str]:
+        return [name.partition("/")[2] for name in entries]
+
+    assert layout(ours) == layout(theirs)  # same records, same order, storages 0..n-1
+    for record in ("byteorder", "version", ".format_version", ".storage_alignment"):
+        assert ours[f"archive/{record}"] == theirs[f"reference/{record}"], record
+    assert ours["archive/byteorder"] == b"little"
+    assert ours["archive/version"] == b"3\n"
+    assert len(ours["archive/.data/serialization_id"]) == 40
+    with zipfile.ZipFile(out) as zf:
+        assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_STORED}
+        assert zf.testzip() is None  # every CRC right
+    assert all(offset % 64 == 0 for offset in _data_offsets(out).values())
+
+
+def test_copied_storages_are_byte_for_byte(rewritten: tuple[Path, Path, dict[str, Any]]) -> None:
+    path, out, _ = rewritten
+    with StoredFile(path) as source, StoredFile(out) as copy:
+        old, new = source.tree["state_dict"], copy.tree["state_dict"]  # type: ignore[index]
+        for name in ("0.weight", "1.num_batches_tracked", "bf16", "transposed", "shared_slice"):
+            assert (new[name].offset, new[name].shape) == (old[name].offset, old[name].shape)
+            assert copy.storage_bytes(new[name].storage) == source.storage_bytes(
+                old[name].storage
+            ), name
+
+
+def test_writes_into_a_stream_that_cannot_seek(saved: tuple[Path, dict[str, Any]]) -> None:
+    class Stream(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, b: Any) -> int:
+            self.data += b
+            return len(b)
+
+    path, _ = saved
+    stream = Stream()
+    with StoredFile(path) as stored:
+        write_checkpoint(stream, stored.tree, source=stored)  # type: ignore[arg-type]
+    loaded = torch.load(io.BytesIO(bytes(stream.data)), weights_only=True)
+    _assert_same(loaded, torch.load(path, weights_only=True))
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+
+def _p_str(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def _p_ints(*values: int) -> bytes:
+    return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+
+def _tensor_pickle(
+    *,
+    numel: int = 4,
+    offset: int = 0,
+    shape: tuple[int, ...] = (4,),
+    stride: tuple[int, ...] = (1,),
+    storage: str = "FloatStorage",
+    metadata: bytes = b"",
+    after: bytes = b"",
+) -> bytes:
+    """A data.pkl as torch writes it for {'w': tensor}, assembled by hand."""
+    pid = b"(" + _p_str("storage") + f"ctorch\n{storage}\n".encode() + _p_str("0")
+    pid += _p_str("cpu") + struct.pack("<cI", b"J", numel) + b"tQ"
+    args = b"(" + pid + struct.pack("<ci", b"J", offset) + _p_ints(*shape) + _p_ints(*stride)
+    args += b"\x89ccollections\nOrderedDict\n)R" + metadata + b"t"
+    tensor = b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R" + after
+    return b"\x80\x02}(" + _p_str("w") + tensor + b"u."
+
+
+def _crafted(tmp_path: Path, pkl: bytes, storage: bytes = bytes(16)) -> Path:
+    entries = {"archive/data.pkl": pkl, "archive/byteorder": b"little"}
+    entries |= {"archive/data/0": storage, "archive/version": b"3\n"}
+    return _zip(tmp_path / "crafted.pth", entries)
+
+
+def test_the_hand_made_tensor_file_is_read_by_both(tmp_path: Path) -> None:
+    path = _crafted(tmp_path, _tensor_pickle(offset=1, shape=(3,)))
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(3))
+    with StoredFile(path) as stored:
+        assert stored.tree == {"w": StoredTensor("float32", "0", 1, (3,), (1,))}
+
+
+@pytest.mark.parametrize(
+    ("pkl", "storage"),
+    [
+        (_tensor_pickle(shape=(5,)), bytes(16)),
+        (_tensor_pickle(offset=2, shape=(3,)), bytes(16)),
+        (_tensor_pickle(shape=(3,), stride=(2,)), bytes(16)),
+        (_tensor_pickle(shape=(2, 2), stride=(3, 1)), bytes(16)),
+        (_tensor_pickle(offset=-1, shape=(1,)), bytes(16)),
+        (_tensor_pickle(shape=(2,), stride=(1, 1)), bytes(16)),
+        (_tensor_pickle(), bytes(12)),  # the entry is shorter than numel × 4
+        (_tensor_pickle(), bytes(20)),
+        (_tensor_pickle(storage="DoubleStorage"), bytes(16)),
+        (_tensor_pickle(metadata=b"}(" + _p_str("conj") + b"\x88u"), bytes(16)),
+        (_tensor_pickle(after=b"}(" + _p_str("offset") + b"K\x00ub"), bytes(16)),
+    ],
+    ids=[
+        "past-end",
+        "offset-past-end",
+        "stride-past-end",
+        "2d-past-end",
+        "negative-offset",
+        "stride-rank",
+        "short-entry",
+        "long-entry",
+        "wrong-dtype-size",
+        "metadata",
+        "build-on-tensor",
+    ],
+)
+def test_a_tensor_that_does_not_fit_its_storage_is_refused(
+    tmp_path: Path, pkl: bytes, storage: bytes
+) -> None:
+    with pytest.raises(Unsupported):
+        StoredFile(_crafted(tmp_path, pkl, storage))
+
+
+@pytest.mark.parametrize(
+    "pkl",
+    [
+        b"\x80\x02]q\x00h\x00a.",  # a list that holds itself
+        b"\x80\x04\x8f.",  # a set
+        b"\x80\x03C\x03abc.",  # bytes
+        b"\x80\x02("
+        + _p_str("storage")
+        + b"ctorch\nFloatStorage\n"
+        + _p_str("0")
+        # a bare storage, not in a tensor
+        + _p_str("cpu")
+        + b"K\x04tQ.",
+        b"\x80\x02ctorch\nFloatStorage\n.",
+        b"\x80\x02ccollections\nOrderedDict\nK\x01\x85R.",  # OrderedDict(1)
+        b"\x80\x02}",  # no STOP
+        b"not a pickle",
+    ],
+)
+def test_a_hostile_or_malformed_pickle_is_refused(tmp_path: Path, pkl: bytes) -> None:
+    with pytest.raises(Unsupported):
+        StoredFile(_crafted(tmp_path, pkl))
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("subprocess", "Popen"),
+        ("torch", "Tensor"),
+        ("torch._utils", "_rebuild_qtensor"),
+        ("torch.nn.modules.linear", "Linear"),
+        ("collections", "Counter"),
+    ],
+)
+def test_a_global_off_the_allow_list_is_refused(tmp_path: Path, module: str, name: str) -> None:
+    pkl = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"."
+    with pytest.raises(Unsupported, match=re.escape(f"'{module}.{name}'")):
+        StoredFile(_crafted(tmp_path, pkl))
+
+
+def test_a_refused_global_is_never_called(tmp_path: Path) -> None:
+    pkl = b"\x80\x02c" + f"{__name__}\n_probe\n".encode() + b")R."
+    PROBE_CALLS.clear()
+    pickle.loads(pkl)  # the payload runs when unpickled the ordinary way
+    assert PROBE_CALLS == ["ran"]
+    PROBE_CALLS.clear()
+    with pytest.raises(Unsupported, match="_probe"):
+        StoredFile(_crafted(tmp_path, pkl))
+    assert PROBE_CALLS == []
+
+
+def test_an_object_torch_pickles_as_a_class_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "args.pth"
+    torch.save({"args": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(Unsupported, match=re.escape("argparse.Namespace")):
+        StoredFile(path)
+
+
+def test_the_legacy_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(2))
+    with pytest.raises(Unsupported, match="zip"):
+        StoredFile(path)
+
+
+def test_random_bytes_and_an_empty_file_are_refused(tmp_path: Path) -> None:
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(random.Random(SEED).randbytes(4096))
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    for path in (noise, empty):
+        with pytest.raises(Unsupported):
+            StoredFile(path)
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"archive/version": b"3\n", "archive/data/0": b""},
+        {"data.pkl": b"\x80\x02}."},
+        {"archive/data.pkl": b"\x80\x02}.", "other/version": b"3\n"},
+        {"archive/data.pkl": b"\x80\x02}.", "archive/byteorder": b"big"},
+        {"archive/data.pkl": b"\x80\x02}.", "archive/version": b"99\n"},
+    ],
+    ids=["no-data-pkl", "no-folder", "two-folders", "big-endian", "future-version"],
+)
+def test_an_odd_archive_is_refused(tmp_path: Path, entries: dict[str, bytes]) -> None:
+    with pytest.raises(Unsupported):
+        StoredFile(_zip(tmp_path / "odd.pth", entries))
+
+
+def test_a_truncated_storage_from_torch_save_is_refused(
+    saved: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    path, _ = saved
+    entries = _zip_entries(path)
+    entries["original/data/0"] = entries["original/data/0"][:-4]
+    with pytest.raises(Unsupported, match="storage '0'"):
+        StoredFile(_zip(tmp_path / "truncated.pth", entries))
+
+
+def test_the_minimal_archive_reads(tmp_path: Path) -> None:
+    with StoredFile(_zip(tmp_path / "min.pth", {"archive/data.pkl": b"\x80\x02}."})) as stored:
+        assert stored.tree == {}
+
+
+# -- what the writer refuses ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        {1, 2},
+        b"bytes",
+        object(),
+        np.float32(1.0),
+        np.zeros(2, dtype=np.complex64),
+        np.zeros(2, dtype=object),
+        np.zeros(2, dtype=np.uint16),
+    ],
+    ids=["set", "bytes", "object", "np-scalar", "complex", "object-array", "uint16"],
+)
+def test_a_leaf_the_writer_cannot_write_is_a_type_error(leaf: object) -> None:
+    with pytest.raises(TypeError):
+        write_checkpoint(io.BytesIO(), {"x": [leaf]}, source=None)
+
+
+def test_a_stored_tensor_the_source_lacks_is_a_value_error(
+    saved: tuple[Path, dict[str, Any]],
+) -> None:
+    path, _ = saved
+    with StoredFile(path) as stored:
+        good = stored.tree["state_dict"]["fc.bias"]  # type: ignore[index]
+        with pytest.raises(ValueError, match="source"):
+            write_checkpoint(io.BytesIO(), {"w": good}, source=None)
+        for bad in (
+            StoredTensor("float32", "999", 0, (1,), (1,)),
+            StoredTensor("int64", good.storage, 0, (1,), (1,)),
+            StoredTensor("float32", good.storage, 1, (3,), (1,)),
+        ):
+            with pytest.raises(ValueError):
+                write_checkpoint(io.BytesIO(), {"w": bad}, source=stored)
+
+
+def test_an_int_beyond_what_torch_reads_is_a_value_error() -> None:
+    write_checkpoint(io.BytesIO(), {"n": 2**2000}, source=None)
+    with pytest.raises(ValueError, match="too large"):
+        write_checkpoint(io.BytesIO(), {"n": 2**2100}, source=None)
+
+
+def test_a_tree_that_holds_itself_is_a_value_error() -> None:
+    tree: list[object] = []
+    tree.append(tree)
+    with pytest.raises(ValueError, match="deep"):
+        write_checkpoint(io.BytesIO(), tree, source=None)
+
+
+# -- no torch ----------------------------------------------------------------------------------
+
+
+def test_reading_and_writing_never_import_torch(
+    saved: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    path, original = saved
+    out = tmp_path / "out.pth"
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from resnext_cli.model.torch_file import StoredFile, write_checkpoint\n"
+        "with StoredFile(sys.argv[1]) as f, open(sys.argv[2], 'wb') as out:\n"
+        "    tree = f.tree\n"
+        "    tree['state_dict']['fc.bias'] = np.zeros(3, np.float32)\n"
+        "    write_checkpoint(out, tree, source=f)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    loaded = torch.load(out, weights_only=True)
+    assert torch.equal(loaded["state_dict"]["fc.bias"], torch.zeros(3))
+    assert torch.equal(loaded["state_dict"]["0.weight"], original["state_dict"]["0.weight"])
