@@ -6,7 +6,7 @@ import os
 import threading
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from resnext_cli.model.feature_cache import (
     Entry,
@@ -25,11 +25,11 @@ def test_entries_round_trip_and_live_beside_the_weights(tmp_path: Path, isolated
     assert cache.folder.parent == isolated_env / "hub" / "resnext-features" == cache_root()
     identity = Identity.of(image)
     assert cache.get(identity) is None
-    vector = torch.linspace(-1, 1, 2048)
+    vector = np.linspace(-1, 1, 2048, dtype=np.float32)
     assert cache.put(identity, Entry(b"d" * 32, vector))
     entry = cache.get(identity)
     assert entry is not None and entry.digest == b"d" * 32
-    assert torch.equal(entry.feature, vector)
+    assert np.array_equal(entry.feature, vector)
     assert (cache.stats.hits, cache.stats.computed) == (1, 1)
     # No temporary file is left beside the entry.
     assert [p.name.endswith(".feat") for p in cache.folder.rglob("*") if p.is_file()] == [True]
@@ -39,7 +39,7 @@ def test_a_changed_file_or_setup_misses(tmp_path: Path) -> None:
     image = tmp_path / "a.png"
     image.write_bytes(b"pixels")
     cache = FeatureCache(setup_key({"precision": "fp32"}))
-    cache.put(Identity.of(image), Entry(b"d" * 32, torch.ones(4)))
+    cache.put(Identity.of(image), Entry(b"d" * 32, np.ones(4, np.float32)))
     st = image.stat()
     os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
     assert cache.get(Identity.of(image)) is None
@@ -52,7 +52,7 @@ def test_a_changed_file_or_setup_misses(tmp_path: Path) -> None:
 def test_a_damaged_entry_is_removed_and_missed(tmp_path: Path) -> None:
     cache = FeatureCache("s")
     identity = Identity(str(tmp_path / "x.png"), 1, 2)
-    cache.put(identity, Entry(b"d" * 32, torch.ones(8)))
+    cache.put(identity, Entry(b"d" * 32, np.ones(8, np.float32)))
     (entry,) = cache.folder.rglob("*.feat")
     entry.write_bytes(entry.read_bytes()[:-3])  # a torn write
     assert cache.get(identity) is None
@@ -61,7 +61,7 @@ def test_a_damaged_entry_is_removed_and_missed(tmp_path: Path) -> None:
 
 def test_concurrent_writers_leave_one_whole_entry(tmp_path: Path) -> None:
     identity = Identity(str(tmp_path / "x.png"), 10, 20)
-    vector = torch.arange(2048, dtype=torch.float32)
+    vector = np.arange(2048, dtype=np.float32)
     errors: list[BaseException] = []
 
     def write() -> None:
@@ -78,13 +78,13 @@ def test_concurrent_writers_leave_one_whole_entry(tmp_path: Path) -> None:
         t.join()
     assert not errors
     entry = FeatureCache("s").get(identity)
-    assert entry is not None and torch.equal(entry.feature, vector)
+    assert entry is not None and np.array_equal(entry.feature, vector)
     assert len([p for p in FeatureCache("s").folder.rglob("*") if p.is_file()]) == 1
 
 
 def test_clear_removes_everything(tmp_path: Path) -> None:
     for setup in ("a", "b"):
-        FeatureCache(setup).put(Identity("/p", 1, 1), Entry(b"d" * 32, torch.ones(2)))
+        FeatureCache(setup).put(Identity("/p", 1, 1), Entry(b"d" * 32, np.ones(2, np.float32)))
     assert clear() == (2, 2 * (40 + 8))
     assert not cache_root().exists()
     assert clear() == (0, 0)
@@ -98,7 +98,7 @@ def test_files_alike_but_for_their_path_have_their_own_entries(tmp_path: Path) -
     assert Identity.of(a).path == str(a) and Identity.of(a).size == 9
     assert Identity.of(a).key() != Identity.of(b).key()
     cache = FeatureCache("s")
-    cache.put(Identity.of(a), Entry(b"a" * 32, torch.ones(2)))
+    cache.put(Identity.of(a), Entry(b"a" * 32, np.ones(2, np.float32)))
     assert cache.get(Identity.of(b)) is None
 
 
@@ -109,7 +109,7 @@ def test_a_name_that_is_not_utf8_has_an_entry(tmp_path: Path) -> None:
     identity = Identity.of(image)
     assert len(identity.key()) == 32 and identity.key() != Identity.of(tmp_path).key()
     cache = FeatureCache(setup_key({"checkpoint": str(image)}))
-    assert cache.put(identity, Entry(b"d" * 32, torch.ones(3)))
+    assert cache.put(identity, Entry(b"d" * 32, np.ones(3, np.float32)))
     assert cache.get(identity) is not None
 
 
@@ -122,17 +122,20 @@ def test_a_setup_is_named_by_its_values_not_their_order_or_type(tmp_path: Path) 
 
 def test_features_are_stored_as_float32_whatever_they_were(tmp_path: Path) -> None:
     cache = FeatureCache("s")
-    for n, dtype in enumerate((torch.bfloat16, torch.float64, torch.float16)):
+    for n, dtype in enumerate((np.float64, np.float16, ">f4")):
         identity = Identity(str(tmp_path / f"{n}.png"), 1, 2)
-        vector = torch.tensor([0.5, -1.25, 3.0], dtype=dtype)
+        vector = np.array([0.5, -1.25, 3.0], dtype=dtype)
         assert cache.put(identity, Entry(b"d" * 32, vector))
         entry = cache.get(identity)
-        assert entry is not None and entry.feature.dtype == torch.float32
+        assert entry is not None and entry.feature.dtype == np.float32
         assert entry.feature.tolist() == [0.5, -1.25, 3.0]
-    # An entry of no feature is damaged (it was a ValueError from torch.frombuffer): missed
-    # and removed, so the image's feature is computed again.
+    # Stored little-endian whatever the machine: 0.5 is 00 00 00 3f.
+    stored = [p.read_bytes()[40:44] for p in cache.folder.rglob("*.feat")]
+    assert stored == [b"\x00\x00\x00\x3f"] * 3
+    # An entry of no feature is damaged: missed and removed, so the image's feature is
+    # computed again.
     empty = Identity(str(tmp_path / "empty.png"), 1, 2)
-    assert cache.put(empty, Entry(b"e" * 32, torch.zeros(0)))
+    assert cache.put(empty, Entry(b"e" * 32, np.zeros(0, np.float32)))
     (stored,) = [p for p in cache.folder.rglob("*.feat") if p.stat().st_size == 40]
     assert cache.get(empty) is None and not stored.exists()
 
@@ -141,7 +144,7 @@ def test_counts_and_a_folder_written_twice(tmp_path: Path) -> None:
     cache = FeatureCache("s")
     identity = Identity(str(tmp_path / "a.png"), 1, 2)
     for _ in range(3):  # the entry's folder exists from the second time on
-        assert cache.put(identity, Entry(b"d" * 32, torch.ones(2)))
+        assert cache.put(identity, Entry(b"d" * 32, np.ones(2, np.float32)))
     for _ in range(2):
         assert cache.get(identity) is not None
     assert (cache.stats.computed, cache.stats.hits, cache.stats.write_errors) == (3, 2, 0)
@@ -157,7 +160,9 @@ def test_an_entry_is_written_beside_itself_then_renamed(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(os, "replace", watched)
     cache = FeatureCache("s", root=tmp_path / "cache")
-    assert cache.put(Identity(str(tmp_path / "a.png"), 1, 2), Entry(b"d" * 32, torch.ones(2)))
+    assert cache.put(
+        Identity(str(tmp_path / "a.png"), 1, 2), Entry(b"d" * 32, np.ones(2, np.float32))
+    )
     ((temporary, entry),) = renamed
     assert temporary.parent == entry.parent and entry.parent.parent == tmp_path / "cache" / "s"
     assert temporary.name.startswith(".partial-") and entry.suffix == ".feat"
@@ -167,23 +172,25 @@ def test_a_cache_that_cannot_be_written_says_so_and_leaves_nothing(tmp_path: Pat
     identity = Identity(str(tmp_path / "a.png"), 1, 2)
     blocked = FeatureCache("s", root=tmp_path / "file")
     (tmp_path / "file").write_bytes(b"not a folder")  # its folders cannot be made
-    assert not blocked.put(identity, Entry(b"d" * 32, torch.ones(2)))
-    assert not blocked.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    assert not blocked.put(identity, Entry(b"d" * 32, np.ones(2, np.float32)))
+    assert not blocked.put(identity, Entry(b"d" * 32, np.ones(2, np.float32)))
     assert (blocked.stats.computed, blocked.stats.write_errors) == (2, 2)
     cache = FeatureCache("s", root=tmp_path / "cache")
-    cache.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    cache.put(identity, Entry(b"d" * 32, np.ones(2, np.float32)))
     (entry,) = cache.folder.rglob("*.feat")
     entry.unlink()
     (entry / "x").mkdir(parents=True)  # the entry's name is a folder: the rename fails
-    assert not cache.put(identity, Entry(b"d" * 32, torch.ones(2)))
-    assert not cache.put(identity, Entry(b"d" * 32, torch.ones(2)))
+    assert not cache.put(identity, Entry(b"d" * 32, np.ones(2, np.float32)))
+    assert not cache.put(identity, Entry(b"d" * 32, np.ones(2, np.float32)))
     assert cache.stats.write_errors == 2
     assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]  # no temporary
 
 
 def test_clear_leaves_a_linked_cache_folder_alone(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
-    FeatureCache("s", root=elsewhere).put(Identity("/p", 1, 1), Entry(b"d" * 32, torch.ones(2)))
+    FeatureCache("s", root=elsewhere).put(
+        Identity("/p", 1, 1), Entry(b"d" * 32, np.ones(2, np.float32))
+    )
     cache_root().parent.mkdir(parents=True, exist_ok=True)
     cache_root().symlink_to(elsewhere)
     assert clear() == (0, 0)

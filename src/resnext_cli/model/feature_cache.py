@@ -24,8 +24,9 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
 
 from resnext_cli.model.weights import hub_dir
 
@@ -65,7 +66,7 @@ class Entry:
     """One cached image: the sha256 of its bytes and its pooled features."""
 
     digest: bytes
-    feature: torch.Tensor
+    feature: np.ndarray[Any, Any]  # float32, one dimension
 
 
 @dataclass
@@ -113,8 +114,8 @@ class FeatureCache:
         """Store *entry* atomically; False if the cache folder cannot be written."""
         self.stats.computed += 1
         path = self._path(identity)
-        vector = entry.feature.detach().to(torch.float32).contiguous().cpu()
-        data = _HEADER.pack(_MAGIC, entry.digest, vector.numel()) + vector.numpy().tobytes()
+        vector = np.ascontiguousarray(entry.feature, dtype="<f4").ravel()
+        data = _HEADER.pack(_MAGIC, entry.digest, vector.size) + vector.tobytes()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=path.parent)
@@ -138,10 +139,10 @@ def _parse(data: bytes) -> Entry | None:
     if len(data) < _HEADER.size:
         return None
     magic, digest, length = _HEADER.unpack_from(data)
-    # A feature is never empty: an entry that says so is damaged (torch reads no tensor of it).
+    # A feature is never empty: an entry that says so is damaged.
     if magic != _MAGIC or length == 0 or len(data) != _HEADER.size + 4 * length:
         return None
-    vector = torch.frombuffer(bytearray(data[_HEADER.size :]), dtype=torch.float32)
+    vector = np.frombuffer(data, dtype="<f4", offset=_HEADER.size).astype(np.float32)
     return Entry(digest, vector)
 
 

@@ -16,7 +16,6 @@ conversion: a warm cache runs on openvino, numpy and Pillow alone.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import json
@@ -28,7 +27,7 @@ import threading
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from resnext_cli.errors import CheckpointError, ConfigError
+from resnext_cli.model import blas
 
 if TYPE_CHECKING:
     import torch
@@ -528,30 +528,9 @@ class Network:
 
     def head(self, feats: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Softmax probabilities of pooled features: the float32 head, then the softmax."""
-        with _one_blas_thread():
+        with blas.one_thread():  # beside OpenVINO's threads (model/blas.py)
             logits = feats @ self.bundle.weight.T + self.bundle.bias
         return softmax(logits)
-
-
-@functools.cache
-def _blas() -> Any:
-    """numpy's BLAS, found once (threadpoolctl, a dependency of the openvino extra)."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-@contextlib.contextmanager
-def _one_blas_thread() -> Iterator[None]:
-    """The head's matrix product on one BLAS thread.
-
-    Split over BLAS's own threads it takes a millisecond less, but those threads then spin
-    waiting for more work while OpenVINO's run the next batch on the same cores: on two
-    cores that cost a quarter of the throughput (resnext50 in bf16, batch 8: 230 ms a
-    batch instead of 175).
-    """
-    with _blas().limit(limits=1, user_api="blas"):
-        yield
 
 
 def normalize(
