@@ -416,3 +416,67 @@ def test_an_entry_converted_before_the_names_were_kept_gets_them(
     code, again, err, imported = _run(home, *args)
     assert (code, imported) == (0, []), err
     assert again == first
+
+
+# -- resnext learn without torch (issue 26: a re-learn in a fraction of the first) ------------
+
+
+def _learn(home: Path, *args: str | Path) -> tuple[int, str, list[str]]:
+    """Run `resnext learn ARGS` in a fresh process: exit code, stderr (without the import
+    line) and the torch modules it imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPER, "learn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(home),
+        timeout=300,
+    )
+    lines = done.stderr.splitlines()
+    assert lines and lines[-1].startswith("IMPORTED"), done.stderr
+    return done.returncode, "\n".join(lines[:-1]), lines[-1].split()[1:]
+
+
+@needs_openvino
+def test_learning_through_openvino_imports_no_torch_and_keeps_the_base_weights(
+    warm, checkpoint, tmp_path
+) -> None:
+    """With the converted model cached, learn computes features through OpenVINO, fits in
+    numpy and copies the base weights into the new checkpoint: no torch, first or again."""
+    home = tmp_path / "home"
+    shutil.copytree(warm, home)
+    folder = tmp_path / "photos"
+    for k, kind in enumerate(("red", "blue")):
+        (folder / kind).mkdir(parents=True)
+        for i in range(3):
+            natural_image(100 * k + i, (120, 90)).save(folder / kind / f"{i}.jpg", quality=90)
+    first = tmp_path / "first.pth"
+    args = ("--checkpoint", checkpoint, "--precision", "fp32", "-b", "4")
+    code, err, imported = _learn(home, folder, "-o", first, *args)
+    assert (code, imported) == (0, []), err
+    assert "features: 6 computed, 0 from the cache" in err
+    os.rename(folder / "red" / "0.jpg", folder / "blue" / "moved.jpg")
+    again = tmp_path / "again.pth"
+    code, err, imported = _learn(home, folder, "-o", again, *args)
+    assert (code, imported) == (0, []), err
+    assert "features: 1 computed, 5 from the cache" in err
+    # What torch reads back: the base tensors unchanged, the new fc, the names.
+    base = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for path, counts in ((first, [3, 3]), (again, [4, 2])):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        assert saved["resnext_classes"] == ["blue", "red"]
+        assert saved["resnext_learn"]["images"] == sum(counts)
+        state = saved["state_dict"]
+        assert list(state) == [k for k in base if not k.startswith("fc.")] + [
+            "fc.weight",
+            "fc.bias",
+        ]
+        for key, tensor in base.items():
+            if not key.startswith("fc."):
+                assert torch.equal(state[key], tensor) and state[key].dtype == tensor.dtype, key
+        assert state["fc.weight"].shape == (2, 2048) and state["fc.weight"].dtype == torch.float32
+        assert state["fc.bias"].shape == (2,)
+        # A plain torchvision model takes it, and mmap reads it (storages aligned).
+        net = torchvision.models.resnext50_32x4d(num_classes=2)
+        net.load_state_dict(state)
+        mapped = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        assert torch.equal(mapped["state_dict"]["fc.weight"], state["fc.weight"])

@@ -11,11 +11,17 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, BinaryIO
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from resnext_cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a tensor is touched, never at import: 'resnext learn' unwraps a
+# checkpoint read by model/torch_file.py without it, so a re-learn need not import torch.
+
+T = TypeVar("T")
 
 # The key 'resnext quantize' writes into the INT8 checkpoints it saves.
 INT8_MARKER = "resnext_quantized"
@@ -59,6 +65,8 @@ def _read(path: Path, *, keep: bool) -> Any:
         if held is not None and held[0] == key:
             obj = held[1]
         else:
+            import torch
+
             # An INT8 file read as float (it is refused after) makes torch warn of
             # quantized storage: the refusal says what to do.
             with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
@@ -111,11 +119,20 @@ def read_state_dict(path: Path, *, name: str) -> dict[str, torch.Tensor]:
             f"checkpoint '{name}' is not a state dict (expected a mapping of parameter "
             "names to tensors, or one under 'state_dict' or 'model')"
         )
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    import torch
+
+    tensors = state_entries(state, torch.Tensor)
     if not tensors:
         raise CheckpointError(f"checkpoint '{name}' holds no tensors (give a model state dict)")
+    return tensors
+
+
+def state_entries(state: dict[Any, Any], kind: type[T]) -> dict[str, T]:
+    """The entries of an unwrapped state dict that are tensors (of *kind*: torch's, or
+    torch_file's references to stored ones), keyed as torchvision names them."""
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, kind)}
     # Checkpoints saved from DataParallel or DDP prefix every key with 'module.'.
-    if all(k.startswith("module.") for k in tensors):
+    if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
     return tensors
 
@@ -127,8 +144,9 @@ def holds_int8(obj: object) -> bool:
     if INT8_MARKER in obj:
         return True
     state = unwrap(obj)
+    # A torch tensor says whether it is quantized; torch_file's references never are.
     return isinstance(state, dict) and any(
-        (isinstance(v, torch.Tensor) and v.is_quantized) or str(k).endswith("_packed_params")
+        getattr(v, "is_quantized", False) is True or str(k).endswith("_packed_params")
         for k, v in state.items()
     )
 
@@ -137,6 +155,8 @@ def _check_tensors(
     state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], name: str
 ) -> dict[str, torch.Tensor]:
     """Refuse tensors the network cannot use; bring other float types to float32."""
+    import torch
+
     out = {}
     for key, want in expected.items():
         have = state[key]
@@ -162,6 +182,8 @@ def _check_tensors(
 
 
 def _shape(value: Any) -> list[int] | None:
+    import torch
+
     if isinstance(value, torch.Tensor):
         return list(value.shape)
     if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
@@ -201,6 +223,7 @@ def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> tor
             f"checkpoint '{name}' does not fit {model}: it has no 'fc.weight' "
             "(give a state dict in torchvision's ResNeXt layout)"
         )
+    import torch
     import torchvision  # only where a network is built: reading a file needs none
 
     builder = getattr(torchvision.models, model)
@@ -214,6 +237,7 @@ def build_model(model: str, state: dict[str, torch.Tensor], *, name: str) -> tor
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     """Fold each eval-mode BatchNorm into the convolution before it (fewer passes)."""
+    import torch
     import torchvision
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

@@ -38,6 +38,7 @@ from resnext_cli.run.pipeline import (
 from resnext_cli.run.plan import MachineFacts, Plan, resolve
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
@@ -147,8 +148,9 @@ class LocalEngine:
 
     def features_sources(
         self, sources: Iterable[Source]
-    ) -> Iterator[tuple[Source, torch.Tensor | InputError]]:
-        """The pooled features of each source (or its error), in order, batched as classify."""
+    ) -> Iterator[tuple[Source, np.ndarray[Any, Any] | InputError]]:
+        """The pooled features of each source (a float32 numpy vector, or its error), in
+        order, batched as classify."""
         for batch in self._batches(sources):
             yield from features(self.model, batch)
 
@@ -432,9 +434,14 @@ class Classifier:
         """Each input's name with its pooled features (or the InputError it ended with)."""
         if self.plan.precision == "int8":
             raise ConfigError("features come from the float model; drop --quantized")
+        import torch
+
         sources = self._sources(inputs, stdin=stdin, warn=warn)
         for source, outcome in self.engine.features_sources(sources):
-            yield source.input, outcome
+            yield (
+                source.input,
+                outcome if isinstance(outcome, InputError) else torch.from_numpy(outcome),
+            )
 
     def features(self, inputs: Any, *, stdin: BinaryIO | None = None) -> torch.Tensor:
         """One pooled feature vector per image (2,048 for ResNeXt: the input of fc), in

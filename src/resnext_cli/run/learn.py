@@ -6,6 +6,11 @@ is computed. Features come from the classify pipeline (same preprocessing, preci
 batching) through a cache keyed by each file's identity, so a re-learn computes only what
 changed. The head is scored on a stratified held-out share, refitted on every image, and
 saved as an ordinary torchvision state dict with the class names beside it.
+
+torch is imported only where it is needed: features computed by torch, or a base
+checkpoint that model/torch_file.py does not read. A re-learn through OpenVINO (or with
+every feature cached) fits in numpy and copies the base weights byte for byte into the
+new checkpoint, so it starts no torch at all.
 """
 
 from __future__ import annotations
@@ -17,23 +22,27 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from resnext_cli.console import Console, printable
 from resnext_cli.errors import ConfigError, ExitStatus, InputError, OutputError, Terminated
 from resnext_cli.files import FileProblem, OutputTarget, read_user_file
 from resnext_cli.inputs.sources import Source, iter_sources, open_source
-from resnext_cli.model.checkpoint import CLASSES_KEY
+from resnext_cli.model import torch_file
+from resnext_cli.model.checkpoint import CLASSES_KEY, holds_int8, state_entries, unwrap
 from resnext_cli.model.feature_cache import Entry, FeatureCache, Identity, setup_key
 from resnext_cli.model.head import Head, Score, fit_head, score, stratified_split
 from resnext_cli.records import parse_json
 from resnext_cli.run.config import Config
 from resnext_cli.run.engine import LocalEngine
-from resnext_cli.run.network import load_model, load_state, transform_for
+from resnext_cli.run.network import State, load_model, load_state, transform_for, weights_file
 from resnext_cli.run.plan import Plan, resolve
 from resnext_cli.sort.names import FAILED_FOLDER, UNCERTAIN_FOLDER
+
+if TYPE_CHECKING:
+    from resnext_cli.inputs.http import Progress
 
 # Folders sort makes that hold no class.
 SKIPPED_FOLDERS = (UNCERTAIN_FOLDER, FAILED_FOLDER)
@@ -73,7 +82,7 @@ class Example:
     label: str
     identity: Identity | None = None
     digest: bytes | None = None
-    feature: torch.Tensor | None = None
+    feature: np.ndarray[Any, Any] | None = None
 
 
 @dataclass
@@ -441,23 +450,77 @@ def _warn_small(labels: list[str], counts: list[int], console: Console) -> None:
             )
 
 
-def learned_state(state: dict[str, torch.Tensor], head: Head) -> dict[str, torch.Tensor]:
+@dataclass
+class Base:
+    """The base model's weights, which the learned checkpoint keeps beside its new fc:
+    references to the stored tensors (model/torch_file.py, copied byte for byte, no torch)
+    or, from a file that module does not read, the state dict torch loaded."""
+
+    name: str
+    tensors: dict[str, Any]  # torchvision's keys: StoredTensor references or torch tensors
+    stored: torch_file.StoredFile | None = None
+    state: State | None = None
+
+    def classes(self, default: int) -> int:
+        """The rows of the base fc (what the network outputs), else *default*."""
+        fc = self.tensors.get("fc.weight")
+        return int(fc.shape[0]) if fc is not None and len(fc.shape) == 2 else default
+
+    def __enter__(self) -> Base:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.stored is not None:
+            self.stored.close()
+
+
+def read_base(plan: Plan, *, progress: Progress | None) -> Base:
+    """The base weights (fetched if need be): their tensors found without torch where the
+    file is torch's zip format of plain tensors, else loaded by torch (which also says what
+    is wrong with a file that is no checkpoint)."""
+    path, name = weights_file(plan, progress=progress)
+    try:
+        stored = torch_file.StoredFile(path)
+    except (torch_file.Unsupported, OSError):
+        stored = None
+    if stored is not None:
+        state = unwrap(stored.tree)
+        tensors = state_entries(state, torch_file.StoredTensor) if isinstance(state, dict) else {}
+        if tensors and not holds_int8(stored.tree):
+            return Base(name, tensors, stored=stored)
+        stored.close()
+    state_ = load_state(plan, progress=progress)
+    return Base(state_[1], dict(state_[0]), state=state_)
+
+
+def learned_state(base: Base, head: Head) -> dict[str, Any]:
     """The base model's state dict with the new fc, in torchvision's key layout."""
-    out = {k: v for k, v in state.items() if k not in ("fc.weight", "fc.bias")}
-    out["fc.weight"] = head.weight.to(torch.float32).clone()
-    out["fc.bias"] = head.bias.to(torch.float32).clone()
+    out = {k: v for k, v in base.tensors.items() if k not in ("fc.weight", "fc.bias")}
+    if base.stored is not None:
+        out["fc.weight"], out["fc.bias"] = head.weight, head.bias
+        return out
+    import torch
+
+    out["fc.weight"] = torch.from_numpy(head.weight.astype(np.float32))
+    out["fc.bias"] = torch.from_numpy(head.bias.astype(np.float32))
     return out
 
 
-def publish_checkpoint(payload: dict[str, Any], target: OutputTarget) -> None:
-    """Write *payload* with torch.save the one way outputs are written (files.py): a
-    temporary file of this tool's beside -o, published onto nothing or the file seen when
-    the run began (a file that appeared meanwhile only with --force; a link or a device
-    never replaced), so an interrupted learn leaves no partial file."""
+def publish_checkpoint(payload: dict[str, Any], base: Base, target: OutputTarget) -> None:
+    """Write *payload* the one way outputs are written (files.py): a temporary file of this
+    tool's beside -o, published onto nothing or the file seen when the run began (a file
+    that appeared meanwhile only with --force; a link or a device never replaced), so an
+    interrupted learn leaves no partial file. Written by torch_file where the base weights
+    were read by it (their bytes copied), else by torch.save."""
     try:
         temp = target.temporary()
         try:
-            torch.save(payload, temp)
+            if base.stored is not None:
+                torch_file.write_checkpoint(temp, payload, source=base.stored)
+            else:
+                import torch
+
+                torch.save(payload, temp)
         except BaseException:
             temp.close()
             raise
@@ -497,72 +560,74 @@ def _learn(
     check_duplicates(examples, allow=request.allow_duplicates, console=console)
     what = config.checkpoint or f"{plan.info.model} ({plan.info.tag})"
     with console.loading(what) as bar:
-        state = load_state(plan, progress=bar)
-    try:
-        if any(e.feature is None for e in examples):
-            compute_features(_engine(plan, state), examples, cache, tally, console)
-    except (KeyboardInterrupt, Terminated):
-        console.say(
-            f"interrupted: nothing was saved ({cache.stats.computed} new features are cached; "
-            "run again to go on)",
-            style="yellow",
-        )
-        raise
-    console.note(
-        f"features: {cache.stats.computed} computed, {cache.stats.hits} from the cache "
-        f"({plan.info.model}, {plan.describe()})"
-    )
-    if cache.stats.write_errors:
-        console.warn(f"{cache.stats.write_errors} features could not be cached in '{cache.folder}'")
-    check_classes(labels, examples, where=where, hint="fix the unreadable images")
-    index = {label: k for k, label in enumerate(labels)}
-    x = torch.stack([e.feature for e in examples if e.feature is not None])
-    y = torch.tensor([index[e.label] for e in examples], dtype=torch.int64)
-    counts = torch.bincount(y, minlength=len(labels)).tolist()
-    console.note(f"learning {len(labels)} classes from {len(examples)} images")
-    _warn_small(labels, counts, console)
-    train, held = stratified_split(y, len(labels), request.holdout, seed=request.seed)
-    start: Head | None = None
-    accuracy: float | None = None
-    if held.numel():
-        start = fit_head(x[train], y[train], len(labels))
-        result = score(start, x[held], y[held], len(labels))
-        accuracy = result.accuracy
-        report_score(result, labels, console)
-        if accuracy < POOR_ACCURACY:
-            console.warn(
-                f"held-out accuracy is only {accuracy:.0%}: add more images per class, "
-                "move misfiled ones, or merge classes that look alike"
+        base = read_base(plan, progress=bar)
+    with base:
+        try:
+            if any(e.feature is None for e in examples):
+                compute_features(_engine(plan, base), examples, cache, tally, console)
+        except (KeyboardInterrupt, Terminated):
+            console.say(
+                f"interrupted: nothing was saved ({cache.stats.computed} new features are cached; "
+                "run again to go on)",
+                style="yellow",
             )
-    elif request.holdout > 0:
-        console.warn("too few images to hold any out: the model is not scored")
-    head = fit_head(x, y, len(labels), start=start)
-    payload = {
-        "state_dict": learned_state(state[0], head),
-        CLASSES_KEY: list(labels),
-        LEARN_KEY: {
-            "model": plan.info.model,
-            "base": config.checkpoint or plan.info.tag,
-            "images": len(examples),
-            "holdout": request.holdout,
-            "holdout_accuracy": accuracy,
-            "seed": request.seed,
-            "precision": plan.precision,
-        },
-    }
-    publish_checkpoint(payload, target)
-    if tally.total:
-        console.warn(tally.line())
-    console.note(f"saved '{out}': {len(labels)} classes, fitted on all {len(examples)} images")
-    model_flag = "" if plan.info.model == "resnext50_32x4d" else f" -m {plan.info.model}"
-    console.note(f"use it with: resnext classify --checkpoint {out}{model_flag} PHOTOS")
-    console.stdout.write(f"{out}\n")
-    return ExitStatus.SOME_FAILED if tally.total else ExitStatus.OK
+            raise
+        console.note(
+            f"features: {cache.stats.computed} computed, {cache.stats.hits} from the cache "
+            f"({plan.info.model}, {plan.describe()})"
+        )
+        if cache.stats.write_errors:
+            console.warn(
+                f"{cache.stats.write_errors} features could not be cached in '{cache.folder}'"
+            )
+        check_classes(labels, examples, where=where, hint="fix the unreadable images")
+        index = {label: k for k, label in enumerate(labels)}
+        x = np.stack([e.feature for e in examples if e.feature is not None])
+        y = np.array([index[e.label] for e in examples], dtype=np.int64)
+        counts = np.bincount(y, minlength=len(labels)).tolist()
+        console.note(f"learning {len(labels)} classes from {len(examples)} images")
+        _warn_small(labels, counts, console)
+        train, held = stratified_split(y, len(labels), request.holdout, seed=request.seed)
+        start: Head | None = None
+        accuracy: float | None = None
+        if held.size:
+            start = fit_head(x[train], y[train], len(labels))
+            result = score(start, x[held], y[held], len(labels))
+            accuracy = result.accuracy
+            report_score(result, labels, console)
+            if accuracy < POOR_ACCURACY:
+                console.warn(
+                    f"held-out accuracy is only {accuracy:.0%}: add more images per class, "
+                    "move misfiled ones, or merge classes that look alike"
+                )
+        elif request.holdout > 0:
+            console.warn("too few images to hold any out: the model is not scored")
+        head = fit_head(x, y, len(labels), start=start)
+        payload = {
+            "state_dict": learned_state(base, head),
+            CLASSES_KEY: list(labels),
+            LEARN_KEY: {
+                "model": plan.info.model,
+                "base": config.checkpoint or plan.info.tag,
+                "images": len(examples),
+                "holdout": request.holdout,
+                "holdout_accuracy": accuracy,
+                "seed": request.seed,
+                "precision": plan.precision,
+            },
+        }
+        publish_checkpoint(payload, base, target)
+        if tally.total:
+            console.warn(tally.line())
+        console.note(f"saved '{out}': {len(labels)} classes, fitted on all {len(examples)} images")
+        model_flag = "" if plan.info.model == "resnext50_32x4d" else f" -m {plan.info.model}"
+        console.note(f"use it with: resnext classify --checkpoint {out}{model_flag} PHOTOS")
+        console.stdout.write(f"{out}\n")
+        return ExitStatus.SOME_FAILED if tally.total else ExitStatus.OK
 
 
-def _engine(plan: Plan, state: tuple[dict[str, torch.Tensor], str]) -> LocalEngine:
+def _engine(plan: Plan, base: Base) -> LocalEngine:
     """The classify engine on the base model; its fc is not used, so any class count goes."""
-    fc = state[0].get("fc.weight")
-    classes = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else len(plan.labels)
+    classes = base.classes(len(plan.labels))
     plan = replace(plan, labels=tuple(str(i) for i in range(classes)))
-    return LocalEngine(load_model(plan, state=state))
+    return LocalEngine(load_model(plan, state=base.state))

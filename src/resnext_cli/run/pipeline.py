@@ -512,14 +512,13 @@ def infer(model: Model, prepared: Sequence[tuple[Source, Prepared]]) -> Iterable
 
 def features(
     model: Model, prepared: Sequence[tuple[Source, Prepared]]
-) -> Iterable[tuple[Source, torch.Tensor | InputError]]:
+) -> Iterable[tuple[Source, np.ndarray[Any, Any] | InputError]]:
     """The pooled features (the input of fc) of one batch, or each input's error, in order.
 
     The same decoding, batching and precision as `infer`: features run at classify's speed.
-    They are torch tensors whatever the runtime (what learns from them is torch).
+    They are float32 numpy vectors whatever the runtime (what learns from them is numpy,
+    so a learn through OpenVINO never imports torch).
     """
-    import torch
-
     batch = _decoded(model, prepared)
     ready = [(s, p) for s, p in batch if not isinstance(p, InputError)]
     tensors, names = [p for _, p in ready], [s.input for s, _ in ready]
@@ -529,4 +528,13 @@ def features(
             yield source, ready_or_error
             continue
         outcome = next(outcomes)
-        yield source, outcome if isinstance(outcome, InputError) else torch.as_tensor(outcome[0])
+        yield source, outcome if isinstance(outcome, InputError) else _vector(outcome[0])
+
+
+def _vector(row: Rows) -> np.ndarray[Any, Any]:
+    """One row of features as a float32 numpy vector, off the device."""
+    if isinstance(row, np.ndarray):
+        return np.ascontiguousarray(row, dtype=np.float32)
+    import torch
+
+    return np.asarray(row.detach().to("cpu", torch.float32).numpy())
