@@ -208,8 +208,16 @@ def _run(
 ) -> tuple[int, list[dict[str, Any]], str, list[str]]:
     """Run `resnext ARGS -f jsonl -q` in a fresh process: exit code, records, stderr
     (without the import line) and the torch modules it imported."""
+    code, stdout, stderr, imported = _fresh(home, *args, "-f", "jsonl", *(["-q"] * quiet))
+    records = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    return code, records, stderr, imported
+
+
+def _fresh(home: Path, *args: str | Path) -> tuple[int, str, str, list[str]]:
+    """Run `resnext ARGS` in a fresh process: exit code, stdout, stderr (without the
+    import line) and the torch modules it imported."""
     done = subprocess.run(
-        [sys.executable, "-c", WRAPPER, *map(str, args), "-f", "jsonl", *(["-q"] * quiet)],
+        [sys.executable, "-c", WRAPPER, *map(str, args)],
         capture_output=True,
         text=True,
         env=_env(home),
@@ -217,8 +225,7 @@ def _run(
     )
     lines = done.stderr.splitlines()
     assert lines and lines[-1].startswith("IMPORTED"), done.stderr
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    return done.returncode, records, "\n".join(lines[:-1]), lines[-1].split()[1:]
+    return done.returncode, done.stdout, "\n".join(lines[:-1]), lines[-1].split()[1:]
 
 
 @pytest.fixture(scope="module")
@@ -421,21 +428,6 @@ def test_an_entry_converted_before_the_names_were_kept_gets_them(
 # -- resnext learn without torch (issue 26: a re-learn in a fraction of the first) ------------
 
 
-def _learn(home: Path, *args: str | Path) -> tuple[int, str, list[str]]:
-    """Run `resnext learn ARGS` in a fresh process: exit code, stderr (without the import
-    line) and the torch modules it imported."""
-    done = subprocess.run(
-        [sys.executable, "-c", WRAPPER, "learn", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=_env(home),
-        timeout=300,
-    )
-    lines = done.stderr.splitlines()
-    assert lines and lines[-1].startswith("IMPORTED"), done.stderr
-    return done.returncode, "\n".join(lines[:-1]), lines[-1].split()[1:]
-
-
 @needs_openvino
 def test_learning_through_openvino_imports_no_torch_and_keeps_the_base_weights(
     warm, checkpoint, tmp_path
@@ -451,12 +443,12 @@ def test_learning_through_openvino_imports_no_torch_and_keeps_the_base_weights(
             natural_image(100 * k + i, (120, 90)).save(folder / kind / f"{i}.jpg", quality=90)
     first = tmp_path / "first.pth"
     args = ("--checkpoint", checkpoint, "--precision", "fp32", "-b", "4")
-    code, err, imported = _learn(home, folder, "-o", first, *args)
+    code, _, err, imported = _fresh(home, "learn", folder, "-o", first, *args)
     assert (code, imported) == (0, []), err
     assert "features: 6 computed, 0 from the cache" in err
     os.rename(folder / "red" / "0.jpg", folder / "blue" / "moved.jpg")
     again = tmp_path / "again.pth"
-    code, err, imported = _learn(home, folder, "-o", again, *args)
+    code, _, err, imported = _fresh(home, "learn", folder, "-o", again, *args)
     assert (code, imported) == (0, []), err
     assert "features: 1 computed, 5 from the cache" in err
     # What torch reads back: the base tensors unchanged, the new fc, the names.

@@ -305,21 +305,25 @@ def test_round_trip_keeps_shared_storages_shared(
     assert ptr(state["shared_whole"]) != ptr(state["half"])
 
 
+@pytest.fixture
+def reference(rewritten: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> Path:
+    """What torch.save writes of the tree the rewritten file should hold."""
+    path = tmp_path / "reference.pth"
+    torch.save(rewritten[2], path)
+    return path
+
+
 def test_round_trip_equals_what_torch_save_writes_of_the_same_tree(
-    rewritten: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+    rewritten: tuple[Path, Path, dict[str, Any]], reference: Path
 ) -> None:
-    _, out, expected = rewritten
-    reference = tmp_path / "reference.pth"
-    torch.save(expected, reference)
+    _, out, _ = rewritten
     _assert_same(torch.load(out, weights_only=True), torch.load(reference, weights_only=True))
 
 
 def test_written_zip_is_laid_out_as_torch_writes_it(
-    rewritten: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+    rewritten: tuple[Path, Path, dict[str, Any]], reference: Path
 ) -> None:
-    _, out, expected = rewritten
-    reference = tmp_path / "reference.pth"
-    torch.save(expected, reference)
+    _, out, _ = rewritten
     ours, theirs = _zip_entries(out), _zip_entries(reference)
 
     def layout(entries: dict[str, bytes]) -> list[str]:

@@ -456,7 +456,6 @@ class Base:
     references to the stored tensors (model/torch_file.py, copied byte for byte, no torch)
     or, from a file that module does not read, the state dict torch loaded."""
 
-    name: str
     tensors: dict[str, Any]  # torchvision's keys: StoredTensor references or torch tensors
     stored: torch_file.StoredFile | None = None
     state: State | None = None
@@ -478,19 +477,21 @@ def read_base(plan: Plan, *, progress: Progress | None) -> Base:
     """The base weights (fetched if need be): their tensors found without torch where the
     file is torch's zip format of plain tensors, else loaded by torch (which also says what
     is wrong with a file that is no checkpoint)."""
-    path, name = weights_file(plan, progress=progress)
+    path, _ = weights_file(plan, progress=progress)
     try:
         stored = torch_file.StoredFile(path)
     except (torch_file.Unsupported, OSError):
         stored = None
     if stored is not None:
-        state = unwrap(stored.tree)
-        tensors = state_entries(state, torch_file.StoredTensor) if isinstance(state, dict) else {}
+        unwrapped = unwrap(stored.tree)
+        tensors = (
+            state_entries(unwrapped, torch_file.StoredTensor) if isinstance(unwrapped, dict) else {}
+        )
         if tensors and not holds_int8(stored.tree):
-            return Base(name, tensors, stored=stored)
+            return Base(tensors, stored=stored)
         stored.close()
-    state_ = load_state(plan, progress=progress)
-    return Base(state_[1], dict(state_[0]), state=state_)
+    state = load_state(plan, progress=progress)
+    return Base(dict(state[0]), state=state)
 
 
 def learned_state(base: Base, head: Head) -> dict[str, Any]:
