@@ -1,0 +1,58 @@
+"""model/blas.py: numpy's BLAS on one thread inside the block, as it was after it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from resnext_cli.model.blas import one_thread
+
+
+def blas_threads() -> list[int]:
+    """What each BLAS library numpy loaded says it uses now (threadpoolctl's own reading)."""
+    np.ones(1) @ np.ones(1)  # numpy's BLAS is loaded
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+@pytest.fixture
+def three_threads() -> Iterator[None]:
+    """Outside the block: three threads, whatever this machine's default (or a
+    mutation run's OMP_NUM_THREADS=1) would be, so 'one inside' is a change to see."""
+    with threadpool_limits(limits=3, user_api="blas"):
+        assert blas_threads() and set(blas_threads()) == {3}
+        yield
+
+
+@pytest.mark.usefixtures("three_threads")
+def test_one_thread_inside_the_block_and_the_old_count_after() -> None:
+    with one_thread():
+        assert set(blas_threads()) == {1}
+    assert set(blas_threads()) == {3}
+
+
+@pytest.mark.usefixtures("three_threads")
+def test_the_old_count_comes_back_when_the_block_raises() -> None:
+    with pytest.raises(KeyError, match="boom"), one_thread():
+        raise KeyError("boom")
+    assert set(blas_threads()) == {3}
+
+
+@pytest.mark.usefixtures("three_threads")
+def test_nested_blocks_restore_in_turn() -> None:
+    with one_thread():
+        with one_thread():
+            assert set(blas_threads()) == {1}
+        assert set(blas_threads()) == {1}
+    assert set(blas_threads()) == {3}
+
+
+@pytest.mark.usefixtures("three_threads")
+def test_products_inside_the_block_equal_those_outside() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 48)), rng.standard_normal((48, 32))
+    expected = np.einsum("ik,kj->ij", a, b)  # no BLAS: an independent product
+    with one_thread():
+        np.testing.assert_allclose(a @ b, expected, rtol=1e-12, atol=1e-12)
