@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from html.parser import HTMLParser
@@ -590,3 +591,53 @@ def everything(root: Path) -> dict[str, str]:
         else:
             out[rel] = "dir"
     return out
+
+
+# -- torch checkpoints read and written without torch (model/torch_file.py, torch_write.py) --
+
+TORCH_FILE_SEED = 7
+
+
+def torch_file_tree() -> dict[str, Any]:
+    """A seeded tree like a learned checkpoint: a state dict with every storage dtype."""
+    torch.manual_seed(TORCH_FILE_SEED)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = model.state_dict()  # an OrderedDict with _metadata, num_batches_tracked int64
+    assert hasattr(state, "_metadata")
+    g = torch.Generator().manual_seed(TORCH_FILE_SEED)
+    base = torch.randn(8, generator=g)
+    state["fc.weight"] = torch.randn(3, 4, generator=g)
+    state["fc.bias"] = torch.randn(3, generator=g)
+    state["half"] = torch.randn(5, generator=g).half()
+    state["bf16"] = torch.randn(2, 3, generator=g).bfloat16()
+    state["transposed"] = torch.randn(3, 5, generator=g).t()
+    state["shared_whole"] = base
+    state["shared_slice"] = base[2:6]
+    state["float64"] = torch.randn(2, generator=g).double()
+    state["int32"] = torch.arange(-3, 3, dtype=torch.int32)
+    state["int16"] = torch.arange(-2, 2, dtype=torch.int16)
+    state["int8"] = torch.tensor([-128, 0, 127], dtype=torch.int8)
+    state["uint8"] = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    state["bool"] = torch.tensor([True, False, True])
+    return {
+        "state_dict": state,
+        "names": ["cat", "dog"],
+        "info": {"x": 1.5, "y": None, "z": True},
+        "epoch": 12,
+    }
+
+
+# The saved fixture of the torch_file and torch_write tests (named so by pytest, not by
+# Python, so that the modules importing it shadow no name).
+@pytest.fixture(name="saved")
+def saved_checkpoint(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """The original tree and the file torch.save wrote of it."""
+    tree = torch_file_tree()
+    path = tmp_path / "original.pth"
+    torch.save(tree, path)
+    return path, tree
+
+
+def zip_entries(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}

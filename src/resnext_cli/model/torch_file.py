@@ -1,11 +1,11 @@
-"""Torch checkpoint files without torch: read the object tree, write a new file.
+"""Torch checkpoint files read without torch, and the facts of the format.
 
 ``torch.save`` writes a zip: ``<top>/data.pkl`` (the object tree, a pickle whose tensors
 name their storages by key), ``<top>/data/<key>`` (each storage's raw little-endian bytes)
 and a few small records. :class:`StoredFile` reads the tree with each tensor as a
-:class:`StoredTensor` (a reference; no data decoded), and :func:`write_checkpoint` writes
-a file that ``torch.load(weights_only=True)`` (and ``mmap=True``) reads, copying stored
-tensors' storages byte for byte and adding numpy arrays as new tensors.
+:class:`StoredTensor` (a reference; no data decoded) and opens each storage's bytes.
+model/torch_write.py writes a new file from such a tree, with the facts of the format
+kept here (the dtype tables, the folder, the alignment, the layout check).
 
 Only the globals a state dict needs are resolved, each to a stand-in defined here, so a
 hostile pickle runs nothing; anything else raises :class:`Unsupported`, and the caller
@@ -19,19 +19,14 @@ import os
 import pickle
 import re
 import reprlib
-import secrets
-import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, BinaryIO, Final, NamedTuple, TypeGuard
 
-import numpy as np
-import numpy.typing as npt
-
 # Bytes per element of each dtype a storage global names.
-_ITEMSIZE: Final = {
+ITEMSIZE: Final = {
     "float32": 4,
     "float64": 8,
     "float16": 2,
@@ -55,9 +50,9 @@ _STORAGE_DTYPES: Final = {
     "ByteStorage": "uint8",
     "BoolStorage": "bool",
 }
-_STORAGE_NAMES: Final = {dtype: name for name, dtype in _STORAGE_DTYPES.items()}
+STORAGE_NAMES: Final = {dtype: name for name, dtype in _STORAGE_DTYPES.items()}
 # numpy (kind, itemsize) -> dtype name: every storage dtype but bfloat16, which numpy lacks.
-_NUMPY_DTYPES: Final = {
+NUMPY_DTYPES: Final = {
     ("f", 4): "float32",
     ("f", 8): "float64",
     ("f", 2): "float16",
@@ -69,20 +64,20 @@ _NUMPY_DTYPES: Final = {
     ("b", 1): "bool",
 }
 
-_TOP: Final = "archive"  # torch.save's folder for a buffer; any one folder loads
-_ALIGNMENT: Final = 64  # torch's storage alignment, which mmap=True relies on
-_EPOCH: Final = (1980, 1, 1, 0, 0, 0)
+TOP: Final = "archive"  # torch.save's folder for a buffer; any one folder loads
+ALIGNMENT: Final = 64  # torch's storage alignment, which mmap=True relies on
+EPOCH: Final = (1980, 1, 1, 0, 0, 0)
 _STORAGE_KEY: Final = re.compile(r"[0-9A-Za-z_.-]{1,64}")
 _MAX_PICKLE_BYTES: Final = 64 << 20
 # Bounds on the tree: a state dict is a few levels deep and a few thousand objects; a
 # pickle can refer to one object many times (or to itself), so reading counts visits.
-_MAX_DEPTH: Final = 200
+MAX_DEPTH: Final = 200
 _MAX_VISITS: Final = 5_000_000
-_CHUNK: Final = 1 << 20
+CHUNK: Final = 1 << 20
 # What zipfile raises for a damaged, encrypted or oddly compressed entry.
-_ZIP_ERRORS: Final = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError)
-_LOCAL_HEADER: Final = 30  # bytes of a zip local file header before its name
-_ZIP64_EXTRA: Final = 20  # zipfile's zip64 field in a local header
+ZIP_ERRORS: Final = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError)
+LOCAL_HEADER: Final = 30  # bytes of a zip local file header before its name
+ZIP64_EXTRA: Final = 20  # zipfile's zip64 field in a local header
 
 
 class Unsupported(Exception):
@@ -198,7 +193,7 @@ def _is_counts(obj: object) -> TypeGuard[tuple[int, ...]]:
     return type(obj) is tuple and all(_is_count(n) for n in obj)
 
 
-def _layout(
+def layout(
     offset: object, shape: object, stride: object, numel: int
 ) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Return a tensor's layout after checking it fits a storage of *numel* elements.
@@ -246,7 +241,7 @@ class _Plain:
     def convert(self, obj: object, depth: int = 0) -> object:
         """Return *obj* with stand-ins replaced; refuse any other type."""
         self._visits += 1
-        if depth > _MAX_DEPTH or self._visits > _MAX_VISITS:
+        if depth > MAX_DEPTH or self._visits > _MAX_VISITS:
             raise Unsupported("the object tree is too deep or too large (or refers to itself)")
         if obj is None or type(obj) in (str, int, float, bool):
             return obj
@@ -279,9 +274,7 @@ def _stored_tensor(rebuilt: _Rebuilt) -> StoredTensor:
         # Metadata carries flags (conjugate, negative) that change the values read.
         raise Unsupported(f"a tensor has metadata {_brief(rebuilt.metadata)}")
     try:
-        offset, shape, stride = _layout(
-            rebuilt.offset, rebuilt.shape, rebuilt.stride, storage.numel
-        )
+        offset, shape, stride = layout(rebuilt.offset, rebuilt.shape, rebuilt.stride, storage.numel)
     except ValueError as exc:
         raise Unsupported(f"storage '{storage.key}': {exc}") from None
     return StoredTensor(storage.dtype, storage.key, offset, shape, stride)
@@ -332,7 +325,7 @@ class StoredFile:
         try:
             with self.open_storage(key) as stream:
                 return stream.read()
-        except _ZIP_ERRORS as exc:
+        except ZIP_ERRORS as exc:
             raise Unsupported(f"cannot read storage '{key}': {exc}") from exc
 
     def open_storage(self, key: str) -> IO[bytes]:
@@ -344,6 +337,11 @@ class StoredFile:
     def storage_numel(self, key: str) -> int:
         """Return how many elements the storage *key* holds."""
         return self._storages[key].numel
+
+    def storage_dtype(self, key: str) -> str | None:
+        """Return the dtype of the storage *key*, or None where the tree names no such one."""
+        ref = self._storages.get(key)
+        return None if ref is None else ref.dtype
 
     def _top_folder(self) -> str:
         """Return the one folder all entries sit in, after checking the archive's layout."""
@@ -368,7 +366,7 @@ class StoredFile:
             raise Unsupported(f"'{name}' is {info.file_size} bytes: too large")
         try:
             return self._zip.read(info)
-        except _ZIP_ERRORS as exc:
+        except ZIP_ERRORS as exc:
             raise Unsupported(f"cannot read '{name}': {exc}") from exc
 
     def _check_records(self) -> None:
@@ -416,297 +414,9 @@ class StoredFile:
             info = self._zip.getinfo(f"{self._top}/data/{key}")
         except KeyError:
             raise Unsupported(f"storage '{key}' is missing from the zip") from None
-        if info.file_size != numel * _ITEMSIZE[ref.dtype]:
+        if info.file_size != numel * ITEMSIZE[ref.dtype]:
             raise Unsupported(
                 f"storage '{key}' holds {info.file_size} bytes, not {numel} {ref.dtype} elements"
             )
         self._storages[key] = ref
         return ref
-
-
-@dataclass(frozen=True)
-class _Copied:
-    """A storage to copy from the source file."""
-
-    key: str
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class _Fresh:
-    """A storage holding a new array's bytes (C-contiguous, little-endian)."""
-
-    array: npt.NDArray[Any]
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Return the strides torch gives a contiguous tensor of *shape*."""
-    strides: list[int] = []
-    step = 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
-
-
-def _long_bytes(value: int) -> bytes:
-    """Encode *value* the way pickle's LONG1 wants: little-endian two's complement, short."""
-    if value == 0:
-        return b""
-    size = (value.bit_length() >> 3) + 1
-    data = value.to_bytes(size, "little", signed=True)
-    if value < 0 and size > 1 and data[-1] == 0xFF and data[-2] & 0x80:
-        data = data[:-1]
-    return data
-
-
-class _Encoder:
-    """Write a tree as a protocol-2 pickle the way torch.save does, by hand.
-
-    ``pickle.Pickler`` would import torch to check the tensor globals. Storages are
-    numbered in first-use order; a source storage or a numpy array met twice is one
-    storage.
-    """
-
-    def __init__(self, source: StoredFile | None) -> None:
-        self._source = source
-        self._out = io.BytesIO()
-        self.storages: list[_Copied | _Fresh] = []
-        self._copied: dict[str, str] = {}
-        self._fresh: dict[int, str] = {}
-
-    def encode(self, tree: object) -> bytes:
-        """Return the pickle of *tree*."""
-        self._out.write(pickle.PROTO + b"\x02")
-        self._value(tree, 0)
-        self._out.write(pickle.STOP)
-        return self._out.getvalue()
-
-    def _value(self, obj: object, depth: int) -> None:
-        """Write one value."""
-        if depth > _MAX_DEPTH:
-            raise ValueError(f"the tree is nested over {_MAX_DEPTH} levels deep (or holds a cycle)")
-        if isinstance(obj, dict):
-            self._dict(obj, depth)
-        elif isinstance(obj, list):
-            self._list(obj, depth)
-        elif isinstance(obj, tuple):
-            self._tuple(obj, depth)
-        elif isinstance(obj, StoredTensor):
-            self._stored(obj)
-        elif isinstance(obj, np.ndarray):
-            self._array(obj)
-        else:
-            self._scalar(obj)
-
-    def _scalar(self, obj: object) -> None:
-        """Write None, a bool, an int, a float or a str."""
-        if obj is None:
-            self._out.write(pickle.NONE)
-        elif isinstance(obj, bool):
-            self._out.write(pickle.NEWTRUE if obj else pickle.NEWFALSE)
-        elif isinstance(obj, int):
-            self._int(obj)
-        elif isinstance(obj, float):
-            self._out.write(pickle.BINFLOAT + struct.pack(">d", obj))
-        elif isinstance(obj, str):
-            self._str(obj)
-        else:
-            raise TypeError(
-                f"cannot write a {type(obj).__name__} into a checkpoint (use dict, list, tuple,"
-                " str, int, float, bool, None, StoredTensor or a numpy array)"
-            )
-
-    def _int(self, value: int) -> None:
-        """Write an int in the shortest opcode torch's loader reads (it lacks LONG4)."""
-        if 0 <= value < 0x100:
-            self._out.write(pickle.BININT1 + bytes([value]))
-        elif 0 <= value < 0x10000:
-            self._out.write(pickle.BININT2 + struct.pack("<H", value))
-        elif -(2**31) <= value < 2**31:
-            self._out.write(pickle.BININT + struct.pack("<i", value))
-        else:
-            data = _long_bytes(value)
-            if len(data) > 0xFF:
-                raise ValueError(f"int of {value.bit_length()} bits is too large for torch.load")
-            self._out.write(pickle.LONG1 + bytes([len(data)]) + data)
-
-    def _str(self, value: str) -> None:
-        """Write a str as UTF-8 (lone surrogates kept, as pickle does)."""
-        data = value.encode("utf-8", "surrogatepass")
-        if len(data) > 0xFFFFFFFF:
-            raise ValueError("a string of 4 GiB or more cannot be pickled with protocol 2")
-        self._out.write(pickle.BINUNICODE + struct.pack("<I", len(data)) + data)
-
-    def _dict(self, value: dict[Any, Any], depth: int) -> None:
-        """Write a dict, its items in order in one MARK batch."""
-        self._out.write(pickle.EMPTY_DICT)
-        if value:
-            self._out.write(pickle.MARK)
-            for key, item in value.items():
-                self._value(key, depth + 1)
-                self._value(item, depth + 1)
-            self._out.write(pickle.SETITEMS)
-
-    def _list(self, value: list[Any], depth: int) -> None:
-        """Write a list, its items in one MARK batch."""
-        self._out.write(pickle.EMPTY_LIST)
-        if value:
-            self._out.write(pickle.MARK)
-            for item in value:
-                self._value(item, depth + 1)
-            self._out.write(pickle.APPENDS)
-
-    def _tuple(self, value: tuple[object, ...], depth: int) -> None:
-        """Write a tuple."""
-        if not value:
-            self._out.write(pickle.EMPTY_TUPLE)
-            return
-        short = len(value) <= 3
-        if not short:
-            self._out.write(pickle.MARK)
-        for item in value:
-            self._value(item, depth + 1)
-        if short:
-            self._out.write((pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3)[len(value) - 1])
-        else:
-            self._out.write(pickle.TUPLE)
-
-    def _stored(self, tensor: StoredTensor) -> None:
-        """Write a tensor whose storage is copied from the source."""
-        source = self._source
-        if source is None:
-            raise ValueError("the tree holds a StoredTensor: pass the file it came from as source")
-        ref = source._storages.get(tensor.storage)
-        if ref is None or ref.dtype != tensor.dtype:
-            raise ValueError(f"{tensor!r} names no {tensor.dtype} storage of the source")
-        try:
-            offset, shape, stride = _layout(tensor.offset, tensor.shape, tensor.stride, ref.numel)
-        except ValueError as exc:
-            raise ValueError(f"{tensor!r}: {exc}") from None
-        key = self._copied.get(ref.key)
-        if key is None:
-            key = self._copied[ref.key] = str(len(self.storages))
-            self.storages.append(_Copied(ref.key, ref.numel * _ITEMSIZE[ref.dtype]))
-        self._tensor(ref.dtype, key, ref.numel, offset, shape, stride)
-
-    def _array(self, array: npt.NDArray[Any]) -> None:
-        """Write a numpy array as a new contiguous tensor."""
-        dtype = _NUMPY_DTYPES.get((array.dtype.kind, array.dtype.itemsize))
-        if dtype is None:
-            raise TypeError(
-                f"cannot write a numpy array of dtype '{array.dtype}' (use one of: "
-                f"{', '.join(_NUMPY_DTYPES.values())})"
-            )
-        key = self._fresh.get(id(array))
-        if key is None:
-            key = self._fresh[id(array)] = str(len(self.storages))
-            little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-            self.storages.append(_Fresh(little))
-        shape = tuple(int(n) for n in array.shape)
-        self._tensor(dtype, key, array.size, 0, shape, _contiguous_strides(shape))
-
-    def _tensor(
-        self,
-        dtype: str,
-        key: str,
-        numel: int,
-        offset: int,
-        shape: tuple[int, ...],
-        stride: tuple[int, ...],
-    ) -> None:
-        """Write ``_rebuild_tensor_v2(storage, offset, shape, stride, False, OrderedDict())``."""
-        write = self._out.write
-        write(pickle.GLOBAL + b"torch._utils\n_rebuild_tensor_v2\n" + pickle.MARK)
-        write(pickle.MARK)
-        self._str("storage")
-        write(pickle.GLOBAL + f"torch\n{_STORAGE_NAMES[dtype]}\n".encode())
-        self._str(key)
-        self._str("cpu")
-        self._int(numel)
-        write(pickle.TUPLE + pickle.BINPERSID)
-        self._int(offset)
-        self._tuple(shape, 0)
-        self._tuple(stride, 0)
-        write(pickle.NEWFALSE)
-        write(pickle.GLOBAL + b"collections\nOrderedDict\n" + pickle.EMPTY_TUPLE + pickle.REDUCE)
-        write(pickle.TUPLE + pickle.REDUCE)
-
-
-def _open_entry(zf: zipfile.ZipFile, name: str, size: int) -> IO[bytes]:
-    """Open an uncompressed entry whose data starts on a 64-byte boundary, as torch's do.
-
-    The padding goes in the local header's extra field, an 'FB' record of 'Z's like
-    torch's writer makes.
-    """
-    if zf.fp is None:
-        raise ValueError("the zip is closed")
-    arcname = f"{_TOP}/{name}"
-    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT  # zipfile's own test for a zip64 header
-    start = zf.fp.tell() + _LOCAL_HEADER + len(arcname) + 4 + (_ZIP64_EXTRA if zip64 else 0)
-    pad = -start % _ALIGNMENT
-    info = zipfile.ZipInfo(arcname, date_time=_EPOCH)
-    info.compress_type = zipfile.ZIP_STORED
-    info.file_size = size
-    info.extra = b"FB" + struct.pack("<H", pad) + b"Z" * pad
-    stream = zf.open(info, "w", force_zip64=zip64)
-    if zf.fp.tell() % _ALIGNMENT:
-        stream.close()
-        raise RuntimeError(f"entry '{arcname}' is not {_ALIGNMENT}-byte aligned")
-    return stream
-
-
-def _write_record(zf: zipfile.ZipFile, name: str, data: bytes | memoryview) -> None:
-    """Write a small entry."""
-    with _open_entry(zf, name, len(data)) as stream:
-        stream.write(data)
-
-
-def _copy_storage(dst: IO[bytes], source: StoredFile, storage: _Copied) -> None:
-    """Stream one storage from the source into *dst*."""
-    copied = 0
-    try:
-        with source.open_storage(storage.key) as src:
-            while chunk := src.read(_CHUNK):
-                dst.write(chunk)
-                copied += len(chunk)
-    except _ZIP_ERRORS as exc:
-        raise Unsupported(f"cannot read storage '{storage.key}': {exc}") from exc
-    if copied != storage.nbytes:
-        raise Unsupported(f"storage '{storage.key}' changed size while it was copied")
-
-
-def _write_storage(
-    zf: zipfile.ZipFile, name: str, storage: _Copied | _Fresh, source: StoredFile | None
-) -> None:
-    """Write one storage: a new array's bytes, or a copy of the source's."""
-    if isinstance(storage, _Fresh):
-        _write_record(zf, name, storage.array.reshape(-1).view(np.uint8).data)
-        return
-    if source is None:  # _Encoder only plans copies from a source
-        raise ValueError("a stored tensor's storage needs a source")
-    with _open_entry(zf, name, storage.nbytes) as dst:
-        _copy_storage(dst, source, storage)
-
-
-def write_checkpoint(fp: BinaryIO, tree: object, *, source: StoredFile | None) -> None:
-    """Write *tree* to *fp* as a checkpoint ``torch.load(weights_only=True)`` reads.
-
-    *tree* holds dicts, lists, tuples, str, int, float, bool, None, :class:`StoredTensor`
-    (its storage copied byte for byte from *source*, each once, so shared storages stay
-    shared) and numpy arrays (new tensors of any storage dtype but bfloat16, written
-    C-contiguous). Raise TypeError for any other leaf and ValueError for a StoredTensor
-    *source* lacks.
-    """
-    encoder = _Encoder(source)
-    data = encoder.encode(tree)
-    serialization_id = f"{secrets.randbits(64):020d}{secrets.randbits(64):020d}"
-    with zipfile.ZipFile(fp, "w", zipfile.ZIP_STORED) as zf:
-        _write_record(zf, "data.pkl", data)
-        _write_record(zf, ".format_version", b"1")
-        _write_record(zf, ".storage_alignment", str(_ALIGNMENT).encode())
-        _write_record(zf, "byteorder", b"little")
-        for number, storage in enumerate(encoder.storages):
-            _write_storage(zf, f"data/{number}", storage, source)
-        _write_record(zf, "version", b"3\n")
-        _write_record(zf, ".data/serialization_id", serialization_id.encode())

@@ -30,7 +30,7 @@ from resnext_cli.console import Console, printable
 from resnext_cli.errors import ConfigError, ExitStatus, InputError, OutputError, Terminated
 from resnext_cli.files import FileProblem, OutputTarget, read_user_file
 from resnext_cli.inputs.sources import Source, iter_sources, open_source
-from resnext_cli.model import torch_file
+from resnext_cli.model import torch_file, torch_write
 from resnext_cli.model.checkpoint import CLASSES_KEY, holds_int8, state_entries, unwrap
 from resnext_cli.model.feature_cache import Entry, FeatureCache, Identity, setup_key
 from resnext_cli.model.head import Head, Score, fit_head, score, stratified_split
@@ -453,8 +453,9 @@ def _warn_small(labels: list[str], counts: list[int], console: Console) -> None:
 @dataclass
 class Base:
     """The base model's weights, which the learned checkpoint keeps beside its new fc:
-    references to the stored tensors (model/torch_file.py, copied byte for byte, no torch)
-    or, from a file that module does not read, the state dict torch loaded."""
+    references to the stored tensors (read by model/torch_file.py, copied byte for byte by
+    model/torch_write.py, no torch) or, from a file torch_file does not read, the state dict
+    torch loaded."""
 
     tensors: dict[str, Any]  # torchvision's keys: StoredTensor references or torch tensors
     stored: torch_file.StoredFile | None = None
@@ -511,13 +512,13 @@ def publish_checkpoint(payload: dict[str, Any], base: Base, target: OutputTarget
     """Write *payload* the one way outputs are written (files.py): a temporary file of this
     tool's beside -o, published onto nothing or the file seen when the run began (a file
     that appeared meanwhile only with --force; a link or a device never replaced), so an
-    interrupted learn leaves no partial file. Written by torch_file where the base weights
-    were read by it (their bytes copied), else by torch.save."""
+    interrupted learn leaves no partial file. Written by torch_write where torch_file read
+    the base weights (their bytes copied), else by torch.save."""
     try:
         temp = target.temporary()
         try:
             if base.stored is not None:
-                torch_file.write_checkpoint(temp, payload, source=base.stored)
+                torch_write.write_checkpoint(temp, payload, source=base.stored)
             else:
                 import torch
 
