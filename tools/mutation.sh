@@ -88,6 +88,11 @@ import sys
 from pathlib import Path
 
 
+# mutmut's trampolines add a few frames to every call of a mutated function: code that
+# recurses to a depth limit of its own (torch_file's 200 levels) would hit Python's 1,000.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
+
+
 def pytest_collection_modifyitems(session, config, items):
     # mutmut hands a forked mutant its tests unordered; with -x the fastest should go first.
     stats = Path("mutmut-stats.json")
