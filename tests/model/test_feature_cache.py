@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from resnext_cli.model.feature_cache import (
     Entry,
@@ -195,3 +196,23 @@ def test_clear_leaves_a_linked_cache_folder_alone(tmp_path: Path) -> None:
     cache_root().symlink_to(elsewhere)
     assert clear() == (0, 0)
     assert len(list(elsewhere.rglob("*.feat"))) == 1
+
+
+def test_clear_goes_on_past_an_entry_it_cannot_remove(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another run's file system or a read-only entry: clear removes the rest, never raises.
+    cache = FeatureCache("s")
+    for n in range(3):
+        cache.put(Identity(f"/p{n}", 1, 1), Entry(b"d" * 32, np.ones(2, np.float32)))
+    stuck = Identity("/p1", 1, 1).key() + ".feat"
+    unlink = os.unlink
+
+    def refuse(path: str | bytes | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        if os.fsdecode(path).endswith(stuck):
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    assert clear() == (3, 3 * (40 + 8))
+    assert sorted(p.name for p in cache_root().rglob("*.feat")) == [stuck]
