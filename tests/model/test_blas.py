@@ -56,3 +56,17 @@ def test_products_inside_the_block_equal_those_outside() -> None:
     expected = np.einsum("ik,kj->ij", a, b)  # no BLAS: an independent product
     with one_thread():
         np.testing.assert_allclose(a @ b, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_openmp_pools_keep_their_threads() -> None:
+    # torch's (and OpenVINO's) OpenMP threads run the network: the block limits BLAS alone.
+    import torch
+
+    torch.ones(1)  # torch's OpenMP runtime is loaded
+    with threadpool_limits(limits=3):
+        pools = [p for p in threadpool_info() if p["user_api"] == "openmp"]
+        assert pools, "no OpenMP runtime is loaded"
+        with one_thread():
+            inside = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+            assert set(blas_threads()) == {1}
+        assert inside and set(inside) == {3}
