@@ -79,25 +79,29 @@ def examples_from_folder(root: str, console: Console, tally: Tally) -> list[Exam
     """One class per subfolder of *root*; sort's _uncertain/, _failed/ and hidden entries
     (its journal) are left out, and said so in one line."""
     path = Path(root)
-    if not path.exists():
-        raise ConfigError(
-            f"folder '{root}' does not exist (give a folder with one subfolder per class)"
-        )
-    if not path.is_dir():
-        raise ConfigError(
-            f"'{root}' is a file, not a folder (give a folder with one subfolder per class, "
-            "or --from FILE with a path,label list)"
-        )
     left_out: list[str] = []
     classes: list[tuple[str, Path]] = []
-    with os.scandir(path) as listing:
-        for entry in sorted(listing, key=lambda e: e.name):
-            if entry.name.startswith(".") or entry.name in SKIPPED_FOLDERS:
-                left_out.append(entry.name + ("/" if entry.is_dir() else ""))
-            elif entry.is_dir():
-                classes.append((entry.name, Path(entry.path)))
-            else:
-                left_out.append(entry.name)
+    try:
+        if not path.exists():
+            raise ConfigError(
+                f"folder '{root}' does not exist (give a folder with one subfolder per class)"
+            )
+        if not path.is_dir():
+            raise ConfigError(
+                f"'{root}' is a file, not a folder (give a folder with one subfolder per "
+                "class, or --from FILE with a path,label list)"
+            )
+        with os.scandir(path) as listing:
+            for entry in sorted(listing, key=lambda e: e.name):
+                if entry.name.startswith(".") or entry.name in SKIPPED_FOLDERS:
+                    left_out.append(entry.name + ("/" if entry.is_dir() else ""))
+                elif entry.is_dir():
+                    classes.append((entry.name, Path(entry.path)))
+                else:
+                    left_out.append(entry.name)
+    except OSError as exc:  # no permission to list it, a name too long for the system
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot read folder '{root}': {reason}") from None
     if left_out:
         names = ", ".join(f"'{printable(n)}'" for n in left_out[:5])
         more = f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
@@ -150,24 +154,36 @@ def _missing_columns(name: str) -> ConfigError:
     return ConfigError(f"--from file '{name}' has no 'path' and 'label' columns ({_LIST_HELP})")
 
 
+def _row_start(text: str, after: int) -> int:
+    """The line a CSV row that follows line *after* starts on: csv skips empty lines."""
+    for number, line in enumerate(io.StringIO(text, newline=""), start=1):
+        if number > after and line.rstrip("\r\n"):
+            return number
+    return after + 1
+
+
 def _rows(name: str, text: str) -> Iterator[tuple[int, Any, Any]]:
     """(line number, path, label) of each row of a CSV or JSON Lines list."""
     is_json = name.lower().endswith((".jsonl", ".ndjson", ".json")) or text.lstrip().startswith("{")
     if not is_json:
         reader = csv.DictReader(io.StringIO(text, newline=""))
+        done = 0  # the last line of the header or row read whole
         try:
             fields = reader.fieldnames or []
+            done = reader.line_num
             label_column = (
                 "label" if "label" in fields else "label_1" if "label_1" in fields else None
             )
             if "path" not in fields or label_column is None:
                 raise _missing_columns(name)
             for row in reader:
-                yield reader.line_num, row.get("path"), row.get(label_column)
+                done = reader.line_num
+                yield done, row.get("path"), row.get(label_column)
         except csv.Error as exc:  # a field over csv's limit
-            # line_num counts the lines of the rows read before: this row starts one later.
+            # Said at the line its row starts on, as the rows read are.
             raise ConfigError(
-                f"--from file '{name}' line {reader.line_num + 1} is not CSV ({exc}; {_LIST_HELP})"
+                f"--from file '{name}' line {_row_start(text, done)} is not CSV "
+                f"({exc}; {_LIST_HELP})"
             ) from None
         return
     for number, line in enumerate(text.split("\n"), start=1):
@@ -206,6 +222,8 @@ def examples_from_list(name: str) -> list[Example]:
         where = f"--from file '{name}' line {number}"
         if not isinstance(raw_path, str) or not raw_path:
             raise ConfigError(f"{where} has no path (give every line a path)")
+        if raw_label is None:  # a CSV row with fewer fields than the header
+            raise ConfigError(f"{where} has no label (give every path a class name)")
         if not isinstance(raw_label, str):
             raise ConfigError(f"{where}: the label is not text (give a class name)")
         if not raw_label.strip():

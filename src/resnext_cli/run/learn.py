@@ -2,10 +2,11 @@
 
 Examples come from FOLDER (one subfolder per class, as `resnext sort` writes them) or from
 a --from list of path,label (run/examples.py). Everything that can be refused is refused
-before a feature is computed. Features come from the classify pipeline (same preprocessing, precision,
-batching) through a cache keyed by each file's identity, so a re-learn computes only what
-changed. The head is scored on a stratified held-out share, refitted on every image, and
-saved as an ordinary torchvision state dict with the class names beside it.
+before a feature is computed. Features come from the classify pipeline (same
+preprocessing, precision, batching) through a cache keyed by each file's identity, so a
+re-learn computes only what changed. The head is scored on a stratified held-out share,
+refitted on every image, and saved as an ordinary torchvision state dict with the class
+names beside it.
 
 torch is imported only where it is needed: features computed by torch, or a base
 checkpoint that model/torch_file.py does not read. A re-learn through OpenVINO (or with
