@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import torch
+from click.testing import CliRunner
 
 MODELS = "resnext50_32x4d, resnext101_32x8d, resnext101_64x4d"
 
@@ -195,3 +197,75 @@ def test_resume_needs_a_jsonl_file(
         "error: --resume works with jsonl output, not csv (use -f jsonl)"
     )
     assert reads == []
+
+
+# -- the option builders themselves, applied at test time to commands made here (the
+# package applies them once at import, where a mutation run cannot see them) --
+
+
+def _command(*decorators: Callable[..., Any]) -> tuple[click.Command, list[dict[str, Any]]]:
+    """A click command with *decorators* applied, recording the keywords it is called with."""
+    seen: list[dict[str, Any]] = []
+
+    def body(**kwargs: Any) -> None:
+        kwargs.pop("console", None)
+        seen.append(kwargs)
+
+    f: Callable[..., Any] = body
+    for decorate in reversed(decorators):
+        f = decorate(f)
+    return click.command()(f), seen
+
+
+def test_debug_is_a_flag_with_its_help_that_the_command_never_sees() -> None:
+    from resnext_cli.cli.options import debug_option
+
+    command, seen = _command(debug_option)
+    (param,) = command.params
+    assert (param.opts, param.is_flag, param.help, param.expose_value) == (  # type: ignore[attr-defined]
+        ["--debug"], True, "Show tracebacks on errors.", False,
+    )  # fmt: skip
+    result = CliRunner().invoke(command, ["--debug"])
+    assert (result.exit_code, seen) == (0, [{}])
+    assert "--debug  Show tracebacks on errors." in CliRunner().invoke(command, ["--help"]).output
+
+
+def test_learn_takes_classifys_model_and_decoding_options_only() -> None:
+    from resnext_cli.cli.options import learn_options
+
+    command, _ = _command(learn_options)
+    names = [p.name for p in command.params]
+    assert names == [
+        "model", "weights", "checkpoint", "batch_size", "device", "precision", "exact",
+        "decode", "workers", "max_pixels", "allow_truncated", "offline", "quiet", "debug",
+    ]  # fmt: skip
+
+
+def test_an_option_decorators_name_and_none_for_a_decorator_that_declares_none() -> None:
+    from resnext_cli.cli.options import _name
+
+    assert _name(click.option("-x", "--max-things", type=int)) == "max_things"
+    assert _name(click.option("--b", "--a-b", "c")) == "c"
+    assert _name(lambda f: f) is None
+
+
+def test_given_options_are_those_typed_not_defaults_environment_or_arguments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from resnext_cli.cli.options import given_options
+
+    got: list[list[str]] = []
+
+    @click.command()
+    @click.argument("inputs", nargs=-1)
+    @click.option("-a", "--alpha", default=1)
+    @click.option("-b", "--beta", default=2)
+    @click.option("--gamma", envvar="RESNEXT_TEST_GAMMA")
+    @click.option("--flag", is_flag=True)
+    def command(**_: Any) -> None:
+        got.append(given_options())
+
+    monkeypatch.setenv("RESNEXT_TEST_GAMMA", "from the environment")
+    assert CliRunner().invoke(command, ["x.png", "-b", "3", "--flag"]).exit_code == 0
+    assert CliRunner().invoke(command, ["y.png"]).exit_code == 0
+    assert got == [["--beta", "--flag"], []]
