@@ -71,11 +71,12 @@ def test_unknown_weights_are_refused_before_the_cache_is_cleared(
 
 
 def test_clear_cache_alone_clears_and_exits(cache, tmp_path, loads) -> None:
-    (cache / "ab" / "ef.feat").write_bytes(b"g" * 500_000)
+    (cache / "ab" / "ef.feat").write_bytes(b"g" * 350_001)
     (cache / "index").write_bytes(b"h" * 100_000)  # counted in the size, not as a feature
     run = run_resnext("learn", "--clear-cache")
     assert (run.code, run.stdout) == (0, "")
-    assert run.stderr == f"removed 2 cached features (2.6 MB) from '{cache}'\n"
+    # 2,450,001 bytes: 2.450001 MB (of 10^6 bytes) rounds up.
+    assert run.stderr == f"removed 2 cached features (2.5 MB) from '{cache}'\n"
     assert not cache.exists() and loads == []
     again = run_resnext("learn", "--clear-cache", "-q")
     assert (again.code, again.stdout, again.stderr) == (0, "", "")
