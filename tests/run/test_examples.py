@@ -1025,3 +1025,25 @@ def test_the_classes_of_a_folder_are_checked_in_order(
     assert calls == [
         (["fig", "kiwi", "pear"], 3, f"'{root}'", "make one subfolder of images per class")
     ]
+
+
+def test_the_line_of_a_csv_field_over_the_limit_with_carriage_return_line_ends() -> None:
+    # Lines end in a lone \r (old Mac files): counted as csv counts them, blank one included.
+    text = f"path,label\ra,x\r\r{'y' * 200_000},z\r"
+    with pytest.raises(ConfigError) as info:
+        list(_rows("w.csv", text))
+    assert str(info.value) == f"--from file 'w.csv' line 4 is not CSV ({FIELD_LIMIT}; {LIST_HELP})"
+
+
+def test_a_folder_that_fails_without_a_reason_names_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "classes"
+    image(root / "cats" / "c.png")
+
+    def scandir(path: Any = ".") -> Any:
+        raise OSError("no errno, no strerror")
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    message, _ = folder_refusal(root)
+    assert message == f"cannot read folder '{root}': OSError"
