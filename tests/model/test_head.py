@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 
-from resnext_cli.model.head import Head, class_weights, fit_head, score, stratified_split
+from resnext_cli.model.head import (
+    Head,
+    _lbfgs,
+    _Objective,
+    class_weights,
+    fit_head,
+    score,
+    stratified_split,
+)
 
 
 def t(array: Any) -> torch.Tensor:
@@ -206,3 +214,225 @@ def test_features_are_standardised_by_the_population_deviation() -> None:
     loss = (ce * sample).sum() + 0.5 / 5 * (w * w).sum()
     loss.backward()
     assert w.grad is not None and float(w.grad.abs().max()) < 1e-4
+
+
+# -- the optimiser, against torch.optim.LBFGS ------------------------------------------------
+#
+# The module's L-BFGS keeps HISTORY=20 pairs and stops as torch.optim.LBFGS does (largest
+# gradient entry <= 1e-5; directional derivative > -1e-9; change of the loss or of the
+# parameters below 1e-9), first step min(1, 1/|g|_1), then unit steps, each checked by
+# an Armijo backtracking line search. Where no step needs shortening (smooth functions
+# that L-BFGS never overshoots), that is torch's LBFGS with lr=1 and no line search,
+# point for point: the same iterates and the same number of evaluations.
+
+
+class Recorded:
+    """f and its gradient (by torch autograd, float64) at every point the optimiser asks."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.points: list[np.ndarray[Any, Any]] = []
+
+    def __call__(self, theta: np.ndarray[Any, Any]) -> tuple[float, np.ndarray[Any, Any]]:
+        self.points.append(theta.copy())
+        p = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
+        loss = self.f(p)
+        loss.backward()
+        assert p.grad is not None
+        return float(loss.detach()), p.grad.numpy().copy()
+
+
+def lbfgs(f: Any, start: list[float] | np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], int]:
+    """The module's optimiser on *f* from *start*: the result and the evaluations it made."""
+    objective = Recorded(f)
+    result = _lbfgs(cast(Any, objective), np.array(start, dtype=np.float64), 1000)
+    return result, len(objective.points)
+
+
+def torch_lbfgs(
+    f: Any, start: list[float] | np.ndarray[Any, Any]
+) -> tuple[np.ndarray[Any, Any], int]:
+    """torch.optim.LBFGS with the module's documented settings and fixed unit steps."""
+    p = torch.tensor(np.array(start, dtype=np.float64), requires_grad=True)
+    optimiser = torch.optim.LBFGS(
+        [p],
+        lr=1,
+        max_iter=1000,
+        max_eval=10**6,
+        tolerance_grad=1e-5,
+        tolerance_change=1e-9,
+        history_size=20,
+        line_search_fn=None,
+    )
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = f(p)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    return p.detach().numpy(), int(optimiser.state[p]["func_evals"])
+
+
+def quartic(
+    dim: int, seed: int, *, scale: float = 1.0, spread: float = 3.0, offset: float = 0.0
+) -> Any:
+    """sum_i c_i ((Q theta - m)_i)^4 + offset, Q a rotation: flatter towards its minimum,
+    so L-BFGS's unit steps fall short of it and none of those below is ever shortened."""
+    g = np.random.default_rng(seed)
+    q = torch.from_numpy(np.linalg.qr(g.standard_normal((dim, dim)))[0])
+    c = torch.from_numpy(scale * np.geomspace(0.2, 5.0, dim))
+    m = torch.from_numpy(spread * g.standard_normal(dim))
+    return lambda p: c @ (q @ p - m) ** 4 + offset
+
+
+@pytest.mark.parametrize(
+    ("f", "start"),
+    [
+        # |g|_1 in the hundreds: a first step of 1/|g|_1; 24 iterations, all 20 pairs used.
+        (quartic(10, 0), np.zeros(10)),
+        # |g|_1 < 1: the first step is 1, not 1/|g|_1.
+        (quartic(4, 2, spread=0.3), np.zeros(4)),
+        # From 0.8125 to -0.8125 in the first step (t = 1/|g|_1 = 1/4 from (1, 1) lands at
+        # (0.75, 0.25)): the loss changed by 1.625, not by less than 1e-9, though the two
+        # losses sum to 0.
+        (lambda p: 0.5 * (p[0] ** 2 + 3 * p[1] ** 2) - 1.1875, [1.0, 1.0]),
+        # One long first step with |g|_1 = 1000: Armijo's decrease is c * t * slope.
+        (lambda p: 0.5 * p @ p, [1000.0]),
+        # The largest gradient entry is exactly 1e-5 (torch's <=): nothing to do.
+        (lambda p: 0.5 * p @ p, np.full(100, 1e-5)),
+        # 2e-5 > 1e-5, but the directional derivative -4e-10 > -1e-9: no step either.
+        (lambda p: 0.5 * p @ p, [2e-5, 0.0, 0.0]),
+    ],
+    ids=[
+        "history",
+        "unit-first-step",
+        "loss-crosses-zero",
+        "long-first-step",
+        "gradient-at-tolerance",
+        "slope-above-tolerance",
+    ],
+)
+def test_lbfgs_takes_torchs_steps_and_stops_where_torch_stops(f: Any, start: Any) -> None:
+    result, evaluations = lbfgs(f, start)
+    expected, expected_evaluations = torch_lbfgs(f, start)
+    assert evaluations == expected_evaluations
+    np.testing.assert_allclose(result, expected, rtol=0, atol=1e-12)
+
+
+def test_a_step_that_does_not_lower_the_loss_enough_is_halved() -> None:
+    # f = 2 theta^2 from 0.5: g = 2, so the first step t = min(1, 1/|g|_1) = 0.5 lands on
+    # -0.5, where the loss is the same, short of Armijo's decrease (1e-4 * t * -g^2); half
+    # of it lands on 0, the minimum, where the gradient is 0.
+    objective = Recorded(lambda p: 2 * p @ p)
+    result = _lbfgs(cast(Any, objective), np.array([0.5]), 100)
+    assert [float(p[0]) for p in objective.points] == [0.5, -0.5, 0.0]
+    assert result.tolist() == [0.0]
+
+
+def documented_loss(
+    z: torch.Tensor, y: torch.Tensor, classes: int, w: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """The module's objective written from its docstrings, in float64: the balanced mean
+    cross-entropy (sample k weighted n / (classes * n_k), the weights summing to 1) plus
+    |W|^2 / (2 C n), C = 1 as scikit-learn's default; the bias is not penalised."""
+    n = len(y)
+    counts = torch.bincount(y, minlength=classes).double()
+    sample = (n / (classes * counts))[y]
+    sample = sample / sample.sum()
+    ce = torch.nn.functional.cross_entropy(z @ w.T + b, y, reduction="none")
+    return (sample * ce).sum() + 0.5 / n * (w * w).sum()
+
+
+def test_the_objective_is_the_documented_loss_and_its_gradient() -> None:
+    # Three classes of 6, 4 and 2 images; parameters at two scales, the second giving
+    # logits in the thousands, the rows' largest ones thousands apart.
+    g = np.random.default_rng(0)
+    z = g.standard_normal((12, 5)).astype(np.float32)
+    y = np.array([0] * 6 + [1] * 4 + [2] * 2)
+    sample = np.array([12 / 18] * 6 + [12 / 12] * 4 + [12 / 6] * 2)
+    objective = _Objective(z, y, sample / sample.sum(), 3, 1 / 12)
+    for scale in (1.0, 1000.0):
+        theta = scale * g.standard_normal(3 * 5 + 3)
+        loss, grad = objective(theta)
+        p = torch.tensor(theta, requires_grad=True)
+        expected = documented_loss(t(z).double(), t(y), 3, p[:15].reshape(3, 5), p[15:])
+        expected.backward()
+        assert p.grad is not None
+        assert np.isfinite(loss) and loss == pytest.approx(float(expected.detach()), rel=1e-5)
+        np.testing.assert_allclose(grad, p.grad.numpy(), rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_the_head_depends_on_the_feature_values_not_their_type() -> None:
+    # float32 and float16 features are widened to float64 before anything is computed:
+    # the same values in float64 give the very same head.
+    x, y = blobs([12, 9], dim=8, seed=5)
+    for dtype in (torch.float32, torch.float16):
+        low = x.to(dtype)
+        narrow, wide = fit(low, y, 2), fit(low.double(), y, 2)
+        assert torch.equal(narrow.weight, wide.weight) and torch.equal(narrow.bias, wide.bias)
+
+
+def test_class_numbers_of_any_numeric_type_give_the_same_head_and_score() -> None:
+    x, y = blobs([10, 8, 6], dim=6, seed=1)
+    head = fit_head(x.numpy(), y.numpy(), 3)
+    for dtype in (np.uint8, np.int32, np.float64):
+        other = fit_head(x.numpy(), y.numpy().astype(dtype), 3)
+        assert np.array_equal(other.weight, head.weight)
+        assert np.array_equal(other.bias, head.bias)
+    # Twenty classes, their numbers in uint8: true * classes + predicted is past 255.
+    eye = Head(np.eye(20, dtype=np.float32), np.zeros(20, np.float32))
+    truth = np.array([19, 19, 18, 0], dtype=np.uint8)
+    predicted = np.array([19, 17, 18, 19])
+    result = score(eye, np.eye(20, dtype=np.float32)[predicted], truth, 20)
+    expected = np.zeros((20, 20), dtype=np.int64)
+    for true, guess in [(19, 19), (19, 17), (18, 18), (0, 19)]:
+        expected[true, guess] += 1
+    assert np.array_equal(result.confusion, expected)
+    # The confusion holds counts: integers, not floats.
+    assert result.confusion.dtype == np.int64
+
+
+def test_a_feature_that_varies_by_no_more_than_1e_6_is_not_scaled_up() -> None:
+    # Feature 0 tells the classes apart by 2e-6 only (a deviation of exactly 1e-6): float
+    # noise on a constant, left unscaled as scikit-learn's StandardScaler leaves a
+    # constant; blown up to unit variance it would take a weight in the millions.
+    x, y = blobs([6, 6], dim=4, seed=8)
+    x = x.double()
+    x[:, 0] = t(np.where(y.numpy() == 0, 0.0, 2e-6))
+    assert float(np.std(x[:, 0].numpy())) == 1e-6
+    head = fit(x, y, 2)
+    assert float(head.weight[:, 0].abs().max()) < 1.0
+
+
+def test_one_iteration_from_a_warm_start_is_torchs_first_lbfgs_step() -> None:
+    # Feature 2 is constant: standardised by a deviation of 1 (scikit-learn's
+    # StandardScaler too), so its weight of 40 is penalised as 40.
+    x, y = blobs([9, 6], dim=5, seed=6)
+    x = x.double()
+    x[:, 2] = 1.5
+    g = np.random.default_rng(3)
+    weight = g.standard_normal((2, 5)).astype(np.float32)
+    weight[:, 2] = 40.0
+    start = Head(weight, g.standard_normal(2).astype(np.float32))
+    one = fit_head(x.numpy(), y.numpy(), 2, max_iter=1, start=start)
+    # The same step by torch.optim.LBFGS (its first: -g scaled by min(1, 1/|g|_1)) on the
+    # documented loss in the standardised space.
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    std[2] = 1.0
+    w0, b0 = t(weight).double() * std, t(start.bias).double() + t(weight).double() @ mean
+    p = torch.cat([w0.flatten(), b0]).requires_grad_(True)
+    optimiser = torch.optim.LBFGS([p], lr=1, max_iter=1, line_search_fn=None)
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = documented_loss((x - mean) / std, y, 2, p[:10].reshape(2, 5), p[10:])
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    w1, b1 = p.detach()[:10].reshape(2, 5) / std, p.detach()[10:]
+    assert float((w1 - w0 / std).abs().max()) > 1e-2  # the step moved the head
+    torch.testing.assert_close(t(one.weight).double(), w1, rtol=0, atol=1e-5)
+    torch.testing.assert_close(t(one.bias).double(), b1 - w1 @ mean, rtol=0, atol=1e-5)
