@@ -540,3 +540,38 @@ def test_classify_embeddings_in_jsonl_and_parquet(checkpoint: Path, tmp_path: Pa
         "error: --embeddings go into json, jsonl or parquet output, not csv (give -f jsonl, "
         "or -o FILE.jsonl or FILE.parquet)"
     )
+
+
+def test_a_base_checkpoint_damaged_before_its_weights_are_copied_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """The base file read at the start and changed on disk before the copy: a
+    CheckpointError naming the output, and no file there."""
+    import numpy as np
+
+    from resnext_cli.errors import CheckpointError
+    from resnext_cli.files import OutputTarget
+    from resnext_cli.model.torch_file import StoredFile
+    from resnext_cli.run.learn import Base, publish_checkpoint
+
+    base_path = tmp_path / "base.pth"
+    # 400 kB: past what the reader has buffered, so the copy reads the changed bytes.
+    weight = torch.arange(100_000, dtype=torch.float32).reshape(1000, 100) + 0.5
+    torch.save({"conv1.weight": weight}, base_path)
+    stored = StoredFile(base_path)
+    data = bytearray(base_path.read_bytes())
+    at = data.find(weight.numpy().tobytes()) + 200_000
+    data[at : at + 4] = b"\xff\xff\xff\xff"  # same size, other bytes: the zip's CRC fails
+    base_path.write_bytes(bytes(data))
+    out = tmp_path / "learned.pth"
+    target = OutputTarget.claim(out, force=False)
+    with Base(tensors=dict(stored.tree), stored=stored) as base:
+        payload = {"state_dict": {**base.tensors, "fc.bias": np.zeros(2, np.float32)}}
+        with pytest.raises(CheckpointError) as info:
+            publish_checkpoint(payload, base, target)
+    target.release()
+    assert str(info.value) == (
+        f"cannot copy the base weights into '{out}': cannot read storage '0': "
+        "Bad CRC-32 for file 'base/data/0' (nothing was written)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pth"]

@@ -20,6 +20,7 @@ import pickle
 import re
 import reprlib
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -75,7 +76,19 @@ MAX_DEPTH: Final = 200
 _MAX_VISITS: Final = 5_000_000
 CHUNK: Final = 1 << 20
 # What zipfile raises for a damaged, encrypted or oddly compressed entry.
-ZIP_ERRORS: Final = (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError)
+# What reading a damaged, encrypted or oddly compressed zip raises: zipfile's own errors, a
+# name flagged UTF-8 that is not (UnicodeDecodeError, a ValueError), a damaged deflate
+# stream (zlib.error), an offset that seeks before the file's start (OSError from a path,
+# ValueError from a stream). Only around reads: a write's OSError is the writer's own.
+ZIP_ERRORS: Final = (
+    zipfile.BadZipFile,
+    NotImplementedError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    OSError,
+    zlib.error,
+)
 LOCAL_HEADER: Final = 30  # bytes of a zip local file header before its name
 ZIP64_EXTRA: Final = 20  # zipfile's zip64 field in a local header
 
@@ -157,10 +170,28 @@ def _rebuild_parameter(data: object, requires_grad: object, backward_hooks: obje
     return data
 
 
+class _Call:
+    """An allowed global a pickle calls, kept behind a wall: BUILD on it (which would set
+    the stand-in function's attributes, its defaults among them, for every later file the
+    process reads) is refused."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function: Callable[..., object]) -> None:
+        self._function = function
+
+    def __call__(self, *args: object) -> object:
+        return self._function(*args)
+
+    def __setstate__(self, state: object) -> None:
+        """Refuse a pickle's BUILD."""
+        raise Unsupported(f"the checkpoint sets the state of a global: {_brief(state)}")
+
+
 _GLOBALS: Final[dict[tuple[str, str], object]] = {
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): _Call(_ordered_dict),
+    ("torch._utils", "_rebuild_tensor_v2"): _Call(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_parameter"): _Call(_rebuild_parameter),
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
 }
 
@@ -174,7 +205,7 @@ def _brief(obj: object) -> str:
     """Return a short repr of *obj* for a message, however deep it nests."""
     try:
         return _clip(reprlib.repr(obj))
-    except RecursionError:
+    except (RecursionError, ValueError):  # ValueError: an int past str()'s 4,300 digits
         return f"a {type(obj).__name__}"
 
 
@@ -294,7 +325,9 @@ class StoredFile:
     def __init__(self, file: str | os.PathLike[str] | BinaryIO) -> None:
         try:
             self._zip = zipfile.ZipFile(file)
-        except (zipfile.BadZipFile, EOFError) as exc:
+        except OSError:  # the file cannot be opened or read: the caller's to say
+            raise
+        except ZIP_ERRORS as exc:
             raise Unsupported(f"not a zip-format torch checkpoint: {exc}") from exc
         self._storages: dict[str, _StorageRef] = {}
         try:

@@ -283,12 +283,19 @@ def _copy_storage(dst: IO[bytes], source: StoredFile, storage: _Copied) -> None:
     """Stream one storage from the source into *dst*."""
     copied = 0
     try:
-        with source.open_storage(storage.key) as src:
-            while chunk := src.read(CHUNK):
-                dst.write(chunk)
-                copied += len(chunk)
+        src = source.open_storage(storage.key)
     except ZIP_ERRORS as exc:
         raise Unsupported(f"cannot read storage '{storage.key}': {exc}") from exc
+    with src:
+        while True:
+            try:  # only the reads: a write's OSError (a full disk) is the caller's to say
+                chunk = src.read(CHUNK)
+            except ZIP_ERRORS as exc:
+                raise Unsupported(f"cannot read storage '{storage.key}': {exc}") from exc
+            if not chunk:
+                break
+            dst.write(chunk)
+            copied += len(chunk)
     if copied != storage.nbytes:
         raise Unsupported(f"storage '{storage.key}' changed size while it was copied")
 

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from resnext_cli.console import Console
-from resnext_cli.errors import ConfigError, ExitStatus, InputError, OutputError, Terminated
+from resnext_cli.errors import (
+    CheckpointError,
+    ConfigError,
+    ExitStatus,
+    InputError,
+    OutputError,
+    Terminated,
+)
 from resnext_cli.files import OutputTarget
 from resnext_cli.inputs.sources import Source, open_source
 from resnext_cli.model import torch_file, torch_write
@@ -307,6 +314,10 @@ def publish_checkpoint(payload: dict[str, Any], base: Base, target: OutputTarget
             temp.close()
             raise
         target.publish(temp)
+    except torch_file.Unsupported as exc:  # the base checkpoint changed or is damaged
+        raise CheckpointError(
+            f"cannot copy the base weights into '{target.path}': {exc} (nothing was written)"
+        ) from None
     except OSError as exc:
         raise OutputError(
             f"cannot write '{target.path}': {exc.strerror or exc} (choose a writable folder)"
