@@ -1124,5 +1124,13 @@ def test_a_pickle_that_builds_on_an_allowed_global_is_refused(
     monkeypatch.setattr(stand_in, "__defaults__", stand_in.__defaults__)
     planted = _Build(REBUILD, (None, {"__defaults__": ({"conj": True},)}))
     pkl = b"\x80\x02" + _ops(planted) + b"0" + _ops({}) + b"."
-    with pytest.raises(Unsupported):
+    with pytest.raises(Unsupported) as info:
         StoredFile(_zip(tmp_path / "build.pth", {"archive/data.pkl": pkl}))
+    assert str(info.value) == (
+        "the checkpoint sets the state of a global: (None, {'__defaults__': ({'conj': True},)})"
+    )
+    assert stand_in.__defaults__ == (None,)  # the next file reads as before
+    state = {"w": _tensor()}
+    assert StoredFile(_file(tmp_path, state)).tree == {
+        "w": StoredTensor("float32", "0", 0, (4,), (1,))
+    }
