@@ -223,10 +223,17 @@ def convert(net: torch.nn.Module, *, crop: int, manifest: dict[str, Any]) -> Bun
     ov = _ov()
     body = _features_module(net)
     example = torch.zeros(1, 3, crop, crop)
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        # Conversion traces with torch.jit (deprecated in torch 2.14, and chatty).
+        # Conversion traces with torch.jit (deprecated in torch 2.14, and chatty). The trace
+        # is not run three more times to check it (torch's default): a ResNeXt has no
+        # branch on its input, and the check took two thirds of a conversion's time.
         warnings.simplefilter("ignore")
-        model = ov.convert_model(body, example_input=example)
+        traced = TorchScriptPythonDecoder(
+            body, example_input=example, trace_kwargs={"check_trace": False}
+        )
+        model = ov.convert_model(traced)
     model.reshape(ov.PartialShape([ov.Dimension(), 3, crop, crop]))
     fc: Any = getattr(net, "fc")  # noqa: B009 - any torch module with an fc Linear
     weight = fc.weight.detach().to(torch.float32).cpu().numpy().copy()
