@@ -576,7 +576,7 @@ def test_count_in_background_counts_what_is_not_done_in_a_named_daemon(
     a, b, _ = three_pictures(tmp_path)
     totals: list[int] = []
     inputs = (str(tmp_path / "photos"), a)
-    classify._count_in_background("local", inputs, {b}, totals.append)
+    classify._count_in_background(classify.Count("local", inputs, {b}), totals.append)
     # a, b and c in the folder, a again (as given): b was done before.
     assert totals == [3]
     assert fakes.sources.calls == [(inputs, {})]
@@ -586,7 +586,7 @@ def test_count_in_background_counts_what_is_not_done_in_a_named_daemon(
 
 def test_count_in_background_never_walks_stdin_or_urls(fakes: Fakes) -> None:
     totals: list[int] = []
-    classify._count_in_background("local", ("a.jpg", "-"), set(), totals.append)
+    classify._count_in_background(classify.Count("local", ("a.jpg", "-")), totals.append)
     assert totals == [] and fakes.sources.calls == [] and SyncThread.made == []
 
 
@@ -594,7 +594,7 @@ def test_a_count_that_fails_sets_no_total(fakes: Fakes) -> None:
     totals: list[int] = []
     spy = SourcesSpy(OSError("gone"))
     classify.ENGINES["local"] = classify.EngineKind(fakes.builder, lambda: spy)
-    classify._count_in_background("local", ("a.jpg",), set(), totals.append)
+    classify._count_in_background(classify.Count("local", ("a.jpg",)), totals.append)
     assert totals == [] and len(spy.calls) == 1
 
 
@@ -633,9 +633,8 @@ def test_drive_counts_the_inputs_for_the_bar(fakes: Fakes, tmp_path: Path) -> No
     written: list[Record] = []
     inputs = (str(tmp_path / "photos"),)
     sources = iter_sources(inputs)
-    classify.drive(
-        fakes.engine, sources, written.append, RunSummary(), console, count=("local", inputs, {a})
-    )
+    count = classify.Count("local", inputs, {a})
+    classify.drive(fakes.engine, sources, written.append, RunSummary(), console, count=count)
     assert console.totals == [2] and console.ticks == 3 and len(written) == 3
 
 
@@ -1111,9 +1110,25 @@ def test_classify_for_sort_passes_over_dest_inside_a_source_folder(
     )
     assert got is not None
     assert [r.input for r in got[0]] == [a, b, str(tmp_path / "photos" / "c.png")]
+    # The bar's total leaves the copies out too, so it ends at its total.
+    assert console.totals == [3] and console.ticks == 3
     # Without skip the copies are photos like any other.
+    console, _, _ = recording()
     got = classify.classify_for_sort(CONFIG, inputs, console, min_probability=None, report=None)
     assert got is not None and len(got[0]) == 4
+    assert console.totals == [4] and console.ticks == 4
+
+
+def test_count_in_background_leaves_out_files_inside_skip(fakes: Fakes, tmp_path: Path) -> None:
+    a, _, _ = three_pictures(tmp_path)
+    dest = tmp_path / "photos" / "sorted"
+    picture(dest / "cat" / "x.png")
+    picture(dest / "dog" / "y.png")
+    totals: list[int] = []
+    inputs = (str(tmp_path / "photos"),)
+    count = classify.Count("local", inputs, {a}, skip=dest.resolve())
+    classify._count_in_background(count, totals.append)
+    assert totals == [2]  # b and c: a was done, x and y are DEST's
 
 
 def test_classify_for_sort_ignores_a_skip_that_is_no_folder(fakes: Fakes, tmp_path: Path) -> None:

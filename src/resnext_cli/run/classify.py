@@ -11,10 +11,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from resnext_cli.console import Console
 from resnext_cli.errors import ConfigError, ExitStatus, Terminated
@@ -137,22 +137,36 @@ def _countable(inputs: Iterable[str]) -> bool:
     return all(i != "-" and "://" not in i for i in inputs)
 
 
-def _count_in_background(
-    kind: str, inputs: tuple[str, ...], done: set[str], set_total: Callable[[int], None]
-) -> None:
-    """Count the inputs in a thread (a second walk), so the bar gets its total and an ETA."""
-    if not _countable(inputs):
-        return
-    iter_sources = ENGINES[kind].iter_sources()
+class Count(NamedTuple):
+    """What the progress bar's total counts: the inputs as the engine expands them, less
+    those done before (--resume) and the files inside *skip* (sort's DEST)."""
 
-    def count() -> None:
+    kind: str
+    inputs: tuple[str, ...]
+    done: Collection[str] = frozenset()
+    skip: Path | None = None
+
+
+def _count_in_background(count: Count, set_total: Callable[[int], None]) -> None:
+    """Count the inputs in a thread (a second walk), so the bar gets its total and an ETA."""
+    if not _countable(count.inputs):
+        return
+    iter_sources = ENGINES[count.kind].iter_sources()
+
+    def walk() -> int:
+        sources = iter_sources(count.inputs)
+        if count.skip is not None:
+            sources = _outside(sources, count.skip)
+        return sum(1 for s in sources if s.input not in count.done)
+
+    def counting() -> None:
         try:
-            total = sum(1 for s in iter_sources(inputs) if s.input not in done)
+            total = walk()
         except Exception:  # a count is a nicety: the run itself reports real problems
             return
         set_total(total)
 
-    threading.Thread(target=count, name="resnext-count", daemon=True).start()
+    threading.Thread(target=counting, name="resnext-count", daemon=True).start()
 
 
 def drive(
@@ -162,12 +176,12 @@ def drive(
     summary: RunSummary,
     console: Console,
     *,
-    count: tuple[str, tuple[str, ...], set[str]] | None = None,
+    count: Count | None = None,
 ) -> None:
     """Classify *sources*, writing and counting each record; errors said as they come."""
     with console.counting() as (tick, set_total):
         if count is not None:
-            _count_in_background(*count, set_total)
+            _count_in_background(count, set_total)
         for result in engine.classify_sources(sources):
             record = apply_threshold(result, summary.min_probability)
             write(record)
@@ -257,7 +271,7 @@ def run_classify(
         )
         drive(
             engine, found, outputs.write, summary, console,
-            count=(engine_kind, inputs, outputs.done),
+            count=Count(engine_kind, inputs, outputs.done),
         )  # fmt: skip
     except (KeyboardInterrupt, Terminated):
         output = outputs.request.output
@@ -317,8 +331,9 @@ def classify_for_sort(
     from resnext_cli.outputs.sinks import OutputRequest, Outputs
 
     sources = expand("local", inputs, console, max_stdin_bytes=config.max_download_bytes)
-    if skip is not None and skip.is_dir():
-        sources = _outside(sources, Path(os.path.realpath(skip)))
+    folder = Path(os.path.realpath(skip)) if skip is not None and skip.is_dir() else None
+    if folder is not None:
+        sources = _outside(sources, folder)
     found, failed = peek(sources)
     if found is None:
         if failed:  # each said once, the last as the error that ends the run
@@ -351,7 +366,7 @@ def classify_for_sort(
         outputs.write(record)
 
     try:
-        drive(engine, found, write, summary, console, count=("local", inputs, set()))
+        drive(engine, found, write, summary, console, count=Count("local", inputs, skip=folder))
     except (KeyboardInterrupt, Terminated):
         console.say("interrupted while classifying: nothing was filed yet", style="yellow")
         raise
