@@ -326,7 +326,8 @@ def run_resnext(*args: str | Path, input: bytes | str | None = None) -> Outcome:
             main(argv)
             code = 0
         except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
+            # As a process exits: None is 0, a message is 1 (Python's own rule).
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
     return Outcome(argv, code, stdout, stderr)
 
