@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -409,3 +411,551 @@ def test_load_model_hands_its_progress_and_state_on(fetched, monkeypatch) -> Non
     with pytest.raises(WeightsError):  # the fetched file is no state dict
         load_model(resolve(Config(precision="fp32", offline=True), AVX2), progress=progress)  # type: ignore[arg-type]
     assert [options["progress"] for _, options in fetched] == [progress]
+
+
+# -- fast, in-process tests with small stand-in networks --------------------------------------
+
+
+class _Resnetish(torch.nn.Module):
+    """torchvision's ResNet attribute names on a network of a few small layers: each step
+    changes the values differently, so a step left out or run out of order shows."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.relu = torch.nn.ReLU()
+        self.maxpool = torch.nn.MaxPool2d(2)
+        self.layer1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.layer2 = torch.nn.Conv2d(4, 4, 1)
+        self.layer3 = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.layer4 = torch.nn.Conv2d(4, 6, 1)
+        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(6, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen))
+            self.bn1.running_mean.copy_(torch.randn(4, generator=gen))
+            self.bn1.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the pass goes through the named layers, not forward")
+
+
+def _by_hand(net: _Resnetish, x: torch.Tensor) -> torch.Tensor:
+    """The pooled features as torchvision's ResNet.forward computes them, step by step."""
+    x = net.conv1(x)
+    x = net.bn1(x)
+    x = net.relu(x)
+    x = net.maxpool(x)
+    x = net.layer1(x)
+    x = net.layer2(x)
+    x = net.layer3(x)
+    x = net.layer4(x)
+    x = net.avgpool(x)
+    return x.reshape(x.shape[0], -1)
+
+
+def _pixels(n: int = 2) -> torch.Tensor:
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _fake_model(precision: str = "fp32", net: torch.nn.Module | None = None, **changes) -> Model:
+    plan = dataclasses.replace(_plan(), precision=precision, **changes)
+    return Model(plan, net if net is not None else _Resnetish(), transform_for(plan), "fake.pth")
+
+
+def test_a_models_repr_leaves_out_its_pass_budget_and_normalisation() -> None:
+    model = _fake_model("fp32")
+    model.forward, model.budget, model._norm = print, "a budget", ("m", "s")  # type: ignore[assignment]
+    shown = repr(model)
+    assert shown.startswith("Model(plan=Plan(") and "name='fake.pth'" in shown
+    assert "compile_seconds=None" in shown and "max_batch=None" in shown
+    for hidden in ("forward=", "budget=", "_norm="):
+        assert hidden not in shown
+    fresh = Model(model.plan, None, model.transform, "x")
+    assert (fresh.openvino, fresh.forward, fresh.compile_seconds) == (None, None, None)
+    assert (fresh.budget, fresh.max_batch, fresh._norm) == (None, None, None)
+
+
+def test_pooled_features_are_resnets_forward_without_fc() -> None:
+    net, x = _Resnetish(), _pixels()
+    with torch.no_grad():
+        got = network.pooled_features(net, x)
+        assert got.shape == (2, 6)
+        assert torch.equal(got, _by_hand(net, x))
+
+
+def test_an_fp32_forward_pass_is_the_network_itself() -> None:
+    model = _fake_model("fp32")
+    assert forward_pass(model) is model.net
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_a_reduced_pass_runs_the_body_in_its_half_type_and_the_head_in_float32(
+    precision: str, dtype: torch.dtype
+) -> None:
+    net = _Resnetish()
+    model = _fake_model(precision, net)
+    seen: dict[str, torch.dtype] = {}
+    net.layer4.register_forward_hook(lambda m, i, out: seen.update(body=out.dtype))
+    net.fc.register_forward_hook(lambda m, i, out: seen.update(head=i[0].dtype))
+    x = _pixels()
+    with torch.no_grad():
+        logits = forward_pass(model)(x)
+        seen_reduced = dict(seen)
+        with torch.autocast(device_type="cpu", dtype=dtype):
+            features = _by_hand(net, x)
+        expected = net.fc(features.float())
+    assert seen_reduced == {"body": dtype, "head": torch.float32}
+    assert logits.dtype == torch.float32 and logits.shape == (2, 1000)
+    assert torch.equal(logits, expected)
+
+
+def test_the_compiled_pass_is_compiled_once_and_its_first_call_timed(monkeypatch, caplog) -> None:
+    compiled_fns: list[tuple[object, dict[str, object]]] = []
+    ran: list[object] = []
+
+    def fake_compile(fn, **kwargs):
+        compiled_fns.append((fn, kwargs))
+        return lambda x: ran.append(x) or f"logits of {len(ran)}"
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    ticks = iter([10.0, 12.5])
+    monkeypatch.setattr(network, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    synced: list[object] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    model = _fake_model("fp32")
+    caplog.set_level(logging.INFO, logger="resnext_cli.run.network")
+    forward = network._compiled(model)
+    assert compiled_fns == [(model.net, {"dynamic": False})]
+    assert model.compile_seconds is None  # nothing timed before the first call
+    x = torch.zeros(1)
+    assert forward(x) == "logits of 1"
+    assert model.compile_seconds == 2.5
+    assert synced == []  # a CPU batch has nothing to wait for
+    assert forward(x) == "logits of 2"  # not timed again: the clock has no third tick
+    assert model.compile_seconds == 2.5 and ran == [x, x]
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "resnext_cli.run.network",
+            "INFO",
+            "torch.compile: 2.5 s compiling (the first batch's call)",
+        )
+    ]
+
+
+def test_the_first_compiled_cuda_call_waits_for_the_device(monkeypatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda x: "logits")
+    ticks = iter([1.0, 4.0])
+    monkeypatch.setattr(network, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    synced: list[object] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    model = _fake_model("fp32")
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda:1"))
+    assert network._compiled(model)(on_gpu) == "logits"  # type: ignore[arg-type]
+    assert synced == [torch.device("cuda:1")]
+    assert model.compile_seconds == 3.0
+
+
+def test_configure_backends_sets_ieee_fp32_and_autotuning_for_cuda_only(cuda_flags_on) -> None:
+    network.configure_backends(dataclasses.replace(_plan(), device="cpu"))
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cudnn.benchmark is False
+    network.configure_backends(dataclasses.replace(_plan(), device="cuda:1"))
+    assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_transform_for_takes_every_setting_of_the_plans_preprocessing() -> None:
+    plan = _plan()
+    odd = dataclasses.replace(
+        plan.preprocess,
+        resize_size=300,
+        crop_size=260,
+        interpolation="bicubic",
+        antialias=False,
+        mean=(0.1, 0.2, 0.3),
+        std=(0.4, 0.5, 0.6),
+    )
+    transform = transform_for(dataclasses.replace(plan, preprocess=odd))
+    assert transform.resize_size == [300] and transform.crop_size == [260]
+    assert transform.interpolation_name == "bicubic" and transform.antialias is False
+    assert transform.mean == [0.1, 0.2, 0.3] and transform.std == [0.4, 0.5, 0.6]
+
+
+class _Moved(_Resnetish):
+    """Notes each .to() it is given."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__(classes)
+        self.moves: list[tuple[tuple[object, ...], dict[str, object]]] = []
+
+    def to(self, *args, **kwargs):  # type: ignore[override]
+        self.moves.append((args, kwargs))
+        return super().to(*args, **kwargs)
+
+
+@pytest.fixture
+def built(monkeypatch) -> list[tuple[str, object, ...]]:
+    """checkpoint.build_model and fold_batchnorm faked: a small network, each call noted."""
+    from resnext_cli.model import checkpoint as checkpoint_module
+
+    calls: list[tuple[str, object, ...]] = []
+
+    def build_model(model: str, state, *, name: str):
+        calls.append(("build", model, state, name))
+        return _Moved(state["fc.weight"].shape[0])
+
+    def fold_batchnorm(net):
+        calls.append(("fold", net))
+        return net
+
+    monkeypatch.setattr(checkpoint_module, "build_model", build_model)
+    monkeypatch.setattr(checkpoint_module, "fold_batchnorm", fold_batchnorm)
+    monkeypatch.setattr(
+        network, "configure_backends", lambda plan: calls.append(("backends", plan))
+    )
+    return calls
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_a_float_model_is_built_folded_as_asked_channels_last_on_its_device(built, fold) -> None:
+    plan = dataclasses.replace(_plan(), fold_batchnorm=fold)
+    state = {"fc.weight": torch.zeros(1000, 6)}
+    model = load_model(plan, state=(state, "given.pth"))
+    net = model.net
+    assert isinstance(net, _Moved)
+    expected = [("build", plan.info.model, state, "given.pth")]
+    expected += [("fold", net)] if fold else []
+    assert built == [*expected, ("backends", plan)]
+    assert net.moves == [((), {"memory_format": torch.channels_last}), (("cpu",), {})]
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.plan is plan and model.name == "given.pth" and model.openvino is None
+    assert model.forward is None and model.compile_seconds is None
+    assert model.transform.crop_size == [plan.preprocess.crop_size]
+    assert model.transform.resize_size == [plan.preprocess.resize_size]
+
+
+def test_a_float_model_with_the_wrong_class_count_is_refused_before_it_is_built(built) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_model(_plan(), state=({"fc.weight": torch.zeros(7, 6)}, "seven.pth"))
+    assert str(info.value).startswith("checkpoint 'seven.pth' has 7 classes but ")
+    assert built == []
+
+
+def test_compile_gives_the_model_its_compiled_pass(built, monkeypatch) -> None:
+    compiled: list[object] = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append(fn) or (lambda x: x))
+    plan = dataclasses.replace(_plan(), compile=True)
+    model = load_model(plan, state=({"fc.weight": torch.zeros(1000, 6)}, "given.pth"))
+    assert compiled == [model.net]
+    assert callable(model.forward) and model.forward is not model.net
+
+
+def test_a_plan_without_a_state_loads_the_plans_own(built, monkeypatch) -> None:
+    progress = object()
+    state = {"fc.weight": torch.zeros(1000, 6)}
+    asked: list[tuple[object, object]] = []
+
+    def load_state(plan, *, progress=None):
+        asked.append((plan, progress))
+        return state, "read.pth"
+
+    monkeypatch.setattr(network, "load_state", load_state)
+    plan = _plan()
+    model = load_model(plan, progress=progress)  # type: ignore[arg-type]
+    assert asked == [(plan, progress)] and model.name == "read.pth"
+
+
+@pytest.fixture
+def int8_faked(monkeypatch) -> list[tuple[object, ...]]:
+    """quantized.py's engine choice, class count and builder faked, each call noted."""
+    from resnext_cli.model import quantized
+
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(quantized, "quantized_engine", lambda: calls.append(("engine",)) or "x86")
+
+    def num_classes(state, *, model: str, name: str) -> int:
+        calls.append(("classes", state, model, name))
+        return int(state["classes"])
+
+    def build_quantized(model: str, state, *, name: str):
+        calls.append(("build", model, state, name))
+        return "the INT8 network"
+
+    monkeypatch.setattr(quantized, "num_classes", num_classes)
+    monkeypatch.setattr(quantized, "build_quantized", build_quantized)
+    return calls
+
+
+def test_an_int8_model_is_built_by_quantized_py_after_its_class_count_is_checked(
+    int8_faked,
+) -> None:
+    plan = resolve(Config(model="101", quantized=True), AVX2)
+    assert plan.precision == "int8"
+    state = {"classes": 1000}
+    model = load_model(plan, state=(state, "mine-int8.pth"))  # type: ignore[arg-type]
+    assert int8_faked == [
+        ("engine",),
+        ("classes", state, "resnext101_32x8d", "mine-int8.pth"),
+        ("build", "resnext101_32x8d", state, "mine-int8.pth"),
+    ]
+    assert model.net == "the INT8 network" and model.name == "mine-int8.pth"
+    assert model.plan is plan and model.openvino is None and model.forward is None
+    assert model.transform.crop_size == [plan.preprocess.crop_size]
+    int8_faked.clear()
+    with pytest.raises(ConfigError) as info:
+        load_model(plan, state=({"classes": 10}, "ten.pth"))  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "checkpoint 'ten.pth' has 10 classes but the bundled ImageNet labels have 1000 "
+        "(give --labels FILE with 10 lines)"
+    )
+    assert [c[0] for c in int8_faked] == ["engine", "classes"]
+
+
+def test_an_openvino_float_models_torch_network_is_built_once_on_the_cpu(monkeypatch) -> None:
+    built: list[tuple[Plan, dict[str, object]]] = []
+    net = _Resnetish()
+
+    def load(plan: Plan, **kw: object) -> Model:
+        built.append((plan, kw))
+        return Model(plan, net, transform_for(plan), "built")
+
+    monkeypatch.setattr(network, "load_model", load)
+    plan = dataclasses.replace(_plan(), runtime="openvino")
+    model = Model(plan, None, transform_for(plan), "mine.pth")
+    assert model.net is net and model.net is net
+    assert built == [(dataclasses.replace(plan, runtime="torch"), {})]
+
+
+# _load_openvino, with openvino_runtime faked
+
+
+class _Bundle:
+    def __init__(self, classes: int = 1000, **manifest: object) -> None:
+        self.classes = classes
+        self.manifest = dict(manifest)
+
+
+@pytest.fixture
+def ovr_faked(monkeypatch, tmp_path) -> dict[str, list[object]]:
+    """openvino_runtime's reading, caching and compiling faked; each call noted."""
+    from resnext_cli.model import checkpoint as checkpoint_module
+    from resnext_cli.model import openvino_runtime as ovr
+
+    calls: dict[str, list[object]] = {
+        "read": [],
+        "network": [],
+        "cached": [],
+        "added": [],
+        "stored": [],
+    }
+    state: dict[str, object] = {"bundle": _Bundle(), "cached": False, "stored": ("cat", "dog")}
+
+    class Network:
+        def __init__(self, bundle, *, int8: bool = False) -> None:
+            calls["network"].append((bundle, int8))
+            self.bundle = bundle
+
+    def cached_bundle(key, folder, build, *, name, extra=None):
+        calls["cached"].append((key, folder, build, name, extra))
+        return state["bundle"], state["cached"]
+
+    def add_to_manifest(entry, bundle, more):
+        calls["added"].append((entry, bundle, more))
+        return _Bundle(bundle.classes, **{**bundle.manifest, **more})
+
+    def stored_classes(path):
+        calls["stored"].append(path)
+        return state["stored"]
+
+    monkeypatch.setattr(ovr, "Network", Network)
+    monkeypatch.setattr(ovr, "cached_bundle", cached_bundle)
+    monkeypatch.setattr(ovr, "add_to_manifest", add_to_manifest)
+    monkeypatch.setattr(ovr, "state_identity", lambda tensors: f"state:{sorted(tensors)}")
+    monkeypatch.setattr(ovr, "file_identity", lambda path: f"file:{path.name}")
+    monkeypatch.setattr(
+        ovr,
+        "read_bundle",
+        lambda path, *, name: calls["read"].append((path, name)) or state["bundle"],
+    )
+    monkeypatch.setattr(checkpoint_module, "stored_classes", stored_classes)
+    calls["state"] = [state]  # type: ignore[list-item]
+    return calls
+
+
+def _ov_plan(**changes: object) -> Plan:
+    return dataclasses.replace(_plan(), runtime="openvino", **changes)  # type: ignore[arg-type]
+
+
+def test_an_openvino_int8_file_is_read_and_checked(ovr_faked, monkeypatch, tmp_path) -> None:
+    file = tmp_path / "mine.ovbundle"
+    handed: list[object] = []
+    monkeypatch.setattr(
+        network,
+        "weights_file",
+        lambda plan, *, progress=None: handed.append(progress) or (file, "mine"),
+    )
+    [settings] = ovr_faked["state"]
+    progress = object()
+    plan = dataclasses.replace(
+        resolve(Config(model="101", quantized=True), AVX2), runtime="openvino"
+    )
+    settings["bundle"] = _Bundle(1000, model="resnext101_32x8d")
+    model = network._load_openvino(plan, progress=progress, state=None)  # type: ignore[arg-type]
+    assert handed == [progress] and ovr_faked["read"] == [(file, "mine")]
+    assert ovr_faked["network"] == [(settings["bundle"], True)]
+    assert model.openvino.bundle is settings["bundle"] and model._net is None
+    assert model.name == "mine" and model.plan is plan
+    assert model.transform.crop_size == [plan.preprocess.crop_size]
+    assert ovr_faked["cached"] == []
+    settings["bundle"] = _Bundle(1000, model="resnext50_32x4d")
+    with pytest.raises(CheckpointError) as info:
+        network._load_openvino(plan, progress=None, state=None)
+    assert str(info.value) == (
+        "checkpoint 'mine' was made for resnext50_32x4d, not resnext101_32x8d "
+        "(use -m resnext50_32x4d)"
+    )
+    settings["bundle"] = _Bundle(10, model="resnext101_32x8d")
+    with pytest.raises(ConfigError) as info2:
+        network._load_openvino(plan, progress=None, state=None)
+    assert str(info2.value).startswith("checkpoint 'mine' has 10 classes but ")
+
+
+def test_an_openvino_model_of_a_given_state_is_keyed_by_its_contents(
+    ovr_faked, monkeypatch
+) -> None:
+    from resnext_cli.model import openvino_runtime as ovr
+
+    [settings] = ovr_faked["state"]
+    state = ({"fc.weight": torch.zeros(1000, 6)}, "given.pth")
+    plan = _ov_plan(checkpoint="/somewhere/mine.pth", fold_batchnorm=True, device="cuda:1")
+    progress = object()
+    model = network._load_openvino(plan, progress=progress, state=state)  # type: ignore[arg-type]
+    [(key, folder, build, name, extra)] = ovr_faked["cached"]
+    assert key == ovr.CacheKey("resnext50_32x4d", "state:['fc.weight']", True, 224)
+    assert folder == checkpoints_dir() / "openvino"
+    assert name == "given.pth" and extra is None  # no file to read class names from
+    assert ovr_faked["network"] == [(settings["bundle"], False)]
+    assert model.name == "given.pth" and model._net is None and model.plan is plan
+    assert ovr_faked["added"] == [] and ovr_faked["stored"] == []
+    # The network to convert: the same weights through torch, on the CPU.
+    loads: list[tuple[Plan, dict[str, object]]] = []
+    monkeypatch.setattr(
+        network,
+        "load_model",
+        lambda p, **kw: loads.append((p, kw)) or Model(p, "torch net", None, "n"),  # type: ignore[arg-type]
+    )
+    assert build() == "torch net"
+    assert loads == [
+        (
+            dataclasses.replace(plan, runtime="torch", device="cpu"),
+            {"progress": progress, "state": state},
+        )
+    ]
+
+
+@pytest.mark.parametrize("stored", [("cat", "dog"), None, ()], ids=["names", "none", "empty"])
+def test_an_openvino_model_of_a_local_checkpoint_keeps_its_class_names(
+    ovr_faked, monkeypatch, tmp_path, stored
+) -> None:
+    from resnext_cli.model import openvino_runtime as ovr
+
+    [settings] = ovr_faked["state"]
+    settings["stored"] = stored
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"x")
+    plan = _ov_plan(checkpoint=str(mine))
+    network._load_openvino(plan, progress=None, state=None)
+    [(key, _folder, _build, name, extra)] = ovr_faked["cached"]
+    assert key == ovr.CacheKey("resnext50_32x4d", "file:mine.pth", plan.fold_batchnorm, 224)
+    assert name == str(mine)
+    assert ovr_faked["stored"] == []  # asked only when converting
+    assert extra() == {ovr.CLASSES_KEY: list(stored) if stored else None}
+    assert ovr_faked["stored"] == [mine]
+
+
+def test_a_cached_conversion_without_the_class_names_gets_them(
+    ovr_faked, monkeypatch, tmp_path
+) -> None:
+    from resnext_cli.model import openvino_runtime as ovr
+
+    def weights_file(plan, *, progress=None):
+        name = plan.checkpoint or "default.pth"
+        return Path(name.rpartition("/")[2]), name
+
+    monkeypatch.setattr(network, "weights_file", weights_file)
+
+    [settings] = ovr_faked["state"]
+    mine = tmp_path / "mine.pth"
+    mine.write_bytes(b"x")
+    plan = _ov_plan(checkpoint=str(mine))
+    settings["cached"] = True
+    old = settings["bundle"]
+    model = network._load_openvino(plan, progress=None, state=None)
+    [(key, folder, *_)] = ovr_faked["cached"]
+    [(entry, bundle, more)] = ovr_faked["added"]
+    assert entry == folder / key.file_name() and bundle is old
+    assert more == {ovr.CLASSES_KEY: ["cat", "dog"]}
+    assert model.openvino.bundle.manifest == {ovr.CLASSES_KEY: ["cat", "dog"]}
+    # Kept already, or converted just now, or not a local file: nothing is added.
+    for cached, manifest, checkpoint in [
+        (True, {ovr.CLASSES_KEY: None}, str(mine)),
+        (False, {}, str(mine)),
+        (True, {}, "https://example.test/mine.pth"),
+        (True, {}, None),
+    ]:
+        ovr_faked["added"].clear()
+        settings["cached"], settings["bundle"] = cached, _Bundle(**manifest)
+        network._load_openvino(_ov_plan(checkpoint=checkpoint), progress=None, state=None)
+        assert ovr_faked["added"] == [], (cached, manifest, checkpoint)
+
+
+def test_an_openvino_model_of_remote_or_default_weights_keeps_no_names(
+    ovr_faked, monkeypatch, tmp_path
+) -> None:
+    fetched = tmp_path / "fetched.pth"
+    handed: list[object] = []
+    monkeypatch.setattr(
+        network,
+        "weights_file",
+        lambda plan, *, progress=None: handed.append((plan, progress)) or (fetched, "w"),
+    )
+    progress = object()
+    for checkpoint in ("https://example.test/mine.pth", None):
+        ovr_faked["cached"].clear()
+        handed.clear()
+        plan = _ov_plan(checkpoint=checkpoint)
+        network._load_openvino(plan, progress=progress, state=None)  # type: ignore[arg-type]
+        [(key, _folder, _build, name, extra)] = ovr_faked["cached"]
+        assert key.source == "file:fetched.pth" and name == "w" and extra is None
+        assert handed == [(plan, progress)]
+
+
+def test_an_openvino_model_with_the_wrong_class_count_is_refused(ovr_faked) -> None:
+    [settings] = ovr_faked["state"]
+    settings["bundle"] = _Bundle(10)
+    with pytest.raises(ConfigError) as info:
+        network._load_openvino(_ov_plan(), progress=None, state=({}, "ten.pth"))
+    assert str(info.value) == (
+        "checkpoint 'ten.pth' has 10 classes but the bundled ImageNet labels have 1000 "
+        "(give --labels FILE with 10 lines)"
+    )
+
+
+def test_a_float_plan_reads_its_file_as_plain_tensors(tmp_path) -> None:
+    mine = tmp_path / "mine.pth"
+    saved = {"fc.weight": torch.arange(6.0).reshape(2, 3), "fc.bias": torch.ones(2)}
+    torch.save(saved, mine)
+    state, name = load_state(_plan(checkpoint=str(mine)))
+    assert name == str(mine) and sorted(state) == ["fc.bias", "fc.weight"]
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
