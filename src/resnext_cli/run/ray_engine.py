@@ -298,6 +298,8 @@ def connect(ray: Any, address: str | None, *, num_cpus: int | None = None) -> bo
 class RayEngine:
     """Classify on a Ray cluster (or a private local Ray); records as the local engine's."""
 
+    actors: tuple[int, int]  # the inference actors' pool size (min, max)
+
     def __init__(
         self,
         config: Config | None = None,
@@ -347,7 +349,7 @@ class RayEngine:
             check_classes(self.plan, *state)  # a bad checkpoint fails here, not in actors
             build_model(self.plan.info.model, state[0], name=state[1])
             # Leave a CPU for the decode tasks; the pool grows as work queues up.
-            self.actors: tuple[int, int] = (gpus, gpus) if self.gpu else (1, max(1, cpus - 1))
+            self.actors = (gpus, gpus) if self.gpu else (1, max(1, cpus - 1))
             self._state_ref = self._ray.put(state)
         except BaseException:
             self.close()
