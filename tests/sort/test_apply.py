@@ -484,3 +484,136 @@ def test_a_swap_after_planning_is_caught_when_the_file_is_opened(world) -> None:
         (photos / "a.jpg").unlink()
         os.rename(project / "kept.jpg", photos / "a.jpg")
     assert secret.read_bytes().startswith(b"s")
+
+
+def test_previews_need_a_journal(tmp_path: Path) -> None:
+    for preview, what in ((sorting.preview_resume, "resume"), (sorting.preview_undo, "undo")):
+        with pytest.raises(SortError) as caught:
+            preview(tmp_path)
+        assert str(caught.value) == f"'{tmp_path}' has no sort journal (nothing to {what})"
+
+
+def test_preview_undo_of_a_copy_sort_lists_newest_first(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    execute(make_plan(threshold(labelled(photos)), dest, mode="copy"))
+    (photos / "b.jpg").unlink()  # its copy is the only one left: undo puts it back
+    (dest / "_uncertain" / "c.png").unlink()  # nothing left to undo for it
+    before = (tree(photos), tree(dest))
+    root, src = dest.resolve(), photos.absolute()
+    assert sorting.preview_undo(dest) == [
+        ("remove", root / "_failed/broken.jpg", src / "broken.jpg"),
+        ("remove", root / "Crane/d.jpg", src / "sub/d.jpg"),
+        ("remove", root / "tabby, tabby cat/a (1).jpg", src / "sub/a.jpg"),
+        ("put back", root / "Crane/b.jpg", src / "b.jpg"),
+        ("remove", root / "tabby, tabby cat/a.jpg", src / "a.jpg"),
+    ]
+    assert (tree(photos), tree(dest)) == before  # a preview touches nothing
+
+
+def test_preview_undo_of_a_move_sort_skips_what_was_skipped(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    plan = make_plan(threshold(labelled(photos)), dest, mode="move")
+    (photos / "b.jpg").rename(tmp_path / "aside.jpg")
+    assert [s.target for s, _ in execute(plan).problems] == ["Crane/b.jpg"]
+    (tmp_path / "aside.jpg").rename(photos / "b.jpg")
+    # A second sort files b.jpg under the name the skipped step had planned.
+    execute(make_plan([seen(photos / "b.jpg", "Crane")], dest, mode="move"))
+    (photos / "a.jpg").write_bytes(b"a new a.jpg where the moved one was")
+    root, src = dest.resolve(), photos.absolute()
+    assert sorting.preview_undo(dest) == [
+        ("put back", root / "Crane/b.jpg", src / "b.jpg"),
+        ("put back", root / "_failed/broken.jpg", src / "broken.jpg"),
+        ("put back", root / "Crane/d.jpg", src / "sub/d.jpg"),
+        ("put back", root / "tabby, tabby cat/a (1).jpg", src / "sub/a.jpg"),
+        ("put back", root / "_uncertain/c.png", src / "c.png"),
+        ("put back", root / "tabby, tabby cat/a.jpg", src / "a.jpg"),
+    ]
+
+
+def test_undo_of_a_move_whose_file_was_deleted_in_dest(photos: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    execute(make_plan(threshold(labelled(photos)), dest, mode="move"))
+    (dest / "Crane" / "b.jpg").unlink()
+    outcome = undo(dest)
+    assert [(s.target, reason) for s, reason in outcome.problems] == [
+        (
+            "Crane/b.jpg",
+            f"'Crane/b.jpg' is no longer in '{dest.resolve()}' (renamed or deleted there?); "
+            "cannot put it back",
+        )
+    ]
+    assert len(outcome.restored) == 5 and (dest / JOURNAL_NAME).is_file()
+
+
+def _strict_plan(photos: Path, dest: Path, mode: str) -> sorting.FilingPlan:
+    st = (photos / "a.jpg").stat()
+    rec = replace(seen(photos / "a.jpg", "tabby"), file=FileFacts(st.st_size, st.st_mtime_ns))
+    return make_plan([rec], dest, mode=mode, sources=[photos], strict=True)
+
+
+@pytest.mark.parametrize("mode", ["move", "link"])
+def test_a_file_rewritten_after_planning_is_left_alone(photos, tmp_path, mode) -> None:
+    dest = tmp_path / "sorted"
+    plan = _strict_plan(photos, dest, mode)
+    (photos / "a.jpg").write_bytes(b"rewritten after planning")
+    outcome = execute(plan)
+    assert [reason for _, reason in outcome.problems] == [
+        f"'{photos.absolute() / 'a.jpg'}' is not the file that was classified (a symbolic "
+        "link now, or changed since); left alone"
+    ]
+    assert outcome.done == [] and found(dest / "tabby") == set()
+    assert (photos / "a.jpg").read_bytes() == b"rewritten after planning"
+
+
+def test_a_file_swapped_between_check_and_link_is_unlinked_again(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    plan = _strict_plan(photos, dest, "link")
+    real_link = os.link
+
+    def swap_then_link(src, dst, *args, **kwargs):
+        os.rename(src, tmp_path / "kept.jpg")
+        Path(src).write_bytes(b"swapped in")
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", swap_then_link)
+    outcome = execute(plan)
+    target = dest.resolve() / "tabby" / "a.jpg"
+    assert [reason for _, reason in outcome.problems] == [
+        f"'{target}' is not the file that was classified; left alone"
+    ]
+    assert not os.path.lexists(target)
+
+
+def test_an_os_error_without_a_file_name_is_reported_as_it_is(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    def broken_link(*_args: object, **_kw: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "link", broken_link)
+    outcome = execute(make_plan([seen(photos / "a.jpg", "x")], tmp_path / "sorted", mode="link"))
+    assert [reason for _, reason in outcome.problems] == ["[Errno 5] Input/output error"]
+
+
+def test_a_link_swapped_in_as_undo_puts_a_file_back_is_not_followed(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    execute(make_plan([seen(photos / "a.jpg", "x")], dest, mode="move"))
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"someone else's file")
+    placed_file = dest / "x" / "a.jpg"
+    placed_file.unlink()
+    placed_file.symlink_to(secret)
+    real_is_symlink = Path.is_symlink
+
+    def too_late(self: Path) -> bool:  # the swap lands just after undo looked
+        return False if self == dest.resolve() / "x" / "a.jpg" else real_is_symlink(self)
+
+    monkeypatch.setattr(Path, "is_symlink", too_late)
+    assert undo(dest).problems == []
+    back = photos / "a.jpg"
+    assert os.path.islink(back) and os.readlink(back) == str(secret)
+    assert secret.stat().st_nlink == 1 and secret.read_bytes() == b"someone else's file"

@@ -363,3 +363,65 @@ def test_the_key_is_private_and_kept_outside_dest(world) -> None:
     path.chmod(0o644)
     with pytest.raises(SortError, match="can be read by other users"):
         sorting.journal_key()
+
+
+def test_a_damaged_key_says_how_to_get_a_new_one(world) -> None:
+    path = sorting.key_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("not hex\n")
+    path.chmod(0o600)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == (
+        f"journal key '{path}' is damaged (remove it: a new key is made, and sorts signed "
+        "with the old one can no longer be resumed or undone)"
+    )
+
+
+def test_the_write_probe_is_a_hidden_file_of_ours(tmp_path: Path, monkeypatch) -> None:
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    crash_on(monkeypatch, os, "unlink", 1)  # a crash between making and removing the probe
+    with pytest.raises(Crash):
+        sorting.check_dest(parent / "new")
+    assert [re.fullmatch(r"\.resnext-probe-\w+", n) is not None for n in os.listdir(parent)] == [
+        True
+    ]
+
+
+def test_a_probe_failing_without_a_reason_names_the_error(tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    def no_temp(*_args: object, **_kw: object) -> None:
+        raise OSError("Odd Failure")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp)
+    with pytest.raises(SortError) as caught:
+        sorting.check_dest(tmp_path / "new")
+    assert str(caught.value) == (
+        f"cannot create destination '{tmp_path / 'new'}' in '{tmp_path}' (odd failure) "
+        "(give a folder you can write to)"
+    )
+
+
+def test_note_neither_syncs_nor_fails_on_a_full_disk(tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "sorted"
+    dest.mkdir()
+    journal = sorting.Journal(dest)
+    journal.open()
+    try:
+        real_fsync, synced = os.fsync, []
+        monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+        assert journal.note({"op": "end"}) is True
+        assert synced == []  # progress lines are not worth a sync: DEST tells the same
+        size = (dest / JOURNAL_NAME).stat().st_size
+
+        def full_disk(self: sorting.Journal, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(sorting.Journal, "_append", full_disk)
+        assert journal.note({"op": "end"}) is False
+        assert (dest / JOURNAL_NAME).stat().st_size == size
+    finally:
+        journal.close()
+    assert [line["op"] for line in journal_lines(dest)][-1:] == ["end"]

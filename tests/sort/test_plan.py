@@ -487,3 +487,67 @@ def test_filing_many_files_of_one_name_is_linear(tmp_path: Path, monkeypatch) ->
     assert names[:3] == ["cat/IMG_0001.jpg", "cat/IMG_0001 (1).jpg", "cat/IMG_0001 (2).jpg"]
     assert len(set(names)) == 2000
     assert calls < 3 * 2000  # one new name each (quadratic would be about 2,000,000)
+
+
+def test_a_reviewed_record_with_a_problem_names_the_export(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    line = {"input": "a", "reviewed": "bogus", "model_label": "x"}
+    path.write_text(json.dumps(line) + "\n")
+    with pytest.raises(SortError) as caught:
+        sorting.records_from_file(path)
+    assert str(caught.value) == (
+        f"'{path}' line 1 is not a reviewed record ('reviewed' is not one of accepted, "
+        "corrected, skipped or null); give the file the report's 'export decisions' wrote"
+    )
+
+
+def _failing_on(monkeypatch, name: str, bad: Path) -> None:
+    """Make os.<name> raise an OSError without strerror for *bad* only."""
+    real = getattr(os, name)
+
+    def fake(path, *args, **kwargs):
+        if os.fspath(path) == str(bad):
+            raise OSError("odd failure")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, fake)
+
+
+def test_a_record_whose_file_cannot_be_looked_at_without_a_reason(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    record = Failed(str(photos / "a.jpg"), "t", "m", path=str(photos / "a.jpg"))
+    write_records([record], tmp_path / "r.jsonl", "jsonl")
+    _failing_on(monkeypatch, "stat", photos / "a.jpg")
+    assert sorting.records_from_file(tmp_path / "r.jsonl") == (
+        [],
+        [(str(photos / "a.jpg"), "odd failure")],
+    )
+
+
+def test_a_strict_plan_says_why_each_file_is_not_the_one_classified(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    records = [
+        replace(seen(photos / name, "x"), file=facts(photos / name))
+        for name in ["a.jpg", "b.jpg", "c.png", "sub/a.jpg", "sub/d.jpg"]
+    ]
+    inside_a_file = photos / "broken.jpg" / "x.jpg"
+    records.append(replace(seen(inside_a_file, "x"), file=FileFacts(1, 1)))
+    (photos / "a.jpg").unlink()
+    (photos / "b.jpg").unlink()
+    (photos / "b.jpg").symlink_to(photos / "broken.jpg")
+    (photos / "c.png").unlink()
+    (photos / "c.png").mkdir()
+    (photos / "sub/a.jpg").write_bytes(b"other bytes")
+    _failing_on(monkeypatch, "lstat", photos / "sub/d.jpg")
+    plan = make_plan(records, tmp_path / "sorted", strict=True, sources=[photos])
+    assert plan.skipped == [
+        (str(photos / "a.jpg"), "no such file (moved or deleted since it was classified)"),
+        (str(photos / "b.jpg"), "a symbolic link now, not the file that was classified"),
+        (str(photos / "c.png"), "not a regular file"),
+        (str(photos / "sub/a.jpg"), "changed since it was classified (classify it again)"),
+        (str(photos / "sub/d.jpg"), "odd failure"),
+        (str(inside_a_file), "not a directory"),
+    ]
+    assert plan.steps == []
