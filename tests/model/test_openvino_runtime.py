@@ -1587,12 +1587,6 @@ def test_normalize_matches_torchs_float32_steps() -> None:
     assert np.array_equal(batch, kept)
 
 
-# Networks that ran a batch through an AsyncInferQueue are kept until the session ends:
-# freeing one at once can deadlock (OpenVINO joins its executor thread, holding the GIL,
-# while that thread waits for the GIL to release the request's Python callback data).
-_KEPT: list[Any] = []
-
-
 class _RecordingCore:
     """OpenVINO's Core, recording what is compiled."""
 
@@ -1658,7 +1652,6 @@ def test_network_compiles_once_per_precision_and_mode() -> None:
 @needs_openvino
 def test_network_features_one_image_latency_a_batch_throughput() -> None:
     network = ovr.Network(_tiny_bundle())
-    _KEPT.append(network)
     core = _RecordingCore()
     network._core = core
     one, batch = _crops(1, seed=7), _crops(5, seed=8)
@@ -1680,12 +1673,12 @@ def test_network_features_one_image_latency_a_batch_throughput() -> None:
     assert got.dtype == np.float32 and got.shape == (5, 2)
     assert np.allclose(got, _tiny_features(batch), atol=1e-5)
     compiled = network._compiled[("fp32", "THROUGHPUT")]
-    queue = network._queues[id(compiled)]
+    requests = network._requests[id(compiled)]
     jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    assert len(queue) == max(1, jobs)
+    assert len(requests) == max(1, jobs)
     two = _crops(2, seed=9)
     assert np.allclose(network.features(two, "fp32"), _tiny_features(two), atol=1e-5)
-    assert network._queues == {id(compiled): queue}  # made once, kept
+    assert network._requests == {id(compiled): requests}  # made once, kept
     assert sorted(network._compiled) == [
         ("fp32", "LATENCY"),
         ("fp32", "THROUGHPUT"),
@@ -1696,7 +1689,6 @@ def test_network_features_one_image_latency_a_batch_throughput() -> None:
 @needs_openvino
 def test_network_head_and_probabilities_are_float32_numpy() -> None:
     network = ovr.Network(_tiny_bundle())
-    _KEPT.append(network)
     feats = np.array([[1.0, 2.0], [-0.5, 4.0]], dtype=np.float32)
     logits = feats.astype(np.float64) @ HEAD_W.astype(np.float64).T + HEAD_B
     got = network.head(feats)
@@ -1713,21 +1705,81 @@ def test_network_head_and_probabilities_are_float32_numpy() -> None:
 @needs_openvino
 def test_a_batch_runs_on_as_many_requests_as_openvino_recommends() -> None:
     network = ovr.Network(_tiny_bundle())
-    _KEPT.append(network)
     network._core = _RecordingCore(PERFORMANCE_HINT_NUM_REQUESTS=1)  # recommends one
     batch = _crops(3, seed=12)
     got = network.features(batch, "fp32")
     assert np.allclose(got, _tiny_features(batch), atol=1e-5)
     compiled = network._compiled[("fp32", "THROUGHPUT")]
     assert int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) == 1
-    assert len(network._queues[id(compiled)]) == 1
+    assert len(network._requests[id(compiled)]) == 1
 
 
 @needs_openvino
 def test_features_are_float32_whatever_type_the_body_gives() -> None:
     network = ovr.Network(ovr.Bundle(_tiny_model("f16"), HEAD_W, HEAD_B, {"format": 1}))
-    _KEPT.append(network)
     for x in (_crops(1, seed=13), _crops(4, seed=14)):
         got = network.features(x, "fp32")
         assert got.dtype == np.float32 and got.shape == (len(x), 2)
         assert np.allclose(got, _tiny_features(x), atol=1e-2)
+
+
+class _Request:
+    """An infer request that records what it was asked, its output the input plus one."""
+
+    def __init__(self, log: list[str], name: str, fail: bool) -> None:
+        self.log, self.name, self.fail = log, name, fail
+        self.out: np.ndarray[Any, Any] | None = None
+
+    def start_async(self, part: np.ndarray[Any, Any]) -> None:
+        if self.fail:
+            raise RuntimeError("REQUEST_BUSY")
+        self.log.append(f"start {self.name} {len(part)}")
+        self.out = part + 1
+
+    def wait(self) -> None:
+        self.log.append(f"wait {self.name}")
+
+    def get_output_tensor(self, index: int) -> Any:
+        assert index == 0 and self.out is not None
+        return type("Tensor", (), {"data": self.out.astype(np.float64)})()
+
+
+class _Compiled:
+    def __init__(self, jobs: int, fail_at: int | None = None) -> None:
+        self.jobs, self.fail_at = jobs, fail_at
+        self.log: list[str] = []
+        self.made = 0
+
+    def get_property(self, name: str) -> int:
+        assert name == "OPTIMAL_NUMBER_OF_INFER_REQUESTS"
+        return self.jobs
+
+    def create_infer_request(self) -> _Request:
+        self.made += 1
+        return _Request(self.log, f"r{self.made}", fail=self.made == self.fail_at)
+
+
+@needs_openvino
+def test_a_batch_is_split_over_plain_requests_and_each_is_waited_for() -> None:
+    network = ovr.Network(_tiny_bundle())
+    compiled = _Compiled(jobs=3)
+    x = np.arange(7 * 2, dtype=np.float32).reshape(7, 2)
+    got = network._in_parallel(compiled, x)
+    assert got.dtype == np.float32 and np.array_equal(got, x + 1)  # in order
+    assert compiled.log == [
+        "start r1 3", "start r2 2", "start r3 2", "wait r1", "wait r2", "wait r3",
+    ]  # fmt: skip
+    # Two images on three requests: two parts, the requests made once and kept.
+    compiled.log.clear()
+    assert np.array_equal(network._in_parallel(compiled, x[:2]), x[:2] + 1)
+    assert compiled.log == ["start r1 1", "start r2 1", "wait r1", "wait r2"]
+    assert compiled.made == 3 and len(network._requests[id(compiled)]) == 3
+
+
+@needs_openvino
+def test_a_request_that_cannot_start_lets_the_started_ones_finish() -> None:
+    network = ovr.Network(_tiny_bundle())
+    compiled = _Compiled(jobs=3, fail_at=2)
+    with pytest.raises(RuntimeError, match="REQUEST_BUSY"):
+        network._in_parallel(compiled, np.zeros((6, 2), np.float32))
+    assert compiled.log == ["start r1 2", "wait r1"]

@@ -470,7 +470,7 @@ class Network:
         self._core = ov.Core()
         self._compiled: dict[tuple[str, str], Any] = {}
         # One queue of infer requests per compiled model, made with it and kept.
-        self._queues: dict[int, Any] = {}
+        self._requests: dict[int, list[Any]] = {}
         self._lock = threading.Lock()
 
     def config(self, precision: str, mode: str) -> dict[str, Any]:
@@ -507,25 +507,28 @@ class Network:
         return self._in_parallel(self.compiled(precision, "THROUGHPUT"), x)
 
     def _in_parallel(self, compiled: Any, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        """Split a batch over the recommended number of asynchronous requests."""
-        queue = self._queues.get(id(compiled))
-        if queue is None:
-            ov = _ov()
+        """Split a batch over the recommended number of asynchronous requests.
+
+        Plain requests, waited for here: no Python callback runs on OpenVINO's threads (with
+        an AsyncInferQueue's callback, freeing the compiled model right after a batch could
+        deadlock: its destructor joins a thread that waits for the GIL it holds)."""
+        requests = self._requests.get(id(compiled))
+        if requests is None:
             jobs = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-            queue = ov.AsyncInferQueue(compiled, jobs)
-
-            def done(request: Any, userdata: tuple[list[Any], int]) -> None:
-                results, index = userdata
-                results[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-
-            queue.set_callback(done)
-            self._queues[id(compiled)] = queue
-        parts = [p for p in np.array_split(x, min(len(queue), len(x))) if len(p)]
-        results: list[np.ndarray[Any, Any] | None] = [None] * len(parts)
-        for i, part in enumerate(parts):
-            queue.start_async(np.ascontiguousarray(part), (results, i))
-        queue.wait_all()
-        return np.concatenate([r for r in results if r is not None])
+            requests = [compiled.create_infer_request() for _ in range(jobs)]
+            self._requests[id(compiled)] = requests
+        parts = [p for p in np.array_split(x, min(len(requests), len(x))) if len(p)]
+        started: list[Any] = []
+        try:
+            for request, part in zip(requests, parts, strict=False):
+                request.start_async(np.ascontiguousarray(part))
+                started.append(request)
+        finally:
+            for request in started:
+                request.wait()
+        return np.concatenate(
+            [np.array(r.get_output_tensor(0).data, dtype=np.float32) for r in started]
+        )
 
     def probabilities(
         self, x: np.ndarray[Any, Any], precision: str
