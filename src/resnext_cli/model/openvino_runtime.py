@@ -469,7 +469,7 @@ class Network:
         self.int8 = int8
         self._core = ov.Core()
         self._compiled: dict[tuple[str, str], Any] = {}
-        # One queue of infer requests per compiled model, made with it and kept.
+        # The infer requests of each compiled model, made with its first batch and kept.
         self._requests: dict[int, list[Any]] = {}
         self._lock = threading.Lock()
 

@@ -153,15 +153,12 @@ def _count_in_background(count: Count, set_total: Callable[[int], None]) -> None
         return
     iter_sources = ENGINES[count.kind].iter_sources()
 
-    def walk() -> int:
-        sources = iter_sources(count.inputs)
-        if count.skip is not None:
-            sources = _outside(sources, count.skip)
-        return sum(1 for s in sources if s.input not in count.done)
-
     def counting() -> None:
         try:
-            total = walk()
+            sources = iter_sources(count.inputs)
+            if count.skip is not None:
+                sources = _outside(sources, count.skip)
+            total = sum(1 for s in sources if s.input not in count.done)
         except Exception:  # a count is a nicety: the run itself reports real problems
             return
         set_total(total)
