@@ -1,6 +1,8 @@
 """`resnext classify` and `resnext sort`: classify images, and file them by their labels.
 
 torch loads inside the commands, never at import: their --help stays light.
+Each command only declares its options; a plain function below (_classify, _sort) does its
+work, so a test or the mutation tool (which leaves decorated functions alone) reaches it.
 """
 
 from __future__ import annotations
@@ -56,57 +58,14 @@ from resnext_cli.run.config import Config
     "private Ray on 127.0.0.1].",
 )
 @run_options
-def classify(
-    console: Console,
-    inputs: tuple[str, ...],
-    fmt: str,
-    output: str | None,
-    force: bool,
-    resume: bool,
-    long: bool,
-    embeddings: bool,
-    quiet: bool,
-    min_probability: float | None,
-    report: str | None,
-    engine: str,
-    ray_address: str | None,
-    **options: Any,
-) -> int:
+def classify(console: Console, **params: Any) -> int:
     """Classify images and print the top-k ImageNet labels of each.
 
     INPUT is an image file, a folder (walked recursively), a quoted glob such as
     'photos/**/*.jpg', an http(s) URL, or - for standard input: image bytes, or a
     list of paths and URLs, one per line.
     """
-    from resnext_cli.cli.checks import check_classify_outputs, check_engine, check_model_options
-    from resnext_cli.outputs.sinks import OutputRequest, Outputs
-    from resnext_cli.run.classify import run_classify
-
-    console.quiet = quiet
-    check_engine(engine, ray_address=ray_address, **options)
-    check_classify_outputs(
-        output=output,
-        fmt=fmt,
-        force=force,
-        resume=resume,
-        long=long,
-        report=report,
-        stdout_is_terminal=console.stdout_is_terminal,
-    )
-    config = Config(**options, embeddings=embeddings)
-    check_model_options(config)
-    request = OutputRequest(output, fmt, force, resume, long, report, embeddings=embeddings)
-    outputs = Outputs.open(request, stdout_is_terminal=console.stdout_is_terminal)
-    engine_options = {"address": ray_address} if engine == "ray" else {}
-    return run_classify(
-        config,
-        inputs,
-        outputs,
-        console,
-        engine_kind=engine,
-        min_probability=min_probability,
-        engine_options=engine_options,
-    )
+    return _classify(console, **params)
 
 
 @click.command(name="sort")
@@ -149,24 +108,7 @@ def classify(
 @click.option("--resume", is_flag=True, help="Finish an interrupted sort into DEST.")
 @click.option("--undo", is_flag=True, help="Put back every file sorted into DEST.")
 @run_options
-def sort_command(
-    console: Console,
-    paths: tuple[str, ...],
-    copy_: bool,
-    link: bool,
-    move: bool,
-    by: str,
-    records: str | None,
-    unreviewed: str | None,
-    roots: tuple[str, ...],
-    dry_run: bool,
-    resume: bool,
-    undo: bool,
-    quiet: bool,
-    min_probability: float | None,
-    report: str | None,
-    **options: Any,
-) -> int:
+def sort_command(console: Console, **params: Any) -> int:
     """Classify images and file each one into DEST/<top-1 label>/.
 
     SRC takes what classify takes (files, folders, globs, -); with --from RECORDS, give only
@@ -183,6 +125,76 @@ def sort_command(
     Exit status: 0 when every image was classified and filed, 1 when some could not be
     classified (they are in _failed/) or some file could not be handled, 2 for usage errors.
     """
+    return _sort(console, **params)
+
+
+def _classify(
+    console: Console,
+    *,
+    inputs: tuple[str, ...],
+    fmt: str,
+    output: str | None,
+    force: bool,
+    resume: bool,
+    long: bool,
+    embeddings: bool,
+    quiet: bool,
+    min_probability: float | None,
+    report: str | None,
+    engine: str,
+    ray_address: str | None,
+    **options: Any,
+) -> int:
+    from resnext_cli.cli.checks import check_classify_outputs, check_engine, check_model_options
+    from resnext_cli.outputs.sinks import OutputRequest, Outputs
+    from resnext_cli.run.classify import run_classify
+
+    console.quiet = quiet
+    check_engine(engine, ray_address=ray_address, **options)
+    check_classify_outputs(
+        output=output,
+        fmt=fmt,
+        force=force,
+        resume=resume,
+        long=long,
+        report=report,
+        stdout_is_terminal=console.stdout_is_terminal,
+    )
+    config = Config(**options, embeddings=embeddings)
+    check_model_options(config)
+    request = OutputRequest(output, fmt, force, resume, long, report, embeddings=embeddings)
+    outputs = Outputs.open(request, stdout_is_terminal=console.stdout_is_terminal)
+    engine_options = {"address": ray_address} if engine == "ray" else {}
+    return run_classify(
+        config,
+        inputs,
+        outputs,
+        console,
+        engine_kind=engine,
+        min_probability=min_probability,
+        engine_options=engine_options,
+    )
+
+
+def _sort(
+    console: Console,
+    *,
+    paths: tuple[str, ...],
+    copy_: bool,
+    link: bool,
+    move: bool,
+    by: str,
+    records: str | None,
+    unreviewed: str | None,
+    roots: tuple[str, ...],
+    dry_run: bool,
+    resume: bool,
+    undo: bool,
+    quiet: bool,
+    min_probability: float | None,
+    report: str | None,
+    **options: Any,
+) -> int:
     from resnext_cli.cli.checks import check_model_options, check_sort
     from resnext_cli.run.sort import SortRequest, run_sort
 

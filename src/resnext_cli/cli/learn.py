@@ -1,6 +1,8 @@
 """`resnext learn` and `resnext quantize`: make a model of your own from your photos.
 
 torch loads inside the commands, never at import: their --help stays light.
+Each command only declares its options; a plain function below (_learn, _quantize) does its
+work, so a test or the mutation tool (which leaves decorated functions alone) reaches it.
 """
 
 from __future__ import annotations
@@ -43,19 +45,7 @@ from resnext_cli.run.config import Config
     "--clear-cache", is_flag=True, help="Remove every cached feature, then exit (or go on)."
 )
 @learn_options
-def learn(
-    console: Console,
-    folder: str | None,
-    records: str | None,
-    output: str | None,
-    force: bool,
-    holdout: float,
-    seed: int,
-    allow_duplicates: bool,
-    clear_cache: bool,
-    quiet: bool,
-    **options: Any,
-) -> int:
+def learn(console: Console, **params: Any) -> int:
     """Teach it your own classes: a new head on ResNeXt's features, fitted on the CPU.
 
     FOLDER holds one subfolder of images per class, as 'resnext sort' writes them (its
@@ -65,35 +55,7 @@ def learn(
     those. A share of each class (--holdout) scores the model first, then it is fitted
     on every image and saved with its class names: resnext classify --checkpoint FILE.
     """
-    console.quiet = quiet
-    # A learn that would be refused is refused before the cache is cleared.
-    if folder is not None and records is not None:
-        raise click.UsageError("give FOLDER or --from FILE, not both")
-    if folder is None and records is None:
-        if not clear_cache:
-            raise click.UsageError("give FOLDER (one subfolder per class) or --from FILE")
-        _clear_cache(console)
-        return 0
-    if output is None:
-        raise click.UsageError("give -o FILE: where to save the learned model")
-    from resnext_cli.run.plan import weights_for
-
-    config = Config(**options)
-    weights_for(config)  # unknown weights are said before anything loads
-    if clear_cache:
-        _clear_cache(console)
-    from resnext_cli.run.learn import LearnRequest, run_learn
-
-    request = LearnRequest(
-        output=output,
-        folder=folder,
-        records=records,
-        force=force,
-        holdout=holdout,
-        seed=seed,
-        allow_duplicates=allow_duplicates,
-    )
-    return run_learn(request, config, console)
+    return _learn(console, **params)
 
 
 def _clear_cache(console: Console) -> None:
@@ -140,15 +102,7 @@ def _clear_cache(console: Console) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr.")
 @pass_console
 @debug_option
-def quantize(
-    console: Console,
-    photos: tuple[str, ...],
-    output: str,
-    force: bool,
-    runtime: str,
-    quiet: bool,
-    **options: Any,
-) -> int:
+def quantize(console: Console, **params: Any) -> int:
     """Make INT8 weights for the CPU by calibrating on your own photos.
 
     Post-training quantization: the float model observes PHOTOS, is converted to INT8,
@@ -157,6 +111,64 @@ def quantize(
     resnext classify --checkpoint FILE --quantized. With --runtime openvino the result is
     an OpenVINO INT8 model calibrated with NNCF.
     """
+    return _quantize(console, **params)
+
+
+def _learn(
+    console: Console,
+    *,
+    folder: str | None,
+    records: str | None,
+    output: str | None,
+    force: bool,
+    holdout: float,
+    seed: int,
+    allow_duplicates: bool,
+    clear_cache: bool,
+    quiet: bool,
+    **options: Any,
+) -> int:
+    console.quiet = quiet
+    # A learn that would be refused is refused before the cache is cleared.
+    if folder is not None and records is not None:
+        raise click.UsageError("give FOLDER or --from FILE, not both")
+    if folder is None and records is None:
+        if not clear_cache:
+            raise click.UsageError("give FOLDER (one subfolder per class) or --from FILE")
+        _clear_cache(console)
+        return 0
+    if output is None:
+        raise click.UsageError("give -o FILE: where to save the learned model")
+    from resnext_cli.run.plan import weights_for
+
+    config = Config(**options)
+    weights_for(config)  # unknown weights are said before anything loads
+    if clear_cache:
+        _clear_cache(console)
+    from resnext_cli.run.learn import LearnRequest, run_learn
+
+    request = LearnRequest(
+        output=output,
+        folder=folder,
+        records=records,
+        force=force,
+        holdout=holdout,
+        seed=seed,
+        allow_duplicates=allow_duplicates,
+    )
+    return run_learn(request, config, console)
+
+
+def _quantize(
+    console: Console,
+    *,
+    photos: tuple[str, ...],
+    output: str,
+    force: bool,
+    runtime: str,
+    quiet: bool,
+    **options: Any,
+) -> int:
     from resnext_cli.cli.checks import check_model_options, check_quantize
 
     console.quiet = quiet

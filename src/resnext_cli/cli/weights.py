@@ -1,6 +1,12 @@
-"""`resnext models` and `resnext download`: the weights there are, and fetching them ahead."""
+"""`resnext models` and `resnext download`: the weights there are, and fetching them ahead.
+
+Each command only declares its options; a plain function below (_models, _download) does its
+work, so a test or the mutation tool (which leaves decorated functions alone) reaches it.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -21,17 +27,9 @@ from resnext_cli.model.weights import OFFLINE_ENV
 )
 @pass_console
 @debug_option
-def models(console: Console, fmt: str) -> int:
+def models(console: Console, **params: Any) -> int:
     """List the models and weights tags, with accuracy, size, file and cache state."""
-    from resnext_cli.model.registry import all_weights
-    from resnext_cli.outputs.writers import models_json, models_table
-
-    rows = all_weights(include_quantized=True)
-    if fmt == "json":
-        console.stdout.write(models_json(rows) + "\n")
-    else:
-        models_table(rows, console.stdout, is_terminal=console.stdout_is_terminal)
-    return 0
+    return _models(console, **params)
 
 
 @click.command()
@@ -47,10 +45,36 @@ def models(console: Console, fmt: str) -> int:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @pass_console
 @debug_option
-def download(
-    console: Console, model: str, weights: str, quantized: bool, offline: bool, quiet: bool
-) -> int:
+def download(console: Console, **params: Any) -> int:
     """Fetch weights into torch's hub cache ahead of time and print the file's path."""
+    return _download(console, **params)
+
+
+def _models(
+    console: Console,
+    *,
+    fmt: str,
+) -> int:
+    from resnext_cli.model.registry import all_weights
+    from resnext_cli.outputs.writers import models_json, models_table
+
+    rows = all_weights(include_quantized=True)
+    if fmt == "json":
+        console.stdout.write(models_json(rows) + "\n")
+    else:
+        models_table(rows, console.stdout, is_terminal=console.stdout_is_terminal)
+    return 0
+
+
+def _download(
+    console: Console,
+    *,
+    model: str,
+    weights: str,
+    quantized: bool,
+    offline: bool,
+    quiet: bool,
+) -> int:
     from resnext_cli.model.registry import resolve_weights
     from resnext_cli.model.weights import fetch
 
