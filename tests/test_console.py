@@ -548,4 +548,51 @@ def test_a_character_that_widens_its_neighbour_never_overflows_the_width(width: 
     for text in ("abcdef\u2764\ufe0f", "\u2764\ufe0fabcdef", "ab\u2764\ufe0fcd\u2764\ufe0fef"):
         shown = middle_ellipsis(text, width)
         assert cell_len(shown) <= width, (text, width, shown)
-    assert middle_ellipsis("abcdef\u2764\ufe0f", 3) == "a\u2026\ufe0f"
+    assert middle_ellipsis("abcdef\u2764\ufe0f", 3) == "\u2026\u2764\ufe0f"
+
+
+@pytest.mark.parametrize(
+    ("text", "width", "shown"),
+    [
+        # the heart and its U+FE0F are cut together: 2 cells, then no room for 'a'
+        ("abcdef\u2764\ufe0f", 3, "\u2026\u2764\ufe0f"),
+        ("abcdef\u2764\ufe0f", 4, "a\u2026\u2764\ufe0f"),
+        # a wide character with a combining accent: both or neither
+        ("abcdef\u65e5\u0301", 3, "\u2026\u65e5\u0301"),
+        ("abcde\u0301", 3, "a\u2026e\u0301"),
+        # two emoji joined by U+200D are one piece of 2 cells (cut apart: a lone joiner)
+        ("abcdef\U0001f468\u200d\U0001f469", 4, "a\u2026\U0001f468\u200d\U0001f469"),
+        ("abcdef\U0001f468\u200d\U0001f469", 5, "a\u2026f\U0001f468\u200d\U0001f469"),
+        # a skin tone stays with its hand
+        ("\U0001f44d\U0001f3fdabcdef", 5, "\U0001f44d\U0001f3fd\u2026ef"),
+    ],
+)
+def test_a_cut_never_strands_a_mark_or_a_joiner(text: str, width: int, shown: str) -> None:
+    assert middle_ellipsis(text, width) == shown
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ab\u2764\ufe0fcd\u2764\ufe0fef.jpg",
+        "cafe\u0301-cafe\u0301-cafe\u0301.jpg",
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467-\U0001f44d\U0001f3fd-\u65e5\u0301.png",
+    ],
+)
+def test_every_width_keeps_marks_with_their_characters(text: str) -> None:
+    """Whatever the width, what follows the ellipsis starts with a character of its own and
+    what precedes it does not end in a joiner; the two ends are the text's own ends."""
+    import unicodedata
+
+    from rich.cells import cell_len
+
+    for width in range(2, cell_len(text)):
+        shown = middle_ellipsis(text, width)
+        head, _, tail = shown.partition("\u2026")
+        assert cell_len(shown) <= width, (width, shown)
+        assert text.startswith(head) and text.endswith(tail), (width, shown)
+        if tail:
+            assert unicodedata.category(tail[0]) not in ("Mn", "Me"), (width, shown)
+            assert tail[0] != "\u200d" and not "\U0001f3fb" <= tail[0] <= "\U0001f3ff"
+            assert text[len(text) - len(tail) - 1] != "\u200d", (width, shown)
+        assert not head.endswith("\u200d"), (width, shown)

@@ -11,6 +11,7 @@ import io
 import os
 import sys
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,21 +55,41 @@ def middle_ellipsis(text: str, width: int) -> str:
         return text
     if width <= 1:
         return "…"[:width]
+    pieces = _drawn_together(text)
     head, tail = "", ""
     keep = width - 1
-    left, right = 0, len(text)
+    left, right = 0, len(pieces)
     # Alternate ends, the tail first: a file name's end (its number, its extension) says most.
     # Each end is measured whole: a character can widen its neighbour ('❤' + U+FE0F).
     while left < right:
-        ch = text[right - 1]
-        if cell_len(head) + cell_len(ch + tail) > keep:
+        piece = pieces[right - 1]
+        if cell_len(head) + cell_len(piece + tail) > keep:
             break
-        tail, right = ch + tail, right - 1
-        ch = text[left]
-        if left >= right or cell_len(head + ch) + cell_len(tail) > keep:
+        tail, right = piece + tail, right - 1
+        piece = pieces[left]
+        if left >= right or cell_len(head + piece) + cell_len(tail) > keep:
             break
-        head, left = head + ch, left + 1
+        head, left = head + piece, left + 1
     return head + "…" + tail
+
+
+def _drawn_together(text: str) -> list[str]:
+    """*text* in the pieces a terminal draws as one, so a cut never strands half of one: a
+    character with the marks after it (an accent, U+FE0F), a skin tone with its emoji, and
+    characters joined by U+200D (a family)."""
+    pieces: list[str] = []
+    for ch in text:
+        joins = (
+            unicodedata.category(ch) in ("Mn", "Me")
+            or "\U0001f3fb" <= ch <= "\U0001f3ff"
+            or ch == "\u200d"
+            or (pieces and pieces[-1].endswith("\u200d"))
+        )
+        if pieces and joins:
+            pieces[-1] += ch
+        else:
+            pieces.append(ch)
+    return pieces
 
 
 def _is_tty(stream: Any) -> bool:
