@@ -207,6 +207,26 @@ def test_torchvision_quantized_layout_loads(
         assert torch.equal(model(photos[:2]), theirs_out)
 
 
+def test_a_state_dict_saved_as_a_plain_dict_loads(
+    torchvision_int8: tuple[Path, torch.nn.Module],
+    photos: torch.Tensor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dict(state_dict()) drops the layout versions torch keeps in _metadata; without them
+    torch reads the packed fc as an old layout and asks for 'fc.weight'. The keys are this
+    layout's, so the file loads, and runs as torchvision's model does."""
+    _, reference = torchvision_int8
+    plain = dict(reference.state_dict())
+    assert not hasattr(plain, "_metadata")
+    path = tmp_path / "plain.pth"
+    torch.save(plain, path)
+    monkeypatch.setattr(quantized, "supported_engines", lambda: ["fbgemm"])
+    model, _ = quantized.load_quantized(path, R50, name=path.name)
+    with torch.inference_mode():
+        assert torch.equal(model(photos[:2]), reference(photos[:2]))
+
+
 @pytest.mark.parametrize("model", ["resnext101_32x8d", "resnext101_64x4d"])
 def test_101_structure_matches_torchvisions_builders(model: str) -> None:
     """The ResNeXt101 variants have torchvision's keys and shapes (float, unconverted)."""

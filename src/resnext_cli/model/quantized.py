@@ -8,6 +8,7 @@ on CPU alone, with the x86 quantized engine where torch has it.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -176,7 +177,14 @@ def build_quantized(model: str, state: dict[str, Any], *, name: str) -> nn.Modul
     """Build INT8 *model* and load *state*, a state dict in torchvision's quantized layout."""
     with _one_thread():
         net = _converted(model, _classes(state, model=model, name=name))
-    check_fit(net.state_dict(), state, model=model, name=name)
+    own = net.state_dict()
+    check_fit(own, state, model=model, name=name)
+    if getattr(state, "_metadata", None) is None:
+        # Saved as a plain dict, it lost the layout versions torch keeps in _metadata, and
+        # without them the packed fc is read as an old layout ('fc.weight'). Its keys have
+        # just been checked against this layout: its versions are this build's.
+        state = OrderedDict(state)
+        state._metadata = own._metadata  # type: ignore[attr-defined]
     try:
         with _quiet(), _one_thread():
             net.load_state_dict(state)
