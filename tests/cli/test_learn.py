@@ -133,3 +133,77 @@ def test_quantize_refuses_before_reading_a_model(make_image, tmp_path, loads) ->
         run = run_resnext("quantize", "--calibrate", calibrate, "-o", out)
         assert (run.code, run.stdout, run.stderr) == (2, "", f"error: {message}\n"), run
     assert kept.read_bytes() == b"mine" and not (tmp_path / "q.pth").exists() and loads == []
+
+
+def test_learn_hands_every_option_to_the_run(classes, tmp_path, monkeypatch) -> None:
+    """What the command line says reaches the run as asked; the defaults are the help's."""
+    from resnext_cli.run import learn
+    from resnext_cli.run.learn import LearnRequest
+
+    seen: list[tuple[LearnRequest, str, str]] = []
+    monkeypatch.setattr(
+        learn,
+        "run_learn",
+        lambda request, config, console: seen.append((request, config.model, config.weights)) or 0,
+    )
+    out = tmp_path / "mine.pth"
+    given = run_resnext(
+        "learn", classes, "-o", out, "--force", "--holdout", "0.3", "--seed", "7",
+        "--allow-duplicates", "-m", "resnext101_32x8d",
+    )  # fmt: skip
+    assert (given.code, given.stdout, given.stderr) == (0, "", "")
+    plain = run_resnext("learn", "--from", tmp_path / "list.csv", "-o", out)
+    assert (plain.code, plain.stdout, plain.stderr) == (0, "", "")
+    assert seen == [
+        (
+            LearnRequest(
+                output=str(out),
+                folder=str(classes),
+                records=None,
+                force=True,
+                holdout=0.3,
+                seed=7,
+                allow_duplicates=True,
+            ),
+            "resnext101_32x8d",
+            "DEFAULT",
+        ),
+        (
+            LearnRequest(
+                output=str(out),
+                folder=None,
+                records=str(tmp_path / "list.csv"),
+                force=False,
+                holdout=0.2,
+                seed=0,
+                allow_duplicates=False,
+            ),
+            "resnext50_32x4d",
+            "DEFAULT",
+        ),
+    ]
+
+
+def test_quantize_hands_every_option_to_the_run(make_image, tmp_path, monkeypatch) -> None:
+    from resnext_cli.run import quantize
+    from resnext_cli.run.quantize import QuantizeRequest
+
+    seen: list[tuple[QuantizeRequest, str]] = []
+    monkeypatch.setattr(
+        quantize,
+        "run_quantize",
+        lambda request, config, console: seen.append((request, config.model)) or 0,
+    )
+    photos = make_image("photos/a.png").parent
+    out = tmp_path / "q.pth"
+    for extra in (["--force", "--runtime", "openvino", "-m", "resnext101_32x8d"], []):
+        run = run_resnext(
+            "quantize", "--calibrate", photos, "--calibrate", photos, "-o", out, *extra
+        )
+        assert (run.code, run.stdout, run.stderr) == (0, "", "")
+    assert seen == [
+        (QuantizeRequest((str(photos), str(photos)), str(out), True, runtime="openvino"),
+         "resnext101_32x8d"),
+        (QuantizeRequest((str(photos), str(photos)), str(out), False, runtime="torch"),
+         "resnext50_32x4d"),
+    ]  # fmt: skip
