@@ -563,8 +563,12 @@ def test_a_character_that_widens_its_neighbour_never_overflows_the_width(width: 
         # two emoji joined by U+200D are one piece of 2 cells (cut apart: a lone joiner)
         ("abcdef\U0001f468\u200d\U0001f469", 4, "a\u2026\U0001f468\u200d\U0001f469"),
         ("abcdef\U0001f468\u200d\U0001f469", 5, "a\u2026f\U0001f468\u200d\U0001f469"),
-        # a skin tone stays with its hand
+        # a skin tone stays with its hand, the lightest and the darkest too
         ("\U0001f44d\U0001f3fdabcdef", 5, "\U0001f44d\U0001f3fd\u2026ef"),
+        ("abcdef\U0001f44d\U0001f3fb", 3, "\u2026\U0001f44d\U0001f3fb"),
+        ("abcdef\U0001f44d\U0001f3ff", 3, "\u2026\U0001f44d\U0001f3ff"),
+        # an enclosing mark (U+20E3, category Me) stays with what it encloses
+        ("abcdef\u65e5\u20e3", 3, "\u2026\u65e5\u20e3"),
     ],
 )
 def test_a_cut_never_strands_a_mark_or_a_joiner(text: str, width: int, shown: str) -> None:
