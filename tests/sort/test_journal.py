@@ -7,10 +7,13 @@ Every test that touches files compares the set of (relative path, sha256) before
 from __future__ import annotations
 
 import errno
+import hashlib
+import hmac
 import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ from resnext_cli.sort import (
     undo,
     unfinished,
 )
+from resnext_cli.sort import journal as journal_module
 from tests.helpers import (
     Crash,
     crash_on,
@@ -425,3 +429,363 @@ def test_note_neither_syncs_nor_fails_on_a_full_disk(tmp_path: Path, monkeypatch
     finally:
         journal.close()
     assert [line["op"] for line in journal_lines(dest)][-1:] == ["end"]
+
+
+# -- the key: where it lives, how it is made, and when it is refused ------------------------
+
+REMEDY = (
+    "(remove it: a new key is made, and sorts signed with the old one can no longer be "
+    "resumed or undone)"
+)
+
+
+def the_key_file() -> Path:
+    """Where the key must be, worked out here from the environment the fixture set."""
+    return Path(os.environ["XDG_CONFIG_HOME"]) / "resnext" / "journal.key"
+
+
+def private_file(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("xdg", [None, ""], ids=["unset", "empty"])
+def test_the_key_lives_in_dot_config_of_home_without_xdg(tmp_path: Path, monkeypatch, xdg) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    if xdg is None:
+        monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_CONFIG_HOME", xdg)
+    assert sorting.key_path() == home / ".config" / "resnext" / "journal.key"
+
+
+def test_the_key_lives_in_xdg_config_home(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    assert str(sorting.key_path()) == f"{tmp_path}/cfg/resnext/journal.key"
+
+
+@pytest.mark.parametrize("folder_made", [False, True], ids=["new_folder", "folder_exists"])
+def test_a_new_key_is_written_whole_in_a_private_folder(monkeypatch, folder_made) -> None:
+    path = the_key_file()
+    if folder_made:
+        path.parent.mkdir(parents=True, mode=0o700)
+    monkeypatch.setattr(journal_module.secrets, "token_bytes", lambda n: bytes(range(n)))
+    old = os.umask(0o022)
+    try:
+        key = sorting.journal_key()
+    finally:
+        os.umask(old)
+    assert key == bytes(range(32))
+    assert path.read_bytes() == (
+        b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n"
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_key_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    target = private_file(tmp_path / "elsewhere.key", b"ab" * 32 + b"\n")
+    path = the_key_file()
+    path.parent.mkdir(parents=True)
+    path.symlink_to(target)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == f"journal key '{path}' cannot be read (a symbolic link) {REMEDY}"
+
+
+def test_a_key_file_over_128_bytes_is_refused_unread() -> None:
+    path = private_file(the_key_file(), b"ab" * 32 + b"\n" + b" " * 75)  # 140 bytes
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == (
+        f"journal key '{path}' cannot be read (over the 128-byte limit) {REMEDY}"
+    )
+
+
+def test_a_key_readable_by_others_is_refused_with_the_remedy() -> None:
+    path = private_file(the_key_file(), b"ab" * 32 + b"\n")
+    path.chmod(0o640)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == f"journal key '{path}' can be read by other users {REMEDY}"
+
+
+def test_a_key_swapped_for_a_link_after_reading_is_refused(tmp_path: Path, monkeypatch) -> None:
+    path = private_file(the_key_file(), b"ab" * 32 + b"\n")
+    copy = private_file(tmp_path / "copy.key", b"ab" * 32 + b"\n")
+    real = journal_module.read_user_file
+
+    def swapped(where: Path, **kwargs: object) -> bytes:
+        data = real(where, **kwargs)
+        path.unlink()  # another process puts a link to a private file in its place
+        path.symlink_to(copy)
+        return data
+
+    monkeypatch.setattr(journal_module, "read_user_file", swapped)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == f"journal key '{path}' can be read by other users {REMEDY}"
+
+
+def test_a_key_of_another_user_is_refused(monkeypatch) -> None:
+    path = private_file(the_key_file(), b"ab" * 32 + b"\n")
+    owner = path.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == (
+        f"journal key '{path}' belongs to another user (uid {owner}) {REMEDY}"
+    )
+
+
+def race_on_the_key(monkeypatch, action) -> None:
+    """Run *action* just before the key file is created, as another process could."""
+    real, path = os.open, str(the_key_file())
+
+    def fake(where, flags, *args, **kwargs):
+        if os.fspath(where) == path and flags & os.O_CREAT:
+            action()
+        return real(where, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (OSError(errno.EACCES, "Permission denied"), "permission denied"),
+        (OSError("Odd Failure"), "odd failure"),
+    ],
+    ids=["strerror", "no_strerror"],
+)
+def test_a_key_that_cannot_be_made_says_why(monkeypatch, error, reason) -> None:
+    def fail() -> None:
+        raise error
+
+    race_on_the_key(monkeypatch, fail)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == (
+        f"cannot make the journal key '{the_key_file()}': {reason} "
+        "(set XDG_CONFIG_HOME to a folder of your own)"
+    )
+
+
+def test_a_key_another_sort_left_empty_is_waited_for_then_refused(monkeypatch) -> None:
+    path = the_key_file()
+    race_on_the_key(monkeypatch, lambda: path.write_bytes(b""))  # made, never written
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == f"journal key '{path}' is empty {REMEDY}"
+    assert sleeps == [0.02] * 50
+
+
+def test_a_link_planted_while_the_key_is_made_is_neither_followed_nor_waited_for(
+    tmp_path: Path, monkeypatch
+) -> None:
+    path = the_key_file()
+    elsewhere = private_file(tmp_path / "elsewhere", b"")
+    race_on_the_key(monkeypatch, lambda: path.symlink_to(elsewhere))
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == f"journal key '{path}' cannot be read (a symbolic link) {REMEDY}"
+    assert elsewhere.read_bytes() == b"" and sleeps == []
+
+
+def test_a_key_removed_while_another_sort_made_it_is_one_line(monkeypatch) -> None:
+    """Another sort makes the key first (this one's exclusive create fails), then the file
+    is removed before this sort reads it: one line, no AssertionError."""
+    real, path = os.open, the_key_file()
+
+    def fake(where, flags, *args, **kwargs):
+        if os.fspath(where) == str(path) and flags & os.O_CREAT:
+            private_file(path, bytes(64))  # the other sort's key...
+            try:
+                return real(where, flags, *args, **kwargs)
+            finally:
+                path.unlink()  # ...removed right after
+        return real(where, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake)
+    with pytest.raises(SortError) as caught:
+        sorting.journal_key()
+    assert str(caught.value) == (
+        f"journal key '{path}' was removed while it was made: run the sort again"
+    )
+    assert not path.exists()
+
+
+# -- the MAC, computed here by hand ------------------------------------------------------------
+
+
+def test_a_line_is_signed_over_context_real_dest_and_canonical_json(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "via").symlink_to(real)
+    key = bytes(range(32))
+    sorting.journal_key()  # this user's key exists, and is not the one given
+    item = {"op": "step", "b": "\u00e9", "a": [1, 2]}
+    message = (
+        b"resnext sort journal v1\x00"
+        + str(real).encode()
+        + b'\x00{"a":[1,2],"b":"\\u00e9","op":"step"}'
+    )
+    mac = hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert sorting.sign_line(tmp_path / "via", item, key=key) == (
+        '{"op": "step", "b": "\\u00e9", "a": [1, 2], "mac": "' + mac + '"}'
+    )
+
+
+# -- reading: what is cut as torn, what is refused, and what a step carries -------------------
+
+
+def mac_of(dest: Path, item: dict[str, object]) -> str:
+    """The line's MAC with this user's key, read from the key file and computed here."""
+    key = bytes.fromhex(the_key_file().read_text())
+    canonical = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+    message = b"resnext sort journal v1\x00" + str(dest.resolve()).encode() + b"\x00" + canonical
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def test_an_unparsable_last_line_is_cut_even_with_its_newline(tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    data = plant(dest, {"op": "end"})
+    (dest / JOURNAL_NAME).write_bytes(data + b'{"op": "und\n')  # garbage a crash left
+    assert sorting.Journal(dest).read() == {}
+    journal = sorting.Journal(dest)
+    journal.open()
+    journal.close()
+    assert (dest / JOURNAL_NAME).read_bytes() == data
+
+
+def test_an_empty_journal_needs_no_key(tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    dest.mkdir()
+    (dest / JOURNAL_NAME).write_bytes(b"")
+    private_file(the_key_file(), b"not hex\n")  # a damaged key is not even read
+    assert sorting.Journal(dest).read() == {}
+
+
+def not_ours(dest: Path, line: int) -> str:
+    return (
+        f"journal '{dest / JOURNAL_NAME}' line {line} was not written by resnext for this "
+        f"folder with your key ('{the_key_file()}'): refused, nothing was touched (remove the "
+        f"journal if you did not sort into '{dest}' on this machine)"
+    )
+
+
+def test_reading_a_journal_without_a_key_makes_none(tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    plant(dest, {"op": "end"}, sign=False)
+    with pytest.raises(SortError) as caught:
+        sorting.Journal(dest).read()
+    assert str(caught.value) == not_ours(dest, 1)
+    assert not the_key_file().parent.exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"op": "end"}\n', b'{"op": "end"}\n{"op": "e'],
+    ids=["with_newline", "before_a_torn_line"],
+)
+def test_an_unsigned_line_is_refused_unless_it_is_the_unfinished_last(tmp_path, data) -> None:
+    dest = tmp_path / "sorted"
+    dest.mkdir()
+    sorting.journal_key()
+    (dest / JOURNAL_NAME).write_bytes(data)
+    with pytest.raises(SortError) as caught:
+        sorting.Journal(dest).read()
+    assert str(caught.value) == not_ours(dest, 1)
+
+
+@pytest.mark.parametrize(
+    ("extra", "identity"),
+    [
+        ({"size": 123, "mtime_ns": 456}, (123, 456)),
+        ({"size": 123}, None),
+        ({"size": True, "mtime_ns": 456}, None),
+        ({"size": 123, "mtime_ns": "456"}, None),
+    ],
+    ids=["both", "no_mtime", "bool_size", "text_mtime"],
+)
+def test_a_step_keeps_the_identity_its_file_must_have(photos: Path, tmp_path, extra, identity):
+    dest = tmp_path / "sorted"
+    begin = {"op": "begin", "mode": "copy", "dest": str(dest.resolve()), "src": [str(photos)]}
+    step = {"op": "step", "n": 0, "mode": "copy", "src": str(photos / "a.jpg"), "dst": "x/a.jpg"}
+    plant(dest, begin, {**step, **extra})
+    assert sorting.Journal(dest).read()[0].step.identity == identity
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def test_a_whole_last_line_without_its_newline_gets_one_before_the_next(tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    data = plant(dest, {"op": "end"})
+    (dest / JOURNAL_NAME).write_bytes(data[:-1])  # the newline was lost
+    journal = sorting.Journal(dest)
+    journal.open()
+    try:
+        journal.write({"op": "begin"})
+    finally:
+        journal.close()
+    line = '{"op": "begin", "mac": "' + mac_of(dest, {"op": "begin"}) + '"}\n'
+    assert (dest / JOURNAL_NAME).read_bytes() == data + line.encode()
+
+
+def test_lines_are_signed_with_the_key_read_when_the_journal_was_opened(tmp_path: Path) -> None:
+    dest = tmp_path / "sorted"
+    journal = sorting.Journal(dest)
+    journal.open()
+    try:
+        key = the_key_file().read_bytes()
+        the_key_file().unlink()  # removed while the sort runs: not made anew
+        journal.write({"op": "end"})
+    finally:
+        journal.close()
+    assert not the_key_file().exists()
+    private_file(the_key_file(), key)
+    line = '{"op": "end", "mac": "' + mac_of(dest, {"op": "end"}) + '"}\n'
+    assert (dest / JOURNAL_NAME).read_bytes() == line.encode()
+
+
+def test_write_syncs_only_when_asked(tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "sorted"
+    journal = sorting.Journal(dest)
+    journal.open()
+    try:
+        synced: list[int] = []
+        monkeypatch.setattr(os, "fsync", synced.append)
+        journal.write({"op": "end"})
+        assert synced == []
+        journal.write({"op": "end"}, sync=True)
+        assert synced == [journal._fd]
+    finally:
+        journal.close()
+
+
+def test_a_write_failing_without_a_reason_names_the_error(tmp_path: Path, monkeypatch) -> None:
+    dest = tmp_path / "sorted"
+    journal = sorting.Journal(dest)
+    journal.open()
+
+    def odd(self: sorting.Journal, data: bytes) -> None:
+        raise OSError("Odd Failure")
+
+    monkeypatch.setattr(sorting.Journal, "_append", odd)
+    try:
+        with pytest.raises(SortError) as caught:
+            journal.write({"op": "end"})
+    finally:
+        journal.close()
+    assert str(caught.value) == (
+        f"cannot write the journal in '{dest}': odd failure (nothing more was done; free "
+        f"space, then 'resnext sort --resume {dest}' or 'resnext sort --undo {dest}')"
+    )

@@ -134,7 +134,10 @@ def _make_key(path: Path) -> bytes:
                 raise
             time.sleep(0.02)
             continue
-        assert found is not None
+        if found is None:  # removed since another sort made it
+            raise SortError(
+                f"journal key '{path}' was removed while it was made: run the sort again"
+            )
         return found
     raise _key_problem(path, "is empty")
 
