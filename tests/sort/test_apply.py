@@ -7,16 +7,19 @@ a sort may add copies or move files, but never lose, change or duplicate one.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+import resnext_cli.sort.apply as apply_module
 from resnext_cli import sort as sorting
 from resnext_cli.results import Classified, FileFacts, Prediction
 from resnext_cli.sort import (
@@ -551,25 +554,29 @@ def _strict_plan(photos: Path, dest: Path, mode: str) -> sorting.FilingPlan:
     return make_plan([rec], dest, mode=mode, sources=[photos], strict=True)
 
 
-@pytest.mark.parametrize("mode", ["move", "link"])
+@pytest.mark.parametrize("mode", ["copy", "move", "link"])
 def test_a_file_rewritten_after_planning_is_left_alone(photos, tmp_path, mode) -> None:
     dest = tmp_path / "sorted"
     plan = _strict_plan(photos, dest, mode)
     (photos / "a.jpg").write_bytes(b"rewritten after planning")
     outcome = execute(plan)
-    assert [reason for _, reason in outcome.problems] == [
+    why = (
         f"'{photos.absolute() / 'a.jpg'}' is not the file that was classified (a symbolic "
         "link now, or changed since); left alone"
-    ]
+    )
+    assert [reason for _, reason in outcome.problems] == [why]
     assert outcome.done == [] and found(dest / "tabby") == set()
     assert (photos / "a.jpg").read_bytes() == b"rewritten after planning"
+    assert {"op": "skip", "n": 0, "reason": why} in journal_lines(dest)
+    assert unfinished(dest) == []  # skipped, not left for --resume
 
 
+@pytest.mark.parametrize("mode", ["link", "move"])
 def test_a_file_swapped_between_check_and_link_is_unlinked_again(
-    photos: Path, tmp_path: Path, monkeypatch
+    photos: Path, tmp_path: Path, monkeypatch, mode: str
 ) -> None:
     dest = tmp_path / "sorted"
-    plan = _strict_plan(photos, dest, "link")
+    plan = _strict_plan(photos, dest, mode)
     real_link = os.link
 
     def swap_then_link(src, dst, *args, **kwargs):
@@ -584,6 +591,7 @@ def test_a_file_swapped_between_check_and_link_is_unlinked_again(
         f"'{target}' is not the file that was classified; left alone"
     ]
     assert not os.path.lexists(target)
+    assert (photos / "a.jpg").read_bytes() == b"swapped in"  # a move takes nothing either
 
 
 def test_an_os_error_without_a_file_name_is_reported_as_it_is(
@@ -597,11 +605,14 @@ def test_an_os_error_without_a_file_name_is_reported_as_it_is(
     assert [reason for _, reason in outcome.problems] == ["[Errno 5] Input/output error"]
 
 
+@pytest.mark.parametrize("link", ["os", "documented"])
 def test_a_link_swapped_in_as_undo_puts_a_file_back_is_not_followed(
-    photos: Path, tmp_path: Path, monkeypatch
+    photos: Path, tmp_path: Path, monkeypatch, link: str
 ) -> None:
     dest = tmp_path / "sorted"
     execute(make_plan([seen(photos / "a.jpg", "x")], dest, mode="move"))
+    if link == "documented":
+        links_as_documented(monkeypatch)
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"someone else's file")
     placed_file = dest / "x" / "a.jpg"
@@ -617,3 +628,334 @@ def test_a_link_swapped_in_as_undo_puts_a_file_back_is_not_followed(
     back = photos / "a.jpg"
     assert os.path.islink(back) and os.readlink(back) == str(secret)
     assert secret.stat().st_nlink == 1 and secret.read_bytes() == b"someone else's file"
+
+
+def links_as_documented(monkeypatch) -> None:
+    """Make os.link follow a symbolic link unless told not to, as its documentation says and as
+    it does on macOS and, from Python 3.14, on Linux (where link(2) itself never follows)."""
+    real = os.link
+
+    def link(src, dst, *, follow_symlinks: bool = True) -> None:
+        real(os.path.realpath(src) if follow_symlinks else src, dst, follow_symlinks=False)
+
+    monkeypatch.setattr(os, "link", link)
+
+
+def test_link_files_a_symbolic_link_as_the_link_itself(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    (photos / "target.jpg").write_bytes(b"a file only a link names")
+    (photos / "inner.jpg").symlink_to(photos / "target.jpg")
+    links_as_documented(monkeypatch)
+    outcome = execute(make_plan([seen(photos / "inner.jpg", "y")], dest, mode="link"))
+    assert outcome.problems == []
+    filed = dest / "y" / "inner.jpg"
+    assert filed.is_symlink() and os.readlink(filed) == str(photos / "target.jpg")
+    assert (photos / "target.jpg").stat().st_nlink == 1
+
+
+def test_a_move_never_hard_links_what_a_link_swapped_in_leads_to(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest, secret = tmp_path / "sorted", tmp_path / "secret.txt"
+    secret.write_bytes(b"someone else's file")
+    plan = make_plan([seen(photos / "a.jpg", "x")], dest, mode="move")
+    links_as_documented(monkeypatch)
+    documented = os.link
+
+    def swap_then_link(src, dst, **kwargs) -> None:  # lands after the move looked at it
+        os.rename(src, tmp_path / "kept.jpg")
+        Path(src).symlink_to(secret)
+        documented(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "link", swap_then_link)
+    assert execute(plan).problems == []
+    filed = dest / "x" / "a.jpg"
+    assert filed.is_symlink() and os.readlink(filed) == str(secret)  # the link itself moved
+    assert secret.stat().st_nlink == 1 and secret.read_bytes() == b"someone else's file"
+
+
+def _fd_facts(src: object, out: object) -> tuple[bool, int]:
+    """Whether the source is read non-blocking, and the mode of the copy being written.
+
+    (Close-on-exec is not looked at: Python's os.open sets it on every descriptor.)
+    """
+    src_fd, out_fd = src.fileno(), out.fileno()  # type: ignore[attr-defined]
+    return (
+        bool(fcntl.fcntl(src_fd, fcntl.F_GETFL) & os.O_NONBLOCK),
+        stat.S_IMODE(os.fstat(out_fd).st_mode),
+    )
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["fresh", "strict"])
+@pytest.mark.parametrize("mode", ["copy", "move"])
+def test_a_copy_is_written_privately_then_given_the_originals_time_and_mode(
+    photos: Path, tmp_path: Path, monkeypatch, umask_022, mode: str, strict: bool
+) -> None:
+    dest, source = tmp_path / "sorted", photos / "a.jpg"
+    source.chmod(0o640)
+    os.utime(source, ns=(1_500_000_000_123_456_789, 1_400_000_000_987_654_321))
+    record = seen(source, "x")
+    if strict:
+        record = replace(record, file=FileFacts(750, 1_400_000_000_987_654_321))
+    plan = make_plan([record], dest, mode=mode, sources=[photos], strict=strict)
+    refuse_links(monkeypatch)  # a move copies, then removes the original
+    facts = []
+    real_copy = shutil.copyfileobj
+
+    def copy(src, out, *args: object) -> None:
+        facts.append(_fd_facts(src, out))
+        real_copy(src, out, *args)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    outcome = execute(plan)
+    assert outcome.problems == []
+    # Never blocked by a FIFO swapped in; nobody else's to read while it is written.
+    assert facts == [(True, 0o600)]
+    filed = (dest / "x" / "a.jpg").stat()
+    assert (stat.S_IMODE(filed.st_mode), filed.st_mtime_ns) == (0o640, 1_400_000_000_987_654_321)
+    assert (dest / "x" / "a.jpg").read_bytes() == b"bytes of a.jpg\n" * 50
+    assert os.path.exists(source) == (mode == "copy")
+
+
+def test_a_link_planted_at_the_partial_copys_name_is_removed_not_followed(
+    photos: Path, tmp_path: Path, monkeypatch, umask_022
+) -> None:
+    dest, secret = tmp_path / "sorted", tmp_path / "secret.txt"
+    secret.write_bytes(b"someone else's file")
+    plan = make_plan([seen(photos / "a.jpg", "x")], dest)
+    real_open_source = apply_module._open_source
+
+    def open_then_plant(step: sorting.Step, source: Path) -> int:  # after leftovers went
+        (dest / "x" / ".resnext-part-0").symlink_to(secret)
+        return real_open_source(step, source)
+
+    monkeypatch.setattr(apply_module, "_open_source", open_then_plant)
+    facts = []
+    real_copy = shutil.copyfileobj
+
+    def copy(src, out, *args: object) -> None:
+        facts.append(_fd_facts(src, out)[1])
+        real_copy(src, out, *args)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy)
+    assert execute(plan).problems == []
+    assert facts == [0o600]
+    assert secret.read_bytes() == b"someone else's file" and secret.stat().st_nlink == 1
+    assert os.listdir(dest / "x") == ["a.jpg"]
+    assert not (dest / "x" / "a.jpg").is_symlink()
+    assert (dest / "x" / "a.jpg").read_bytes() == b"bytes of a.jpg\n" * 50
+
+
+def test_a_partial_copy_swapped_for_a_link_gives_its_times_to_the_link_alone(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest, secret = tmp_path / "sorted", tmp_path / "secret.txt"
+    secret.write_bytes(b"someone else's file")
+    os.utime(secret, ns=(1_300_000_000_000_000_001, 1_200_000_000_000_000_002))
+    plan = make_plan([seen(photos / "a.jpg", "x")], dest)
+    real_copy = shutil.copyfileobj
+
+    def copy_then_swap(src, out, *args: object) -> None:
+        real_copy(src, out, *args)
+        partial = dest / "x" / ".resnext-part-0"
+        partial.rename(tmp_path / "aside")
+        partial.symlink_to(secret)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_swap)
+    execute(plan)
+    assert secret.stat().st_mtime_ns == 1_200_000_000_000_000_002
+    assert secret.read_bytes() == b"someone else's file"
+
+
+def test_a_file_swapped_for_a_link_after_its_check_is_not_moved(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    plan = _strict_plan(photos, dest, "move")
+    real_check = apply_module._check_identity
+
+    def check_then_swap(step: sorting.Step, source: Path) -> os.stat_result | None:
+        checked = real_check(step, source)
+        os.rename(source, tmp_path / "kept.jpg")
+        source.symlink_to(tmp_path / "kept.jpg")
+        return checked
+
+    monkeypatch.setattr(apply_module, "_check_identity", check_then_swap)
+    outcome = execute(plan)
+    assert [reason for _, reason in outcome.problems] == [
+        f"'{photos.absolute() / 'a.jpg'}' is not the file that was classified (a symbolic "
+        "link now, or changed since); left alone"
+    ]
+    assert outcome.done == [] and found(dest / "tabby") == set()
+    assert os.readlink(photos / "a.jpg") == str(tmp_path / "kept.jpg")
+
+
+def test_a_full_quota_without_a_message_is_named_by_its_number(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+
+    def over_quota(*_args: object, **_kw: object) -> None:
+        raise OSError(errno.EDQUOT, "")
+
+    monkeypatch.setattr(shutil, "copyfileobj", over_quota)
+    with pytest.raises(SortError) as caught:
+        execute(make_plan([seen(photos / "a.jpg", "x")], dest))
+    assert str(caught.value) == (
+        f"destination '{dest}' is full ([errno {errno.EDQUOT}] ): the files not filed yet stay "
+        f"where they are (free space, then 'resnext sort --resume {dest}', or 'resnext sort "
+        f"--undo {dest}' to put back what was filed)"
+    )
+    assert len(unfinished(dest)) == 1
+
+
+def test_the_plan_and_each_new_name_are_on_disk_before_a_file_is_placed(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    plan = make_plan([seen(photos / "b.jpg", "Crane")], dest, mode="move")
+    (dest / "Crane").mkdir(parents=True)
+    (dest / "Crane" / "b.jpg").write_bytes(b"arrived meanwhile")
+    journal = dest / JOURNAL_NAME
+    events: list[list[str]] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if journal.exists() and os.path.samestat(os.fstat(fd), journal.stat()):
+            events.append(["synced", *(json.loads(line)["op"] for line in journal.open())])
+
+    def link(src, dst, **kwargs) -> None:
+        events.append(["link", os.path.basename(dst)])
+        real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    assert execute(plan).problems == []
+    assert events == [
+        ["synced", "begin", "step"],
+        ["synced", "begin", "step", "retarget"],  # 'b.jpg' was taken since planning
+        ["link", "b (1).jpg"],
+    ]
+
+
+def test_a_strict_steps_identity_is_journaled_and_checked_again_on_resume(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dest = tmp_path / "sorted"
+    records, lines = [], []
+    for n, name in enumerate(["a.jpg", "b.jpg"]):
+        st = (photos / name).stat()
+        records.append(replace(seen(photos / name, "x"), file=FileFacts(750, st.st_mtime_ns)))
+        src = str(photos.resolve() / name)
+        lines.append(
+            {"op": "step", "n": n, "mode": "move", "src": src, "dst": f"x/{name}"}
+            | {"input": str(photos / name), "size": 750, "mtime_ns": st.st_mtime_ns}
+        )
+    plan = make_plan(records, dest, mode="move", sources=[photos], strict=True)
+    crash_on(monkeypatch, apply_module, "_run_step", 1)  # died before the first file
+    with pytest.raises(Crash):
+        execute(plan)
+    monkeypatch.undo()
+    assert [line for line in journal_lines(dest) if line["op"] == "step"] == lines
+    (photos / "a.jpg").write_bytes(b"rewritten before the resume")
+    outcome = resume(dest)
+    assert [(s.target, reason) for s, reason in outcome.problems] == [
+        (
+            "x/a.jpg",
+            f"'{photos.resolve() / 'a.jpg'}' is not the file that was classified (a symbolic "
+            "link now, or changed since); left alone",
+        )
+    ]
+    assert [s.target for s in outcome.done] == ["x/b.jpg"]
+    assert (photos / "a.jpg").read_bytes() == b"rewritten before the resume"
+    assert (dest / "x" / "b.jpg").read_bytes() == b"bytes of b.jpg\n" * 50
+
+
+def test_the_errors_a_step_raises_carry_their_errno(
+    photos: Path, tmp_path: Path, monkeypatch
+) -> None:
+    taken = tmp_path / "taken.jpg"
+    taken.write_bytes(b"already there")
+    refuse_links(monkeypatch)  # published by a rename, after a look at the name
+    with pytest.raises(FileExistsError) as caught:
+        apply_module._publish_copy(photos / "a.jpg", taken, 7)
+    exc = caught.value
+    assert (exc.errno, exc.strerror, exc.filename) == (errno.EEXIST, "File exists", str(taken))
+    assert taken.read_bytes() == b"already there"
+    assert not os.path.lexists(tmp_path / ".resnext-part-7")
+    # A move whose file went before it was placed.
+    root = (tmp_path / "sorted").resolve()
+    gone = photos.resolve() / "gone.jpg"
+    step = sorting.Step(0, "move", gone, "x/gone.jpg", home=photos.resolve())
+    with pytest.raises(FileNotFoundError) as caught:
+        apply_module._run_step(sorting.Journal(tmp_path / "sorted"), root, step)
+    exc = caught.value
+    assert (exc.errno, exc.strerror, exc.filename) == (errno.ENOENT, "source is gone", str(gone))
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard_links", "no_hard_links"])
+def test_a_partial_copy_swapped_for_a_link_changes_nothing_outside_and_is_not_filed(
+    photos: Path, tmp_path: Path, monkeypatch, links: bool
+) -> None:
+    """Someone who can write in DEST puts a link to their victim at the partial copy's
+    name while it is written: the victim's mode and times stay, and the link is not filed."""
+    dest, victim = tmp_path / "sorted", tmp_path / "victim.txt"
+    victim.write_bytes(b"not the sort's")
+    victim.chmod(0o600)
+    os.utime(victim, ns=(1_000_000_000, 2_000_000_000))
+    (photos / "a.jpg").chmod(0o666)
+    plan = make_plan([seen(photos / "a.jpg", "x")], dest)
+    if not links:
+        refuse_links(monkeypatch)
+    real_copy = shutil.copyfileobj
+
+    def copy_then_swap(src, out, *args: object) -> None:
+        real_copy(src, out, *args)
+        partial = dest / "x" / ".resnext-part-0"
+        partial.unlink()
+        partial.symlink_to(victim)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_swap)
+    outcome = execute(plan)
+    assert [reason for _, reason in outcome.problems] == [
+        f"the copy being written at '{dest / 'x' / '.resnext-part-0'}' was replaced by someone "
+        "else; nothing was filed"
+    ]
+    after = victim.stat()
+    assert (stat.S_IMODE(after.st_mode), after.st_atime_ns, after.st_mtime_ns) == (
+        0o600,
+        1_000_000_000,
+        2_000_000_000,
+    )
+    assert victim.read_bytes() == b"not the sort's"
+    assert sorted(os.listdir(dest / "x")) == [] and outcome.done == []
+    assert (photos / "a.jpg").read_bytes() == b"bytes of a.jpg\n" * 50
+
+
+@pytest.mark.parametrize("mode", ["copy", "move", "link"])
+def test_a_fifo_swapped_in_after_planning_is_left_alone(
+    photos: Path, tmp_path: Path, mode: str
+) -> None:
+    """A file of a fresh classify run (no size or time to compare) that is a FIFO by the
+    time it is filed: neither an empty copy nor the FIFO itself goes into DEST."""
+    dest, source = tmp_path / "sorted", photos / "a.jpg"
+    plan = make_plan([seen(source, "x")], dest, mode=mode)
+    source.unlink()
+    os.mkfifo(source)
+    outcome = execute(plan)
+    assert [reason for _, reason in outcome.problems] == [
+        f"'{source.absolute()}' is not the file that was classified (a symbolic link now, or "
+        "changed since); left alone"
+    ]
+    assert outcome.done == [] and not os.path.lexists(dest / "x" / "a.jpg")
+    assert stat.S_ISFIFO(os.lstat(source).st_mode)

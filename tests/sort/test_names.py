@@ -104,3 +104,10 @@ def test_clash_numbers() -> None:
     assert sorting.numbered("cat.jpg", 2) == "cat (2).jpg"
     assert sorting.numbered("Crane", 1) == "Crane (1)"
     assert sorting.numbered("a.tar.gz", 12) == "a.tar (12).gz"
+
+
+def test_a_probability_equal_to_the_threshold_is_not_below_it(photos: Path) -> None:
+    record = seen(photos / "a.jpg", "crane", p=0.5)
+    assert folder_for(record, min_probability=0.5) == "crane"
+    assert folder_for(record, by="index", min_probability=0.5) == "1"
+    assert folder_for(record, min_probability=0.5000001) == "_uncertain"

@@ -19,7 +19,7 @@ from resnext_cli.sort import (
     folder_for,
     make_plan,
 )
-from tests.helpers import LEADS_OUT, labelled, placed, seen, threshold, tree
+from tests.helpers import LEADS_OUT, labelled, placed, plant, seen, threshold, tree
 
 # -- plans ---------------------------------------------------------------------------------
 
@@ -551,3 +551,63 @@ def test_a_strict_plan_says_why_each_file_is_not_the_one_classified(
         (str(inside_a_file), "not a directory"),
     ]
     assert plan.steps == []
+
+
+def test_a_file_under_no_named_root_belongs_to_its_own_folder(photos: Path) -> None:
+    from resnext_cli.sort.plan import _Roots
+
+    roots = _Roots([photos / "sub"])
+    assert roots.home(photos / "sub" / "d.jpg", move=False) == (photos / "sub").resolve()
+    assert roots.home(photos / "a.jpg", move=False) == photos.resolve()  # own_folder by default
+    assert roots.home(photos / "a.jpg", move=True) == photos.resolve()
+    assert roots.home(photos / "a.jpg", move=False, own_folder=False) is None
+
+
+def test_a_strict_plan_goes_on_past_a_file_outside_the_folders_given(
+    photos: Path, tmp_path: Path
+) -> None:
+    names = ["a.jpg", "sub/d.jpg", "b.jpg", "sub/a.jpg"]
+    records = [replace(seen(photos / n, "x"), file=facts(photos / n)) for n in names]
+    plan = make_plan(records, tmp_path / "sorted", strict=True, sources=[photos / "sub"])
+    outside = "outside the folders given (add --root FOLDER to file from there)"
+    assert plan.skipped == [(str(photos / "a.jpg"), outside), (str(photos / "b.jpg"), outside)]
+    assert [s.target for s in plan.steps] == ["x/d.jpg", "x/a.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("tail", "found"),
+    [
+        ([{"op": "done", "n": 0}], True),
+        ([{"op": "done", "n": 0}, {"op": "undone", "n": 0}], False),  # put back since
+        ([], False),  # begun, never finished
+    ],
+    ids=["done", "undone", "pending"],
+)
+def test_only_a_filing_done_and_not_undone_is_looked_for_where_the_journal_says(
+    photos: Path, tmp_path: Path, tail: list[dict], found: bool
+) -> None:
+    # 'a (1) (1).jpg' is a name only the journal leads to: its listing key is 'a (1).jpg'.
+    dest, source = tmp_path / "sorted", photos.resolve() / "a.jpg"
+    begin = {"op": "begin", "mode": "copy", "time": "t", "dest": str(dest.resolve())}
+    begin["src"] = [str(photos.resolve())]
+    step = {"op": "step", "n": 0, "mode": "copy", "src": str(source), "dst": "x/a (1) (1).jpg"}
+    plant(dest, begin, step, *tail)
+    (dest / "x").mkdir()
+    (dest / "x" / "a (1) (1).jpg").write_bytes(b"bytes of a.jpg\n" * 50)
+    plan = make_plan([seen(photos / "a.jpg", "x")], dest)
+    if found:
+        assert (plan.steps, plan.already) == ([], [(str(photos / "a.jpg"), "x/a (1) (1).jpg")])
+    else:
+        assert ([s.target for s in plan.steps], plan.already) == (["x/a.jpg"], [])
+
+
+def test_a_link_in_dest_is_not_taken_for_the_file_it_leads_to(tmp_path: Path) -> None:
+    photos, dest = tmp_path / "photos", tmp_path / "sorted"
+    photos.mkdir()
+    source = photos / "a.jpg"
+    # The link's own size (the length of what it holds) is the file's: only its kind differs.
+    source.write_bytes(b"x" * len(os.fsencode(str(source))))
+    (dest / "x").mkdir(parents=True)
+    (dest / "x" / "a.jpg").symlink_to(source)
+    plan = make_plan([seen(source, "x")], dest)
+    assert ([s.target for s in plan.steps], plan.already) == (["x/a (1).jpg"], [])

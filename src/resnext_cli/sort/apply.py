@@ -75,7 +75,11 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 def _open_source(step: Step, source: Path) -> int:
     """Open *source* to read; a step with an identity refuses a link or a changed file."""
     if step.identity is None:
-        return os.open(source, os.O_RDONLY | NONBLOCK | CLOEXEC)
+        fd = os.open(source, os.O_RDONLY | NONBLOCK | CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device swapped in since
+            os.close(fd)
+            raise _Refused(_not_the_file(source))
+        return fd
     try:
         fd = os.open(source, os.O_RDONLY | NOFOLLOW | NONBLOCK | CLOEXEC)
     except OSError as exc:
@@ -98,7 +102,10 @@ def _not_the_file(source: Path) -> str:
 
 def _check_identity(step: Step, source: Path) -> os.stat_result | None:
     """For a step with an identity: the file's lstat, or _Refused when it is not that file."""
-    if step.identity is None:
+    if step.identity is None:  # nothing to compare with: a file or a link, never a FIFO
+        kind = os.lstat(source).st_mode
+        if not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+            raise _Refused(_not_the_file(source))
         return None
     st = os.lstat(source)
     if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != step.identity:
@@ -126,11 +133,14 @@ def _publish_copy(source: Path, target: Path, n: int, step: Step | None = None) 
             with os.fdopen(src_fd, "rb", closefd=False) as src, os.fdopen(out_fd, "wb") as out:
                 shutil.copyfileobj(src, out)
                 out.flush()
+                # Times and mode through the open file, never by name: in a DEST others
+                # can write to, the name may lead somewhere else by now.
+                st = os.fstat(src_fd)
+                os.utime(out.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+                with contextlib.suppress(OSError):
+                    os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
                 os.fsync(out.fileno())
-            st = os.fstat(src_fd)
-            os.utime(temp, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-            with contextlib.suppress(OSError):
-                os.chmod(temp, stat.S_IMODE(st.st_mode))
+                written = os.fstat(out.fileno())
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
@@ -150,9 +160,19 @@ def _publish_copy(source: Path, target: Path, n: int, step: Step | None = None) 
         if os.path.lexists(target):
             temp.unlink()
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+        if not os.path.samestat(written, os.lstat(temp)):
+            temp.unlink()
+            raise _Refused(_swapped(temp)) from None
         os.rename(temp, target)
     else:
         temp.unlink()
+    if not os.path.samestat(written, os.lstat(target)):  # the name was swapped before the link
+        target.unlink()
+        raise _Refused(_swapped(temp))
+
+
+def _swapped(temp: Path) -> str:
+    return f"the copy being written at '{temp}' was replaced by someone else; nothing was filed"
 
 
 def _place(step: Step, source: Path, target: Path) -> None:
