@@ -1120,8 +1120,9 @@ def test_a_pickle_that_builds_on_an_allowed_global_is_refused(
 ) -> None:
     from resnext_cli.model import torch_file
 
-    stand_in = torch_file._rebuild_tensor_v2  # only to put its defaults back afterwards
-    monkeypatch.setattr(stand_in, "__defaults__", stand_in.__defaults__)
+    stand_in = torch_file._rebuild_tensor_v2
+    before = stand_in.__defaults__  # (None,); a mutation tool's wrapper has its own
+    monkeypatch.setattr(stand_in, "__defaults__", before)  # put back whatever happens
     planted = _Build(REBUILD, (None, {"__defaults__": ({"conj": True},)}))
     pkl = b"\x80\x02" + _ops(planted) + b"0" + _ops({}) + b"."
     with pytest.raises(Unsupported) as info:
@@ -1129,7 +1130,7 @@ def test_a_pickle_that_builds_on_an_allowed_global_is_refused(
     assert str(info.value) == (
         "the checkpoint sets the state of a global: (None, {'__defaults__': ({'conj': True},)})"
     )
-    assert stand_in.__defaults__ == (None,)  # the next file reads as before
+    assert stand_in.__defaults__ == before  # untouched: the next file reads as before
     state = {"w": _tensor()}
     assert StoredFile(_file(tmp_path, state)).tree == {
         "w": StoredTensor("float32", "0", 0, (4,), (1,))
