@@ -70,3 +70,37 @@ def test_openmp_pools_keep_their_threads() -> None:
             inside = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
             assert set(blas_threads()) == {1}
         assert inside and set(inside) == {3}
+
+
+def test_a_blas_loaded_after_a_block_is_limited_by_the_next(tmp_path) -> None:
+    """scipy brings a BLAS of its own (NNCF imports it): a block after that import limits
+    it too, not only the libraries there were at the first block. In a fresh process, as
+    the suite may have imported scipy already."""
+    pytest.importorskip("scipy.linalg")
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import json\n"
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info, threadpool_limits\n"
+        "from resnext_cli.model.blas import one_thread\n"
+        "def blas():\n"
+        "    return [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "np.ones(1) @ np.ones(1)\n"
+        "with one_thread():\n"
+        "    first = blas()\n"
+        "import scipy.linalg\n"
+        "with threadpool_limits(limits=3, user_api='blas'):\n"
+        "    outside = blas()\n"
+        "    with one_thread():\n"
+        "        inside = blas()\n"
+        "print(json.dumps([first, outside, inside]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    first, outside, inside = json.loads(run.stdout)
+    if len(outside) == len(first):
+        pytest.skip("scipy uses numpy's BLAS here")
+    assert first == [1] and outside == [3, 3] and inside == [1, 1]

@@ -10,17 +10,23 @@ instead of 0.02 for 1,000 images x 10 classes).
 from __future__ import annotations
 
 import contextlib
-import functools
+import sys
 from collections.abc import Iterator
 from typing import Any
 
+_found: list[tuple[int, Any]] = []  # (Python modules loaded then, threadpoolctl's controller)
 
-@functools.cache
+
 def _controller() -> Any:
-    """numpy's BLAS, found once (threadpoolctl)."""
+    """The BLAS libraries loaded now (threadpoolctl), looked for again (about a millisecond)
+    only after Python has imported more modules: one can bring a BLAS of its own (scipy
+    does, which NNCF imports), and a block must limit that one too."""
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()
+    loaded = len(sys.modules)
+    if not _found or _found[0][0] != loaded:
+        _found[:] = [(loaded, ThreadpoolController())]
+    return _found[0][1]
 
 
 @contextlib.contextmanager
