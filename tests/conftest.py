@@ -44,6 +44,22 @@ settings.register_profile("long", derandomize=False, database=None, max_examples
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n auto` in pyproject.toml) each worker gets its own share of
+    the cores, and torch (and every process a test starts, which inherits the share) runs
+    that many threads: two workers on two cores each run one thread instead of both
+    running two and taking turns."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    share = cores[int(worker[2:]) :: workers]
+    if share:
+        os.sched_setaffinity(0, share)
+        torch.set_num_threads(len(share))
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point TORCH_HOME and friends at a fresh temp dir so no test sees the user's cache.
