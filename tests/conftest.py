@@ -10,8 +10,10 @@ import http.server
 import io
 import json
 import os
+import shutil
 import stat
 import struct
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -45,10 +47,22 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (`-n auto` in pyproject.toml) each worker gets its own share of
+    """HOME is a temporary folder for the whole run, so nothing a test or a fixture of a
+    wider scope starts writes into the real one (isolated_env then gives each test its own).
+
+    Under pytest-xdist (`-n auto` in pyproject.toml) each worker gets its own share of
     the cores, and torch (and every process a test starts, which inherits the share) runs
     that many threads: two workers on two cores each run one thread instead of both
     running two and taking turns."""
+    home, real = tempfile.mkdtemp(prefix="resnext-test-home-"), os.environ.get("HOME")
+    os.environ["HOME"] = home
+
+    def put_back() -> None:
+        shutil.rmtree(home, ignore_errors=True)
+        if real is not None:
+            os.environ["HOME"] = real
+
+    config.add_cleanup(put_back)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if not worker.startswith("gw") or workers < 2 or not hasattr(os, "sched_setaffinity"):
@@ -72,6 +86,10 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("TORCH_HOME", str(home))
         mp.setenv("XDG_CACHE_HOME", str(home / "xdg"))
         mp.setenv("XDG_CONFIG_HOME", str(home / "config"))  # the sort journal's key
+        # HOME too: what falls back to ~ (a mutant of the key's path, OpenVINO's telemetry
+        # in ~/intel, Ray's token in ~/.ray, Chromium's profile) stays in the temp dir.
+        (home / "home").mkdir()
+        mp.setenv("HOME", str(home / "home"))
         for name in ("RESNEXT_OFFLINE", "RESNEXT_WEIGHTS_MIRROR", "RESNEXT_DEBUG"):
             mp.delenv(name, raising=False)
         yield home
