@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from resnext_cli import records
+from resnext_cli.errors import OutputError
 from resnext_cli.files import FileProblem
 from resnext_cli.outputs.sinks import OutputRequest, Outputs
-from resnext_cli.results import Failed
+from resnext_cli.results import Classified, Failed, Prediction
 
 
 @pytest.mark.parametrize(
@@ -362,3 +363,206 @@ def test_the_reports_thumbnails_follow_allow_truncated(checkpoint, tmp_path, res
     )
     (card,) = json.loads(html[start : html.index("</script>", start)])
     assert card["thumb"]["src"].startswith("data:image/jpeg;base64,")
+
+
+# -- one run's writers, in-process (Outputs.open, start, write, close) ---------------------
+
+
+def _gone(name: str = "gone.jpg") -> Failed:
+    return Failed(name, "not_found", "gone")
+
+
+# The parquet row of _gone() with -k 1, as the README's columns say.
+GONE_ROW = {
+    "input": "gone.jpg",
+    "path": None,
+    "label_1": None,
+    "probability_1": None,
+    "error_type": "not_found",
+    "error": "gone",
+}
+
+
+@pytest.mark.parametrize("before", ["absent", "replaced"])
+def test_a_parquet_file_is_not_there_until_the_run_ends(tmp_path, before) -> None:
+    # Written under a temporary name and published at close: no empty or half file meanwhile,
+    # and a file --force replaces stays whole until then.
+    pq = pytest.importorskip("pyarrow.parquet")
+    target = tmp_path / "r.parquet"
+    if before == "replaced":
+        target.write_bytes(b"an earlier run's table")
+    request = OutputRequest(output=str(target), force=before == "replaced")
+    out = Outputs.open(request, stdout_is_terminal=False)
+    try:
+        assert out.fmt == "parquet"
+        unchanged = {"absent": None, "replaced": b"an earlier run's table"}[before]
+        assert (target.read_bytes() if target.exists() else None) == unchanged
+        out.start(stdout=io.StringIO(), topk=1, uncertain=False)
+        out.write(_gone())
+        assert (target.read_bytes() if target.exists() else None) == unchanged
+    finally:
+        out.close()
+    assert pq.read_table(target).to_pylist() == [GONE_ROW]
+
+
+def test_parquet_without_a_claimed_target_goes_to_its_path(tmp_path, monkeypatch) -> None:
+    # An Outputs made without open (no claimed target) writes parquet through make_writer:
+    # into the -o path itself, and never into a file named '-'.
+    pq = pytest.importorskip("pyarrow.parquet")
+    target = tmp_path / "r.parquet"
+    out = Outputs(request=OutputRequest(output=str(target)), fmt="parquet")
+    out.start(stdout=io.StringIO(), topk=1, uncertain=False)
+    out.write(_gone())
+    out.close()
+    assert pq.read_table(target).to_pylist() == [GONE_ROW]
+    monkeypatch.chdir(tmp_path)
+    dash = Outputs(request=OutputRequest(output="-"), fmt="parquet")
+    with pytest.raises(OutputError) as refused:
+        dash.start(stdout=io.StringIO(), topk=1, uncertain=False)
+    assert str(refused.value) == "parquet output needs a file (give -o FILE.parquet)"
+    assert sorted(os.listdir(tmp_path)) == ["r.parquet"]
+
+
+class _Terminal(io.StringIO):
+    """Standard output as a terminal shows it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _written(fmt: str, stdout: io.StringIO, *records: Failed | Classified) -> str:
+    out = Outputs.open(OutputRequest(fmt=fmt), stdout_is_terminal=stdout.isatty())
+    out.start(stdout=stdout, topk=2, uncertain=False)
+    for record in records:
+        out.write(record)
+    out.close()
+    return stdout.getvalue()
+
+
+def test_the_table_goes_to_the_stream_it_was_given() -> None:
+    # A lone failed input: its one line, on the run's standard output (not sys.stdout).
+    assert _written("table", io.StringIO(), _gone()) == "gone.jpg: not_found: gone\n"
+
+
+@pytest.mark.parametrize(
+    ("stdout", "name"), [(_Terminal, "\\u202e"), (io.StringIO, "\u202e")], ids=["terminal", "pipe"]
+)
+def test_json_lines_escape_what_a_terminal_would_act_on(stdout, name) -> None:
+    # A right-to-left override in a file name: shown as its escape on a terminal, kept
+    # as the character itself in a pipe (both read back as the same name).
+    written = _written("jsonl", stdout(), _gone("a\u202eb.jpg"))
+    assert written == (
+        f'{{"input": "a{name}b.jpg", "error": {{"type": "not_found", "message": "gone"}}}}\n'
+    )
+
+
+class _Unsure(io.StringIO):
+    """A stream whose isatty fails (a dead terminal: EIO)."""
+
+    def isatty(self) -> bool:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def _closed() -> io.StringIO:
+    stream = io.StringIO()
+    stream.close()  # isatty raises ValueError
+    return stream
+
+
+@pytest.mark.parametrize("stream", [_Unsure, _closed, object], ids=["oserror", "closed", "none"])
+def test_a_stream_that_cannot_say_is_not_a_terminal(stream) -> None:
+    from resnext_cli.outputs.sinks import _is_terminal
+
+    assert _is_terminal(stream()) is False
+
+
+def _report_json(html: str, block: str) -> object:
+    opening = f'<script type="application/json" id="{block}">'
+    start = html.index(opening) + len(opening)
+    return json.loads(html[start : html.index("</script>", start)])
+
+
+def test_the_reports_relabel_box_offers_the_labels_it_was_given(tmp_path) -> None:
+    report = tmp_path / "r.html"
+    out = Outputs.open(OutputRequest(report=str(report)), stdout_is_terminal=False)
+    out.start(
+        stdout=io.StringIO(),
+        topk=1,
+        uncertain=False,
+        report_labels=["tabby", "tiger cat"],
+        results=False,
+    )
+    out.close()
+    review = _report_json(report.read_text(), "review")
+    assert isinstance(review, dict) and review["labels"] == ["tabby", "tiger cat"]
+
+
+@pytest.mark.parametrize(("limit", "thumbnail"), [(64 * 48, True), (64 * 48 - 1, False)])
+def test_the_reports_thumbnails_follow_max_pixels(tmp_path, limit, thumbnail) -> None:
+    # 64 x 48 = 3072 pixels: a thumbnail within the run's --max-pixels, none over it.
+    from PIL import Image
+
+    photo = tmp_path / "p.jpg"
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(photo, "JPEG")
+    report = tmp_path / "r.html"
+    out = Outputs.open(OutputRequest(report=str(report)), stdout_is_terminal=False)
+    out.start(stdout=io.StringIO(), topk=1, uncertain=False, max_pixels=limit, results=False)
+    out.write(Classified(str(photo), "m", "w", (Prediction("tabby", 281, 0.9),), path=str(photo)))
+    out.close()
+    (card,) = _report_json(report.read_text(), "records")  # type: ignore[misc]
+    assert ("thumb" in card) is thumbnail
+
+
+def test_a_parquet_folder_being_written_is_refused_to_a_second_run(tmp_path) -> None:
+    pytest.importorskip("pyarrow.parquet")
+    folder = tmp_path / "out"
+    request = OutputRequest(output=f"{folder}/", fmt="parquet")
+    first = Outputs.open(request, stdout_is_terminal=False)
+    try:
+        with pytest.raises(OutputError) as busy:
+            Outputs.open(request, stdout_is_terminal=False)
+    finally:
+        first.close(nothing_written=True)
+    assert str(busy.value) == (
+        f"'{folder}' is being written by another resnext run (wait for it to finish, "
+        "or give another -o)"
+    )
+
+
+def test_a_new_run_into_a_parquet_folder_removes_nothing_without_force(tmp_path) -> None:
+    # A killed run's unfinished shard is left for --resume (which redoes its inputs).
+    pq = pytest.importorskip("pyarrow.parquet")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    cut = folder / ".resnext-tmp-part-00000.parquet-0badf00d"
+    cut.write_bytes(b"PAR1 cut off")
+    out = Outputs.open(OutputRequest(output=f"{folder}/", fmt="parquet"), stdout_is_terminal=False)
+    out.start(stdout=io.StringIO(), topk=1, uncertain=False)
+    out.write(_gone())
+    out.close()
+    assert sorted(os.listdir(folder)) == [cut.name, "part-00000.parquet"]
+    assert cut.read_bytes() == b"PAR1 cut off"
+    assert pq.read_table(folder / "part-00000.parquet").to_pylist() == [GONE_ROW]
+
+
+def test_a_report_that_fails_during_the_run_is_named_as_the_report(tmp_path, monkeypatch) -> None:
+    from resnext_cli.outputs.report import HtmlReportWriter
+
+    def full(self: object, record: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    results, report = tmp_path / "r.jsonl", tmp_path / "r.html"
+    request = OutputRequest(output=str(results), report=str(report))
+    out = Outputs.open(request, stdout_is_terminal=False)
+    try:
+        out.start(stdout=io.StringIO(), topk=1, uncertain=False)
+        monkeypatch.setattr(HtmlReportWriter, "write", full)
+        with pytest.raises(OutputError) as failed:
+            out.write(_gone())
+    finally:
+        out.close()
+    assert str(failed.value) == (
+        f"cannot write to '{report}': No space left on device (what was written is kept; "
+        "free space or give another --report, then --resume)"
+    )
+    assert json.loads(results.read_text()) == _gone().to_dict()  # the -o file has it
