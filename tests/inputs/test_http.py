@@ -419,3 +419,127 @@ def test_each_failure_says_why_in_a_few_words(web: Web, monkeypatch: pytest.Monk
             "download_failed",
             "a SOCKS proxy needs PySocks (pip install 'requests[socks]')",
         )
+
+
+# -- the deadline's timers, driven by a fake clock (no waiting) ---------------------------
+
+
+class FakeTimer:
+    """Stands in for threading.Timer: records its interval and daemon flag; fired by hand."""
+
+    def __init__(self, interval: float, function: Any) -> None:
+        self.interval = interval
+        self.function = function
+        self.daemon: object = "unset"
+        self.started = False
+        self.cancelled = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        assert self.started and not self.cancelled
+        self.function()
+
+
+@pytest.fixture
+def fake_timers(monkeypatch: pytest.MonkeyPatch) -> tuple[list[FakeTimer], list[float]]:
+    """The HTTP client's timers made fake and its clock set by hand: (timers made, [now])."""
+    from types import SimpleNamespace
+
+    from resnext_cli.inputs import http as client
+
+    timers: list[FakeTimer] = []
+    now = [100.0]
+
+    def make(interval: float, function: Any) -> FakeTimer:
+        timers.append(FakeTimer(interval, function))
+        return timers[-1]
+
+    monkeypatch.setattr(client, "threading", SimpleNamespace(Timer=make, Lock=threading.Lock))
+    monkeypatch.setattr(client, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return timers, now
+
+
+def test_a_stall_deadline_waits_out_what_is_left_after_late_bytes(
+    fake_timers: tuple[list[FakeTimer], list[float]],
+) -> None:
+    # A 10 s stall deadline made at 100 s; bytes arrive at 104 s. Each firing before 114 s
+    # starts a timer for exactly what is left; at 114 s (nothing left) the connections shut.
+    from resnext_cli.inputs.http import _Deadline
+
+    timers, now = fake_timers
+    mine, peer = socket.socketpair()
+    try:
+        with _Deadline(10.0, stall=True) as deadline:
+            deadline.watch(mine)
+            now[0] = 104.0
+            deadline.arrived()
+            now[0] = 110.0
+            timers[-1].fire()  # 4 s of the 10 are left
+            assert (deadline.expired, [t.interval for t in timers]) == (False, [10.0, 4.0])
+            now[0] = 113.5
+            timers[-1].fire()  # half a second left: under one second still counts
+            assert (deadline.expired, [t.interval for t in timers]) == (False, [10.0, 4.0, 0.5])
+            now[0] = 114.0
+            timers[-1].fire()  # nothing left: expired, and no timer started for nothing
+            assert (deadline.expired, [t.interval for t in timers]) == (True, [10.0, 4.0, 0.5])
+            peer.settimeout(5)
+            assert peer.recv(1) == b""  # the watched connection was shut down
+        assert [(t.started, t.daemon) for t in timers] == [(True, True)] * 3
+        assert timers[-1].cancelled
+    finally:
+        mine.close()
+        peer.close()
+
+
+def test_a_whole_exchange_deadline_fires_whatever_arrived(
+    fake_timers: tuple[list[FakeTimer], list[float]],
+) -> None:
+    from resnext_cli.inputs.http import _Deadline
+
+    timers, now = fake_timers
+    with _Deadline(10.0) as deadline:
+        now[0] = 109.0
+        deadline.arrived()
+        now[0] = 110.0
+        timers[-1].fire()
+        assert (deadline.expired, [t.interval for t in timers]) == (True, [10.0])
+    # Daemon timers: a deadline still pending never holds up the interpreter's exit.
+    assert [t.daemon for t in timers] == [True]
+
+
+@pytest.mark.parametrize("stall", [True, False], ids=["stall", "whole_exchange"])
+def test_fetch_gives_its_stall_flag_to_the_deadline(
+    web: Web, fake_timers: tuple[list[FakeTimer], list[float]], stall: bool
+) -> None:
+    # The deadline fires 3 s after each chunk arrived: a stall deadline (10 s without a
+    # byte) starts again for the 7 s left and the body arrives whole; a deadline on the
+    # whole exchange ends the download.
+    from resnext_cli.inputs.http import DownloadError, fetch
+
+    timers, now = fake_timers
+    got: list[bytes] = []
+
+    def write(chunk: bytes) -> None:
+        got.append(chunk)
+        now[0] += 3.0
+        timers[-1].fire()
+
+    url = web.url("/ok.png")
+    if stall:
+        fetch(url, write, timeout=10.0, max_bytes=1 << 20, stall=True)
+        assert b"".join(got) == web.image
+        assert [t.interval for t in timers] == [10.0] + [7.0] * len(got)
+    else:
+        with pytest.raises(DownloadError) as caught:
+            fetch(url, write, timeout=10.0, max_bytes=1 << 20)
+        assert (caught.value.error_type, str(caught.value), caught.value.why) == (
+            "download_failed",
+            f"timed out after 10s fetching '{url}' (raise --timeout to wait longer)",
+            "timed out after 10s",
+        )
+        assert [t.interval for t in timers] == [10.0]
