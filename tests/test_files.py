@@ -535,3 +535,320 @@ def test_a_folder_that_took_the_targets_place_is_not_replaced(tmp_path: Path) ->
     finally:
         target.release()
     assert path.is_dir() and listing(tmp_path) == ["r.html"]
+
+
+# -- errors a non-root user or a race would meet, simulated ------------------------------
+
+
+@pytest.fixture
+def refuse_writing_in(monkeypatch):
+    """refuse_writing_in(folder): creating a name there fails with EACCES, as in a folder
+    that refuses writing to a user who is not root (existing files still open)."""
+    import errno
+
+    refused: set[Path] = set()
+    real_open = os.open
+
+    def guarded(path, flags, *args, **kwargs):
+        where = Path(os.fsdecode(path)).absolute()
+        if flags & os.O_CREAT and where.parent in refused and not os.path.lexists(where):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded)
+    return lambda folder: refused.add(Path(folder).absolute())
+
+
+def test_a_folder_that_refuses_writing_is_claimed_and_named_when_written(
+    tmp_path: Path, refuse_writing_in
+) -> None:
+    # No lock file can be made there: the claim goes on (the file's own lock must do),
+    # and what cannot be written is named with the system's words.
+    refuse_writing_in(tmp_path)
+    absent = tmp_path / "r.html"
+    out = OutputTarget.claim(absent, force=False)
+    try:
+        assert not lock_path(absent).exists()
+        with pytest.raises(OutputError) as caught:
+            out.temporary()
+        assert str(caught.value) == (
+            f"cannot write '{absent}': Permission denied (choose a writable folder)"
+        )
+        with pytest.raises(OutputError) as caught:
+            out.stream()
+        assert str(caught.value) == f"cannot write '{absent}': Permission denied"
+    finally:
+        out.release()
+    assert listing(tmp_path) == []
+
+
+def test_in_a_folder_that_refuses_writing_an_existing_file_is_locked_itself(
+    tmp_path: Path, refuse_writing_in
+) -> None:
+    existing = tmp_path / "r.jsonl"
+    existing.write_bytes(b"old\n")
+    refuse_writing_in(tmp_path)
+    out = OutputTarget.claim(existing, force=True)
+    try:
+        assert not lock_path(existing).exists() and is_locked(existing)
+        with pytest.raises(OutputError) as caught:
+            OutputTarget.claim(existing, force=True)
+        assert str(caught.value) == (
+            f"'{existing}' is being written by another resnext run (wait for it to finish, "
+            "or give another -o)"
+        )
+        with out.stream() as raw:
+            raw.write(b"new\n")
+    finally:
+        out.release()
+    assert not is_locked(existing) and existing.read_bytes() == b"new\n"
+
+
+def test_a_folder_at_the_lock_name_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    lock_path(target).mkdir()
+    with pytest.raises(OutputError) as caught:
+        OutputTarget.claim(target, force=False)
+    assert str(caught.value) == f"cannot write '{target}': Is a directory"
+    assert listing(tmp_path) == [".resnext-lock-out.jsonl"] and not target.exists()
+
+
+def test_a_lock_file_removed_before_it_was_locked_is_made_again(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The run before ours removed the lock file's name between our open and our lock:
+    # the file we hold is no lock any more, so the claim opens the name again.
+    from resnext_cli import files
+
+    target = tmp_path / "out.jsonl"
+    real = files.Lock._flock
+    removed: list[Path] = []
+
+    def remove_first(fd: int, mode: int = 0) -> None:
+        if not removed:
+            removed.append(lock_path(target))
+            lock_path(target).unlink()
+        real(fd, mode)
+
+    monkeypatch.setattr(files.Lock, "_flock", staticmethod(remove_first))
+    out = OutputTarget.claim(target, force=False)
+    try:
+        assert removed == [lock_path(target)]
+        assert lock_path(target).exists() and is_locked(target)
+    finally:
+        out.release()
+    assert listing(tmp_path) == [] and not is_locked(target)
+
+
+def test_a_file_changed_between_the_check_and_the_lock_is_refused(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from resnext_cli import files
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"checked")
+    real = files.Lock.take.__func__
+
+    def swap_then_take(cls, path: Path):
+        (tmp_path / "new").write_bytes(b"swapped in")
+        os.replace(tmp_path / "new", path)  # another file (inode) under the name
+        return real(cls, path)
+
+    monkeypatch.setattr(files.Lock, "take", classmethod(swap_then_take))
+    with pytest.raises(OutputError) as caught:
+        OutputTarget.claim(target, force=True)
+    assert str(caught.value) == f"'{target}' changed while it was checked (run again)"
+    assert listing(tmp_path) == ["out.bin"] and target.read_bytes() == b"swapped in"
+    assert not is_locked(target)
+
+
+def test_a_file_swapped_for_a_link_before_the_stream_opens_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"private")
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b"checked")
+    target = OutputTarget.claim(path, force=True)
+    try:
+        path.unlink()
+        path.symlink_to(victim)  # planted between the check and the open
+        with pytest.raises(OutputError) as caught:
+            target.stream()
+        assert str(caught.value) == f"cannot write '{path}': Too many levels of symbolic links"
+    finally:
+        target.release()
+    assert victim.read_bytes() == b"private" and path.is_symlink()
+
+
+@pytest.mark.parametrize("no", ["EXDEV", "EPERM"])
+def test_without_hard_links_the_result_is_renamed_into_place(
+    tmp_path: Path, monkeypatch, no: str
+) -> None:
+    import errno
+
+    code = getattr(errno, no)
+
+    def no_links(*_args: object, **_kwargs: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "out.bin"
+    publish_file(target, write(b"renamed"))
+    assert target.read_bytes() == b"renamed" and listing(tmp_path) == ["out.bin"]
+    # A file that appeared meanwhile is still not replaced (checked before the rename).
+    other = tmp_path / "other.bin"
+
+    def appear(fh) -> None:
+        fh.write(b"mine")
+        other.write_bytes(b"theirs")
+
+    with pytest.raises(OutputError, match="appeared while this run was writing it"):
+        publish_file(other, appear)
+    assert other.read_bytes() == b"theirs"
+    assert listing(tmp_path) == ["other.bin", "out.bin"]
+
+
+def test_a_failed_hard_link_for_another_reason_is_raised(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "link", broken)
+    with pytest.raises(OSError) as caught:
+        publish_file(tmp_path / "out.bin", write(b"x"))
+    assert (caught.value.errno, caught.value.strerror) == (errno.EIO, "Input/output error")
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_stream_that_takes_part_of_each_write_gets_every_byte(
+    tmp_path: Path, monkeypatch, kind: str
+) -> None:
+    # The writer at the target takes at most 3 bytes a call and every other call nothing
+    # (None: it would block); every byte arrives once, in order.
+    from resnext_cli import files
+
+    node = tmp_path / kind
+    if kind == "device":
+        try:
+            os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        except (PermissionError, AttributeError, OSError) as exc:
+            pytest.skip(f"cannot make a private device node here ({exc.__class__.__name__})")
+    else:
+        os.mkfifo(node)
+    private = tmp_path / "private"
+    private.mkdir()
+    monkeypatch.setattr(files, "_private_folder", lambda: str(private))
+    received = bytearray()
+    calls: list[int] = []
+
+    class Partial:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def write(self, data) -> int | None:
+            calls.append(len(data))
+            assert len(calls) < 1000, "the writer is not getting anywhere"
+            if len(calls) % 2 == 0:
+                return None
+            taken = bytes(data[:3])
+            received.extend(taken)
+            return len(taken)
+
+    real_open = open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if Path(path) == node:
+            assert (mode, kwargs["buffering"]) == ("wb", 0)
+            return Partial()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", fake_open, raising=False)
+    publish_file(node, write(b"0123456789"), force=True)
+    assert bytes(received) == b"0123456789"
+    assert calls == [10, 7, 7, 4, 4, 1, 1]  # None: the same bytes offered again
+    assert listing(private) == []
+
+
+def test_force_replaces_a_file_swapped_meanwhile_and_keep_the_same_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    out = OutputTarget.claim(target, force=True)
+    try:
+        temp = out.temporary()
+        temp.write(b"new")
+        target.unlink()
+        target.write_bytes(b"another")  # a new file (inode) under the old name
+        out.publish(temp)
+    finally:
+        out.release()
+    assert target.read_bytes() == b"new" and listing(tmp_path) == ["out.bin"]
+    # Continued (--resume) without force: the very file checked is replaced.
+    out = OutputTarget.claim(target, force=False, keep=True)
+    try:
+        temp = out.temporary()
+        temp.write(b"continued")
+        out.publish(temp)
+    finally:
+        out.release()
+    assert target.read_bytes() == b"continued" and listing(tmp_path) == ["out.bin"]
+
+
+def test_publish_file_names_what_it_writes(tmp_path: Path) -> None:
+    target = tmp_path / "head.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(OutputError) as caught:
+        publish_file(target, write(b"new"), what="head")
+    assert str(caught.value) == f"head file '{target}' exists (use --force to overwrite it)"
+    missing = tmp_path / "no" / "r.html"
+    with pytest.raises(OutputError) as caught:
+        publish_file(missing, write(b"x"), what="report")
+    assert str(caught.value) == (
+        f"cannot write report '{missing}': folder '{tmp_path / 'no'}' does not exist"
+    )
+    assert target.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("swap", ["link", "file"])
+def test_a_device_swapped_before_it_is_opened_is_not_written_through(
+    tmp_path: Path, monkeypatch, swap: str
+) -> None:
+    """Someone who can write the folder swaps the device node for a link to their victim, or
+    for a file, between the check and the open: nothing is written through it or cut."""
+    from resnext_cli import files
+
+    node = tmp_path / "out"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except (PermissionError, AttributeError, OSError) as exc:
+        pytest.skip(f"cannot make a private device node here ({exc.__class__.__name__})")
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"keep me")
+    private = tmp_path / "private"
+    private.mkdir()
+    monkeypatch.setattr(files, "_private_folder", lambda: str(private))
+    real_open = os.open
+
+    def swap_then_open(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(node) and not flags & os.O_CREAT:
+            node.unlink()
+            if swap == "link":
+                node.symlink_to(victim)
+            else:
+                node.write_bytes(b"someone's file")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", swap_then_open)
+    with pytest.raises(OutputError) as caught:
+        publish_file(node, write(b"the result"), force=True)
+    assert str(caught.value) == (
+        f"output '{node}' was replaced while this run wrote it: not written (the result was "
+        "not kept; give another name)"
+    )
+    assert victim.read_bytes() == b"keep me"
+    if swap == "file":
+        assert node.read_bytes() == b"someone's file"
+    assert listing(private) == []

@@ -444,7 +444,26 @@ class OutputTarget:
             os.rename(temp, target)
             return
         if _is_stream(st.st_mode):
-            with temp.open("rb") as src, open(target, "wb", buffering=0) as out:
+            seen = st
+
+            def same_node(path: str, _flags: int) -> int:
+                """The device or FIFO lstat saw: no link followed, nothing made or cut."""
+                try:
+                    fd = os.open(path, os.O_WRONLY | NOFOLLOW | CLOEXEC)
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+                    raise self._swapped() from None
+                now = os.fstat(fd)  # the same node: a new file can reuse the inode's number
+                if not os.path.samestat(seen, now) or (seen.st_mode, seen.st_rdev) != (
+                    now.st_mode,
+                    now.st_rdev,
+                ):
+                    os.close(fd)
+                    raise self._swapped()
+                return fd
+
+            with temp.open("rb") as src, open(target, "wb", buffering=0, opener=same_node) as out:
                 while chunk := src.read(1 << 20):
                     view = memoryview(chunk)
                     while view:
@@ -458,6 +477,12 @@ class OutputTarget:
         if _identity(st) != self.seen and not self.force:
             raise self._appeared()
         os.replace(temp, target)
+
+    def _swapped(self) -> OutputError:
+        return OutputError(
+            f"{self.what} '{self.path}' was replaced while this run wrote it: not written "
+            "(the result was not kept; give another name)"
+        )
 
     def _appeared(self) -> OutputError:
         return OutputError(
