@@ -831,9 +831,11 @@ def test_a_device_swapped_before_it_is_opened_is_not_written_through(
     private.mkdir()
     monkeypatch.setattr(files, "_private_folder", lambda: str(private))
     real_open = os.open
+    asked: list[int] = []
 
     def swap_then_open(path, flags, *args, **kwargs):
         if os.fspath(path) == str(node) and not flags & os.O_CREAT:
+            asked.append(flags)
             node.unlink()
             if swap == "link":
                 node.symlink_to(victim)
@@ -852,3 +854,7 @@ def test_a_device_swapped_before_it_is_opened_is_not_written_through(
     if swap == "file":
         assert node.read_bytes() == b"someone's file"
     assert listing(private) == []
+    # Opened once, for writing, never through a link (a link to a FIFO would block, one to
+    # another device would open it), and neither made nor cut.
+    assert len(asked) == 1 and asked[0] & os.O_ACCMODE == os.O_WRONLY
+    assert asked[0] & os.O_NOFOLLOW and not asked[0] & (os.O_CREAT | os.O_TRUNC)
