@@ -22,6 +22,7 @@ from resnext_cli.files import (
     open_user_file,
     publish_file,
     read_user_file,
+    same_node,
 )
 from tests.helpers import char_device, listing, needs_root
 
@@ -858,3 +859,31 @@ def test_a_device_swapped_before_it_is_opened_is_not_written_through(
     # another device would open it), and neither made nor cut.
     assert len(asked) == 1 and asked[0] & os.O_ACCMODE == os.O_WRONLY
     assert asked[0] & os.O_NOFOLLOW and not asked[0] & (os.O_CREAT | os.O_TRUNC)
+
+
+def _stat(kind: int, *, ino: int = 7, dev: int = 1, mode: int = 0o644, rdev: int = 0):
+    fields = (kind | mode, ino, dev, 1, 0, 0, 10, 0, 0, 0)
+    return os.stat_result(fields, {"st_rdev": rdev})
+
+
+@pytest.mark.parametrize(
+    ("other", "same"),
+    [
+        (_stat(stat.S_IFREG), True),
+        (_stat(stat.S_IFREG, ino=8), False),
+        (_stat(stat.S_IFREG, dev=2), False),
+        # a number given again to a node made after the file was removed
+        (_stat(stat.S_IFLNK, mode=0o777), False),
+        (_stat(stat.S_IFIFO), False),
+        (_stat(stat.S_IFREG, mode=0o600), False),
+    ],
+    ids=["itself", "other_inode", "other_device", "link", "fifo", "other_mode"],
+)
+def test_same_node_is_one_inode_of_one_kind_and_mode(other, same: bool) -> None:
+    assert same_node(_stat(stat.S_IFREG), other) is same
+
+
+def test_same_node_tells_devices_apart() -> None:
+    null = _stat(stat.S_IFCHR, mode=0o600, rdev=os.makedev(1, 3))
+    assert same_node(null, _stat(stat.S_IFCHR, mode=0o600, rdev=os.makedev(1, 3)))
+    assert not same_node(null, _stat(stat.S_IFCHR, mode=0o600, rdev=os.makedev(1, 7)))

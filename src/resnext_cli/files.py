@@ -198,7 +198,7 @@ class Lock:
                 raise
             # The holder before us may have removed the name after we opened it: retry.
             try:
-                same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
+                same = same_node(os.fstat(fd), os.lstat(self.path))
             except FileNotFoundError:
                 same = False
             if same:
@@ -214,7 +214,7 @@ class Lock:
         self.extra = []
         if self.fd is not None:
             with contextlib.suppress(OSError):
-                if os.path.samestat(os.fstat(self.fd), os.lstat(self.path)):
+                if same_node(os.fstat(self.fd), os.lstat(self.path)):
                     os.unlink(self.path)
             os.close(self.fd)
             self.fd = None
@@ -245,6 +245,12 @@ Kind = Literal["absent", "file", "folder", "stream"]
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
+
+
+def same_node(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether two stats are of one node: the same inode, and of the same kind and mode (a
+    node made after another was removed can get its inode number: a link for a file)."""
+    return os.path.samestat(a, b) and (a.st_mode, a.st_rdev) == (b.st_mode, b.st_rdev)
 
 
 def _is_stream(mode: int) -> bool:
@@ -446,7 +452,7 @@ class OutputTarget:
         if _is_stream(st.st_mode):
             seen = st
 
-            def same_node(path: str, _flags: int) -> int:
+            def the_node_checked(path: str, _flags: int) -> int:
                 """The device or FIFO lstat saw: no link followed, nothing made or cut."""
                 try:
                     fd = os.open(path, os.O_WRONLY | NOFOLLOW | CLOEXEC)
@@ -454,16 +460,15 @@ class OutputTarget:
                     if exc.errno != errno.ELOOP:
                         raise
                     raise self._swapped() from None
-                now = os.fstat(fd)  # the same node: a new file can reuse the inode's number
-                if not os.path.samestat(seen, now) or (seen.st_mode, seen.st_rdev) != (
-                    now.st_mode,
-                    now.st_rdev,
-                ):
+                if not same_node(seen, os.fstat(fd)):
                     os.close(fd)
                     raise self._swapped()
                 return fd
 
-            with temp.open("rb") as src, open(target, "wb", buffering=0, opener=same_node) as out:
+            with (
+                temp.open("rb") as src,
+                open(target, "wb", buffering=0, opener=the_node_checked) as out,
+            ):
                 while chunk := src.read(1 << 20):
                     view = memoryview(chunk)
                     while view:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from resnext_cli.files import CLOEXEC, NOFOLLOW, NONBLOCK
+from resnext_cli.files import CLOEXEC, NOFOLLOW, NONBLOCK, same_node
 from resnext_cli.sort.journal import (
     Entry,
     Journal,
@@ -73,21 +73,17 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _open_source(step: Step, source: Path) -> int:
-    """Open *source* to read; a step with an identity refuses a link or a changed file."""
-    if step.identity is None:
-        fd = os.open(source, os.O_RDONLY | NONBLOCK | CLOEXEC)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device swapped in since
-            os.close(fd)
-            raise _Refused(_not_the_file(source))
-        return fd
+    """Open *source* to read: a regular file (never a FIFO or a device swapped in), and for
+    a step with an identity not through a link and still that size and time."""
+    strict = step.identity is not None
     try:
-        fd = os.open(source, os.O_RDONLY | NOFOLLOW | NONBLOCK | CLOEXEC)
+        fd = os.open(source, os.O_RDONLY | NONBLOCK | CLOEXEC | (NOFOLLOW if strict else 0))
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if strict and exc.errno == errno.ELOOP:
             raise _Refused(_not_the_file(source)) from None
         raise
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != step.identity:
+    if not stat.S_ISREG(st.st_mode) or (strict and (st.st_size, st.st_mtime_ns) != step.identity):
         os.close(fd)
         raise _Refused(_not_the_file(source))
     return fd
@@ -101,13 +97,13 @@ def _not_the_file(source: Path) -> str:
 
 
 def _check_identity(step: Step, source: Path) -> os.stat_result | None:
-    """For a step with an identity: the file's lstat, or _Refused when it is not that file."""
-    if step.identity is None:  # nothing to compare with: a file or a link, never a FIFO
-        kind = os.lstat(source).st_mode
-        if not (stat.S_ISREG(kind) or stat.S_ISLNK(kind)):
+    """For a step with an identity: the file's lstat, or _Refused when it is not that file.
+    Without one there is nothing to compare: a file or a link passes, never a FIFO."""
+    st = os.lstat(source)
+    if step.identity is None:
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             raise _Refused(_not_the_file(source))
         return None
-    st = os.lstat(source)
     if not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != step.identity:
         raise _Refused(_not_the_file(source))
     return st
@@ -160,13 +156,13 @@ def _publish_copy(source: Path, target: Path, n: int, step: Step | None = None) 
         if os.path.lexists(target):
             temp.unlink()
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
-        if not os.path.samestat(written, os.lstat(temp)):
+        if not same_node(written, os.lstat(temp)):
             temp.unlink()
             raise _Refused(_swapped(temp)) from None
         os.rename(temp, target)
     else:
         temp.unlink()
-    if not os.path.samestat(written, os.lstat(target)):  # the name was swapped before the link
+    if not same_node(written, os.lstat(target)):  # the name was swapped before the link
         target.unlink()
         raise _Refused(_swapped(temp))
 
@@ -220,7 +216,7 @@ def _same_file_or_undo(seen: os.stat_result | None, target: Path) -> None:
     """After linking a checked file: the link must be that file (not one swapped in since)."""
     if seen is None:
         return
-    if not os.path.samestat(seen, os.lstat(target)):
+    if not same_node(seen, os.lstat(target)):
         target.unlink()
         raise _Refused(f"'{target}' is not the file that was classified; left alone")
 
