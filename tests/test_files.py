@@ -69,19 +69,24 @@ def test_a_file_that_appeared_meanwhile_is_not_replaced(tmp_path: Path) -> None:
     assert listing(tmp_path) == ["model.pth"]  # our temporary file and lock are gone
 
 
+def publish_after_a_swap(target: Path, *, force: bool, keep: bool = False) -> None:
+    """Claim *target*, put a new file (inode) under its name, then publish b"new" there."""
+    out = OutputTarget.claim(target, force=force, keep=keep)
+    try:
+        temp = out.temporary()
+        temp.write(b"new")
+        target.unlink()
+        target.write_bytes(b"another")
+        out.publish(temp)
+    finally:
+        out.release()
+
+
 def test_a_file_swapped_meanwhile_is_replaced_only_with_force(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
     with pytest.raises(OutputError, match="appeared while this run"):
-        out = OutputTarget.claim(target, force=False, keep=True)
-        try:
-            temp = out.temporary()
-            temp.write(b"new")
-            target.unlink()
-            target.write_bytes(b"another")  # a new file (inode) under the old name
-            out.publish(temp)
-        finally:
-            out.release()
+        publish_after_a_swap(target, force=False, keep=True)
     assert target.read_bytes() == b"another"
 
 
@@ -777,15 +782,7 @@ def test_a_stream_that_takes_part_of_each_write_gets_every_byte(
 def test_force_replaces_a_file_swapped_meanwhile_and_keep_the_same_file(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     target.write_bytes(b"old")
-    out = OutputTarget.claim(target, force=True)
-    try:
-        temp = out.temporary()
-        temp.write(b"new")
-        target.unlink()
-        target.write_bytes(b"another")  # a new file (inode) under the old name
-        out.publish(temp)
-    finally:
-        out.release()
+    publish_after_a_swap(target, force=True)
     assert target.read_bytes() == b"new" and listing(tmp_path) == ["out.bin"]
     # Continued (--resume) without force: the very file checked is replaced.
     out = OutputTarget.claim(target, force=False, keep=True)
